@@ -1,0 +1,53 @@
+// Minimal thread fan-out for batches: std::thread workers pulling indices from an atomic
+// counter. The first exception thrown by any task is re-thrown on the calling thread.
+#pragma once
+
+#include <algorithm>
+#include <atomic>
+#include <cstddef>
+#include <exception>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+namespace hassod {
+
+// Number of worker threads to use: `requested` when positive, else the hardware count.
+inline int resolve_num_threads(int requested) {
+  if (requested > 0) return requested;
+  const unsigned hw = std::thread::hardware_concurrency();
+  return hw == 0 ? 1 : static_cast<int>(hw);
+}
+
+// Calls task(i) for i in [0, count) on up to num_threads threads (the caller is one of them).
+template <typename Task>
+void parallel_for(std::size_t count, int num_threads, Task&& task) {
+  const std::size_t workers =
+      std::min<std::size_t>(count, static_cast<std::size_t>(std::max(1, num_threads)));
+  if (workers <= 1) {
+    for (std::size_t i = 0; i < count; ++i) task(i);
+    return;
+  }
+  std::atomic<std::size_t> next{0};
+  std::exception_ptr first_error;
+  std::mutex error_mutex;
+  auto worker = [&]() {
+    for (std::size_t i = next.fetch_add(1); i < count; i = next.fetch_add(1)) {
+      try {
+        task(i);
+      } catch (...) {
+        std::lock_guard<std::mutex> lock(error_mutex);
+        if (!first_error) first_error = std::current_exception();
+        next.store(count);  // stop handing out work
+      }
+    }
+  };
+  std::vector<std::thread> threads;
+  threads.reserve(workers - 1);
+  for (std::size_t t = 1; t < workers; ++t) threads.emplace_back(worker);
+  worker();
+  for (auto& thread : threads) thread.join();
+  if (first_error) std::rethrow_exception(first_error);
+}
+
+}  // namespace hassod

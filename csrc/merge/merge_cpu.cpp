@@ -1,0 +1,343 @@
+// CPU implementation of the region-adjacency merge (see merge.h).
+//
+// Cost model: the heap work is small; what dominates is full-length dot products between a new
+// region's feature sum and its neighbours' sums (reads of C doubles from cache or memory).
+// Two things keep their number down:
+//  * Every edge caches the dot product of its two regions' feature sums, so a neighbour shared
+//    by both merged regions gets its new dot product by one addition.
+//  * A neighbour of only one of the merged regions gets an upper bound instead of a fresh dot
+//    product: dot(Sa + Sb, Sc) <= dot(Sa, Sc) + |Sb| |Sc| (Cauchy-Schwarz). The edge enters the
+//    heap keyed by the bound; only when a bound reaches the top of the heap is the exact value
+//    computed and the edge re-keyed. Bounds are never below the exact value, so the merge order
+//    is exactly that of eager recomputation; when a large region absorbs a small one the bounds
+//    are tight and most of them are never resolved.
+// Region ids are never reused (merge k creates id H*W + k). Buffers live in a per-thread
+// workspace reused across calls, so repeated calls do not fault in fresh pages.
+#include "merge/merge.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <sstream>
+#include <stdexcept>
+
+#include "common/union_find.h"
+#include "merge/edge_heap.h"
+
+namespace hassod {
+namespace {
+
+#if defined(__GNUC__) && defined(__x86_64__) && defined(__linux__) && !defined(__clang__)
+#define HASSOD_MULTIVERSION __attribute__((target_clones("arch=haswell", "default")))
+#else
+#define HASSOD_MULTIVERSION
+#endif
+
+HASSOD_MULTIVERSION
+double dot(const double* a, const double* b, std::int64_t n) {
+  double sum = 0.0;
+#pragma omp simd reduction(+ : sum)
+  for (std::int64_t i = 0; i < n; ++i) sum += a[i] * b[i];
+  return sum;
+}
+
+HASSOD_MULTIVERSION
+void add_into(double* target, const double* source, std::int64_t n) {
+#pragma omp simd
+  for (std::int64_t i = 0; i < n; ++i) target[i] += source[i];
+}
+
+// Cosine of two feature sums from their dot product and norms, rounded to the comparison grid.
+// A zero-norm sum has similarity 0 with everything.
+std::int64_t quantized_cosine(double dot_product, double norm_a, double norm_b) {
+  if (norm_a <= 0.0 || norm_b <= 0.0) return 0;
+  const double cosine = dot_product / (norm_a * norm_b);
+  return static_cast<std::int64_t>(std::nearbyint(cosine * kSimilarityScale));
+}
+
+// A quantized value never below quantized_cosine of any dot product <= dot_bound. The margin
+// covers rounding in the bound's own arithmetic; the cap is the largest possible cosine.
+std::int64_t quantized_cosine_bound(double dot_bound, double norm_a, double norm_b) {
+  if (norm_a <= 0.0 || norm_b <= 0.0) return 0;
+  const double cosine = std::min(dot_bound / (norm_a * norm_b), 1.0) + 1e-9;
+  return static_cast<std::int64_t>(std::ceil(cosine * kSimilarityScale));
+}
+
+// An adjacency between two regions. The dot product of their feature sums lies in
+// [dot - error, dot + error]; error == 0 means dot is exact (up to rounding).
+struct Edge {
+  std::int32_t lo;
+  std::int32_t hi;
+  double dot;
+  double error;
+};
+
+// Per-thread buffers, kept between calls (see the file comment).
+struct Workspace {
+  std::vector<double> sums;  // one feature sum per storage slot
+  std::vector<double> norm;  // per region id
+  std::vector<std::int32_t> slot;
+  std::vector<Edge> edges;
+  std::vector<std::vector<std::int32_t>> edges_of;  // edge ids per region; dead ones skipped
+  EdgeHeap heap;
+  std::vector<std::int32_t> gather_stamp;
+  std::vector<double> gather_dot;
+  std::vector<double> gather_error;
+  std::vector<char> gather_sides;
+  std::vector<std::int32_t> touched;
+  UnionFind forest;
+
+  // Large grids would pin their memory to the thread forever; let those go after the call.
+  static constexpr std::size_t kKeepBytes = std::size_t{64} << 20;
+  void release_if_large() {
+    if (sums.capacity() * sizeof(double) + edges.capacity() * sizeof(Edge) > kKeepBytes)
+      *this = Workspace();
+  }
+};
+
+class RegionMerger {
+ public:
+  template <typename Scalar>
+  RegionMerger(Workspace& workspace, const Scalar* features, std::int64_t height,
+               std::int64_t width, std::int64_t channels)
+      : w_(workspace),
+        height_(height),
+        width_(width),
+        channels_(channels),
+        num_cells_(height * width),
+        num_ids_(2 * height * width) {
+    const auto ids = static_cast<std::size_t>(num_ids_);
+    w_.sums.resize(static_cast<std::size_t>(num_cells_ * channels_));
+    w_.norm.assign(ids, 0.0);
+    w_.slot.assign(ids, -1);
+    w_.edges.clear();
+    w_.edges_of.resize(ids);
+    for (auto& list : w_.edges_of) list.clear();
+    w_.heap.clear();
+    w_.gather_stamp.assign(ids, -1);
+    w_.gather_dot.resize(ids);
+    w_.gather_error.resize(ids);
+    w_.gather_sides.resize(ids);
+    w_.forest.reset(num_ids_);
+    load_features(features);
+    build_initial_graph();
+  }
+
+  ClusterResult run(const std::vector<double>& thresholds) {
+    ClusterResult result;
+    result.height = height_;
+    result.width = width_;
+    result.thresholds = thresholds;
+    const std::size_t num_thresholds = thresholds.size();
+    result.labels.resize(num_thresholds * static_cast<std::size_t>(num_cells_));
+    result.num_regions.resize(num_thresholds);
+    result.merges_before.resize(num_thresholds);
+    result.stop_similarity = -std::numeric_limits<double>::infinity();
+
+    auto snapshot = [&](std::size_t t) {
+      result.num_regions[t] = canonical_labels(
+          w_.forest, num_cells_, result.labels.data() + t * static_cast<std::size_t>(num_cells_));
+      result.merges_before[t] = static_cast<std::int64_t>(result.merge_a.size());
+    };
+
+    std::size_t t = 0;
+    while (t < num_thresholds) {
+      if (!settle_top()) {  // one region per connected grid: nothing left to merge
+        for (; t < num_thresholds; ++t) snapshot(t);
+        break;
+      }
+      const EdgeKey best = w_.heap.top();
+      const double similarity = static_cast<double>(best.similarity) / kSimilarityScale;
+      if (similarity < thresholds[t]) {
+        snapshot(t);
+        if (t + 1 == num_thresholds) result.stop_similarity = similarity;
+        ++t;
+        continue;
+      }
+      result.merge_a.push_back(best.lo);
+      result.merge_b.push_back(best.hi);
+      result.merge_similarity.push_back(similarity);
+      merge(best.lo, best.hi);
+    }
+    result.num_dot_products = num_dot_products_;
+    return result;
+  }
+
+ private:
+  double norm_of(std::int32_t id) const { return w_.norm[static_cast<std::size_t>(id)]; }
+  double* sum_of(std::int32_t id) {
+    return w_.sums.data() + static_cast<std::size_t>(w_.slot[static_cast<std::size_t>(id)]) *
+                                static_cast<std::size_t>(channels_);
+  }
+  double fresh_dot(std::int32_t a, std::int32_t b) {
+    ++num_dot_products_;
+    return dot(sum_of(a), sum_of(b), channels_);
+  }
+
+  EdgeKey key_of(std::int32_t edge_index) const {
+    const Edge& edge = w_.edges[static_cast<std::size_t>(edge_index)];
+    const double norm_lo = norm_of(edge.lo), norm_hi = norm_of(edge.hi);
+    const bool bound = edge.error > 0.0;
+    const std::int64_t similarity = bound
+                                        ? quantized_cosine_bound(edge.dot + edge.error, norm_lo, norm_hi)
+                                        : quantized_cosine(edge.dot, norm_lo, norm_hi);
+    return EdgeKey{similarity, edge.lo, edge.hi, edge_index, bound};
+  }
+
+  // Resolves bounds until the top of the heap is exact. Returns false when the heap is empty.
+  bool settle_top() {
+    while (!w_.heap.empty()) {
+      const EdgeKey top = w_.heap.top();
+      if (!top.bound) return true;
+      Edge& edge = w_.edges[static_cast<std::size_t>(top.edge)];
+      edge.dot = fresh_dot(edge.lo, edge.hi);
+      edge.error = 0.0;
+      w_.heap.update(key_of(top.edge));
+    }
+    return false;
+  }
+
+  template <typename Scalar>
+  void load_features(const Scalar* features) {
+    const std::int64_t total = num_cells_ * channels_;
+    for (std::int64_t i = 0; i < total; ++i) {
+      const double value = static_cast<double>(features[i]);
+      if (!std::isfinite(value)) {
+        const std::int64_t cell = i / channels_;
+        std::ostringstream message;
+        message << "features contain a non-finite value (" << value << ") at row "
+                << cell / width_ << ", column " << cell % width_ << ", channel " << i % channels_;
+        throw std::invalid_argument(message.str());
+      }
+      w_.sums[static_cast<std::size_t>(i)] = value;
+    }
+    for (std::int32_t cell = 0; cell < num_cells_; ++cell) {
+      w_.slot[static_cast<std::size_t>(cell)] = cell;
+      const double* sum = sum_of(cell);
+      w_.norm[static_cast<std::size_t>(cell)] = std::sqrt(dot(sum, sum, channels_));
+    }
+  }
+
+  std::int32_t add_edge(std::int32_t lo, std::int32_t hi, double dot_product, double error) {
+    const auto index = static_cast<std::int32_t>(w_.edges.size());
+    w_.edges.push_back(Edge{lo, hi, dot_product, error});
+    w_.edges_of[static_cast<std::size_t>(lo)].push_back(index);
+    w_.edges_of[static_cast<std::size_t>(hi)].push_back(index);
+    return index;
+  }
+
+  void build_initial_graph() {
+    next_id_ = static_cast<std::int32_t>(num_cells_);
+    for (std::int64_t row = 0; row < height_; ++row) {
+      for (std::int64_t col = 0; col < width_; ++col) {
+        const auto cell = static_cast<std::int32_t>(row * width_ + col);
+        if (col + 1 < width_) w_.heap.push(key_of(add_edge(cell, cell + 1, fresh_dot(cell, cell + 1), 0.0)));
+        if (row + 1 < height_) {
+          const auto below = static_cast<std::int32_t>(cell + width_);
+          w_.heap.push(key_of(add_edge(cell, below, fresh_dot(cell, below), 0.0)));
+        }
+      }
+    }
+  }
+
+  void merge(std::int32_t a, std::int32_t b) {
+    const std::int32_t merged = next_id_++;
+    const std::int32_t stamp = merged;
+    // Take the live edges of a (side 1) and b (side 2) out of the heap, summing per neighbour.
+    w_.touched.clear();
+    auto gather = [&](std::int32_t from, char side) {
+      for (const std::int32_t e : w_.edges_of[static_cast<std::size_t>(from)]) {
+        if (!w_.heap.contains(e)) continue;  // its other region was merged away earlier
+        w_.heap.remove(e);
+        const Edge& edge = w_.edges[static_cast<std::size_t>(e)];
+        const std::int32_t other = edge.lo == from ? edge.hi : edge.lo;
+        if (other == a || other == b) continue;  // the merged pair itself
+        const auto id = static_cast<std::size_t>(other);
+        if (w_.gather_stamp[id] != stamp) {
+          w_.gather_stamp[id] = stamp;
+          w_.gather_dot[id] = 0.0;
+          w_.gather_error[id] = 0.0;
+          w_.gather_sides[id] = 0;
+          w_.touched.push_back(other);
+        }
+        w_.gather_dot[id] += edge.dot;
+        w_.gather_error[id] += edge.error;
+        w_.gather_sides[id] |= side;
+      }
+      w_.edges_of[static_cast<std::size_t>(from)].clear();
+    };
+    gather(a, 1);
+    gather(b, 2);
+    const double norm_a = norm_of(a), norm_b = norm_of(b);
+
+    // The merged region takes over a's storage slot.
+    w_.slot[static_cast<std::size_t>(merged)] = w_.slot[static_cast<std::size_t>(a)];
+    double* merged_sum = sum_of(merged);
+    add_into(merged_sum, sum_of(b), channels_);
+    w_.norm[static_cast<std::size_t>(merged)] = std::sqrt(dot(merged_sum, merged_sum, channels_));
+    w_.forest.attach(a, merged);
+    w_.forest.attach(b, merged);
+
+    for (const std::int32_t c : w_.touched) {
+      const auto ci = static_cast<std::size_t>(c);
+      // Shared neighbour: dot(Sa + Sb, Sc) = dot(Sa, Sc) + dot(Sb, Sc), both known.
+      // Otherwise the missing term is bounded by |S_other| |Sc| (Cauchy-Schwarz).
+      double error = w_.gather_error[ci];
+      if (w_.gather_sides[ci] == 1) error += norm_b * norm_of(c);
+      if (w_.gather_sides[ci] == 2) error += norm_a * norm_of(c);
+      w_.heap.push(key_of(add_edge(c, merged, w_.gather_dot[ci], error)));
+    }
+  }
+
+  Workspace& w_;
+  std::int64_t height_, width_, channels_, num_cells_, num_ids_;
+  std::int32_t next_id_ = 0;
+  std::int64_t num_dot_products_ = 0;
+};
+
+}  // namespace
+
+template <typename Scalar>
+ClusterResult cluster_features(const Scalar* features, std::int64_t height, std::int64_t width,
+                               std::int64_t channels, const std::vector<double>& thresholds) {
+  if (height <= 0 || width <= 0 || channels <= 0)
+    throw std::invalid_argument("features must have a non-empty (H, W, C) shape");
+  if (height * width > std::numeric_limits<std::int32_t>::max() / 4)
+    throw std::invalid_argument("feature grid too large: H*W must be below 2^29 cells");
+  if (thresholds.empty()) throw std::invalid_argument("thresholds must not be empty");
+  thread_local Workspace workspace;
+  ClusterResult result = RegionMerger(workspace, features, height, width, channels).run(thresholds);
+  workspace.release_if_large();
+  return result;
+}
+
+template ClusterResult cluster_features<float>(const float*, std::int64_t, std::int64_t,
+                                               std::int64_t, const std::vector<double>&);
+template ClusterResult cluster_features<double>(const double*, std::int64_t, std::int64_t,
+                                                std::int64_t, const std::vector<double>&);
+
+std::vector<std::int32_t> partition_from_merges(std::int64_t num_cells, const std::int32_t* merge_a,
+                                                const std::int32_t* merge_b, std::int64_t count) {
+  const std::int64_t num_ids = num_cells + count;
+  UnionFind forest;
+  forest.reset(num_ids);
+  std::vector<char> merged_already(static_cast<std::size_t>(num_ids), 0);
+  for (std::int64_t k = 0; k < count; ++k) {
+    const auto merged = static_cast<std::int32_t>(num_cells + k);
+    if (merge_a[k] == merge_b[k])
+      throw std::invalid_argument("merge sequence merges a region with itself");
+    for (const std::int32_t id : {merge_a[k], merge_b[k]}) {
+      if (id < 0 || id >= merged)
+        throw std::invalid_argument("merge sequence refers to a region that does not exist yet");
+      if (merged_already[static_cast<std::size_t>(id)])
+        throw std::invalid_argument("merge sequence merges a region that was already merged");
+      merged_already[static_cast<std::size_t>(id)] = 1;
+      forest.attach(id, merged);
+    }
+  }
+  std::vector<std::int32_t> labels(static_cast<std::size_t>(num_cells));
+  canonical_labels(forest, num_cells, labels.data());
+  return labels;
+}
+
+}  // namespace hassod

@@ -1,0 +1,24 @@
+"""hassod: Hierarchical Adaptive Self-Supervised Object Detection with a fast native core.
+
+Importing hassod is light: NumPy and the native module only. torch and timm are imported when
+a feature that needs them is first used.
+"""
+
+from __future__ import annotations
+
+from hassod.cluster import (
+    DEFAULT_THRESHOLDS,
+    ClusterResult,
+    fast_cluster,
+    fast_cluster_batch,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DEFAULT_THRESHOLDS",
+    "ClusterResult",
+    "fast_cluster",
+    "fast_cluster_batch",
+    "__version__",
+]

@@ -1,0 +1,69 @@
+"""Synthetic inputs with known structure, shared by the tests and the benchmarks."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def nested_rectangles(
+    height: int, width: int, groups_per_part: tuple[int, ...], rng: np.random.Generator
+) -> list[np.ndarray]:
+    """Nested partitions of an (H, W) grid into rectangles, coarsest first.
+
+    ``groups_per_part[level]`` says into how many pieces each piece of the previous level is cut
+    (along its longer side, at random positions). Returns one (H, W) int label map per level.
+    """
+    boxes = [(0, height, 0, width)]
+    label_maps = []
+    for pieces in groups_per_part:
+        refined = []
+        for top, bottom, left, right in boxes:
+            vertical = (right - left) >= (bottom - top)
+            start, stop = (left, right) if vertical else (top, bottom)
+            count = min(pieces, stop - start)
+            cuts = np.sort(rng.choice(np.arange(start + 1, stop), size=count - 1, replace=False))
+            edges = [start, *cuts.tolist(), stop]
+            for lo, hi in zip(edges[:-1], edges[1:]):
+                refined.append((top, bottom, lo, hi) if vertical else (lo, hi, left, right))
+        boxes = refined
+        labels = np.empty((height, width), dtype=np.int32)
+        for index, (top, bottom, left, right) in enumerate(boxes):
+            labels[top:bottom, left:right] = index
+        label_maps.append(labels)
+    return label_maps
+
+
+def structured_features(
+    height: int = 60,
+    width: int = 60,
+    channels: int = 768,
+    groups_per_part: tuple[int, ...] = (5, 2, 3),
+    level_weights: tuple[float, ...] = (0.05, 0.17, 0.28, 0.5),
+    noise: float = 0.9,
+    seed: int = 0,
+    dtype=np.float32,
+) -> np.ndarray:
+    """(H, W, C) features that are piecewise constant on nested rectangles, plus noise.
+
+    Each cell's feature is ``sum_l sqrt(w_l) * v_l[piece at level l] + noise * n / sqrt(C)``
+    where ``v_0`` is one vector shared by the whole grid and ``v_l`` are independent random unit
+    vectors per piece of level ``l``. Two pieces that first differ at level ``l`` thus have
+    cosine about ``sum(w[:l])``: with the defaults 0.05 (different top pieces), 0.22 (same top
+    piece) and 0.50 (same middle piece), so merging at 0.4 / 0.2 / 0.1 stops at about 30 / 10 / 5
+    regions on a 60x60 grid.
+    """
+    rng = np.random.default_rng(seed)
+    label_maps = nested_rectangles(height, width, groups_per_part, rng)
+    if len(level_weights) != len(label_maps) + 1:
+        raise ValueError("level_weights needs one weight for the shared vector plus one per level")
+
+    def unit_vectors(count: int) -> np.ndarray:
+        vectors = rng.standard_normal((count, channels))
+        return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+    features = np.sqrt(level_weights[0]) * unit_vectors(1)[0] * np.ones((height, width, 1))
+    for weight, labels in zip(level_weights[1:], label_maps):
+        vectors = unit_vectors(int(labels.max()) + 1)
+        features = features + np.sqrt(weight) * vectors[labels]
+    features = features + noise * rng.standard_normal(features.shape) / np.sqrt(channels)
+    return features.astype(dtype)
