@@ -4,15 +4,17 @@
 // region's feature sum and its neighbours' sums (reads of C doubles from cache or memory).
 // Two things keep their number down:
 //  * Every edge caches the dot product of its two regions' feature sums, so a neighbour shared
-//    by both merged regions gets its new dot product by one addition.
+//    by both merged regions gets its new dot product by one addition (see merge()).
 //  * A neighbour of only one of the merged regions gets an upper bound instead of a fresh dot
 //    product: dot(Sa + Sb, Sc) <= dot(Sa, Sc) + |Sb| |Sc| (Cauchy-Schwarz). The edge enters the
 //    heap keyed by the bound; only when a bound reaches the top of the heap is the exact value
 //    computed and the edge re-keyed. Bounds are never below the exact value, so the merge order
 //    is exactly that of eager recomputation; when a large region absorbs a small one the bounds
 //    are tight and most of them are never resolved.
-// Region ids are never reused (merge k creates id H*W + k). Buffers live in a per-thread
-// workspace reused across calls, so repeated calls do not fault in fresh pages.
+// Memory traffic is the other cost: single cells are read straight from the caller's array
+// (float32 stays float32) and only multi-cell regions get a float64 sum, in slots recycled
+// when regions die, so the working set stays cache-sized. Region ids are never reused (merge k
+// creates id H*W + k). Buffers live in a per-thread workspace reused across calls.
 #include "merge/merge.h"
 
 #include <algorithm>
@@ -28,23 +30,32 @@ namespace hassod {
 namespace {
 
 #if defined(__GNUC__) && defined(__x86_64__) && defined(__linux__) && !defined(__clang__)
-#define HASSOD_MULTIVERSION __attribute__((target_clones("arch=haswell", "default")))
+#define HASSOD_MULTIVERSION __attribute__((target_clones("arch=x86-64-v4", "arch=haswell", "default")))
 #else
 #define HASSOD_MULTIVERSION
 #endif
 
-HASSOD_MULTIVERSION
-double dot(const double* a, const double* b, std::int64_t n) {
+// Products of two floats are exact in double, and so are products of a float and a double sum
+// of floats as far as the double sum itself is exact: mixing the caller's float32 cells with
+// double region sums loses nothing against an all-double computation.
+template <typename A, typename B>
+HASSOD_MULTIVERSION double dot(const A* a, const B* b, std::int64_t n) {
   double sum = 0.0;
 #pragma omp simd reduction(+ : sum)
-  for (std::int64_t i = 0; i < n; ++i) sum += a[i] * b[i];
+  for (std::int64_t i = 0; i < n; ++i) sum += static_cast<double>(a[i]) * static_cast<double>(b[i]);
   return sum;
 }
 
-HASSOD_MULTIVERSION
-void add_into(double* target, const double* source, std::int64_t n) {
+template <typename A>
+HASSOD_MULTIVERSION void add_into(double* target, const A* source, std::int64_t n) {
 #pragma omp simd
-  for (std::int64_t i = 0; i < n; ++i) target[i] += source[i];
+  for (std::int64_t i = 0; i < n; ++i) target[i] += static_cast<double>(source[i]);
+}
+
+template <typename A, typename B>
+HASSOD_MULTIVERSION void add_pair(double* target, const A* a, const B* b, std::int64_t n) {
+#pragma omp simd
+  for (std::int64_t i = 0; i < n; ++i) target[i] = static_cast<double>(a[i]) + static_cast<double>(b[i]);
 }
 
 // Cosine of two feature sums from their dot product and norms, rounded to the comparison grid.
@@ -74,17 +85,17 @@ struct Edge {
 
 // Per-thread buffers, kept between calls (see the file comment).
 struct Workspace {
-  std::vector<double> sums;  // one feature sum per storage slot
+  std::vector<double> sums;  // feature sums of multi-cell regions, one per storage slot
+  std::vector<std::int32_t> free_slots;
   std::vector<double> norm;  // per region id
-  std::vector<std::int32_t> slot;
+  std::vector<std::int32_t> slot;  // per region id; -1 for a single cell (read from the input)
   std::vector<Edge> edges;
   std::vector<std::vector<std::int32_t>> edges_of;  // edge ids per region; dead ones skipped
   EdgeHeap heap;
-  std::vector<std::int32_t> gather_stamp;
-  std::vector<double> gather_dot;
-  std::vector<double> gather_error;
-  std::vector<char> gather_sides;
-  std::vector<std::int32_t> touched;
+  std::vector<std::int32_t> gather_stamp;  // per region id: last merge that visited it
+  std::vector<std::int32_t> gather_edge;   // the edge it keeps in that merge
+  std::vector<char> gather_sides;          // 1: neighbour of a, 2: of b, 3: of both
+  std::vector<std::int32_t> merged_edges;
   UnionFind forest;
 
   // Large grids would pin their memory to the thread forever; let those go after the call.
@@ -95,19 +106,22 @@ struct Workspace {
   }
 };
 
+template <typename Scalar>
 class RegionMerger {
  public:
-  template <typename Scalar>
   RegionMerger(Workspace& workspace, const Scalar* features, std::int64_t height,
                std::int64_t width, std::int64_t channels)
       : w_(workspace),
+        features_(features),
         height_(height),
         width_(width),
         channels_(channels),
         num_cells_(height * width),
         num_ids_(2 * height * width) {
     const auto ids = static_cast<std::size_t>(num_ids_);
-    w_.sums.resize(static_cast<std::size_t>(num_cells_ * channels_));
+    // Slots are recycled, so far fewer than H*W are ever live; grow on demand.
+    w_.sums.clear();
+    w_.free_slots.clear();
     w_.norm.assign(ids, 0.0);
     w_.slot.assign(ids, -1);
     w_.edges.clear();
@@ -115,11 +129,10 @@ class RegionMerger {
     for (auto& list : w_.edges_of) list.clear();
     w_.heap.clear();
     w_.gather_stamp.assign(ids, -1);
-    w_.gather_dot.resize(ids);
-    w_.gather_error.resize(ids);
+    w_.gather_edge.resize(ids);
     w_.gather_sides.resize(ids);
     w_.forest.reset(num_ids_);
-    load_features(features);
+    compute_cell_norms();
     build_initial_graph();
   }
 
@@ -165,13 +178,32 @@ class RegionMerger {
 
  private:
   double norm_of(std::int32_t id) const { return w_.norm[static_cast<std::size_t>(id)]; }
-  double* sum_of(std::int32_t id) {
-    return w_.sums.data() + static_cast<std::size_t>(w_.slot[static_cast<std::size_t>(id)]) *
-                                static_cast<std::size_t>(channels_);
+  std::int32_t slot_of(std::int32_t id) const { return w_.slot[static_cast<std::size_t>(id)]; }
+  const Scalar* cell_of(std::int32_t id) const {
+    return features_ + static_cast<std::size_t>(id) * static_cast<std::size_t>(channels_);
   }
+  double* slot_sum(std::int32_t slot) {
+    return w_.sums.data() + static_cast<std::size_t>(slot) * static_cast<std::size_t>(channels_);
+  }
+  std::int32_t take_slot() {
+    if (!w_.free_slots.empty()) {
+      const std::int32_t slot = w_.free_slots.back();
+      w_.free_slots.pop_back();
+      return slot;
+    }
+    const auto slot = static_cast<std::int32_t>(w_.sums.size() / static_cast<std::size_t>(channels_));
+    w_.sums.resize(w_.sums.size() + static_cast<std::size_t>(channels_));
+    return slot;
+  }
+
+  // Dot product of two regions' feature sums, each read from its slot or from the input cell.
   double fresh_dot(std::int32_t a, std::int32_t b) {
     ++num_dot_products_;
-    return dot(sum_of(a), sum_of(b), channels_);
+    const std::int32_t slot_a = slot_of(a), slot_b = slot_of(b);
+    if (slot_a >= 0 && slot_b >= 0) return dot(slot_sum(slot_a), slot_sum(slot_b), channels_);
+    if (slot_a >= 0) return dot(slot_sum(slot_a), cell_of(b), channels_);
+    if (slot_b >= 0) return dot(cell_of(a), slot_sum(slot_b), channels_);
+    return dot(cell_of(a), cell_of(b), channels_);
   }
 
   EdgeKey key_of(std::int32_t edge_index) const {
@@ -190,32 +222,39 @@ class RegionMerger {
       const EdgeKey top = w_.heap.top();
       if (!top.bound) return true;
       Edge& edge = w_.edges[static_cast<std::size_t>(top.edge)];
-      edge.dot = fresh_dot(edge.lo, edge.hi);
-      edge.error = 0.0;
+      if (edge.error > 0.0) {
+        edge.dot = fresh_dot(edge.lo, edge.hi);
+        edge.error = 0.0;
+      }
       w_.heap.update(key_of(top.edge));
     }
     return false;
   }
 
-  template <typename Scalar>
-  void load_features(const Scalar* features) {
-    const std::int64_t total = num_cells_ * channels_;
-    for (std::int64_t i = 0; i < total; ++i) {
-      const double value = static_cast<double>(features[i]);
-      if (!std::isfinite(value)) {
-        const std::int64_t cell = i / channels_;
-        std::ostringstream message;
-        message << "features contain a non-finite value (" << value << ") at row "
-                << cell / width_ << ", column " << cell % width_ << ", channel " << i % channels_;
+  // Norms of the input cells; a non-finite squared norm flags a non-finite value (or an
+  // overflow of float64 values beyond 1e154), located and reported by a second look.
+  void compute_cell_norms() {
+    for (std::int32_t cell = 0; cell < num_cells_; ++cell) {
+      const Scalar* values = cell_of(cell);
+      const double norm2 = dot(values, values, channels_);
+      if (!std::isfinite(norm2)) report_non_finite(cell, values);
+      w_.norm[static_cast<std::size_t>(cell)] = std::sqrt(norm2);
+    }
+  }
+
+  [[noreturn]] void report_non_finite(std::int32_t cell, const Scalar* values) const {
+    std::ostringstream message;
+    for (std::int64_t c = 0; c < channels_; ++c) {
+      if (!std::isfinite(static_cast<double>(values[c]))) {
+        message << "features contain a non-finite value (" << static_cast<double>(values[c])
+                << ") at row " << cell / width_ << ", column " << cell % width_ << ", channel "
+                << c;
         throw std::invalid_argument(message.str());
       }
-      w_.sums[static_cast<std::size_t>(i)] = value;
     }
-    for (std::int32_t cell = 0; cell < num_cells_; ++cell) {
-      w_.slot[static_cast<std::size_t>(cell)] = cell;
-      const double* sum = sum_of(cell);
-      w_.norm[static_cast<std::size_t>(cell)] = std::sqrt(dot(sum, sum, channels_));
-    }
+    message << "features at row " << cell / width_ << ", column " << cell % width_
+            << " are too large: their squared norm overflows float64; rescale the features";
+    throw std::invalid_argument(message.str());
   }
 
   std::int32_t add_edge(std::int32_t lo, std::int32_t hi, double dot_product, double error) {
@@ -240,56 +279,93 @@ class RegionMerger {
     }
   }
 
+  // Gives `merged` the sum of a and b, reusing a slot of theirs when they have one.
+  void combine_sums(std::int32_t a, std::int32_t b, std::int32_t merged) {
+    std::int32_t slot_a = slot_of(a), slot_b = slot_of(b);
+    std::int32_t slot;
+    if (slot_a < 0 && slot_b < 0) {
+      slot = take_slot();
+      add_pair(slot_sum(slot), cell_of(a), cell_of(b), channels_);
+    } else {
+      if (slot_a < 0) std::swap(a, b), std::swap(slot_a, slot_b);  // a now owns a slot
+      slot = slot_a;
+      if (slot_b >= 0) {
+        add_into(slot_sum(slot), slot_sum(slot_b), channels_);
+        w_.free_slots.push_back(slot_b);
+      } else {
+        add_into(slot_sum(slot), cell_of(b), channels_);
+      }
+    }
+    w_.slot[static_cast<std::size_t>(merged)] = slot;
+    const double* sum = slot_sum(slot);
+    w_.norm[static_cast<std::size_t>(merged)] = std::sqrt(dot(sum, sum, channels_));
+  }
+
+  // Merges a and b into a new region. Each neighbour keeps one edge, re-pointed at the merged
+  // region and re-keyed in place; a neighbour of both keeps a's edge, whose dot product absorbs
+  // b's (dot(Sa + Sb, Sc) = dot(Sa, Sc) + dot(Sb, Sc)), and b's edge goes. So no edge is ever
+  // created after the first 2HW - H - W and the edge table stays cache-sized.
   void merge(std::int32_t a, std::int32_t b) {
     const std::int32_t merged = next_id_++;
     const std::int32_t stamp = merged;
-    // Take the live edges of a (side 1) and b (side 2) out of the heap, summing per neighbour.
-    w_.touched.clear();
-    auto gather = [&](std::int32_t from, char side) {
+    std::vector<std::int32_t>& merged_edges = w_.merged_edges;
+    merged_edges.clear();
+    auto visit = [&](std::int32_t from, char side) {
       for (const std::int32_t e : w_.edges_of[static_cast<std::size_t>(from)]) {
-        if (!w_.heap.contains(e)) continue;  // its other region was merged away earlier
-        w_.heap.remove(e);
-        const Edge& edge = w_.edges[static_cast<std::size_t>(e)];
+        if (!w_.heap.contains(e)) continue;  // removed earlier (a shared neighbour's duplicate)
+        Edge& edge = w_.edges[static_cast<std::size_t>(e)];
         const std::int32_t other = edge.lo == from ? edge.hi : edge.lo;
-        if (other == a || other == b) continue;  // the merged pair itself
+        if (other == a || other == b) {  // the merged pair itself
+          w_.heap.remove(e);
+          continue;
+        }
         const auto id = static_cast<std::size_t>(other);
         if (w_.gather_stamp[id] != stamp) {
           w_.gather_stamp[id] = stamp;
-          w_.gather_dot[id] = 0.0;
-          w_.gather_error[id] = 0.0;
-          w_.gather_sides[id] = 0;
-          w_.touched.push_back(other);
+          w_.gather_edge[id] = e;
+          w_.gather_sides[id] = side;
+          merged_edges.push_back(e);
+        } else {
+          Edge& kept = w_.edges[static_cast<std::size_t>(w_.gather_edge[id])];
+          kept.dot += edge.dot;
+          kept.error += edge.error;
+          w_.gather_sides[id] |= side;
+          w_.heap.remove(e);
         }
-        w_.gather_dot[id] += edge.dot;
-        w_.gather_error[id] += edge.error;
-        w_.gather_sides[id] |= side;
       }
       w_.edges_of[static_cast<std::size_t>(from)].clear();
     };
-    gather(a, 1);
-    gather(b, 2);
+    visit(a, 1);
+    visit(b, 2);
     const double norm_a = norm_of(a), norm_b = norm_of(b);
-
-    // The merged region takes over a's storage slot.
-    w_.slot[static_cast<std::size_t>(merged)] = w_.slot[static_cast<std::size_t>(a)];
-    double* merged_sum = sum_of(merged);
-    add_into(merged_sum, sum_of(b), channels_);
-    w_.norm[static_cast<std::size_t>(merged)] = std::sqrt(dot(merged_sum, merged_sum, channels_));
+    combine_sums(a, b, merged);
     w_.forest.attach(a, merged);
     w_.forest.attach(b, merged);
 
-    for (const std::int32_t c : w_.touched) {
-      const auto ci = static_cast<std::size_t>(c);
-      // Shared neighbour: dot(Sa + Sb, Sc) = dot(Sa, Sc) + dot(Sb, Sc), both known.
-      // Otherwise the missing term is bounded by |S_other| |Sc| (Cauchy-Schwarz).
-      double error = w_.gather_error[ci];
-      if (w_.gather_sides[ci] == 1) error += norm_b * norm_of(c);
-      if (w_.gather_sides[ci] == 2) error += norm_a * norm_of(c);
-      w_.heap.push(key_of(add_edge(c, merged, w_.gather_dot[ci], error)));
+    for (const std::int32_t e : merged_edges) {
+      Edge& edge = w_.edges[static_cast<std::size_t>(e)];
+      const std::int32_t c = (edge.lo == a || edge.lo == b) ? edge.hi : edge.lo;
+      // A neighbour of only one side misses the other side's term: bound it by
+      // |S_other| |Sc| (Cauchy-Schwarz) until the edge reaches the top of the heap.
+      const char sides = w_.gather_sides[static_cast<std::size_t>(c)];
+      if (sides == 1) edge.error += norm_b * norm_of(c);
+      if (sides == 2) edge.error += norm_a * norm_of(c);
+      edge.lo = c;  // c < merged: the merged region has the newest id
+      edge.hi = merged;
+      // An entry that already ranks at least as high as the new key still ranks at least as
+      // high as the true similarity: leave it in place as a bound (ids only grow, so its stale
+      // pair never ranks below the new one) and save the sift.
+      const EdgeKey fresh = key_of(e);
+      if (higher_priority(fresh, w_.heap.key_of(e)))
+        w_.heap.update(fresh);
+      else
+        w_.heap.mark_bound(e);
     }
+    std::swap(w_.edges_of[static_cast<std::size_t>(merged)], merged_edges);
   }
 
   Workspace& w_;
+  const Scalar* features_;
   std::int64_t height_, width_, channels_, num_cells_, num_ids_;
   std::int32_t next_id_ = 0;
   std::int64_t num_dot_products_ = 0;
@@ -306,7 +382,8 @@ ClusterResult cluster_features(const Scalar* features, std::int64_t height, std:
     throw std::invalid_argument("feature grid too large: H*W must be below 2^29 cells");
   if (thresholds.empty()) throw std::invalid_argument("thresholds must not be empty");
   thread_local Workspace workspace;
-  ClusterResult result = RegionMerger(workspace, features, height, width, channels).run(thresholds);
+  ClusterResult result =
+      RegionMerger<Scalar>(workspace, features, height, width, channels).run(thresholds);
   workspace.release_if_large();
   return result;
 }
