@@ -14,11 +14,14 @@ Exact rules (shared with :mod:`hassod.reference`):
 * A region whose feature sum has zero norm has similarity 0 with every neighbour.
 * Label maps are canonical: regions are numbered 0, 1, ... in row-major order of their first
   cell.
+* float64 features of extreme magnitude (squared cell norms beyond 1e200 or below 1e-200) are
+  first scaled by a power of two, which is exact and leaves every cosine unchanged.
 """
 
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -34,6 +37,7 @@ MERGE_DTYPE = np.dtype(
 )
 
 _SUPPORTED_DTYPES = (np.float16, np.float32, np.float64)
+MAX_THREADS = 1024
 
 
 @dataclass(frozen=True, eq=False)
@@ -107,7 +111,9 @@ class ClusterResult:
         )
 
 
-def fast_cluster(features, thresholds: float | Sequence[float] = DEFAULT_THRESHOLDS) -> ClusterResult:
+def fast_cluster(
+    features, thresholds: float | Sequence[float] = DEFAULT_THRESHOLDS
+) -> ClusterResult:
     """Cluster one (H, W, C) feature grid with the native core.
 
     Args:
@@ -140,8 +146,11 @@ def fast_cluster_batch(
         thresholds: as for :func:`fast_cluster`.
         num_threads: worker threads; None uses every hardware thread.
     """
-    if num_threads is not None and (not isinstance(num_threads, int) or num_threads < 1):
-        raise ValueError(f"num_threads must be a positive integer or None, got {num_threads!r}")
+    if num_threads is not None:
+        if isinstance(num_threads, bool) or not isinstance(num_threads, numbers.Integral):
+            raise ValueError(f"num_threads must be a positive integer or None, got {num_threads!r}")
+        if not 1 <= num_threads <= MAX_THREADS:
+            raise ValueError(f"num_threads must be between 1 and {MAX_THREADS}, got {num_threads}")
     if _is_torch_tensor(features) or isinstance(features, np.ndarray):
         if features.ndim != 4:
             raise ValueError(
@@ -152,7 +161,7 @@ def fast_cluster_batch(
         items = list(features)
     grids = [as_feature_grid(item, name=f"features[{i}]") for i, item in enumerate(items)]
     levels = check_thresholds(thresholds)
-    raw = cpu_module().cluster_batch(grids, list(levels), num_threads or 0)
+    raw = cpu_module().cluster_batch(grids, list(levels), int(num_threads or 0))
     return [_result_from_native(item) for item in raw]
 
 
@@ -177,7 +186,9 @@ def as_feature_grid(features, name: str = "features") -> np.ndarray:
 
 def check_thresholds(thresholds: float | Sequence[float]) -> tuple[float, ...]:
     """Validate merge thresholds and return them sorted in descending order."""
-    if np.isscalar(thresholds):
+    if thresholds is None:
+        raise ValueError("thresholds must be a number or a sequence of numbers, got None")
+    if np.ndim(thresholds) == 0:
         thresholds = (thresholds,)
     values = [_check_threshold_value(theta, "threshold") for theta in thresholds]
     if not values:
@@ -202,8 +213,7 @@ def _is_torch_tensor(value) -> bool:
 def _torch_to_numpy(tensor, name: str) -> np.ndarray:
     if tensor.device.type != "cpu":
         raise ValueError(
-            f"{name} is on {tensor.device}; the clustering core runs on the CPU, pass "
-            f"{name}.cpu()"
+            f"{name} is on {tensor.device}; the clustering core runs on the CPU, pass {name}.cpu()"
         )
     tensor = tensor.detach()
     if str(tensor.dtype) == "torch.bfloat16":

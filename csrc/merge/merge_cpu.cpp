@@ -62,7 +62,9 @@ HASSOD_MULTIVERSION void add_pair(double* target, const A* a, const B* b, std::i
 // A zero-norm sum has similarity 0 with everything.
 std::int64_t quantized_cosine(double dot_product, double norm_a, double norm_b) {
   if (norm_a <= 0.0 || norm_b <= 0.0) return 0;
-  const double cosine = dot_product / (norm_a * norm_b);
+  double cosine = dot_product / (norm_a * norm_b);
+  // Keep the integer conversion defined whatever the arithmetic did (NaN to 0).
+  if (!(cosine >= -2.0 && cosine <= 2.0)) cosine = std::isnan(cosine) ? 0.0 : std::copysign(2.0, cosine);
   return static_cast<std::int64_t>(std::nearbyint(cosine * kSimilarityScale));
 }
 
@@ -133,8 +135,11 @@ class RegionMerger {
     w_.gather_sides.resize(ids);
     w_.forest.reset(num_ids_);
     compute_cell_norms();
-    build_initial_graph();
+    if (!needs_rescale_) build_initial_graph();
   }
+
+  // True when the features' magnitudes need a power-of-two rescale before merging.
+  bool needs_rescale() const { return needs_rescale_; }
 
   ClusterResult run(const std::vector<double>& thresholds) {
     ClusterResult result;
@@ -231,30 +236,37 @@ class RegionMerger {
     return false;
   }
 
-  // Norms of the input cells; a non-finite squared norm flags a non-finite value (or an
-  // overflow of float64 values beyond 1e154), located and reported by a second look.
+  // Norms of the input cells. A non-finite squared norm flags a non-finite value, located
+  // and reported by a second look at the cell. Squared norms far from 1 (float64 input beyond
+  // about 1e100 or below 1e-100) would overflow or underflow the sums' dot products: flagged
+  // for a rescaled run instead (see cluster_features).
   void compute_cell_norms() {
+    constexpr double kLargest = 1e200, kSmallest = 1e-200;
     for (std::int32_t cell = 0; cell < num_cells_; ++cell) {
       const Scalar* values = cell_of(cell);
       const double norm2 = dot(values, values, channels_);
-      if (!std::isfinite(norm2)) report_non_finite(cell, values);
+      if (!std::isfinite(norm2)) {
+        throw_if_non_finite(cell, values);
+        needs_rescale_ = true;  // finite values whose squares overflow
+      } else if (norm2 > kLargest || (norm2 < kSmallest && norm2 > 0.0)) {
+        needs_rescale_ = true;
+      } else if (norm2 == 0.0 && std::any_of(values, values + channels_, [](Scalar v) { return v != 0; })) {
+        needs_rescale_ = true;  // non-zero values whose squares underflow
+      }
       w_.norm[static_cast<std::size_t>(cell)] = std::sqrt(norm2);
     }
   }
 
-  [[noreturn]] void report_non_finite(std::int32_t cell, const Scalar* values) const {
-    std::ostringstream message;
+  void throw_if_non_finite(std::int32_t cell, const Scalar* values) const {
     for (std::int64_t c = 0; c < channels_; ++c) {
       if (!std::isfinite(static_cast<double>(values[c]))) {
+        std::ostringstream message;
         message << "features contain a non-finite value (" << static_cast<double>(values[c])
                 << ") at row " << cell / width_ << ", column " << cell % width_ << ", channel "
                 << c;
         throw std::invalid_argument(message.str());
       }
     }
-    message << "features at row " << cell / width_ << ", column " << cell % width_
-            << " are too large: their squared norm overflows float64; rescale the features";
-    throw std::invalid_argument(message.str());
   }
 
   std::int32_t add_edge(std::int32_t lo, std::int32_t hi, double dot_product, double error) {
@@ -366,6 +378,7 @@ class RegionMerger {
 
   Workspace& w_;
   const Scalar* features_;
+  bool needs_rescale_ = false;
   std::int64_t height_, width_, channels_, num_cells_, num_ids_;
   std::int32_t next_id_ = 0;
   std::int64_t num_dot_products_ = 0;
@@ -382,8 +395,22 @@ ClusterResult cluster_features(const Scalar* features, std::int64_t height, std:
     throw std::invalid_argument("feature grid too large: H*W must be below 2^29 cells");
   if (thresholds.empty()) throw std::invalid_argument("thresholds must not be empty");
   thread_local Workspace workspace;
-  ClusterResult result =
-      RegionMerger<Scalar>(workspace, features, height, width, channels).run(thresholds);
+  ClusterResult result;
+  RegionMerger<Scalar> merger(workspace, features, height, width, channels);
+  if (!merger.needs_rescale()) {
+    result = merger.run(thresholds);
+  } else {
+    // Cosines are scale-invariant and power-of-two scaling is exact, so run on a copy whose
+    // largest magnitude is about 1. (Values below 2^-1074 of the largest become zero.)
+    const auto count = static_cast<std::size_t>(height * width * channels);
+    double largest = 0.0;
+    for (std::size_t i = 0; i < count; ++i)
+      largest = std::max(largest, std::abs(static_cast<double>(features[i])));
+    const double scale = std::ldexp(1.0, -std::ilogb(largest));
+    std::vector<double> scaled(count);
+    for (std::size_t i = 0; i < count; ++i) scaled[i] = static_cast<double>(features[i]) * scale;
+    result = RegionMerger<double>(workspace, scaled.data(), height, width, channels).run(thresholds);
+  }
   workspace.release_if_large();
   return result;
 }

@@ -1,0 +1,5 @@
+import sys
+
+from hassod.cli import main
+
+sys.exit(main())

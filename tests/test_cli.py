@@ -1,0 +1,107 @@
+"""The `hassod cluster` command: a real run on a photo, and its errors."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from hassod.cli import main
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+WEIGHTS = SHARED / "weights" / "dinov2_vits14_imgfocus_fp16.pth"
+PHOTO = SHARED / "data" / "coco_val2017_sample" / "000000142238.jpg"
+SMALL = ["--backbone", "vit_small_patch14_dinov2", "--size", "224"]
+
+
+def test_cluster_random_weights_writes_picture_and_labels(tmp_path, capsys):
+    assert main(["cluster", *SMALL, "--random-weights", "--out", str(tmp_path)]) == 0
+    figure = Image.open(tmp_path / "astronaut_partitions.png")
+    saved = np.load(tmp_path / "astronaut_labels.npz")
+    assert saved["labels"].shape == (3, 16, 16)
+    assert saved["thresholds"].tolist() == [0.4, 0.2, 0.1]
+    assert figure.size[0] == 4 * (figure.size[1] - 22)  # four square panels under a caption
+    assert "regions" in capsys.readouterr().out
+    assert not list(tmp_path.glob(".*.tmp"))  # temporary files renamed away
+
+
+@pytest.mark.skipif(not WEIGHTS.is_file(), reason="shared DINOv2 weights not present (../shared)")
+def test_cluster_real_photo_with_shared_weights(tmp_path):
+    code = main(
+        [
+            "cluster",
+            str(PHOTO),
+            "--backbone",
+            "vit_small_patch14_dinov2",
+            "--weights",
+            str(WEIGHTS),
+            "--size",
+            "476",
+            "--out",
+            str(tmp_path),
+        ]
+    )
+    assert code == 0
+    labels = np.load(tmp_path / "000000142238_labels.npz")["labels"]
+    assert labels.shape == (3, 34, 34)
+    counts = [len(np.unique(level)) for level in labels]
+    assert counts[0] > 1 and counts == sorted(counts, reverse=True)
+
+
+def test_cluster_missing_image_is_a_usage_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["cluster", str(tmp_path / "nope.jpg"), *SMALL, "--random-weights"])
+    assert exit_info.value.code == 2
+    assert "image not found" in capsys.readouterr().err
+
+
+def test_cluster_corrupt_image_is_a_usage_error(tmp_path, capsys):
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8 not really a jpeg")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["cluster", str(broken), *SMALL, "--random-weights"])
+    assert exit_info.value.code == 2
+    assert "cannot read image" in capsys.readouterr().err
+
+
+def test_cluster_bad_thresholds_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["cluster", *SMALL, "--random-weights", "--thresholds", "1.5"])
+    assert exit_info.value.code == 2
+    assert "[-1, 1]" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
+def test_cluster_unwritable_output_is_a_usage_error(tmp_path, capsys):
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["cluster", *SMALL, "--random-weights", "--out", str(locked / "sub")])
+    assert exit_info.value.code == 2
+
+
+def test_cluster_output_path_that_is_a_file_is_a_usage_error(tmp_path, capsys):
+    occupied = tmp_path / "occupied"
+    occupied.write_text("a file, not a folder")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["cluster", *SMALL, "--random-weights", "--out", str(occupied)])
+    assert exit_info.value.code == 2
+    assert "not writable" in capsys.readouterr().err
+
+
+def test_cluster_missing_weights_file_fails_clearly(tmp_path, capsys):
+    code = main(["cluster", *SMALL, "--weights", str(tmp_path / "missing.pth")])
+    assert code == 1
+    assert "missing.pth" in capsys.readouterr().err
+
+
+def test_console_entry_point_runs():
+    completed = subprocess.run(
+        [sys.executable, "-m", "hassod", "--help"], capture_output=True, text=True, check=True
+    )
+    assert "cluster" in completed.stdout
