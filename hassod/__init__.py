@@ -12,6 +12,13 @@ from hassod.cluster import (
     fast_cluster,
     fast_cluster_batch,
 )
+from hassod.hierarchy import (
+    Hierarchy,
+    build_hierarchy,
+    build_hierarchy_batch,
+    coverage_matrix,
+    dedup_masks,
+)
 
 __version__ = "0.1.0"
 
@@ -20,5 +27,10 @@ __all__ = [
     "ClusterResult",
     "fast_cluster",
     "fast_cluster_batch",
+    "Hierarchy",
+    "build_hierarchy",
+    "build_hierarchy_batch",
+    "coverage_matrix",
+    "dedup_masks",
     "__version__",
 ]

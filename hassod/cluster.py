@@ -21,12 +21,12 @@ Exact rules (shared with :mod:`hassod.reference`):
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
+from hassod._checks import check_num_threads, is_torch_tensor
 from hassod._native import cpu_module
 
 DEFAULT_THRESHOLDS: tuple[float, ...] = (0.4, 0.2, 0.1)  # paper's theta_merge values
@@ -37,7 +37,6 @@ MERGE_DTYPE = np.dtype(
 )
 
 _SUPPORTED_DTYPES = (np.float16, np.float32, np.float64)
-MAX_THREADS = 1024
 
 
 @dataclass(frozen=True, eq=False)
@@ -146,12 +145,8 @@ def fast_cluster_batch(
         thresholds: as for :func:`fast_cluster`.
         num_threads: worker threads; None uses every hardware thread.
     """
-    if num_threads is not None:
-        if isinstance(num_threads, bool) or not isinstance(num_threads, numbers.Integral):
-            raise ValueError(f"num_threads must be a positive integer or None, got {num_threads!r}")
-        if not 1 <= num_threads <= MAX_THREADS:
-            raise ValueError(f"num_threads must be between 1 and {MAX_THREADS}, got {num_threads}")
-    if _is_torch_tensor(features) or isinstance(features, np.ndarray):
+    threads = check_num_threads(num_threads)
+    if is_torch_tensor(features) or isinstance(features, np.ndarray):
         if features.ndim != 4:
             raise ValueError(
                 f"batched features must have shape (B, H, W, C), got {tuple(features.shape)}"
@@ -161,13 +156,13 @@ def fast_cluster_batch(
         items = list(features)
     grids = [as_feature_grid(item, name=f"features[{i}]") for i, item in enumerate(items)]
     levels = check_thresholds(thresholds)
-    raw = cpu_module().cluster_batch(grids, list(levels), int(num_threads or 0))
+    raw = cpu_module().cluster_batch(grids, list(levels), threads)
     return [_result_from_native(item) for item in raw]
 
 
 def as_feature_grid(features, name: str = "features") -> np.ndarray:
     """Validate ``features`` and return a C-contiguous (H, W, C) float32/float64 array."""
-    if _is_torch_tensor(features):
+    if is_torch_tensor(features):
         features = _torch_to_numpy(features, name)
     array = np.asarray(features)
     if array.dtype.type not in _SUPPORTED_DTYPES:
@@ -204,10 +199,6 @@ def _check_threshold_value(theta, what: str) -> float:
     if not math.isfinite(value) or not -1.0 <= value <= 1.0:
         raise ValueError(f"{what} must be a finite cosine similarity in [-1, 1], got {theta!r}")
     return value
-
-
-def _is_torch_tensor(value) -> bool:
-    return type(value).__module__.split(".")[0] == "torch" and hasattr(value, "detach")
 
 
 def _torch_to_numpy(tensor, name: str) -> np.ndarray:

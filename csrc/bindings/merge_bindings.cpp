@@ -1,29 +1,21 @@
-// The hassod._C module: translates between NumPy arrays and the C++ kernels, nothing more.
-// Shapes and dtypes are checked here (the Python layer converts what it can beforehand);
-// every kernel runs with the GIL released.
+// Bindings of the merge (clustering) kernels: NumPy in, NumPy out, nothing more. Shapes and
+// dtypes are checked here (the Python layer converts what it can beforehand); every kernel
+// runs with the GIL released.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
-#include <cstring>
 #include <sstream>
 #include <stdexcept>
 #include <string>
 #include <vector>
 
+#include "bindings/common.h"
 #include "common/parallel.h"
 #include "merge/merge.h"
 
-namespace py = pybind11;
-
+namespace hassod::bindings {
 namespace {
-
-template <typename T>
-py::array_t<T> to_numpy(const std::vector<T>& values, std::vector<py::ssize_t> shape) {
-  py::array_t<T> out(shape);
-  if (!values.empty()) std::memcpy(out.mutable_data(), values.data(), values.size() * sizeof(T));
-  return out;
-}
 
 py::dict result_to_dict(const hassod::ClusterResult& r) {
   const auto num_thresholds = static_cast<py::ssize_t>(r.thresholds.size());
@@ -132,8 +124,7 @@ py::array_t<std::int32_t> partition_from_merges(
 
 }  // namespace
 
-PYBIND11_MODULE(_C, m) {
-  m.doc() = "hassod native core (CPU)";
+void bind_merge(py::module_& m) {
   m.attr("similarity_scale") = hassod::kSimilarityScale;
   m.def("cluster", &cluster, py::arg("features"), py::arg("thresholds"),
         "Hierarchical adaptive clustering of one (H, W, C) float32/float64 grid.");
@@ -142,5 +133,6 @@ PYBIND11_MODULE(_C, m) {
   m.def("partition_from_merges", &partition_from_merges, py::arg("num_cells"), py::arg("merge_a"),
         py::arg("merge_b"), py::arg("count"),
         "Canonical label map after the first `count` merges of a merge sequence.");
-  m.def("hardware_threads", []() { return hassod::resolve_num_threads(0); });
 }
+
+}  // namespace hassod::bindings

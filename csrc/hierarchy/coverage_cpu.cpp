@@ -1,0 +1,177 @@
+// CPU implementation of coverage matrices, the coverage forest and dedup (see coverage.h).
+#include "hierarchy/coverage.h"
+
+#include <algorithm>
+#include <cstring>
+#include <stdexcept>
+
+namespace hassod {
+namespace {
+
+#if defined(__GNUC__) && defined(__x86_64__) && defined(__linux__) && !defined(__clang__)
+#define HASSOD_POPCOUNT_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v2", "default")))
+#else
+#define HASSOD_POPCOUNT_CLONES
+#endif
+
+constexpr std::uint64_t kLowBits = 0x7F7F7F7F7F7F7F7FULL;
+constexpr std::uint64_t kHighBits = 0x8080808080808080ULL;
+// Multiplying eight 0/1 bytes by this gathers byte k into bit 56 + k (no carries reach there).
+constexpr std::uint64_t kGatherBytes = 0x0102040810204080ULL;
+
+// Eight mask bytes (non-zero = inside) to eight bits, byte k to bit k.
+inline std::uint64_t pack_eight(const std::uint8_t* bytes) {
+  std::uint64_t x;
+  std::memcpy(&x, bytes, 8);
+  const std::uint64_t nonzero = (((x & kLowBits) + kLowBits) | x) & kHighBits;  // high bit per byte
+  return ((nonzero >> 7) * kGatherBytes) >> 56;
+}
+
+HASSOD_POPCOUNT_CLONES
+std::int64_t and_popcount(const std::uint64_t* a, const std::uint64_t* b, std::int64_t n) {
+  std::int64_t count = 0;
+  for (std::int64_t i = 0; i < n; ++i) count += __builtin_popcountll(a[i] & b[i]);
+  return count;
+}
+
+}  // namespace
+
+PackedMasks pack_masks(const std::uint8_t* masks, std::int64_t num_masks, std::int64_t num_pixels) {
+  PackedMasks packed;
+  packed.num_masks = num_masks;
+  packed.num_pixels = num_pixels;
+  packed.words_per_mask = (num_pixels + 63) / 64;
+  packed.words.assign(static_cast<std::size_t>(num_masks * packed.words_per_mask), 0);
+  for (std::int64_t k = 0; k < num_masks; ++k) {
+    const std::uint8_t* source = masks + k * num_pixels;
+    std::uint64_t* target = packed.words.data() + k * packed.words_per_mask;
+    const std::int64_t full_words = num_pixels / 64;
+    for (std::int64_t w = 0; w < full_words; ++w) {
+      std::uint64_t word = 0;
+      for (int byte = 0; byte < 8; ++byte) word |= pack_eight(source + 64 * w + 8 * byte) << (8 * byte);
+      target[w] = word;
+    }
+    for (std::int64_t p = full_words * 64; p < num_pixels; ++p)  // the tail, pixel by pixel
+      if (source[p]) target[p / 64] |= std::uint64_t{1} << (p % 64);
+  }
+  return packed;
+}
+
+PackedMasks pack_runs(const std::vector<std::vector<std::uint32_t>>& runs, std::int64_t num_pixels) {
+  PackedMasks packed;
+  packed.num_masks = static_cast<std::int64_t>(runs.size());
+  packed.num_pixels = num_pixels;
+  packed.words_per_mask = (num_pixels + 63) / 64;
+  packed.words.assign(static_cast<std::size_t>(packed.num_masks * packed.words_per_mask), 0);
+  for (std::size_t k = 0; k < runs.size(); ++k) {
+    std::uint64_t* target = packed.words.data() + static_cast<std::int64_t>(k) * packed.words_per_mask;
+    std::int64_t position = 0;
+    bool inside = false;  // runs alternate, starting with background
+    for (const std::uint32_t length : runs[k]) {
+      const std::int64_t end = position + length;
+      if (end > num_pixels)
+        throw std::invalid_argument("RLE runs cover more pixels than the mask size says");
+      if (inside) {
+        for (std::int64_t p = position; p < end;) {  // set whole words where possible
+          const std::int64_t word = p / 64, bit = p % 64;
+          const std::int64_t span = std::min<std::int64_t>(64 - bit, end - p);
+          const std::uint64_t ones = span == 64 ? ~std::uint64_t{0} : ((std::uint64_t{1} << span) - 1);
+          target[word] |= ones << bit;
+          p += span;
+        }
+      }
+      position = end;
+      inside = !inside;
+    }
+    if (position != num_pixels)
+      throw std::invalid_argument("RLE runs do not cover exactly the mask size");
+  }
+  return packed;
+}
+
+std::vector<std::int64_t> coverage_matrix(const PackedMasks& masks) {
+  const std::int64_t k = masks.num_masks, words = masks.words_per_mask;
+  std::vector<std::int64_t> intersections(static_cast<std::size_t>(k * k), 0);
+  // Blocks of words small enough that all K masks' blocks stay in cache across the pairs.
+  const std::int64_t block = std::max<std::int64_t>(64, (std::int64_t{1} << 15) / std::max<std::int64_t>(k, 1));
+  for (std::int64_t start = 0; start < words; start += block) {
+    const std::int64_t length = std::min(block, words - start);
+    for (std::int64_t i = 0; i < k; ++i) {
+      const std::uint64_t* a = masks.words.data() + i * words + start;
+      for (std::int64_t j = i; j < k; ++j) {
+        const std::uint64_t* b = masks.words.data() + j * words + start;
+        intersections[static_cast<std::size_t>(i * k + j)] += and_popcount(a, b, length);
+      }
+    }
+  }
+  for (std::int64_t i = 0; i < k; ++i)
+    for (std::int64_t j = 0; j < i; ++j)
+      intersections[static_cast<std::size_t>(i * k + j)] = intersections[static_cast<std::size_t>(j * k + i)];
+  return intersections;
+}
+
+namespace {
+
+// |A∩B| / |A| as the authors compute it (float64 division); 0 for an empty A.
+inline double coverage_ratio(std::int64_t intersection, std::int64_t area) {
+  return area > 0 ? static_cast<double>(intersection) / static_cast<double>(area) : 0.0;
+}
+
+}  // namespace
+
+Forest build_forest(const std::int64_t* intersections, std::int64_t num_masks, double cover) {
+  Forest forest;
+  const auto k = static_cast<std::size_t>(num_masks);
+  forest.parent.assign(k, -1);
+  forest.depth.assign(k, -1);
+  forest.level.assign(k, 0);
+  auto area = [&](std::int64_t i) { return intersections[i * num_masks + i]; };
+  for (std::int64_t a = 0; a < num_masks; ++a) {
+    std::int32_t best = -1;
+    for (std::int64_t b = 0; b < num_masks; ++b) {
+      if (b == a) continue;
+      const std::int64_t shared = intersections[a * num_masks + b];
+      const bool covers = coverage_ratio(shared, area(a)) >= cover && coverage_ratio(shared, area(b)) < cover;
+      if (covers && (best < 0 || area(b) < area(best))) best = static_cast<std::int32_t>(b);
+    }
+    forest.parent[static_cast<std::size_t>(a)] = best;
+  }
+  // A parent is strictly larger than its child (cover*|A| <= |A∩B| < cover*|B|), so chains end.
+  for (std::size_t a = 0; a < k; ++a) {
+    std::int32_t depth = 0;
+    for (std::int32_t p = forest.parent[a]; p >= 0; p = forest.parent[static_cast<std::size_t>(p)]) {
+      if (forest.depth[static_cast<std::size_t>(p)] >= 0) {
+        depth += forest.depth[static_cast<std::size_t>(p)] + 1;
+        break;
+      }
+      ++depth;
+      if (depth > num_masks) throw std::logic_error("coverage forest has a cycle");
+    }
+    forest.depth[a] = depth;
+    forest.level[a] = static_cast<std::int8_t>(std::min(depth, 2));
+  }
+  return forest;
+}
+
+std::vector<std::int32_t> dedup_masks(const std::int64_t* intersections, std::int64_t num_masks,
+                                      double iou) {
+  std::vector<std::int32_t> kept;
+  for (std::int64_t i = 0; i < num_masks; ++i) {
+    const std::int64_t area_i = intersections[i * num_masks + i];
+    bool duplicate = false;
+    for (const std::int32_t j : kept) {
+      const std::int64_t area_j = intersections[j * num_masks + j];
+      const std::int64_t shared = intersections[i * num_masks + j];
+      const std::int64_t united = area_i + area_j - shared;
+      const double overlap = united > 0 ? static_cast<double>(shared) / static_cast<double>(united) : 1.0;
+      if (overlap >= iou) {
+        duplicate = true;
+        break;
+      }
+    }
+    if (!duplicate) kept.push_back(static_cast<std::int32_t>(i));
+  }
+  return kept;
+}
+
+}  // namespace hassod

@@ -1,0 +1,14 @@
+// COCO run-length encodings: the compressed "counts" string of pycocotools, decoded to runs.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace hassod {
+
+// Decodes a COCO compressed RLE string (pycocotools' rleFrString format) into run lengths,
+// alternating background / foreground, starting with background, column-major pixel order.
+std::vector<std::uint32_t> decode_rle_string(const std::string& counts);
+
+}  // namespace hassod

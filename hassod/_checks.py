@@ -1,0 +1,23 @@
+"""Argument checks shared by the public API modules."""
+
+from __future__ import annotations
+
+import numbers
+
+MAX_THREADS = 1024
+
+
+def is_torch_tensor(value) -> bool:
+    """True for a torch.Tensor, without importing torch."""
+    return type(value).__module__.split(".")[0] == "torch" and hasattr(value, "detach")
+
+
+def check_num_threads(num_threads) -> int:
+    """Validate ``num_threads`` (None or 1 .. MAX_THREADS); returns 0 for None (all threads)."""
+    if num_threads is None:
+        return 0
+    if isinstance(num_threads, bool) or not isinstance(num_threads, numbers.Integral):
+        raise ValueError(f"num_threads must be a positive integer or None, got {num_threads!r}")
+    if not 1 <= num_threads <= MAX_THREADS:
+        raise ValueError(f"num_threads must be between 1 and {MAX_THREADS}, got {num_threads}")
+    return int(num_threads)

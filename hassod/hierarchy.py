@@ -1,0 +1,235 @@
+"""Coverage relations between masks, the coverage forest and whole / part / subpart levels.
+
+DESIGN.md section 4 (paper section 3.2). For masks A and B, ``cov(A in B) = |A ∩ B| / |A|``
+(float64 division, as the authors' NumPy code). B *covers* A when ``cov(A in B) >= cover`` and
+``cov(B in A) < cover``; A's parent is the smallest-area mask covering it (ties: lowest index).
+A parent is always strictly larger than its child, so the relation is a forest. Roots are
+whole objects (level 0), their children parts (1), every deeper descendant a subpart (2).
+``cover`` is 0.9 for pseudo-labels and 0.75 when levels are recomputed from teacher predictions.
+
+An empty mask has coverage 0 in every mask and covers nothing: it is always a root.
+
+All pairwise intersections come from one (K, K) coverage matrix, computed natively on
+bit-packed masks (popcounts of ANDed 64-pixel words), or straight from COCO RLEs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from hassod._checks import check_num_threads, is_torch_tensor
+from hassod._native import cpu_module
+
+PSEUDO_LABEL_COVER = 0.9  # paper / authors' code, initial pseudo-labels
+TEACHER_COVER = 0.75  # levels recomputed from Mean Teacher predictions
+LEVEL_NAMES = ("whole", "part", "subpart")
+
+
+@dataclass(frozen=True, eq=False)
+class Hierarchy:
+    """A coverage forest over K masks.
+
+    Attributes:
+        parent: (K,) int32 index of each mask's parent, -1 for roots.
+        depth: (K,) int32 number of ancestors.
+        level: (K,) int8 ``min(depth, 2)``: 0 whole, 1 part, 2 subpart.
+        intersections: (K, K) int64 ``|M_i ∩ M_j|``; the diagonal holds the areas.
+        cover: the coverage threshold used.
+    """
+
+    parent: np.ndarray
+    depth: np.ndarray
+    level: np.ndarray
+    intersections: np.ndarray
+    cover: float
+
+    def __len__(self) -> int:
+        return len(self.parent)
+
+    @property
+    def areas(self) -> np.ndarray:
+        """(K,) int64 mask areas in pixels."""
+        return np.diagonal(self.intersections).copy()
+
+    @property
+    def roots(self) -> np.ndarray:
+        """Indices of the whole objects (masks without a parent), ascending."""
+        return np.flatnonzero(self.parent < 0)
+
+    def children(self, index: int) -> np.ndarray:
+        """Indices of the masks whose parent is ``index``, ascending."""
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"mask index {index} out of range for {len(self)} masks")
+        return np.flatnonzero(self.parent == index % len(self))
+
+    def __repr__(self) -> str:
+        counts = np.bincount(self.level.astype(np.int64), minlength=3)
+        levels = ", ".join(f"{name}: {count}" for name, count in zip(LEVEL_NAMES, counts))
+        return f"Hierarchy(masks={len(self)}, {levels}, cover={self.cover:g})"
+
+
+def coverage_matrix(masks) -> tuple[np.ndarray, np.ndarray]:
+    """All pairwise intersections of K masks.
+
+    Args:
+        masks: (K, H, W) bool or uint8 (non-zero = inside) NumPy array or CPU torch tensor, or a
+            list of COCO RLE dicts (``{"size": [H, W], "counts": str | bytes | list}``, as
+            pycocotools writes them) of one image size — RLEs are not decoded to pixels.
+
+    Returns:
+        ``(intersections, areas)``: (K, K) int64 ``|M_i ∩ M_j|`` and its (K,) diagonal.
+    """
+    native = cpu_module()
+    if _is_rle_list(masks):
+        runs, num_pixels = _rle_runs(masks)
+        intersections = native.coverage_matrix_runs(runs, num_pixels)
+    else:
+        intersections = native.coverage_matrix(_flat_masks(masks))
+    return intersections, np.diagonal(intersections).copy()
+
+
+def build_hierarchy(
+    masks=None,
+    cover: float = PSEUDO_LABEL_COVER,
+    *,
+    intersections: np.ndarray | None = None,
+) -> Hierarchy:
+    """Coverage forest and levels of K masks (see the module docstring for the rule).
+
+    Args:
+        masks: as for :func:`coverage_matrix`; or None with ``intersections``.
+        cover: coverage threshold in (0, 1]; 0.9 for pseudo-labels (paper).
+        intersections: a (K, K) intersection matrix (diagonal = areas) instead of masks.
+    """
+    cover = _check_fraction(cover, "cover")
+    if (masks is None) == (intersections is None):
+        raise ValueError("pass either masks or intersections=, not both and not neither")
+    if intersections is None:
+        intersections, _ = coverage_matrix(masks)
+    else:
+        intersections = check_intersections(intersections)
+    forest = cpu_module().build_forest(intersections, cover)
+    return Hierarchy(intersections=intersections, cover=cover, **forest)
+
+
+def build_hierarchy_batch(
+    batch: Sequence, cover: float = PSEUDO_LABEL_COVER, num_threads: int | None = None
+) -> list[Hierarchy]:
+    """:func:`build_hierarchy` for many images' mask stacks on native threads (GIL released).
+
+    Args:
+        batch: a sequence of (K_i, H_i, W_i) bool/uint8 mask stacks (sizes may differ).
+        cover: as for :func:`build_hierarchy`.
+        num_threads: worker threads; None uses every hardware thread.
+    """
+    cover = _check_fraction(cover, "cover")
+    threads = check_num_threads(num_threads)
+    stacks = [_flat_masks(masks, name=f"batch[{i}]") for i, masks in enumerate(batch)]
+    raw = cpu_module().hierarchy_batch(stacks, cover, threads)
+    return [
+        Hierarchy(
+            parent=item["parent"],
+            depth=item["depth"],
+            level=item["level"],
+            intersections=item["intersections"],
+            cover=cover,
+        )
+        for item in raw
+    ]
+
+
+def dedup_masks(masks=None, iou: float = 1.0, *, intersections: np.ndarray | None = None):
+    """Indices of the masks to keep when identical or near-identical masks repeat.
+
+    Masks are taken in index order; a mask is dropped when its IoU with a mask already kept is
+    ``>= iou``, so the first of a group of duplicates is the one kept (the ensemble lists its
+    thresholds' masks in a fixed order, which makes the choice reproducible). ``iou=1.0`` (the
+    default) removes exact duplicates only. Two empty masks count as identical.
+
+    Returns:
+        (K',) int64 ascending indices.
+    """
+    iou = _check_fraction(iou, "iou")
+    if (masks is None) == (intersections is None):
+        raise ValueError("pass either masks or intersections=, not both and not neither")
+    if intersections is None:
+        intersections, _ = coverage_matrix(masks)
+    else:
+        intersections = check_intersections(intersections)
+    return cpu_module().dedup_masks(intersections, iou).astype(np.int64)
+
+
+def check_intersections(intersections) -> np.ndarray:
+    """Validate a (K, K) intersection matrix: symmetric, non-negative, within the areas."""
+    matrix = np.asarray(intersections)
+    if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
+        raise ValueError(f"intersections must be a square (K, K) matrix, got shape {matrix.shape}")
+    if matrix.size and not np.issubdtype(matrix.dtype, np.integer):
+        raise ValueError(f"intersections must hold integer pixel counts, got {matrix.dtype}")
+    matrix = np.ascontiguousarray(matrix, dtype=np.int64)
+    areas = np.diagonal(matrix)
+    if (matrix < 0).any():
+        raise ValueError("intersections must be non-negative")
+    if not np.array_equal(matrix, matrix.T):
+        raise ValueError("intersections must be symmetric")
+    if (matrix > np.minimum(areas[:, None], areas[None, :])).any():
+        raise ValueError("an intersection exceeds the area of one of its masks (the diagonal)")
+    return matrix
+
+
+def _flat_masks(masks, name: str = "masks") -> np.ndarray:
+    """(K, H, W) masks as a C-contiguous (K, H*W) uint8 array (a view where possible)."""
+    if is_torch_tensor(masks):
+        if masks.device.type != "cpu":
+            raise ValueError(f"{name} is on {masks.device}; pass {name}.cpu()")
+        masks = masks.detach().numpy()
+    array = np.asarray(masks)
+    if array.ndim != 3:
+        raise ValueError(f"{name} must have shape (K, H, W), got shape {array.shape}")
+    if array.dtype == np.bool_:
+        array = array.view(np.uint8)
+    elif array.dtype != np.uint8:
+        if not np.issubdtype(array.dtype, np.integer):
+            raise ValueError(
+                f"{name} must be bool or uint8 (non-zero = inside), got {array.dtype}; "
+                "threshold soft masks first, e.g. masks >= 0.5"
+            )
+        array = (array != 0).view(np.uint8)
+    return np.ascontiguousarray(array).reshape(array.shape[0], -1)
+
+
+def _is_rle_list(masks) -> bool:
+    return isinstance(masks, (list, tuple)) and len(masks) > 0 and isinstance(masks[0], dict)
+
+
+def _rle_runs(rles: Sequence[dict]) -> tuple[list, int]:
+    sizes = set()
+    runs = []
+    for index, rle in enumerate(rles):
+        if not isinstance(rle, dict) or "counts" not in rle or "size" not in rle:
+            raise ValueError(f"masks[{index}] is not a COCO RLE dict with 'size' and 'counts'")
+        height, width = (int(v) for v in rle["size"])
+        sizes.add((height, width))
+        counts = rle["counts"]
+        if isinstance(counts, (str, bytes)):
+            runs.append(counts.decode("ascii") if isinstance(counts, bytes) else counts)
+        else:
+            runs.append(np.asarray(counts, dtype=np.uint32))
+    if len(sizes) != 1:
+        raise ValueError(f"all RLE masks must have the same size, got {sorted(sizes)}")
+    height, width = sizes.pop()
+    return runs, height * width
+
+
+def _check_fraction(value, name: str) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{name} must be a number in (0, 1], got {value!r}") from error
+    if not math.isfinite(number) or not 0.0 < number <= 1.0:
+        raise ValueError(f"{name} must be a number in (0, 1], got {value!r}")
+    return number
