@@ -199,7 +199,7 @@ def _flat_masks(masks, name: str = "masks") -> np.ndarray:
                 "threshold soft masks first, e.g. masks >= 0.5"
             )
         array = (array != 0).view(np.uint8)
-    return np.ascontiguousarray(array).reshape(array.shape[0], -1)
+    return np.ascontiguousarray(array).reshape(array.shape[0], array.shape[1] * array.shape[2])
 
 
 def _is_rle_list(masks) -> bool:

@@ -1,0 +1,119 @@
+"""Stage 1 for one image: features -> partitions -> masks -> ensemble -> levels.
+
+:func:`discover_from_features` is the per-image composition of the plain steps in
+:mod:`hassod.cluster`, :mod:`hassod.postprocess` and :mod:`hassod.ensemble`, with the paper's
+defaults in :class:`DiscoveryConfig`. Reading folders, batching the backbone, shards and
+resuming live in :mod:`hassod.discover_run`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from hassod.cluster import DEFAULT_THRESHOLDS, check_thresholds, fast_cluster
+from hassod.ensemble import EnsembleResult, ensemble
+from hassod.hierarchy import PSEUDO_LABEL_COVER
+from hassod.postprocess import CrfParams, FilterParams, masks_for_partition
+
+DEFAULT_BACKBONE = "vit_base_patch8_224.dino"  # DINO ViT-B/8, the paper's
+DEFAULT_SIZE = 480  # images are resized to 480 x 480 (aspect ratio ignored)
+
+
+@dataclass(frozen=True)
+class DiscoveryConfig:
+    """Every parameter of stage 1; the defaults are the paper's / authors' code's.
+
+    ``feature_transform``: ``"auto"`` keeps the raw keys for DINO v1 backbones (the paper's
+    setting) and centres them per image for every other backbone: raw DINOv2 keys share a large
+    constant term that merges each image into one region (DESIGN.md 2b), and on the shared COCO
+    photos centring gave the most regions of the three choices.
+    """
+
+    backbone: str = DEFAULT_BACKBONE
+    size: int = DEFAULT_SIZE
+    thresholds: tuple[float, ...] = DEFAULT_THRESHOLDS
+    feature_transform: str = "auto"
+    crf: CrfParams = field(default_factory=CrfParams)
+    filters: FilterParams = field(default_factory=FilterParams)
+    cover: float = PSEUDO_LABEL_COVER
+    near_duplicate_iou: float | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "thresholds", check_thresholds(self.thresholds))
+        if not isinstance(self.size, int) or self.size < 1:
+            raise ValueError(f"size must be a positive integer, got {self.size!r}")
+        if self.feature_transform not in ("auto", "none", "remove-key-bias", "center"):
+            raise ValueError(f"unknown feature_transform {self.feature_transform!r}")
+
+    @property
+    def resolved_transform(self) -> str:
+        if self.feature_transform != "auto":
+            return self.feature_transform
+        return "none" if self.backbone.endswith(".dino") else "center"
+
+    def as_dict(self) -> dict:
+        """JSON-ready parameters (for the output's ``info``)."""
+        values = asdict(self)
+        values["thresholds"] = list(self.thresholds)
+        values["feature_transform"] = self.resolved_transform
+        return values
+
+
+def fixed_size(image: np.ndarray, size: int) -> np.ndarray:
+    """(H, W, 3) uint8 -> (size, size, 3) uint8, PIL LANCZOS, aspect ratio ignored (authors')."""
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(image).resize((size, size), Image.LANCZOS))
+
+
+def discover_from_features(
+    image: np.ndarray,
+    features: np.ndarray,
+    config: DiscoveryConfig = DiscoveryConfig(),
+    timings: dict[str, float] | None = None,
+) -> EnsembleResult:
+    """Pseudo-label masks of one image from its feature grid.
+
+    Args:
+        image: (H, W, 3) uint8 RGB original image.
+        features: (h, w, C) features of the image resized to ``config.size`` (already
+            transformed: see :class:`DiscoveryConfig`).
+        config: stage-1 parameters.
+        timings: if given, seconds per stage are added to it (``cluster``, ``crf+filters``,
+            ``hierarchy``).
+
+    Returns:
+        The ensemble's masks at the original size, their thresholds, scores and levels.
+    """
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"image must be (H, W, 3) uint8, got {image.shape} {image.dtype}")
+    clock = _Clock(timings)
+    clusters = fast_cluster(features, config.thresholds)
+    clock.lap("cluster")
+    crf_image = fixed_size(image, config.size)
+    per_threshold = []
+    for index, theta in enumerate(clusters.thresholds):
+        found = masks_for_partition(
+            clusters.labels[index], crf_image, image.shape[:2], config.crf, config.filters
+        )
+        per_threshold.append((float(theta), found.masks, found.agreement))
+    clock.lap("crf+filters")
+    result = ensemble(per_threshold, image.shape[:2], config.cover, config.near_duplicate_iou)
+    clock.lap("hierarchy")
+    return result
+
+
+class _Clock:
+    def __init__(self, timings: dict[str, float] | None) -> None:
+        self.timings = timings
+        self.last = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        if self.timings is not None:
+            self.timings[name] = self.timings.get(name, 0.0) + now - self.last
+        self.last = now

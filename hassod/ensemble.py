@@ -1,0 +1,67 @@
+"""Ensemble of the thresholds' masks and their coverage levels (DESIGN.md sections 1.5, 4)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from hassod.hierarchy import PSEUDO_LABEL_COVER, build_hierarchy, dedup_masks
+
+
+@dataclass(frozen=True)
+class EnsembleResult:
+    """The masks of one image after the ensemble, with their hierarchy."""
+
+    masks: np.ndarray  # (M, H, W) bool
+    thresholds: np.ndarray  # (M,) float64: the theta_merge that produced each mask
+    scores: np.ndarray  # (M,) float64: each mask's CRF agreement (IoU before / after)
+    parent: np.ndarray  # (M,) int32, -1 for whole objects
+    level: np.ndarray  # (M,) int8: 0 whole, 1 part, 2 subpart
+
+
+def ensemble(
+    per_threshold: Sequence[tuple[float, np.ndarray, np.ndarray]],
+    size: tuple[int, int],
+    cover: float = PSEUDO_LABEL_COVER,
+    near_duplicate_iou: float | None = None,
+) -> EnsembleResult:
+    """Concatenate the thresholds' masks, remove duplicates, build the coverage forest.
+
+    Args:
+        per_threshold: ``(theta, masks (M_t, H, W) bool, scores (M_t,))`` per threshold. They
+            are concatenated in ascending theta, the order of the authors' ensemble (0.1, 0.2,
+            0.4), which decides which copy of a duplicate is kept and breaks parent ties.
+        size: (H, W), for an image with no masks at all.
+        cover: coverage threshold of the forest (0.9 for pseudo-labels).
+        near_duplicate_iou: also drop a mask whose IoU with an earlier kept mask is at least
+            this (None: exact duplicates only). The authors' public code keeps exact duplicates
+            too; the paper's ensemble counts (Table 2) show they are removed, and a duplicate
+            only adds a sibling with the same box, so exact duplicates always go.
+    """
+    ordered = sorted(per_threshold, key=lambda item: item[0])
+    height, width = size
+    pieces = [np.asarray(masks, dtype=bool).reshape(-1, height, width) for _, masks, _ in ordered]
+    masks = np.concatenate(pieces) if pieces else np.zeros((0, height, width), dtype=bool)
+    thresholds = np.concatenate(
+        [
+            np.full(len(piece), theta, dtype=np.float64)
+            for (theta, _, _), piece in zip(ordered, pieces)
+        ]
+        or [np.zeros(0)]
+    )
+    scores = np.concatenate(
+        [np.asarray(s, dtype=np.float64) for _, _, s in ordered] or [np.zeros(0)]
+    )
+    if len(masks):
+        keep = dedup_masks(masks, iou=1.0 if near_duplicate_iou is None else near_duplicate_iou)
+        masks, thresholds, scores = masks[keep], thresholds[keep], scores[keep]
+    hierarchy = build_hierarchy(masks, cover=cover)
+    return EnsembleResult(
+        masks=masks,
+        thresholds=thresholds,
+        scores=scores,
+        parent=hierarchy.parent,
+        level=hierarchy.level,
+    )

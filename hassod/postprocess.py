@@ -1,0 +1,175 @@
+"""Per-threshold post-processing of a partition into object masks (DESIGN.md section 3).
+
+Plain functions, arrays in and arrays out, composed by :func:`masks_for_partition`. Defaults
+are the authors': one multi-label dense CRF per threshold over the regions' bilinearly
+upsampled one-hot masks on the fixed-size (480 x 480) image; keep a region when its mask before
+and after the CRF agree (IoU >= 0.5); upsample the kept CRF marginals to the original size and
+threshold at 0.5; drop masks under 100 pixels and masks holding >= 3 of the 4 image corners
+(background); fill holes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class CrfParams:
+    """Dense CRF parameters (Krähenbühl & Koltun 2011), the authors' values by default."""
+
+    iterations: int = 10
+    gaussian_sxy: float = 3.0
+    gaussian_compat: float = 7.0
+    bilateral_sxy: float = 50.0
+    bilateral_srgb: float = 5.0
+    bilateral_compat: float = 10.0
+
+
+@dataclass(frozen=True)
+class FilterParams:
+    """Mask filters after the CRF, the authors' values by default."""
+
+    keep_iou: float = 0.5  # IoU(pre-CRF >= 0.5, post-CRF >= 0.5) needed to keep a region
+    min_area: int = 100  # pixels, at the original image size
+    max_corners: int = 2  # masks holding more image corners are background
+    fill_holes: bool = True
+
+
+def one_hot(labels: np.ndarray) -> np.ndarray:
+    """(h, w) int region ids 0..R-1 -> (R, h, w) float32 one-hot masks."""
+    labels = np.asarray(labels)
+    if labels.ndim != 2:
+        raise ValueError(f"labels must be a 2-D label map, got shape {labels.shape}")
+    regions = int(labels.max()) + 1 if labels.size else 0
+    return (labels[None] == np.arange(regions)[:, None, None]).astype(np.float32)
+
+
+def upsample(masks: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize of (R, h, w) float masks to (R, H, W), half-pixel centres.
+
+    The same operation as the authors' ``torch.nn.functional.interpolate(mode="bilinear")``
+    (``align_corners=False``), which is what it calls.
+    """
+    import torch
+
+    masks = np.asarray(masks, dtype=np.float32)
+    if masks.ndim != 3:
+        raise ValueError(f"masks must have shape (R, h, w), got {masks.shape}")
+    height, width = (int(v) for v in size)
+    if height <= 0 or width <= 0:
+        raise ValueError(f"size must be positive, got {size}")
+    if masks.shape[0] == 0:
+        return np.zeros((0, height, width), dtype=np.float32)
+    resized = torch.nn.functional.interpolate(
+        torch.from_numpy(np.ascontiguousarray(masks))[None], size=(height, width), mode="bilinear"
+    )
+    return resized[0].numpy()
+
+
+def dense_crf(image: np.ndarray, probs: np.ndarray, params: CrfParams = CrfParams()) -> np.ndarray:
+    """Mean-field dense CRF over K labels (pydensecrf backend), the authors' set-up.
+
+    Args:
+        image: (H, W, 3) uint8 RGB.
+        probs: (K, H, W) float label probabilities (used as given: unary = -log(clip(P, 1e-5))).
+        params: kernel parameters and iterations.
+
+    Returns:
+        (K, H, W) float32 marginals Q.
+    """
+    import pydensecrf.densecrf as dcrf
+    from pydensecrf.utils import unary_from_softmax
+
+    image = np.asarray(image)
+    probs = np.asarray(probs, dtype=np.float32)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"image must be (H, W, 3) uint8, got {image.shape} {image.dtype}")
+    if probs.ndim != 3 or probs.shape[1:] != image.shape[:2]:
+        raise ValueError(f"probs must be (K, H, W) matching the image, got {probs.shape}")
+    if not np.isfinite(probs).all():
+        raise ValueError("probs contain non-finite values")
+    labels, height, width = probs.shape
+    crf = dcrf.DenseCRF2D(width, height, labels)
+    crf.setUnaryEnergy(np.ascontiguousarray(unary_from_softmax(probs)))
+    crf.addPairwiseGaussian(sxy=params.gaussian_sxy, compat=params.gaussian_compat)
+    crf.addPairwiseBilateral(
+        sxy=params.bilateral_sxy,
+        srgb=params.bilateral_srgb,
+        rgbim=np.array(image, order="C"),  # a writable copy: pydensecrf rejects read-only buffers
+        compat=params.bilateral_compat,
+    )
+    return np.asarray(crf.inference(params.iterations), dtype=np.float32).reshape(probs.shape)
+
+
+def crf_agreement(before: np.ndarray, after: np.ndarray) -> np.ndarray:
+    """(K,) IoU between ``before >= 0.5`` and ``after >= 0.5`` per label (0 when both empty)."""
+    first, second = before >= 0.5, after >= 0.5
+    intersection = np.logical_and(first, second).sum(axis=(1, 2))
+    union = np.logical_or(first, second).sum(axis=(1, 2))
+    return np.divide(intersection, union, out=np.zeros(len(union)), where=union > 0)
+
+
+def corner_count(masks: np.ndarray) -> np.ndarray:
+    """(K,) number of the four image corners inside each (K, H, W) bool mask."""
+    return masks[:, 0, 0].astype(np.int64) + masks[:, 0, -1] + masks[:, -1, 0] + masks[:, -1, -1]
+
+
+def filter_masks(
+    masks: np.ndarray, params: FilterParams = FilterParams()
+) -> tuple[np.ndarray, np.ndarray]:
+    """The authors' filters, in their order: area, corners, then hole filling.
+
+    Args:
+        masks: (K, H, W) bool masks at the original image size.
+
+    Returns:
+        ``(kept, indices)``: (K', H, W) bool masks and their (K',) indices into ``masks``.
+    """
+    from scipy.ndimage import binary_fill_holes
+
+    masks = np.asarray(masks, dtype=bool)
+    if masks.ndim != 3:
+        raise ValueError(f"masks must have shape (K, H, W), got {masks.shape}")
+    keep = (masks.sum(axis=(1, 2)) >= params.min_area) & (corner_count(masks) <= params.max_corners)
+    indices = np.flatnonzero(keep)
+    kept = masks[indices]
+    if params.fill_holes:
+        kept = np.stack([binary_fill_holes(mask) for mask in kept]) if len(kept) else kept
+    nonempty = kept.reshape(len(kept), -1).any(axis=1)
+    return kept[nonempty], indices[nonempty]
+
+
+@dataclass(frozen=True)
+class ThresholdMasks:
+    """Object masks from one partition."""
+
+    masks: np.ndarray  # (M, H, W) bool, original image size
+    regions: np.ndarray  # (M,) region id of each mask in the partition
+    agreement: np.ndarray  # (M,) IoU of the region's mask before and after the CRF
+
+
+def masks_for_partition(
+    labels: np.ndarray,
+    crf_image: np.ndarray,
+    original_size: tuple[int, int],
+    crf: CrfParams = CrfParams(),
+    filters: FilterParams = FilterParams(),
+) -> ThresholdMasks:
+    """One partition of the feature grid -> filtered object masks at the original size.
+
+    Args:
+        labels: (h, w) region ids 0..R-1 (one threshold of :func:`hassod.fast_cluster`).
+        crf_image: (S, S, 3) uint8, the image resized to the fixed size the CRF runs at.
+        original_size: (height, width) of the original image.
+    """
+    crf_size = crf_image.shape[:2]
+    before = upsample(one_hot(labels), crf_size)
+    after = dense_crf(crf_image, before, crf)
+    agreement = crf_agreement(before, after)
+    kept_regions = np.flatnonzero(agreement >= filters.keep_iou)
+    at_original = upsample(after[kept_regions], original_size) >= 0.5
+    masks, indices = filter_masks(at_original, filters)
+    regions = kept_regions[indices]
+    return ThresholdMasks(masks=masks, regions=regions, agreement=agreement[regions])
