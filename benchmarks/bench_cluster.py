@@ -14,11 +14,19 @@ Cases (60x60 grids, the paper's 480x480 input at patch 8; thresholds 0.4 / 0.2 /
 For each: native single-thread median ms per image, merges and dot products per image, the
 reference's time on the same inputs (a subset), and the ratio; then native batches of 32 on
 1 and 2 threads. Prints a table and writes JSON.
+
+Peer (synthetic and real cases): the same greedy merge through scikit-image's
+``skimage.graph.merge_hierarchical`` (benchmarks/peer_skimage.py), timed on the first 1 (quick)
+or 2 images as one merge run with snapshots ('peer ms') and as one run per threshold on fresh
+RAG copies ('peer/T ms', the plain use of the API), RAG construction included; its partitions
+are compared with native's on every image of the case (identical partitions and lowest adjusted
+Rand index).
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import statistics
 import sys
@@ -33,6 +41,7 @@ from hassod.testing import structured_features
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import describe_machine  # noqa: E402
+from peer_skimage import adjusted_rand_index, skimage_cluster  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_WEIGHTS = ROOT.parent / "shared" / "weights" / "dinov2_vits14_imgfocus_fp16.pth"
@@ -69,7 +78,14 @@ def real_grids(weights: Path) -> list[np.ndarray]:
     ]
 
 
-def bench_case(name: str, grids: list[np.ndarray], repeats: int, reference_count: int) -> dict:
+def bench_case(
+    name: str,
+    grids: list[np.ndarray],
+    repeats: int,
+    reference_count: int,
+    peer_count: int = 0,
+    peer_repeats: int = 1,
+) -> dict:
     results = [hassod.fast_cluster(grid) for grid in grids]
     native = [median_ms(lambda g=grid: hassod.fast_cluster(g), repeats) for grid in grids]
     reference = [
@@ -94,7 +110,46 @@ def bench_case(name: str, grids: list[np.ndarray], repeats: int, reference_count
         row["speedup_vs_reference"] = statistics.median(
             r / n for r, n in zip(reference, native_same)
         )
+    if peer_count:
+        row.update(bench_peer(grids, results, native, peer_count, peer_repeats))
     return row
+
+
+def bench_peer(
+    grids: list[np.ndarray], results: list, native: list[float], count: int, repeats: int
+) -> dict:
+    """Time the scikit-image peer on ``grids[:count]``; compare its partitions on all grids."""
+    thresholds = hassod.DEFAULT_THRESHOLDS
+    identical, aris = 0, []  # these runs also warm the peer up before it is timed
+    for grid, result in zip(grids, results):
+        for ours, theirs in zip(result.labels, skimage_cluster(grid, thresholds)):
+            identical += bool(np.array_equal(ours, theirs))
+            aris.append(adjusted_rand_index(ours, theirs))
+    single = [
+        median_ms(lambda g=grid: skimage_cluster(g, thresholds, mode="single"), repeats)
+        for grid in grids[:count]
+    ]
+    per_threshold = [
+        median_ms(lambda g=grid: skimage_cluster(g, thresholds, mode="per_threshold"), repeats)
+        for grid in grids[:count]
+    ]
+    return {
+        "peer": "skimage.graph.merge_hierarchical",
+        "peer_images": len(single),
+        "peer_ms": statistics.median(single),
+        "peer_per_threshold_ms": statistics.median(per_threshold),
+        "speedup_vs_peer": statistics.median(p / n for p, n in zip(single, native)),
+        "speedup_vs_peer_per_threshold": statistics.median(
+            p / n for p, n in zip(per_threshold, native)
+        ),
+        "peer_agreement": {
+            "images": len(grids),
+            "partitions": len(aris),
+            "identical_partitions": identical,
+            "mean_ari": float(np.mean(aris)),
+            "min_ari": float(np.min(aris)),
+        },
+    }
 
 
 def bench_batch(grids: list[np.ndarray], batch_size: int, repeats: int) -> dict:
@@ -123,7 +178,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     repeats = 3 if args.quick else 15
     reference_count = 1 if args.quick else 3
+    peer_count = 1 if args.quick else 2
     images = 2 if args.quick else 8
+    peer_cases = {"synthetic", "real"}  # a case name's first word
 
     cases = {
         "synthetic": synthetic_grids(images, white=False),
@@ -133,8 +190,22 @@ def main(argv: list[str] | None = None) -> int:
         cases["real (DINOv2-S/14, centred)"] = real_grids(args.weights)
     else:
         print(f"real features skipped: no weights at {args.weights}")
+    # The peer makes many small Python objects; keep the garbage collector from rescanning the
+    # ~400k objects that torch and the model left behind on every collection while it runs.
+    gc.collect()
+    gc.freeze()
 
-    rows = [bench_case(name, grids, repeats, reference_count) for name, grids in cases.items()]
+    rows = [
+        bench_case(
+            name,
+            grids,
+            repeats,
+            reference_count,
+            peer_count if name.split()[0] in peer_cases else 0,
+            1 if args.quick else 3,
+        )
+        for name, grids in cases.items()
+    ]
     batch = bench_batch(cases["synthetic"], 32, 3 if args.quick else 5)
     report = {
         "machine": describe_machine(),
@@ -146,17 +217,28 @@ def main(argv: list[str] | None = None) -> int:
     print(f"machine: {report['machine']['cpu']} ({report['machine']['cores']} cores)")
     header = (
         f"{'case':30} {'grid':>10} {'regions':>16} {'merges':>7} {'dots':>8} "
-        f"{'native ms':>10} {'ref ms':>9} {'speedup':>8}"
+        f"{'native ms':>10} {'ref ms':>9} {'speedup':>8} {'peer ms':>8} {'peer/T ms':>9} "
+        f"{'vs peer':>8} {'agree (same, min ARI)':>22}"
     )
     print(header)
     for row in rows:
         regions = "/".join(f"{r:g}" for r in row["regions_per_threshold"])
         reference = f"{row['reference_ms']:.0f}" if row["reference_ms"] else "-"
         speedup = f"{row['speedup_vs_reference']:.0f}x" if "speedup_vs_reference" in row else "-"
+        peer = peer_per_threshold = vs_peer = agree = "-"
+        if "peer_ms" in row:
+            peer = f"{row['peer_ms']:.0f}"
+            peer_per_threshold = f"{row['peer_per_threshold_ms']:.0f}"
+            vs_peer = f"{row['speedup_vs_peer']:.0f}x"
+            agreement = row["peer_agreement"]
+            agree = (
+                f"{agreement['identical_partitions']}/{agreement['partitions']}, "
+                f"{agreement['min_ari']:.4f}"
+            )
         print(
             f"{row['case']:30} {row['grid']:>10} {regions:>16} {row['merges_per_image']:>7.0f} "
             f"{row['dot_products_per_image']:>8.0f} {row['native_ms']:>10.2f} {reference:>9} "
-            f"{speedup:>8}"
+            f"{speedup:>8} {peer:>8} {peer_per_threshold:>9} {vs_peer:>8} {agree:>22}"
         )
     print(
         f"batch of {batch['batch']} synthetic: {batch['ms_per_image_1_thread']:.2f} ms/image on "
