@@ -21,3 +21,16 @@ def check_num_threads(num_threads) -> int:
     if not 1 <= num_threads <= MAX_THREADS:
         raise ValueError(f"num_threads must be between 1 and {MAX_THREADS}, got {num_threads}")
     return int(num_threads)
+
+
+def mask_shape_error(name: str, shape) -> ValueError:
+    """The error for a mask stack that is not (K, H, W) (NumPy and torch paths alike)."""
+    return ValueError(f"{name} must have shape (K, H, W), got shape {tuple(shape)}")
+
+
+def soft_mask_error(name: str, dtype) -> ValueError:
+    """The error for masks that are neither bool nor integer (NumPy and torch paths alike)."""
+    return ValueError(
+        f"{name} must be bool or uint8 (non-zero = inside), got {dtype}; "
+        "threshold soft masks first, e.g. masks >= 0.5"
+    )

@@ -11,6 +11,9 @@ An empty mask has coverage 0 in every mask and covers nothing: it is always a ro
 
 All pairwise intersections come from one (K, K) coverage matrix, computed natively on
 bit-packed masks (popcounts of ANDed 64-pixel words), or straight from COCO RLEs.
+
+CUDA torch tensors take the CUDA path (hassod._C_cuda, see hassod/_cuda_hierarchy.py), with
+results identical to the CPU path's, returned as torch tensors on the masks' device.
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hassod._checks import check_num_threads, is_torch_tensor
+from hassod import _cuda_hierarchy as _cuda
+from hassod._checks import check_num_threads, is_torch_tensor, mask_shape_error, soft_mask_error
 from hassod._native import cpu_module
 
 PSEUDO_LABEL_COVER = 0.9  # paper / authors' code, initial pseudo-labels
@@ -32,6 +36,9 @@ LEVEL_NAMES = ("whole", "part", "subpart")
 @dataclass(frozen=True, eq=False)
 class Hierarchy:
     """A coverage forest over K masks.
+
+    The fields are NumPy arrays, or torch tensors on the masks' CUDA device when the masks (or
+    the intersections) were CUDA tensors; the methods return the same kind.
 
     Attributes:
         parent: (K,) int32 index of each mask's parent, -1 for roots.
@@ -53,21 +60,22 @@ class Hierarchy:
     @property
     def areas(self) -> np.ndarray:
         """(K,) int64 mask areas in pixels."""
-        return np.diagonal(self.intersections).copy()
+        areas = self.intersections.diagonal()
+        return areas.clone() if is_torch_tensor(areas) else areas.copy()
 
     @property
     def roots(self) -> np.ndarray:
         """Indices of the whole objects (masks without a parent), ascending."""
-        return np.flatnonzero(self.parent < 0)
+        return _flatnonzero(self.parent < 0)
 
     def children(self, index: int) -> np.ndarray:
         """Indices of the masks whose parent is ``index``, ascending."""
         if not -len(self) <= index < len(self):
             raise IndexError(f"mask index {index} out of range for {len(self)} masks")
-        return np.flatnonzero(self.parent == index % len(self))
+        return _flatnonzero(self.parent == index % len(self))
 
     def __repr__(self) -> str:
-        counts = np.bincount(self.level.astype(np.int64), minlength=3)
+        counts = [int((self.level == level).sum()) for level in range(len(LEVEL_NAMES))]
         levels = ", ".join(f"{name}: {count}" for name, count in zip(LEVEL_NAMES, counts))
         return f"Hierarchy(masks={len(self)}, {levels}, cover={self.cover:g})"
 
@@ -76,13 +84,16 @@ def coverage_matrix(masks) -> tuple[np.ndarray, np.ndarray]:
     """All pairwise intersections of K masks.
 
     Args:
-        masks: (K, H, W) bool or uint8 (non-zero = inside) NumPy array or CPU torch tensor, or a
-            list of COCO RLE dicts (``{"size": [H, W], "counts": str | bytes | list}``, as
-            pycocotools writes them) of one image size — RLEs are not decoded to pixels.
+        masks: (K, H, W) bool or uint8 (non-zero = inside) NumPy array or torch tensor (CPU or
+            CUDA), or a list of COCO RLE dicts (``{"size": [H, W], "counts": str | bytes |
+            list}``, as pycocotools writes them) of one image size — RLEs are not decoded.
 
     Returns:
-        ``(intersections, areas)``: (K, K) int64 ``|M_i ∩ M_j|`` and its (K,) diagonal.
+        ``(intersections, areas)``: (K, K) int64 ``|M_i ∩ M_j|`` and its (K,) diagonal; torch
+        tensors on the masks' device for CUDA masks.
     """
+    if _cuda.is_cuda_tensor(masks):
+        return _cuda.coverage_matrix(masks)
     native = cpu_module()
     if _is_rle_list(masks):
         runs, num_pixels = _rle_runs(masks)
@@ -104,6 +115,8 @@ def build_hierarchy(
         masks: as for :func:`coverage_matrix`; or None with ``intersections``.
         cover: coverage threshold in (0, 1]; 0.9 for pseudo-labels (paper).
         intersections: a (K, K) intersection matrix (diagonal = areas) instead of masks.
+
+    CUDA masks or intersections give a :class:`Hierarchy` of torch tensors on their device.
     """
     cover = _check_fraction(cover, "cover")
     if (masks is None) == (intersections is None):
@@ -112,7 +125,10 @@ def build_hierarchy(
         intersections, _ = coverage_matrix(masks)
     else:
         intersections = check_intersections(intersections)
-    forest = cpu_module().build_forest(intersections, cover)
+    if _cuda.is_cuda_tensor(intersections):
+        forest = _cuda.build_forest(intersections, cover)
+    else:
+        forest = cpu_module().build_forest(intersections, cover)
     return Hierarchy(intersections=intersections, cover=cover, **forest)
 
 
@@ -122,12 +138,17 @@ def build_hierarchy_batch(
     """:func:`build_hierarchy` for many images' mask stacks on native threads (GIL released).
 
     Args:
-        batch: a sequence of (K_i, H_i, W_i) bool/uint8 mask stacks (sizes may differ).
+        batch: a sequence of (K_i, H_i, W_i) bool/uint8 mask stacks (sizes may differ). CUDA
+            tensors (all on one device) are processed on it in one pass, and give Hierarchies
+            of torch tensors there.
         cover: as for :func:`build_hierarchy`.
-        num_threads: worker threads; None uses every hardware thread.
+        num_threads: worker threads; None uses every hardware thread (CPU path only).
     """
     cover = _check_fraction(cover, "cover")
     threads = check_num_threads(num_threads)
+    batch = list(batch)
+    if any(_cuda.is_cuda_tensor(masks) for masks in batch):
+        return [Hierarchy(cover=cover, **item) for item in _cuda.hierarchy_batch(batch, cover)]
     stacks = [_flat_masks(masks, name=f"batch[{i}]") for i, masks in enumerate(batch)]
     raw = cpu_module().hierarchy_batch(stacks, cover, threads)
     return [
@@ -151,7 +172,7 @@ def dedup_masks(masks=None, iou: float = 1.0, *, intersections: np.ndarray | Non
     default) removes exact duplicates only. Two empty masks count as identical.
 
     Returns:
-        (K',) int64 ascending indices.
+        (K',) int64 ascending indices (a torch tensor on the device of CUDA input).
     """
     iou = _check_fraction(iou, "iou")
     if (masks is None) == (intersections is None):
@@ -160,23 +181,31 @@ def dedup_masks(masks=None, iou: float = 1.0, *, intersections: np.ndarray | Non
         intersections, _ = coverage_matrix(masks)
     else:
         intersections = check_intersections(intersections)
+    if _cuda.is_cuda_tensor(intersections):
+        return _cuda.dedup_masks(intersections, iou)
     return cpu_module().dedup_masks(intersections, iou).astype(np.int64)
 
 
 def check_intersections(intersections) -> np.ndarray:
-    """Validate a (K, K) intersection matrix: symmetric, non-negative, within the areas."""
-    matrix = np.asarray(intersections)
+    """Validate a (K, K) intersection matrix: symmetric, non-negative, within the areas.
+
+    Returns it C-contiguous int64: a NumPy array, or for a CUDA tensor a tensor on its device.
+    """
+    cuda = _cuda.is_cuda_tensor(intersections)
+    matrix = intersections if cuda else np.asarray(intersections)
     if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
-        raise ValueError(f"intersections must be a square (K, K) matrix, got shape {matrix.shape}")
-    if matrix.size and not np.issubdtype(matrix.dtype, np.integer):
+        shape = tuple(matrix.shape)
+        raise ValueError(f"intersections must be a square (K, K) matrix, got shape {shape}")
+    integer = _cuda.is_integer_tensor(matrix) if cuda else np.issubdtype(matrix.dtype, np.integer)
+    if matrix.shape[0] and not integer:
         raise ValueError(f"intersections must hold integer pixel counts, got {matrix.dtype}")
-    matrix = np.ascontiguousarray(matrix, dtype=np.int64)
-    areas = np.diagonal(matrix)
+    matrix = _cuda.as_int64(matrix) if cuda else np.ascontiguousarray(matrix, dtype=np.int64)
+    areas = matrix.diagonal()
     if (matrix < 0).any():
         raise ValueError("intersections must be non-negative")
-    if not np.array_equal(matrix, matrix.T):
+    if (matrix != matrix.T).any():
         raise ValueError("intersections must be symmetric")
-    if (matrix > np.minimum(areas[:, None], areas[None, :])).any():
+    if ((matrix > areas[:, None]) | (matrix > areas[None, :])).any():
         raise ValueError("an intersection exceeds the area of one of its masks (the diagonal)")
     return matrix
 
@@ -184,22 +213,26 @@ def check_intersections(intersections) -> np.ndarray:
 def _flat_masks(masks, name: str = "masks") -> np.ndarray:
     """(K, H, W) masks as a C-contiguous (K, H*W) uint8 array (a view where possible)."""
     if is_torch_tensor(masks):
-        if masks.device.type != "cpu":
-            raise ValueError(f"{name} is on {masks.device}; pass {name}.cpu()")
+        if masks.device.type != "cpu":  # CUDA tensors were sent to hassod._cuda_hierarchy
+            raise ValueError(f"{name} is on {masks.device}; pass a CPU or CUDA tensor")
         masks = masks.detach().numpy()
     array = np.asarray(masks)
     if array.ndim != 3:
-        raise ValueError(f"{name} must have shape (K, H, W), got shape {array.shape}")
+        raise mask_shape_error(name, array.shape)
     if array.dtype == np.bool_:
         array = array.view(np.uint8)
     elif array.dtype != np.uint8:
         if not np.issubdtype(array.dtype, np.integer):
-            raise ValueError(
-                f"{name} must be bool or uint8 (non-zero = inside), got {array.dtype}; "
-                "threshold soft masks first, e.g. masks >= 0.5"
-            )
+            raise soft_mask_error(name, array.dtype)
         array = (array != 0).view(np.uint8)
     return np.ascontiguousarray(array).reshape(array.shape[0], array.shape[1] * array.shape[2])
+
+
+def _flatnonzero(condition):
+    """Ascending indices where a (K,) NumPy or torch condition holds (int64, same device)."""
+    if is_torch_tensor(condition):
+        return condition.nonzero().flatten()
+    return np.flatnonzero(condition)
 
 
 def _is_rle_list(masks) -> bool:

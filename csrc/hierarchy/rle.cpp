@@ -19,12 +19,12 @@ std::vector<std::uint32_t> decode_rle_string(const std::string& counts) {
       if (position >= counts.size()) throw std::invalid_argument("truncated RLE counts string");
       const int c = static_cast<unsigned char>(counts[position]) - 48;
       if (c < 0 || c > 63) throw std::invalid_argument("invalid character in RLE counts string");
-      if (group > 12) throw std::invalid_argument("RLE count too long");
+      if (group > 11) throw std::invalid_argument("RLE count too long");  // 60 bits at most
       value |= static_cast<long long>(c & 0x1f) << (5 * group);
       more = (c & 0x20) != 0;
       ++position;
       ++group;
-      if (!more && (c & 0x10)) value |= -1LL << (5 * group);  // sign-extend
+      if (!more && (c & 0x10)) value |= static_cast<long long>(~0ULL << (5 * group));  // sign-extend
     }
     if (values.size() > 2) value += values[values.size() - 2];
     if (value < 0 || value > 0xFFFFFFFFLL) throw std::invalid_argument("invalid RLE run length");
