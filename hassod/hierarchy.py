@@ -19,6 +19,7 @@ results identical to the CPU path's, returned as torch tensors on the masks' dev
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -95,7 +96,9 @@ def coverage_matrix(masks) -> tuple[np.ndarray, np.ndarray]:
     if _cuda.is_cuda_tensor(masks):
         return _cuda.coverage_matrix(masks)
     native = cpu_module()
-    if _is_rle_list(masks):
+    if isinstance(masks, (list, tuple)) and len(masks) == 0:  # no masks, no size needed
+        intersections = np.zeros((0, 0), dtype=np.int64)
+    elif _is_rle_list(masks):
         runs, num_pixels = _rle_runs(masks)
         intersections = native.coverage_matrix_runs(runs, num_pixels)
     else:
@@ -240,22 +243,58 @@ def _is_rle_list(masks) -> bool:
 
 
 def _rle_runs(rles: Sequence[dict]) -> tuple[list, int]:
-    sizes = set()
-    runs = []
+    """Run-length arrays of COCO RLE dicts (all one size) and their pixel count."""
+    decode = cpu_module().decode_rle
+    sizes, runs = set(), []
     for index, rle in enumerate(rles):
+        where = f"masks[{index}]"
         if not isinstance(rle, dict) or "counts" not in rle or "size" not in rle:
-            raise ValueError(f"masks[{index}] is not a COCO RLE dict with 'size' and 'counts'")
-        height, width = (int(v) for v in rle["size"])
-        sizes.add((height, width))
+            raise ValueError(f"{where} is not a COCO RLE dict with 'size' and 'counts'")
+        height, width = _rle_size(rle["size"], where)
         counts = rle["counts"]
         if isinstance(counts, (str, bytes)):
-            runs.append(counts.decode("ascii") if isinstance(counts, bytes) else counts)
+            try:
+                lengths = decode(counts.decode("ascii") if isinstance(counts, bytes) else counts)
+            except (ValueError, UnicodeDecodeError) as error:
+                raise ValueError(f"{where}: invalid RLE counts string ({error})") from error
         else:
-            runs.append(np.asarray(counts, dtype=np.uint32))
+            lengths = _rle_counts_list(counts, where)
+        if int(lengths.sum(dtype=np.int64)) != height * width:
+            raise ValueError(
+                f"{where}: RLE runs cover {int(lengths.sum(dtype=np.int64))} pixels, "
+                f"but its size {height}x{width} has {height * width}"
+            )
+        sizes.add((height, width))
+        runs.append(lengths)
     if len(sizes) != 1:
         raise ValueError(f"all RLE masks must have the same size, got {sorted(sizes)}")
     height, width = sizes.pop()
     return runs, height * width
+
+
+def _rle_size(size, where: str) -> tuple[int, int]:
+    try:
+        values = [operator.index(v) for v in size]
+    except TypeError:
+        values = None
+    if values is None or len(values) != 2 or min(values) < 0:
+        raise ValueError(
+            f"{where}: RLE 'size' must be [height, width] non-negative integers, got {size!r}"
+        )
+    return values[0], values[1]
+
+
+def _rle_counts_list(counts, where: str) -> np.ndarray:
+    """Uncompressed RLE counts (a list of run lengths) as uint32, checked."""
+    try:
+        array = np.asarray(counts)
+    except (TypeError, ValueError):
+        array = None
+    if array is None or array.ndim != 1 or (array.size and array.dtype.kind not in "iu"):
+        raise ValueError(f"{where}: RLE 'counts' must be a string or a flat list of integers")
+    if array.size and (array.min() < 0 or array.max() > np.iinfo(np.uint32).max):
+        raise ValueError(f"{where}: RLE run lengths must lie in [0, 2**32 - 1]")
+    return array.astype(np.uint32)
 
 
 def _check_fraction(value, name: str) -> float:

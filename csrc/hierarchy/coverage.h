@@ -17,6 +17,10 @@ struct PackedMasks {
   std::int64_t num_pixels = 0;
   std::int64_t words_per_mask = 0;
   std::vector<std::uint64_t> words;  // (num_masks, words_per_mask)
+  // Per mask, the first and last word holding a set bit (first > last for an empty mask):
+  // pairs are only ANDed where these ranges overlap, which skips most of the image for parts.
+  std::vector<std::int64_t> first_word;
+  std::vector<std::int64_t> last_word;
 };
 
 // masks: (K, P) bytes, non-zero = inside.

@@ -5,6 +5,11 @@
 #include <cstring>
 #include <stdexcept>
 
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#define HASSOD_X86_PACK 1
+#endif
+
 namespace hassod {
 namespace {
 
@@ -27,6 +32,65 @@ inline std::uint64_t pack_eight(const std::uint8_t* bytes) {
   return ((nonzero >> 7) * kGatherBytes) >> 56;
 }
 
+// Packs `count` full 64-byte groups into words: one bit per byte, byte k to bit k.
+void pack_words_portable(const std::uint8_t* source, std::uint64_t* target, std::int64_t count) {
+  for (std::int64_t w = 0; w < count; ++w) {
+    std::uint64_t word = 0;
+    for (int byte = 0; byte < 8; ++byte) word |= pack_eight(source + 64 * w + 8 * byte) << (8 * byte);
+    target[w] = word;
+  }
+}
+
+#ifdef HASSOD_X86_PACK
+__attribute__((target("avx512bw"))) void pack_words_avx512(const std::uint8_t* source,
+                                                            std::uint64_t* target, std::int64_t count) {
+  for (std::int64_t w = 0; w < count; ++w) {
+    const __m512i bytes = _mm512_loadu_si512(static_cast<const void*>(source + 64 * w));
+    target[w] = _mm512_test_epi8_mask(bytes, bytes);
+  }
+}
+
+__attribute__((target("avx2"))) void pack_words_avx2(const std::uint8_t* source,
+                                                      std::uint64_t* target, std::int64_t count) {
+  const __m256i zero = _mm256_setzero_si256();
+  for (std::int64_t w = 0; w < count; ++w) {
+    const auto* group = reinterpret_cast<const __m256i*>(source + 64 * w);
+    const auto low = static_cast<std::uint32_t>(
+        _mm256_movemask_epi8(_mm256_cmpeq_epi8(_mm256_loadu_si256(group), zero)));
+    const auto high = static_cast<std::uint32_t>(
+        _mm256_movemask_epi8(_mm256_cmpeq_epi8(_mm256_loadu_si256(group + 1), zero)));
+    target[w] = ~(static_cast<std::uint64_t>(high) << 32 | low);  // bits set for zero bytes, flipped
+  }
+}
+#endif
+
+using PackWords = void (*)(const std::uint8_t*, std::uint64_t*, std::int64_t);
+
+// The widest packer this CPU runs, chosen once.
+PackWords best_packer() {
+#ifdef HASSOD_X86_PACK
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512bw")) return pack_words_avx512;
+  if (__builtin_cpu_supports("avx2")) return pack_words_avx2;
+#endif
+  return pack_words_portable;
+}
+
+// Sets first_word / last_word from the packed words.
+void find_word_ranges(PackedMasks& packed) {
+  const auto k = static_cast<std::size_t>(packed.num_masks);
+  packed.first_word.assign(k, 0);
+  packed.last_word.assign(k, -1);
+  for (std::size_t m = 0; m < k; ++m) {
+    const std::uint64_t* words = packed.words.data() + static_cast<std::int64_t>(m) * packed.words_per_mask;
+    std::int64_t first = 0, last = packed.words_per_mask - 1;
+    while (first <= last && words[first] == 0) ++first;
+    while (last >= first && words[last] == 0) --last;
+    packed.first_word[m] = first;
+    packed.last_word[m] = last;
+  }
+}
+
 HASSOD_POPCOUNT_CLONES
 std::int64_t and_popcount(const std::uint64_t* a, const std::uint64_t* b, std::int64_t n) {
   std::int64_t count = 0;
@@ -42,18 +106,16 @@ PackedMasks pack_masks(const std::uint8_t* masks, std::int64_t num_masks, std::i
   packed.num_pixels = num_pixels;
   packed.words_per_mask = (num_pixels + 63) / 64;
   packed.words.assign(static_cast<std::size_t>(num_masks * packed.words_per_mask), 0);
+  static const PackWords pack_words = best_packer();
+  const std::int64_t full_words = num_pixels / 64;
   for (std::int64_t k = 0; k < num_masks; ++k) {
     const std::uint8_t* source = masks + k * num_pixels;
     std::uint64_t* target = packed.words.data() + k * packed.words_per_mask;
-    const std::int64_t full_words = num_pixels / 64;
-    for (std::int64_t w = 0; w < full_words; ++w) {
-      std::uint64_t word = 0;
-      for (int byte = 0; byte < 8; ++byte) word |= pack_eight(source + 64 * w + 8 * byte) << (8 * byte);
-      target[w] = word;
-    }
+    pack_words(source, target, full_words);
     for (std::int64_t p = full_words * 64; p < num_pixels; ++p)  // the tail, pixel by pixel
       if (source[p]) target[p / 64] |= std::uint64_t{1} << (p % 64);
   }
+  find_word_ranges(packed);
   return packed;
 }
 
@@ -86,6 +148,7 @@ PackedMasks pack_runs(const std::vector<std::vector<std::uint32_t>>& runs, std::
     if (position != num_pixels)
       throw std::invalid_argument("RLE runs do not cover exactly the mask size");
   }
+  find_word_ranges(packed);
   return packed;
 }
 
@@ -95,12 +158,18 @@ std::vector<std::int64_t> coverage_matrix(const PackedMasks& masks) {
   // Blocks of words small enough that all K masks' blocks stay in cache across the pairs.
   const std::int64_t block = std::max<std::int64_t>(64, (std::int64_t{1} << 15) / std::max<std::int64_t>(k, 1));
   for (std::int64_t start = 0; start < words; start += block) {
-    const std::int64_t length = std::min(block, words - start);
+    const std::int64_t stop = std::min(start + block, words);
     for (std::int64_t i = 0; i < k; ++i) {
-      const std::uint64_t* a = masks.words.data() + i * words + start;
+      const std::int64_t first_i = std::max(start, masks.first_word[static_cast<std::size_t>(i)]);
+      const std::int64_t last_i = std::min(stop - 1, masks.last_word[static_cast<std::size_t>(i)]);
+      if (first_i > last_i) continue;
+      const std::uint64_t* a = masks.words.data() + i * words;
       for (std::int64_t j = i; j < k; ++j) {
-        const std::uint64_t* b = masks.words.data() + j * words + start;
-        intersections[static_cast<std::size_t>(i * k + j)] += and_popcount(a, b, length);
+        const std::int64_t first = std::max(first_i, masks.first_word[static_cast<std::size_t>(j)]);
+        const std::int64_t last = std::min(last_i, masks.last_word[static_cast<std::size_t>(j)]);
+        if (first > last) continue;  // no shared words in this block
+        const std::uint64_t* b = masks.words.data() + j * words;
+        intersections[static_cast<std::size_t>(i * k + j)] += and_popcount(a + first, b + first, last - first + 1);
       }
     }
   }

@@ -1,5 +1,16 @@
 """Plain, slow, obviously-correct implementations: the yardstick for tests and benchmarks."""
 
 from hassod.reference.cluster import ReferenceClusterResult, reference_cluster
+from hassod.reference.hierarchy import (
+    reference_coverage_matrix,
+    reference_dedup,
+    reference_hierarchy,
+)
 
-__all__ = ["ReferenceClusterResult", "reference_cluster"]
+__all__ = [
+    "ReferenceClusterResult",
+    "reference_cluster",
+    "reference_coverage_matrix",
+    "reference_dedup",
+    "reference_hierarchy",
+]
