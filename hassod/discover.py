@@ -10,16 +10,22 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 
 from hassod.cluster import DEFAULT_THRESHOLDS, check_thresholds, fast_cluster
+from hassod.coco import image_record, mask_annotations
 from hassod.ensemble import EnsembleResult, ensemble
 from hassod.hierarchy import PSEUDO_LABEL_COVER
 from hassod.postprocess import CrfParams, FilterParams, masks_for_partition
 
 DEFAULT_BACKBONE = "vit_base_patch8_224.dino"  # DINO ViT-B/8, the paper's
 DEFAULT_SIZE = 480  # images are resized to 480 x 480 (aspect ratio ignored)
+#: Largest image read by default, in pixels (width x height), e.g. 8000 x 5000. Post-processing
+#: holds a few float32 copies of every kept region at the original size (about
+#: 4 bytes x regions x pixels each), so memory grows with this; raise it deliberately.
+DEFAULT_MAX_PIXELS = 40_000_000
 
 
 @dataclass(frozen=True)
@@ -67,6 +73,90 @@ def fixed_size(image: np.ndarray, size: int) -> np.ndarray:
     from PIL import Image
 
     return np.asarray(Image.fromarray(image).resize((size, size), Image.LANCZOS))
+
+
+class UnreadableImage(ValueError):
+    """An image file that cannot be used; the message is the reason, for the ``failed`` list."""
+
+
+def read_image(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Decode one image file as (H, W, 3) uint8 RGB, EXIF orientation applied.
+
+    Any PIL mode works (grey, grey + alpha, RGBA, palette, CMYK, 1-bit, 16-bit): it is
+    converted the way :func:`hassod.features.preprocess` converts it (16-bit values are scaled,
+    not clipped; alpha is dropped). Width and height are those after the EXIF rotation, which
+    is what Detectron2's ``read_image`` sees.
+
+    Args:
+        path: the file.
+        max_pixels: refuse images with more pixels than this (checked from the header, before
+            decoding); None or 0: no limit. PIL's own decompression-bomb limit (about 179
+            million pixels) applies on top unless the caller lifted ``PIL.Image.MAX_IMAGE_PIXELS``
+            (``hassod discover`` does, and enforces ``max_pixels`` instead).
+
+    Raises:
+        UnreadableImage: empty, missing, unidentifiable, truncated or corrupt file; an image
+            over ``max_pixels``; a zero-sized image.
+    """
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    from hassod.features import _pil_to_rgb
+
+    path = Path(path)
+    try:
+        if path.stat().st_size == 0:
+            raise UnreadableImage("empty file (0 bytes)")
+    except OSError as error:
+        raise UnreadableImage(f"cannot read file: {error.strerror or error}") from error
+    try:
+        with Image.open(path) as opened:
+            width, height = opened.size
+            if width < 1 or height < 1:
+                raise UnreadableImage(f"image has no pixels ({width}x{height})")
+            if max_pixels and width * height > max_pixels:
+                raise UnreadableImage(
+                    f"image too large: {width}x{height} = {width * height} pixels, over the "
+                    f"limit of {max_pixels} (raise it with --max-pixels)"
+                )
+            opened.load()  # truncated data raises here (PIL.ImageFile.LOAD_TRUNCATED_IMAGES off)
+            rgb = _pil_to_rgb(ImageOps.exif_transpose(opened))
+    except UnreadableImage:
+        raise
+    except Image.DecompressionBombError as error:
+        raise UnreadableImage(
+            f"image too large for PIL's decompression-bomb limit: {error}"
+        ) from error
+    except UnidentifiedImageError as error:
+        raise UnreadableImage(
+            "not an image PIL can identify (unknown format or corrupt)"
+        ) from error
+    except Exception as error:  # corrupt data makes decoders fail in many ways
+        raise UnreadableImage(
+            f"cannot decode image: {type(error).__name__}: {str(error).strip() or 'no details'}"
+        ) from error
+    return np.asarray(rgb)
+
+
+def discover_records(
+    file_name: str,
+    image: np.ndarray,
+    features: np.ndarray,
+    config: DiscoveryConfig = DiscoveryConfig(),
+    timings: dict[str, float] | None = None,
+) -> tuple[dict, list[dict]]:
+    """One image's COCO image record and annotation records (see :mod:`hassod.coco`).
+
+    :func:`discover_from_features` followed by RLE encoding (timed as ``encode``). The records'
+    ``parent`` is an index within the image; :func:`hassod.coco.assemble` turns it into an id.
+    """
+    result = discover_from_features(image, features, config, timings)
+    clock = _Clock(timings)
+    height, width = image.shape[:2]
+    annotations = mask_annotations(
+        result.masks, result.level, result.parent, result.thresholds, result.scores
+    )
+    clock.lap("encode")
+    return image_record(file_name, int(width), int(height)), annotations
 
 
 def discover_from_features(

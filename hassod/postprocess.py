@@ -137,7 +137,7 @@ def filter_masks(
     kept = masks[indices]
     if params.fill_holes:
         kept = np.stack([binary_fill_holes(mask) for mask in kept]) if len(kept) else kept
-    nonempty = kept.reshape(len(kept), -1).any(axis=1)
+    nonempty = kept.any(axis=(1, 2))  # (not reshape(K, -1): K = 0 is allowed)
     return kept[nonempty], indices[nonempty]
 
 
