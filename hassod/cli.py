@@ -1,8 +1,10 @@
 """The ``hassod`` command line.
 
 Commands: ``discover`` (stage 1 over a folder: COCO pseudo-labels, resumable and sharded),
-``merge-shards``, ``demo`` (discovery on three sample photos, with pictures) and ``cluster``
-(one image's partitions as a picture).
+``merge-shards``, ``demo`` (discovery on three sample photos, with pictures), ``cluster``
+(one image's partitions as a picture), ``evaluate`` (class-agnostic AR / AP against COCO ground
+truth), ``show`` (one image's masks level by level, as a picture) and ``report`` (a static HTML
+report of a label set).
 
 Exit codes: 0 success (``discover``: images that could not be used are listed in the JSON's
 ``failed``, not an error), 1 a run-time failure (e.g. weights that cannot be loaded, such as
@@ -159,7 +161,17 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--device", default="auto", help="cpu, cuda or auto")
     demo.add_argument("--workers", type=int, default=None, help="post-processing processes")
 
+    _add_evaluate_parser(commands)
+    _add_show_parser(commands)
+    _add_report_parser(commands)
+
     args = parser.parse_args(argv)
+    if args.command == "evaluate":
+        return run_evaluate_command(args, parser)
+    if args.command == "show":
+        return run_show_command(args, parser)
+    if args.command == "report":
+        return run_report_command(args, parser)
     if args.command == "cluster":
         return run_cluster(args, parser)
     if args.command == "discover":
@@ -177,6 +189,251 @@ _EXIT_CODES = """exit codes:
   2    bad arguments or input, found before any work: missing or empty images folder,
        unwritable output, settings that differ from the stored run (see --restart)
   130  interrupted: finished images are saved; run the same command again to resume"""
+
+
+_EXIT_CODES_INSPECT = """exit codes:
+  0    success
+  1    run-time failure
+  2    bad arguments or input: a missing or malformed file, labels of images the other file
+       does not have, an image the labels do not list, an unwritable output"""
+
+
+def _add_evaluate_parser(commands) -> None:
+    from hassod.evaluate import IOU_TYPES, STUFF_MIN_ID
+
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="class-agnostic AR / AP of predictions or pseudo-labels against COCO ground truth",
+        description=(
+            "Fold all categories into one and run pycocotools' COCOeval with maxDets 10/100/1000: "
+            "AR@10, AR@100, AR@1000, AR small/medium/large and AP, AP50, AP75 (at 1000), for "
+            "boxes and masks (the paper's Tables 1 and 9). PRED is a COCO results list or a "
+            "pseudo-label / COCO JSON (its images matched to the ground truth's by file name); "
+            "a missing score counts as 1.0. Crowd regions are ignore regions."
+        ),
+        epilog=_EXIT_CODES_INSPECT,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    evaluate.add_argument("--pred", type=Path, required=True, help="predictions or pseudo-labels")
+    evaluate.add_argument("--gt", type=Path, required=True, help="COCO ground-truth JSON")
+    evaluate.add_argument(
+        "--iou-type",
+        nargs="+",
+        choices=IOU_TYPES,
+        default=list(IOU_TYPES),
+        help="box and/or mask IoU (default both)",
+    )
+    evaluate.add_argument(
+        "--things-only",
+        action="store_true",
+        help="drop ground truth with category_id >= --stuff-min-id (COCO panoptic stuff)",
+    )
+    evaluate.add_argument(
+        "--stuff-min-id",
+        type=int,
+        default=STUFF_MIN_ID,
+        help=f"first stuff category id for --things-only (default {STUFF_MIN_ID})",
+    )
+    evaluate.add_argument(
+        "--breakdown",
+        action="store_true",
+        help="also labels per image, AR and AP by merge threshold and by level (paper Table 2)",
+    )
+    evaluate.add_argument("--out", type=Path, help="also write the metrics as JSON here")
+
+
+def run_evaluate_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    import json
+
+    from hassod.evaluate import InputError, evaluate, format_breakdown, format_metrics
+
+    if args.out is not None:
+        _writable_dir(args.out.parent if str(args.out.parent) else Path("."), parser)
+    try:
+        result = evaluate(
+            args.pred,
+            args.gt,
+            iou_types=args.iou_type,
+            things_only=args.things_only,
+            stuff_min_id=args.stuff_min_id,
+            breakdown=args.breakdown,
+        )
+    except InputError as error:
+        print(f"hassod evaluate: error: {error}", file=sys.stderr)
+        return 2
+    print(format_metrics(result))
+    if args.breakdown:
+        print()
+        print(format_breakdown(result))
+    if args.out is not None:
+        text = json.dumps(result, indent=2).encode("utf-8")
+        _atomic_save(args.out, lambda handle: handle.write(text))
+        print(f"wrote {args.out}")
+    return 0
+
+
+def _add_label_view_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--labels", type=Path, required=True, help="pseudo-labels, COCO JSON or results list"
+    )
+    parser.add_argument(
+        "--levels",
+        default="whole,part,subpart",
+        help="panels after the input, comma-separated: whole (wholes), part (+ parts), "
+        "subpart (+ subparts) (default: all three)",
+    )
+    parser.add_argument(
+        "--score-threshold", type=float, default=None, help="show masks with score >= this"
+    )
+    parser.add_argument(
+        "--max-masks",
+        type=int,
+        default=100,
+        help="at most this many masks per image, the best scores (default 100; 0: no limit)",
+    )
+
+
+def _add_show_parser(commands) -> None:
+    show = commands.add_parser(
+        "show",
+        help="one image's masks level by level: input | whole | + part | + subpart (PNG)",
+        description=(
+            "Draw the masks of IMAGE from a label JSON as the paper's Figures 1 and 5: the "
+            "input, then whole objects, wholes + parts, wholes + parts + subparts; one colour "
+            "per mask, outlines 3/2/1 px for whole/part/subpart, and a legend. The image is "
+            "found among the JSON's images by file name; a results list needs --images. "
+            "Levels come from 'hier_level' or 'level' (none: whole)."
+        ),
+        epilog=_EXIT_CODES_INSPECT,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    show.add_argument("image", type=Path, metavar="IMAGE", help="the image file")
+    _add_label_view_arguments(show)
+    show.add_argument("--out", type=Path, required=True, help="output PNG")
+    show.add_argument(
+        "--images",
+        "--gt",
+        dest="images_json",
+        type=Path,
+        help="dataset JSON naming the images of a results list (e.g. the ground truth)",
+    )
+    show.add_argument("--panel-height", type=int, default=320, help="panel height in pixels")
+
+
+def run_show_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from hassod.labels import InputError, load_labels, match_image, read_json
+    from hassod.report import image_figure, image_masks, image_names, read_labelled_image
+
+    panels = _parse_levels(args.levels, parser)
+    if args.panel_height < 16:
+        parser.error(f"--panel-height must be >= 16, got {args.panel_height}")
+    if not args.image.is_file():
+        parser.error(f"image not found: {args.image}")
+    _writable_dir(args.out.parent if str(args.out.parent) else Path("."), parser)
+    try:
+        labels = load_labels(args.labels, "labels")
+        named = None
+        if args.images_json is not None:
+            named = read_json(args.images_json, "images")
+            if not isinstance(named, dict) or not isinstance(named.get("images"), list):
+                raise InputError(f"{args.images_json} is not a COCO JSON with an 'images' list")
+            named = named["images"]
+        within = f"labels {labels.source}" if labels.images is not None else str(args.images_json)
+        record = match_image(image_names(labels, named), args.image, within)
+        annotations = labels.by_image().get(record["id"], [])
+        pixels = read_labelled_image(args.image, record, annotations)
+        item = image_masks(pixels, annotations, args.score_threshold, args.max_masks or None)
+    except InputError as error:
+        print(f"hassod show: error: {error}", file=sys.stderr)
+        return 2
+    figure = image_figure(item, panels, args.panel_height)
+    _atomic_save(args.out, lambda handle: figure.save(handle, format="PNG"))
+    print(
+        f"wrote {args.out} ({figure.size[0]}x{figure.size[1]}): {len(item.annotations)} of "
+        f"{item.total} masks of {record.get('file_name')}"
+    )
+    return 0
+
+
+def _add_report_parser(commands) -> None:
+    from hassod.evaluate import STUFF_MIN_ID
+
+    report = commands.add_parser(
+        "report",
+        help="a static HTML report of a label set: figures, mask trees, histograms, evaluation",
+        description=(
+            "Write OUT/index.html (open it from disk; relative links only) with a gallery of "
+            "level figures (as `hassod show`), per image the tree of masks (hover an entry to "
+            "see its mask), histograms of levels and of masks per image, and with --gt the "
+            "evaluation tables (as `hassod evaluate --breakdown`, also in OUT/metrics.json)."
+        ),
+        epilog=_EXIT_CODES_INSPECT,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    report.add_argument("images_dir", type=Path, metavar="IMAGES_DIR", help="folder of images")
+    _add_label_view_arguments(report)
+    report.add_argument("--out", type=Path, required=True, help="report folder")
+    report.add_argument("--gt", type=Path, help="COCO ground truth: adds the evaluation")
+    report.add_argument(
+        "--images",
+        dest="images_json",
+        type=Path,
+        help="dataset JSON naming a results list's images (default --gt)",
+    )
+    report.add_argument(
+        "--things-only",
+        action="store_true",
+        help=f"evaluate without ground truth of category_id >= {STUFF_MIN_ID} (stuff)",
+    )
+    report.add_argument(
+        "--limit",
+        type=int,
+        default=50,
+        help="gallery of the first N images by file name (default 50; 0: all); the statistics "
+        "and evaluation cover all",
+    )
+
+
+def run_report_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from hassod.labels import InputError
+    from hassod.report import write_report
+
+    panels = _parse_levels(args.levels, parser)
+    if not args.images_dir.is_dir():
+        parser.error(f"images folder not found: {args.images_dir}")
+    out_dir = _writable_dir(args.out, parser)
+    try:
+        summary = write_report(
+            args.images_dir,
+            args.labels,
+            out_dir,
+            gt=args.gt,
+            images=args.images_json,
+            things_only=args.things_only,
+            score_threshold=args.score_threshold,
+            max_masks=args.max_masks or None,
+            limit=args.limit or None,
+            panels=panels,
+        )
+    except InputError as error:
+        print(f"hassod report: error: {error}", file=sys.stderr)
+        return 2
+    print(
+        f"wrote {summary.index}: {summary.images} images, {summary.masks} masks, gallery of "
+        f"{summary.shown}" + (", with evaluation" if summary.evaluated else "")
+    )
+    if summary.missing:
+        print(f"{len(summary.missing)} gallery images not found in {args.images_dir}")
+    return 0
+
+
+def _parse_levels(text: str, parser: argparse.ArgumentParser) -> tuple[int, ...]:
+    from hassod.report import parse_levels
+
+    try:
+        return parse_levels(text)
+    except ValueError as error:
+        parser.error(f"--levels: {error}")
 
 
 def _add_model_arguments(parser: argparse.ArgumentParser) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 from PIL import Image, ImageDraw
 
@@ -69,7 +71,11 @@ def partition_figure(
 
 
 def mask_overlay(
-    image: np.ndarray, masks: np.ndarray, colours: np.ndarray, alpha: float = 0.45
+    image: np.ndarray,
+    masks: np.ndarray,
+    colours: np.ndarray,
+    alpha: float = 0.45,
+    outline_widths: int | Sequence[int] = 1,
 ) -> np.ndarray:
     """Blend (possibly overlapping) masks over an image, each outlined in its own colour.
 
@@ -78,6 +84,8 @@ def mask_overlay(
         masks: (M, H, W) bool, painted in order (later masks on top).
         colours: (M, 3) uint8, one per mask.
         alpha: weight of the fill colour.
+        outline_widths: outline width in pixels (inside the mask), one for all or one per mask;
+            0 draws no outline.
 
     Returns:
         (H, W, 3) uint8.
@@ -87,57 +95,179 @@ def mask_overlay(
     masks = np.asarray(masks, dtype=bool)
     if masks.ndim != 3 or masks.shape[1:] != image.shape[:2]:
         raise ValueError(f"masks must be (M, H, W) matching the image, got {masks.shape}")
+    widths = np.broadcast_to(np.asarray(outline_widths, dtype=np.int64), (len(masks),))
     blended = image.astype(np.float32)
-    for mask, colour in zip(masks, np.asarray(colours, dtype=np.float32)):
+    for mask, colour, width in zip(masks, np.asarray(colours, dtype=np.float32), widths):
         blended[mask] = (1 - alpha) * blended[mask] + alpha * colour
-        blended[_outline(mask)] = colour
+        blended[_outline(mask, int(width))] = colour
     return blended.astype(np.uint8)
 
 
-def _outline(mask: np.ndarray) -> np.ndarray:
-    """Pixels of ``mask`` with a 4-neighbour outside it (the image border counts as outside)."""
-    padded = np.pad(mask, 1, constant_values=False)
-    interior = padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:] & mask
+def _outline(mask: np.ndarray, width: int = 1) -> np.ndarray:
+    """Pixels of ``mask`` within ``width`` 4-neighbour steps of its outside (border = outside)."""
+    interior = mask
+    for _ in range(width):
+        padded = np.pad(interior, 1, constant_values=False)
+        interior = (
+            padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:] & interior
+        )
     return mask & ~interior
 
 
+LEVEL_PANEL_NAMES = ("whole", "whole+part", "whole+part+subpart")
+CAPTION_HEIGHT = 22
+
+
 def level_figure(
-    image: np.ndarray, masks: np.ndarray, levels: np.ndarray, panel_height: int = 320
+    image: np.ndarray,
+    masks: np.ndarray,
+    levels: np.ndarray,
+    panel_height: int = 320,
+    *,
+    panels: Sequence[int] = (0, 1, 2),
+    colours: np.ndarray | None = None,
+    outline_widths: Sequence[int] = (1, 1, 1),
+    legend: Sequence[str] | None = None,
+    legend_rows: int = 6,
 ) -> Image.Image:
     """Input | whole objects | whole + parts | whole + parts + subparts, side by side.
+
+    The layout of the paper's Figures 1 and 5.
 
     Args:
         image: (H, W, 3) uint8 RGB.
         masks: (M, H, W) bool pseudo-label masks at the image's size.
         levels: (M,) int hierarchy levels, 0 whole, 1 part, 2 subpart (deeper counts as 2).
-        panel_height: height of each panel in pixels.
+        panel_height: height of each panel in pixels; panels keep the image's aspect ratio.
+        panels: after the input, one panel per entry: the masks of that level and coarser
+            (0: wholes, 1: wholes and parts, 2: all), in the order given.
+        colours: (M, 3) uint8 colour of each mask (default :func:`region_colours`).
+        outline_widths: outline width in panel pixels of wholes, parts and subparts.
+        legend: None, or one caption per mask: adds a legend under the panels (outline width
+            per level, then each shown mask's colour and caption, in painting order; at most
+            ``legend_rows`` rows, the rest counted).
 
     Each mask keeps one colour in every panel; within a panel, coarser levels and larger masks
-    are painted first so parts stay visible on top of their wholes.
+    are painted first so parts stay visible on top of their wholes. Masks are painted at the
+    panel's resolution (nearest-neighbour resampled) so outlines stay sharp.
     """
     image = np.asarray(image)
     masks = np.asarray(masks, dtype=bool)
     levels = np.minimum(np.asarray(levels, dtype=np.int64).reshape(-1), 2)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"image must be (H, W, 3) uint8, got {image.shape} {image.dtype}")
     if masks.ndim != 3 or masks.shape[1:] != image.shape[:2] or len(levels) != len(masks):
         raise ValueError(
             f"masks must be (M, H, W) matching the image {image.shape[:2]} with M levels, got "
             f"masks {masks.shape} and {len(levels)} levels"
         )
-    colours = region_colours(len(masks))
-    areas = masks.reshape(len(masks), -1).sum(axis=1)
-    order = np.lexsort((-areas, levels))  # by level, then largest first
-    panels, captions = [image], ["input"]
-    for depth, name in enumerate(("whole", "whole+part", "whole+part+subpart")):
-        shown = order[levels[order] <= depth]
-        panels.append(mask_overlay(image, masks[shown], colours[shown]))
-        captions.append(f"{name}: {len(shown)} masks")
+    panels = [int(depth) for depth in panels]
+    if not panels or any(depth not in (0, 1, 2) for depth in panels):
+        raise ValueError(f"panels must be levels among 0, 1, 2, got {panels}")
+    colours = region_colours(len(masks)) if colours is None else np.asarray(colours, np.uint8)
+    if colours.shape != (len(masks), 3):
+        raise ValueError(f"colours must be ({len(masks)}, 3), got {colours.shape}")
+    if legend is not None and len(legend) != len(masks):
+        raise ValueError(f"legend needs one caption per mask ({len(masks)}), got {len(legend)}")
+    widths = np.asarray(outline_widths, dtype=np.int64)[levels]
+
     height, width = image.shape[:2]
     panel_width = max(1, round(width * panel_height / height))
-    caption_height = 22
-    figure = Image.new("RGB", (panel_width * len(panels), panel_height + caption_height), "white")
+    if (panel_height, panel_width) != (height, width):
+        rows = ((np.arange(panel_height) + 0.5) * height / panel_height).astype(np.int64)
+        cols = ((np.arange(panel_width) + 0.5) * width / panel_width).astype(np.int64)
+        masks = masks[:, rows[:, None], cols[None, :]]
+        image = np.asarray(
+            Image.fromarray(image).resize((panel_width, panel_height), Image.BILINEAR)
+        )
+    areas = masks.reshape(len(masks), -1).sum(axis=1)
+    order = np.lexsort((-areas, levels))  # by level, then largest first
+    pictures, captions = [image], ["input"]
+    for depth in panels:
+        shown = order[levels[order] <= depth]
+        pictures.append(mask_overlay(image, masks[shown], colours[shown], 0.45, widths[shown]))
+        captions.append(f"{LEVEL_PANEL_NAMES[depth]}: {len(shown)} masks")
+
+    legend_entries = []
+    if legend is not None:
+        shown = order[levels[order] <= max(panels)]
+        legend_entries = [(colours[i], int(widths[i]), legend[i]) for i in shown]
+    figure_width = panel_width * len(pictures)
+    legend_height = (
+        0 if legend is None else _legend_height(figure_width, legend_entries, legend_rows)
+    )
+    figure = Image.new(
+        "RGB", (figure_width, panel_height + CAPTION_HEIGHT + legend_height), "white"
+    )
     draw = ImageDraw.Draw(figure)
-    for index, (panel, caption) in enumerate(zip(panels, captions)):
-        resized = Image.fromarray(panel).resize((panel_width, panel_height), Image.BILINEAR)
-        figure.paste(resized, (index * panel_width, caption_height))
+    for index, (picture, caption) in enumerate(zip(pictures, captions)):
+        figure.paste(Image.fromarray(picture), (index * panel_width, CAPTION_HEIGHT))
         draw.text((index * panel_width + 6, 5), caption, fill="black")
+    if legend is not None:
+        _draw_legend(
+            draw,
+            (0, panel_height + CAPTION_HEIGHT),
+            figure_width,
+            legend_entries,
+            outline_widths,
+            legend_rows,
+        )
     return figure
+
+
+_LEGEND_ENTRY_WIDTH = 170
+_LEGEND_LINE = 20
+_SWATCH = 14
+
+
+def _legend_font(size: int = 12):
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1: the fixed bitmap font
+        return ImageFont.load_default()
+
+
+def _legend_columns(figure_width: int) -> int:
+    return max(1, (figure_width - 8) // _LEGEND_ENTRY_WIDTH)
+
+
+def _legend_height(figure_width: int, entries: Sequence, max_rows: int) -> int:
+    rows = min(max_rows, -(-len(entries) // _legend_columns(figure_width)))
+    return 8 + _LEGEND_LINE * (1 + rows) + 4
+
+
+def _draw_legend(draw, origin, figure_width, entries, outline_widths, max_rows) -> None:
+    """Outline width per level on one line, then one swatch + caption per mask in a grid."""
+    font = _legend_font()
+    left, top = origin[0] + 8, origin[1] + 8
+    x = left
+    draw.text((x, top), "outline:", fill="black", font=font)
+    x += int(draw.textlength("outline:", font=font)) + 8
+    for name, width in zip(("whole", "part", "subpart"), outline_widths):
+        draw.rectangle(
+            (x, top, x + _SWATCH, top + _SWATCH), fill=(235, 235, 235), outline="black", width=width
+        )
+        label = f"{name} ({width} px)"
+        draw.text((x + _SWATCH + 4, top), label, fill="black", font=font)
+        x += _SWATCH + 16 + int(draw.textlength(label, font=font))
+    columns = _legend_columns(figure_width)
+    capacity = columns * max_rows
+    if not entries:
+        draw.text((left, top + _LEGEND_LINE), "no masks", fill="black", font=font)
+    for index, (colour, width, caption) in enumerate(entries[:capacity]):
+        row, column = divmod(index, columns)
+        x = left + column * _LEGEND_ENTRY_WIDTH
+        y = top + _LEGEND_LINE * (1 + row)
+        if index == capacity - 1 and len(entries) > capacity:
+            draw.text((x, y), f"+ {len(entries) - index} more", fill="black", font=font)
+            break
+        colour = tuple(int(c) for c in colour)
+        fill = tuple(int(0.55 * 255 + 0.45 * c) for c in colour)
+        draw.rectangle((x, y, x + _SWATCH, y + _SWATCH), fill=fill, outline=colour, width=width)
+        text = str(caption)
+        room = _LEGEND_ENTRY_WIDTH - _SWATCH - 12
+        while text and draw.textlength(text, font=font) > room:
+            text = text[:-2] + "…" if len(text) > 2 else ""
+        draw.text((x + _SWATCH + 4, y), text, fill="black", font=font)

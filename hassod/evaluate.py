@@ -1,0 +1,429 @@
+"""Class-agnostic evaluation of masks and boxes against COCO ground truth (paper Tables 1, 2, 9).
+
+HASSOD is judged class-agnostically: every ground-truth category and every prediction is one
+class, "object", with up to 1000 detections per image. pycocotools' ``COCOeval`` does all the
+matching; this module prepares its inputs, runs it with ``maxDets = [10, 100, 1000]`` and
+reads the summary numbers out of its accumulated arrays.
+
+Metrics (fractions in [0, 1]; None where undefined, e.g. AR small on data without small
+objects, which COCOeval marks -1):
+
+- ``AR@10``, ``AR@100``, ``AR@1000``: recall averaged over the IoU thresholds 0.50:0.05:0.95,
+  all areas, at most 10 / 100 / 1000 detections per image;
+- ``AR_s``, ``AR_m``, ``AR_l``: the same at 1000 detections for small (< 32²), medium and large
+  (> 96²) ground truth (COCO's areas: the annotation's ``area``);
+- ``AP``, ``AP50``, ``AP75``: 101-point interpolated precision at 1000 detections, averaged
+  over the IoU thresholds / at IoU 0.5 / at IoU 0.75.
+
+Reading COCOeval's arrays (``eval.eval`` after ``accumulate()``), with ``T`` IoU thresholds
+(``params.iouThrs``), ``R`` = 101 recall points, ``K`` = 1 category (folded), ``A`` area
+ranges (``params.areaRngLbl``: all, small, medium, large) and ``M`` = 3 detection limits
+(``params.maxDets``):
+
+- ``precision[t, r, k, a, m]`` (T, R, K, A, M): AP = mean of ``precision[:, :, 0, all, 1000]``,
+  AP50 = mean of ``precision[t50, :, 0, all, 1000]`` with ``iouThrs[t50] == 0.5``, AP75 alike;
+- ``recall[t, k, a, m]`` (T, K, A, M): AR@n = mean of ``recall[:, 0, all, n]``, AR_s = mean of
+  ``recall[:, 0, small, 1000]``, ...;
+
+each mean over the entries > -1 (-1: nothing to evaluate), exactly as ``COCOeval.summarize``
+computes ``stats``. With ``maxDets = [10, 100, 1000]``, ``stats`` holds AP, AP50, AP75 at 1000
+in 0-2, and AR@10, AR@100, AR@1000, AR_s, AR_m, AR_l in 6-11: the tests check against them.
+
+Inputs and how they are handled:
+
+- Categories are folded: every kept ground-truth annotation and every prediction gets
+  ``category_id`` 1, and ``params.useCats = 0`` on top.
+- Ground-truth annotations are renumbered 1..N in file order: COCOeval records a match by the
+  ground truth's annotation id and reads id 0 as "unmatched", so a ground truth with id 0 (as
+  in COCO's panoptic-derived files) would silently lose its match.
+- Crowd regions (``iscrowd`` 1) are COCOeval's "ignore" regions: they count in no recall
+  denominator, and detections matched to them (IoU = intersection / detection area) are
+  neither true nor false positives.
+- ``things_only``: ground-truth annotations with ``category_id >= stuff_min_id`` (default 92,
+  COCO panoptic's first "stuff" id; ids <= 90 are objects) are dropped before evaluation,
+  crowd ones included. Predictions are never filtered.
+- Predictions: a COCO results list (``image_id``, ``bbox`` / ``segmentation``, ``score``) or a
+  pseudo-label / COCO dict (``annotations``). A dict's images are matched to the ground truth's
+  by file name (:func:`hassod.labels.match_image`), a results list's ``image_id`` must be a
+  ground-truth image id. Missing ``score`` = 1.0 (:func:`hassod.labels.score_of`).
+  Box evaluation uses ``bbox`` (from the mask when absent), mask evaluation ``segmentation``
+  only, so a detection's area for the small/medium/large ranges is its box area for boxes and
+  its mask area for masks (as Detectron2's COCO evaluator does).
+- Every ground-truth image is evaluated; an image without predictions has recall 0. No
+  predictions at all gives AR 0 (not an error).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import math
+import os
+from collections.abc import Sequence
+
+import numpy as np
+
+from hassod.labels import (
+    LEVEL_NAMES,
+    InputError,
+    Labels,
+    level_of,
+    load_labels,
+    match_image,
+    read_json,
+    score_of,
+    threshold_of,
+    to_rle,
+)
+
+IOU_TYPES = ("bbox", "segm")
+MAX_DETS = (10, 100, 1000)
+STUFF_MIN_ID = 92  # COCO panoptic: ids <= 90 are things, >= 92 stuff
+METRICS = ("AR@10", "AR@100", "AR@1000", "AR_s", "AR_m", "AR_l", "AP", "AP50", "AP75")
+IOU_TYPE_NAMES = {"bbox": "box", "segm": "mask"}
+BREAKDOWN_METRICS = ("AR@100", "AR@1000", "AP")
+
+__all__ = [
+    "IOU_TYPES",
+    "MAX_DETS",
+    "METRICS",
+    "STUFF_MIN_ID",
+    "InputError",
+    "evaluate",
+    "format_breakdown",
+    "format_metrics",
+    "load_ground_truth",
+    "prediction_records",
+    "summarize",
+]
+
+
+def evaluate(
+    pred,
+    gt,
+    iou_types: Sequence[str] = IOU_TYPES,
+    things_only: bool = False,
+    stuff_min_id: int = STUFF_MIN_ID,
+    breakdown: bool = False,
+) -> dict:
+    """Class-agnostic AR / AP of predictions against ground truth (see the module docstring).
+
+    Args:
+        pred: predictions: a path, a results list or a pseudo-label / COCO dict.
+        gt: ground truth: a path or a COCO dataset dict (``images``, ``annotations``).
+        iou_types: any of "bbox" and "segm".
+        things_only: drop ground truth with ``category_id >= stuff_min_id``.
+        stuff_min_id: the first "stuff" category id (COCO panoptic: 92).
+        breakdown: also evaluate subsets of the predictions by ``threshold`` and by level (the
+            paper's Table 2): rows in ``result["breakdown"]``.
+
+    Returns:
+        ``{"settings": {...}, "counts": {...}, "bbox": {metric: value}, "segm": {...},
+        "breakdown": [...]}`` (the last only with ``breakdown``); metric names in
+        :data:`METRICS`, values fractions or None.
+
+    Raises:
+        InputError: missing or malformed files, predictions of images the ground truth does not
+            have, an unknown IoU type, masks whose size differs from their image's.
+    """
+    iou_types = _checked_iou_types(iou_types)
+    dataset, counts = load_ground_truth(gt, things_only, stuff_min_id)
+    labels = pred if isinstance(pred, Labels) else load_labels(pred, "predictions")
+    records = prediction_records(labels, dataset)
+    gt_coco = _coco(dataset)
+    result = {
+        "settings": {
+            "iou_types": list(iou_types),
+            "max_dets": list(MAX_DETS),
+            "class_agnostic": True,
+            "things_only": bool(things_only),
+            "stuff_min_id": int(stuff_min_id),
+            "predictions": labels.source,
+            "ground_truth": str(gt) if isinstance(gt, (str, os.PathLike)) else "in memory",
+        },
+        "counts": {**counts, "predictions": len(records)},
+    }
+    for iou_type in iou_types:
+        result[iou_type] = summarize(_run_cocoeval(gt_coco, records, iou_type))
+    if breakdown:
+        result["breakdown"] = _breakdown(gt_coco, records, iou_types, len(dataset["images"]))
+    return result
+
+
+def _checked_iou_types(iou_types: Sequence[str]) -> tuple[str, ...]:
+    iou_types = tuple(dict.fromkeys([iou_types] if isinstance(iou_types, str) else iou_types))
+    unknown = [t for t in iou_types if t not in IOU_TYPES]
+    if unknown or not iou_types:
+        raise InputError(f"iou_types must be among {list(IOU_TYPES)}, got {list(iou_types)}")
+    return iou_types
+
+
+def load_ground_truth(
+    gt, things_only: bool = False, stuff_min_id: int = STUFF_MIN_ID
+) -> tuple[dict, dict]:
+    """A single-category copy of a COCO ground truth, ready for COCOeval.
+
+    Returns:
+        ``(dataset, counts)``: the dataset dict (annotations renumbered 1..N, ``category_id``
+        1, ``iscrowd`` 0/1, ``area`` and ``bbox`` filled in from the mask where missing) and
+        ``{"images", "objects", "crowd", "dropped_stuff"}``.
+    """
+    from pycocotools import mask as mask_utils
+
+    data = read_json(gt, "ground truth") if isinstance(gt, (str, os.PathLike)) else gt
+    name = str(gt) if isinstance(gt, (str, os.PathLike)) else "in-memory ground truth"
+    if not isinstance(data, dict) or not isinstance(data.get("annotations"), list):
+        raise InputError(f"ground truth {name}: expected a COCO dict with an 'annotations' list")
+    if not isinstance(data.get("images"), list) or not data["images"]:
+        raise InputError(f"ground truth {name}: expected a non-empty 'images' list")
+    images = {}
+    for index, image in enumerate(data["images"]):
+        if not isinstance(image, dict) or not {"id", "width", "height"} <= image.keys():
+            raise InputError(f"ground truth {name}: image {index} lacks id, width or height")
+        if image["id"] in images:
+            raise InputError(f"ground truth {name}: image id {image['id']!r} appears twice")
+        images[image["id"]] = image
+    annotations, dropped = [], 0
+    for index, annotation in enumerate(data["annotations"]):
+        where = f"ground truth {name}: annotation {index}"
+        if not isinstance(annotation, dict) or annotation.get("image_id") not in images:
+            raise InputError(f"{where} has no image_id of the file's images")
+        if things_only and int(annotation.get("category_id", 1)) >= stuff_min_id:
+            dropped += 1
+            continue
+        image = images[annotation["image_id"]]
+        folded = {
+            key: value
+            for key, value in annotation.items()
+            if key not in ("id", "category_id", "iscrowd")
+        }
+        folded.update(id=len(annotations) + 1, category_id=1)
+        folded["iscrowd"] = int(bool(annotation.get("iscrowd", 0)))
+        if "area" not in folded or "bbox" not in folded:
+            rle = to_rle(annotation, image["height"], image["width"], where)
+            folded.setdefault("area", float(mask_utils.area(rle)))
+            folded.setdefault("bbox", [float(v) for v in mask_utils.toBbox(rle)])
+        annotations.append(folded)
+    dataset = {
+        "info": data.get("info", {}),
+        "images": list(images.values()),
+        "annotations": annotations,
+        "categories": [{"id": 1, "name": "object", "supercategory": "object"}],
+    }
+    crowd = sum(a["iscrowd"] for a in annotations)
+    counts = {
+        "images": len(images),
+        "objects": len(annotations) - crowd,
+        "crowd": crowd,
+        "dropped_stuff": dropped,
+    }
+    return dataset, counts
+
+
+def prediction_records(labels: Labels, dataset: dict) -> list[dict]:
+    """Predictions as single-category records on the ground truth's image ids.
+
+    Each record keeps ``image_id`` (the ground truth's), ``category_id`` 1, ``score``,
+    ``level``, ``threshold``, ``bbox`` and a compressed-RLE ``segmentation`` (None for
+    box-only predictions).
+    """
+    from pycocotools import mask as mask_utils
+
+    gt_images = {image["id"]: image for image in dataset["images"]}
+    if labels.images is not None:  # a dict: match its images to the ground truth's by name
+        used = {a["image_id"] for a in labels.annotations}
+        to_gt = {}
+        for image in labels.images:
+            if image["id"] in used:
+                try:
+                    match = match_image(
+                        dataset["images"], image.get("file_name", ""), "the ground truth"
+                    )
+                except InputError as error:
+                    raise InputError(f"predictions {labels.source}: {error}") from None
+                to_gt[image["id"]] = match["id"]
+    else:
+        unknown = sorted({a["image_id"] for a in labels.annotations} - gt_images.keys(), key=str)
+        if unknown:
+            shown = ", ".join(map(repr, unknown[:5])) + (" ..." if len(unknown) > 5 else "")
+            raise InputError(
+                f"predictions {labels.source}: {len(unknown)} image ids are not in the ground "
+                f"truth: {shown}"
+            )
+        to_gt = {image_id: image_id for image_id in gt_images}
+    records = []
+    for index, annotation in enumerate(labels.annotations):
+        image = gt_images[to_gt[annotation["image_id"]]]
+        where = f"predictions {labels.source}: annotation {index}"
+        segmentation = None
+        if annotation.get("segmentation"):
+            segmentation = to_rle(annotation, image["height"], image["width"], where)
+        bbox = annotation.get("bbox")
+        if not bbox:
+            bbox = [float(v) for v in mask_utils.toBbox(segmentation)]
+        score = score_of(annotation)
+        if not math.isfinite(score):
+            raise InputError(f"{where}: score {score!r} is not a finite number")
+        records.append(
+            {
+                "image_id": image["id"],
+                "category_id": 1,
+                "score": score,
+                "level": level_of(annotation),
+                "threshold": threshold_of(annotation),
+                "bbox": [float(v) for v in bbox],
+                "segmentation": segmentation,
+            }
+        )
+    return records
+
+
+def _coco(dataset: dict):
+    from pycocotools.coco import COCO
+
+    coco = COCO()
+    coco.dataset = dataset
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
+        coco.createIndex()
+    return coco
+
+
+def _run_cocoeval(gt_coco, records: Sequence[dict], iou_type: str):
+    """COCOeval, class-agnostic, maxDets 10/100/1000, evaluated and accumulated."""
+    from pycocotools.cocoeval import COCOeval
+
+    geometry = "bbox" if iou_type == "bbox" else "segmentation"
+    results = []
+    for record in records:
+        if record[geometry] is None:
+            raise InputError(f"a prediction of image {record['image_id']} has no mask for segm")
+        results.append(
+            {
+                "image_id": record["image_id"],
+                "category_id": 1,
+                "score": record["score"],
+                geometry: copy.deepcopy(record[geometry]),
+            }
+        )
+    with contextlib.redirect_stdout(io.StringIO()):
+        if results:
+            detections = gt_coco.loadRes(results)
+        else:  # loadRes cannot take an empty list
+            detections = _coco(
+                {"images": gt_coco.dataset["images"], "annotations": [], "categories": []}
+            )
+        evaluation = COCOeval(gt_coco, detections, iou_type)
+        evaluation.params.useCats = 0
+        evaluation.params.maxDets = list(MAX_DETS)
+        evaluation.evaluate()
+        evaluation.accumulate()
+    return evaluation
+
+
+def summarize(evaluation) -> dict:
+    """The :data:`METRICS` of an accumulated class-agnostic COCOeval (module docstring)."""
+    params = evaluation.params
+    if list(params.maxDets) != list(MAX_DETS):
+        raise ValueError(f"expected params.maxDets {list(MAX_DETS)}, got {params.maxDets}")
+    precision = evaluation.eval["precision"]  # (T, R, K, A, M)
+    recall = evaluation.eval["recall"]  # (T, K, A, M)
+    area = {label: index for index, label in enumerate(params.areaRngLbl)}
+    at = {limit: index for index, limit in enumerate(params.maxDets)}
+    t50 = int(np.flatnonzero(np.isclose(params.iouThrs, 0.5))[0])
+    t75 = int(np.flatnonzero(np.isclose(params.iouThrs, 0.75))[0])
+    most = at[MAX_DETS[-1]]
+    return {
+        "AR@10": _mean_defined(recall[:, :, area["all"], at[10]]),
+        "AR@100": _mean_defined(recall[:, :, area["all"], at[100]]),
+        "AR@1000": _mean_defined(recall[:, :, area["all"], at[1000]]),
+        "AR_s": _mean_defined(recall[:, :, area["small"], most]),
+        "AR_m": _mean_defined(recall[:, :, area["medium"], most]),
+        "AR_l": _mean_defined(recall[:, :, area["large"], most]),
+        "AP": _mean_defined(precision[:, :, :, area["all"], most]),
+        "AP50": _mean_defined(precision[t50, :, :, area["all"], most]),
+        "AP75": _mean_defined(precision[t75, :, :, area["all"], most]),
+    }
+
+
+def _mean_defined(values: np.ndarray) -> float | None:
+    """Mean of the entries > -1 (COCOeval's "defined"), None when there are none."""
+    defined = values[values > -1]
+    return float(np.mean(defined)) if defined.size else None
+
+
+def _breakdown(gt_coco, records, iou_types, num_images: int) -> list[dict]:
+    """Rows by merge threshold, the whole set, then by level (the paper's Table 2).
+
+    Labels per image = predictions in the subset / ground-truth images.
+    """
+    groups: list[tuple[str, str, list[dict]]] = []
+    thresholds = sorted({r["threshold"] for r in records if r["threshold"] is not None})
+    for threshold in thresholds:
+        subset = [r for r in records if r["threshold"] == threshold]
+        groups.append(("threshold", f"{threshold:g}", subset))
+    if any(r["threshold"] is None for r in records) and thresholds:
+        groups.append(("threshold", "none", [r for r in records if r["threshold"] is None]))
+    groups.append(("all", "ensemble" if thresholds else "all", list(records)))
+    for level, name in enumerate(LEVEL_NAMES):  # levels without predictions are left out
+        subset = [r for r in records if r["level"] == level]
+        if subset:
+            groups.append(("level", name, subset))
+    rows = []
+    for group, name, subset in groups:
+        row = {
+            "group": group,
+            "name": name,
+            "predictions": len(subset),
+            "labels_per_image": len(subset) / num_images,
+        }
+        for iou_type in iou_types:
+            row[iou_type] = summarize(_run_cocoeval(gt_coco, subset, iou_type))
+        rows.append(row)
+    return rows
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}"
+
+
+def format_metrics(result: dict) -> str:
+    """The main table (paper Tables 1 and 9): one row per IoU type, values in percent."""
+    counts = result["counts"]
+    settings = result["settings"]
+    header = (
+        f"class-agnostic, {counts['images']} images, {counts['objects']} objects"
+        f" ({counts['crowd']} crowd regions ignored"
+        + (f", {counts['dropped_stuff']} stuff regions dropped" if settings["things_only"] else "")
+        + f"), {counts['predictions']} predictions; AR_s/m/l and AP at {MAX_DETS[-1]} detections"
+    )
+    rows = [["", *METRICS]]
+    for iou_type in settings["iou_types"]:
+        rows.append([IOU_TYPE_NAMES[iou_type], *(_percent(result[iou_type][m]) for m in METRICS)])
+    return header + "\n" + _table(rows)
+
+
+def format_breakdown(result: dict) -> str:
+    """The breakdown table (paper Table 2): labels per image, AR and AP per subset."""
+    iou_types = result["settings"]["iou_types"]
+    header = ["subset", "labels/img"]
+    for iou_type in iou_types:
+        header += [f"{IOU_TYPE_NAMES[iou_type]} {metric}" for metric in BREAKDOWN_METRICS]
+    rows = [header]
+    for row in result["breakdown"]:
+        name = row["name"] if row["group"] == "all" else f"{row['group']} {row['name']}"
+        cells = [name, f"{row['labels_per_image']:.2f}"]
+        for iou_type in iou_types:
+            cells += [_percent(row[iou_type][metric]) for metric in BREAKDOWN_METRICS]
+        rows.append(cells)
+    return _table(rows)
+
+
+def _table(rows: list[list[str]]) -> str:
+    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
+    lines = []
+    for row in rows:
+        cells = [row[0].ljust(widths[0])]
+        cells += [cell.rjust(width) for cell, width in zip(row[1:], widths[1:])]
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines)

@@ -1,0 +1,295 @@
+"""Reading mask JSONs: hassod pseudo-labels, COCO datasets and COCO results lists.
+
+Two forms are accepted wherever labels or predictions are read (``hassod evaluate``, ``show``,
+``report``):
+
+- a COCO dataset dict with ``annotations`` and usually ``images`` (each with ``id``,
+  ``file_name``, ``width``, ``height``): hassod pseudo-labels (:mod:`hassod.coco`), or any
+  COCO-style file such as ground truth;
+- a COCO results list, ``[{"image_id", "segmentation" and/or "bbox", "score", ...}, ...]``, as
+  detectors write them. It names no files: pair it with a dataset JSON (``--images``/``--gt``)
+  to find an image by file name.
+
+Per-annotation fields, with the rule used when one is missing:
+
+- score: ``score``; else 1.0. Unscored labels rank as equals, and every ranking here (COCOeval's
+  included) is a stable sort, so equals keep their order in the file.
+- level: ``hier_level``, else ``level``; else 0 (whole). Values above 2 count as subpart (2),
+  as in :mod:`hassod.hierarchy`.
+- parent: ``parent_id`` (an annotation id of the same image); else none.
+- threshold: ``threshold`` (the merge threshold a pseudo-label came from); else none.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+
+from hassod.coco import LEVEL_NAMES
+
+__all__ = [
+    "LEVEL_NAMES",
+    "InputError",
+    "Labels",
+    "decode_masks",
+    "level_of",
+    "load_labels",
+    "mask_tree",
+    "match_image",
+    "read_json",
+    "score_of",
+    "select",
+    "threshold_of",
+    "to_rle",
+]
+
+
+class InputError(ValueError):
+    """A labels, predictions or ground-truth input that cannot be used, with the reason."""
+
+
+def read_json(path: str | os.PathLike, what: str = "labels"):
+    """Parse a JSON file, with errors that name ``what`` the file was meant to be."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InputError(f"{what} file not found: {path}") from None
+    except IsADirectoryError:
+        raise InputError(f"{what} file {path} is a folder, expected a JSON file") from None
+    except UnicodeDecodeError as error:
+        raise InputError(f"{what} file {path} is not UTF-8 text: {error}") from None
+    except OSError as error:
+        raise InputError(f"cannot read {what} file {path}: {error.strerror or error}") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise InputError(
+            f"{what} file {path} is not valid JSON (line {error.lineno}, column {error.colno}: "
+            f"{error.msg})"
+        ) from None
+
+
+@dataclass
+class Labels:
+    """Annotations of one JSON file, checked.
+
+    Attributes:
+        annotations: the annotation dicts, in file order (not copied: do not modify).
+        images: the file's image records, or None for a results list.
+        source: the file name, or a description, for messages.
+    """
+
+    annotations: list[dict]
+    images: list[dict] | None
+    source: str
+
+    @property
+    def is_results_list(self) -> bool:
+        return self.images is None
+
+    def by_image(self) -> dict[int, list[dict]]:
+        """Annotations grouped by ``image_id``, in file order."""
+        groups: dict[int, list[dict]] = {}
+        for annotation in self.annotations:
+            groups.setdefault(annotation["image_id"], []).append(annotation)
+        return groups
+
+
+def load_labels(source, what: str = "labels") -> Labels:
+    """Read and check a pseudo-label / COCO dataset dict or a COCO results list.
+
+    Args:
+        source: a path, or the already parsed dict or list.
+        what: the role of the file, for messages ("labels", "predictions", ...).
+
+    Raises:
+        InputError: missing or malformed file; an annotation without ``image_id`` or without
+            both ``segmentation`` and ``bbox``; an annotation of an image the file does not
+            list; duplicate image ids.
+    """
+    if isinstance(source, (str, os.PathLike)):
+        name = str(source)
+        data = read_json(source, what)
+    else:
+        name, data = f"in-memory {what}", source
+    if isinstance(data, list):
+        annotations, images = data, None
+    elif isinstance(data, dict):
+        if not isinstance(data.get("annotations"), list):
+            raise InputError(
+                f"{what} {name}: a dict needs an 'annotations' list (COCO dataset / pseudo-label "
+                "format); a results list is a JSON list of detections"
+            )
+        annotations, images = data["annotations"], data.get("images")
+        if images is not None:
+            images = _checked_images(images, f"{what} {name}")
+    else:
+        raise InputError(
+            f"{what} {name}: expected a COCO dict or a results list, got {type(data).__name__}"
+        )
+    known = None if images is None else {image["id"] for image in images}
+    for index, annotation in enumerate(annotations):
+        where = f"{what} {name}: annotation {index}"
+        if not isinstance(annotation, dict):
+            raise InputError(f"{where} is a {type(annotation).__name__}, expected an object")
+        if "image_id" not in annotation:
+            raise InputError(f"{where} has no 'image_id'")
+        if "segmentation" not in annotation and "bbox" not in annotation:
+            raise InputError(f"{where} has neither 'segmentation' nor 'bbox'")
+        if known is not None and annotation["image_id"] not in known:
+            raise InputError(
+                f"{where} refers to image_id {annotation['image_id']!r}, which is not in the "
+                "file's 'images'"
+            )
+    return Labels(annotations=annotations, images=images, source=name)
+
+
+def _checked_images(images, where: str) -> list[dict]:
+    if not isinstance(images, list):
+        raise InputError(f"{where}: 'images' must be a list")
+    seen = set()
+    for index, image in enumerate(images):
+        if not isinstance(image, dict) or "id" not in image:
+            raise InputError(f"{where}: image {index} is not an object with an 'id'")
+        if image["id"] in seen:
+            raise InputError(f"{where}: image id {image['id']!r} appears twice")
+        seen.add(image["id"])
+    return images
+
+
+def score_of(annotation: dict) -> float:
+    """The annotation's ``score``, 1.0 when it has none."""
+    score = annotation.get("score")
+    return 1.0 if score is None else float(score)
+
+
+def level_of(annotation: dict) -> int:
+    """0 whole, 1 part, 2 subpart: ``hier_level``, else ``level``, else 0; deeper counts as 2."""
+    level = annotation.get("hier_level", annotation.get("level"))
+    return 0 if level is None else min(max(int(level), 0), 2)
+
+
+def threshold_of(annotation: dict) -> float | None:
+    """The merge threshold a pseudo-label came from, or None."""
+    threshold = annotation.get("threshold")
+    return None if threshold is None else float(threshold)
+
+
+def select(
+    annotations: Iterable[dict],
+    score_threshold: float | None = None,
+    max_masks: int | None = None,
+) -> list[dict]:
+    """Annotations with score >= ``score_threshold``, the ``max_masks`` best (stable by score)."""
+    kept = [a for a in annotations if score_threshold is None or score_of(a) >= score_threshold]
+    if max_masks is not None and len(kept) > max_masks:
+        order = sorted(range(len(kept)), key=lambda index: -score_of(kept[index]))
+        kept = [kept[index] for index in sorted(order[:max_masks])]
+    return kept
+
+
+def match_image(images: Sequence[dict], file_name: str | os.PathLike, within: str) -> dict:
+    """The image record for a file: its relative path is a suffix of ``file_name``.
+
+    ``file_name`` may be the record's own relative path ("val2017/x.jpg") or any path ending
+    with it ("/data/coco/val2017/x.jpg"); the longest such record wins. When none matches, a
+    record with the same base name is taken if it is the only one.
+
+    Raises:
+        InputError: no match, or several records with the base name; ``within`` names the
+            list searched ("labels pseudo.json").
+    """
+    parts = PurePosixPath(Path(file_name).as_posix()).parts
+    best, best_length = None, -1
+    for image in images:
+        name = image.get("file_name")
+        if not name:
+            continue
+        candidate = PurePosixPath(name).parts
+        if len(candidate) > best_length and tuple(parts[-len(candidate) :]) == candidate:
+            best, best_length = image, len(candidate)
+    if best is not None:
+        return best
+    base = parts[-1] if parts else ""
+    same_base = [i for i in images if PurePosixPath(i.get("file_name") or "").name == base]
+    if len(same_base) == 1:
+        return same_base[0]
+    if len(same_base) > 1:
+        raise InputError(
+            f"{len(same_base)} images in {within} are named {base!r}: give more of the path"
+        )
+    raise InputError(f"no image named {base!r} in {within} ({len(images)} images)")
+
+
+def to_rle(annotation: dict, height: int, width: int, where: str = "annotation") -> dict:
+    """The annotation's mask as a compressed COCO RLE with ASCII ``counts``.
+
+    Accepts RLE (compressed or uncompressed) and polygon segmentations; an annotation with only a
+    ``bbox`` becomes its (rounded) rectangle.
+    """
+    from pycocotools import mask as mask_utils
+
+    segmentation = annotation.get("segmentation")
+    if isinstance(segmentation, dict) and "counts" in segmentation:
+        size = [int(v) for v in segmentation.get("size", ())]
+        if size != [height, width]:
+            raise InputError(
+                f"{where}: mask size {size} differs from the image's [height, width] "
+                f"{[height, width]}"
+            )
+        counts = segmentation["counts"]
+        if isinstance(counts, list):
+            rle = mask_utils.frPyObjects(segmentation, height, width)
+        else:
+            rle = {"size": size, "counts": counts}
+    elif isinstance(segmentation, list) and segmentation:
+        rle = mask_utils.merge(mask_utils.frPyObjects(segmentation, height, width))
+    elif annotation.get("bbox"):
+        x, y, w, h = (float(v) for v in annotation["bbox"])
+        box = np.zeros((height, width), dtype=np.uint8, order="F")
+        box[max(round(y), 0) : round(y + h), max(round(x), 0) : round(x + w)] = 1
+        rle = mask_utils.encode(box)
+    else:
+        raise InputError(f"{where}: no usable 'segmentation' or 'bbox'")
+    counts = rle["counts"]
+    return {
+        "size": [int(v) for v in rle["size"]],
+        "counts": counts.decode("ascii") if isinstance(counts, bytes) else counts,
+    }
+
+
+def decode_masks(annotations: Sequence[dict], height: int, width: int) -> np.ndarray:
+    """(M, height, width) bool masks of annotations (see :func:`to_rle` for the forms)."""
+    from pycocotools import mask as mask_utils
+
+    masks = np.zeros((len(annotations), height, width), dtype=bool)
+    for index, annotation in enumerate(annotations):
+        rle = to_rle(annotation, height, width, f"annotation {annotation.get('id', index)}")
+        masks[index] = mask_utils.decode(rle).astype(bool)
+    return masks
+
+
+def mask_tree(annotations: Sequence[dict], all_annotations: Sequence[dict] = ()) -> list[int]:
+    """Parent index (into ``annotations``) of each annotation, -1 for roots, from ``parent_id``.
+
+    A parent that is not among ``annotations`` (filtered out by score, say) is replaced by its
+    nearest ancestor that is, looked up through ``all_annotations`` (the image's full list).
+    """
+    position = {a["id"]: index for index, a in enumerate(annotations) if "id" in a}
+    parent_ids = {
+        a["id"]: a.get("parent_id") for a in (*all_annotations, *annotations) if "id" in a
+    }
+    parents = []
+    for annotation in annotations:
+        parent, seen = annotation.get("parent_id"), {annotation.get("id")}
+        while parent is not None and parent not in position and parent not in seen:
+            seen.add(parent)
+            parent = parent_ids.get(parent)
+        parents.append(position[parent] if parent in position and parent not in seen else -1)
+    return parents

@@ -1,0 +1,631 @@
+"""Pictures of labelled images and a static HTML report of a pseudo-label or prediction set.
+
+``image_figure`` draws one image's masks level by level (:func:`hassod.visualize.level_figure`
+with a legend); ``write_report`` writes a folder with ``index.html`` (no server, relative links
+only), a gallery of such figures, the evaluation tables (with ground truth), histograms of
+levels and of masks per image, and per image the tree of masks, whose entries show their mask
+over the photo on hover (one transparent PNG overlay per mask, toggled by a few lines of JS).
+
+Labels are read by :mod:`hassod.labels` (levels, scores, parents, defaults there). The tree
+follows ``parent_id`` where the labels have it (pseudo-labels); otherwise it is the coverage
+forest of the shown masks with the teacher-prediction threshold 0.75 (DESIGN.md section 4).
+"""
+
+from __future__ import annotations
+
+import html
+import os
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote
+
+import numpy as np
+from PIL import Image
+
+from hassod.labels import (
+    LEVEL_NAMES,
+    InputError,
+    Labels,
+    decode_masks,
+    level_of,
+    load_labels,
+    mask_tree,
+    read_json,
+    score_of,
+    select,
+    threshold_of,
+    to_rle,
+)
+
+OUTLINE_WIDTHS = (3, 2, 1)  # whole, part, subpart: the hierarchy reads from line weight
+DISPLAY_SIDE = 512  # longest side of the photo and overlays in the report's mask viewer
+PANEL_HEIGHT = 320
+
+
+def parse_levels(text: str) -> tuple[int, ...]:
+    """ "whole,part,subpart" (names or 0/1/2, any order, no repeats) -> level numbers."""
+    levels = []
+    for item in (part.strip().lower() for part in text.split(",")):
+        if item in LEVEL_NAMES:
+            level = LEVEL_NAMES.index(item)
+        elif item in ("0", "1", "2"):
+            level = int(item)
+        else:
+            raise ValueError(f"levels must be among {', '.join(LEVEL_NAMES)}, got {item!r}")
+        if level in levels:
+            raise ValueError(f"level {item!r} is given twice")
+        levels.append(level)
+    return tuple(levels)
+
+
+def image_names(labels: Labels, images: Sequence[dict] | None = None) -> list[dict]:
+    """The image records that name the labels' images: the labels' own, else ``images``.
+
+    Raises:
+        InputError: a results list without ``images`` (it names no files).
+    """
+    if labels.images is not None:
+        return labels.images
+    if images is None:
+        raise InputError(
+            f"labels {labels.source} are a results list, which names no image files: give the "
+            "dataset JSON its image_ids refer to (--images, or --gt)"
+        )
+    return list(images)
+
+
+def mask_caption(annotation: dict, index: int) -> str:
+    """'#id level score' for a legend or a tree entry (index when there is no id)."""
+    name = annotation.get("id", index)
+    text = f"#{name} {LEVEL_NAMES[level_of(annotation)]}"
+    if annotation.get("score") is not None:
+        text += f" {score_of(annotation):.2f}"
+    return text
+
+
+@dataclass
+class ImageMasks:
+    """One image with its selected masks.
+
+    Attributes:
+        pixels: (H, W, 3) uint8 RGB.
+        annotations: the selected annotations (score threshold, best ``max_masks``), file order.
+        masks: (M, H, W) bool, one per selected annotation.
+        levels: (M,) int64 levels (0 whole, 1 part, 2 subpart).
+        total: the image's annotations before selection.
+    """
+
+    pixels: np.ndarray
+    annotations: list[dict]
+    masks: np.ndarray
+    levels: np.ndarray
+    total: int
+
+
+def image_masks(
+    pixels: np.ndarray,
+    annotations: Sequence[dict],
+    score_threshold: float | None = None,
+    max_masks: int | None = None,
+) -> ImageMasks:
+    """Select an image's annotations and decode their masks at the image's size."""
+    height, width = pixels.shape[:2]
+    chosen = select(annotations, score_threshold, max_masks)
+    masks = decode_masks(chosen, height, width)
+    levels = np.asarray([level_of(a) for a in chosen], dtype=np.int64)
+    return ImageMasks(pixels, chosen, masks, levels, len(annotations))
+
+
+def image_figure(
+    item: ImageMasks, panels: Sequence[int] = (0, 1, 2), panel_height: int = PANEL_HEIGHT
+) -> Image.Image:
+    """Input | one panel per level in ``panels``, distinct colours, outlines and a legend."""
+    from hassod.visualize import level_figure, region_colours
+
+    return level_figure(
+        item.pixels,
+        item.masks,
+        item.levels,
+        panel_height,
+        panels=panels,
+        colours=region_colours(len(item.masks)),
+        outline_widths=OUTLINE_WIDTHS,
+        legend=[mask_caption(a, i) for i, a in enumerate(item.annotations)],
+    )
+
+
+def read_labelled_image(path: Path, record: dict, annotations: Sequence[dict]) -> np.ndarray:
+    """Decode an image and check its size against its record and its masks."""
+    from hassod.discover import UnreadableImage, read_image
+
+    try:
+        pixels = read_image(path, None)
+    except UnreadableImage as error:
+        raise InputError(f"cannot read image {path}: {error}") from None
+    height, width = pixels.shape[:2]
+    expected = (record.get("height", height), record.get("width", width))
+    if expected != (height, width):
+        raise InputError(
+            f"image {path} is {width}x{height} but its labels are for "
+            f"{expected[1]}x{expected[0]} (file {record.get('file_name')!r})"
+        )
+    for annotation in annotations:  # the masks' own size, when they are RLEs
+        segmentation = annotation.get("segmentation")
+        if isinstance(segmentation, dict) and list(segmentation.get("size", ())) != [
+            height,
+            width,
+        ]:
+            raise InputError(
+                f"image {path} is {width}x{height} but a mask of it is "
+                f"{segmentation.get('size')} (height, width)"
+            )
+    return pixels
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """``write(temporary)`` then rename over ``path``: readers never see a partial file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write(temporary)
+        os.replace(temporary, path)
+    finally:
+        if temporary.exists():
+            temporary.unlink()
+
+
+def save_png(image: Image.Image, path: Path) -> None:
+    atomic_write(path, lambda temporary: image.save(temporary, format="PNG"))
+
+
+# ---------------------------------------------------------------------------------------------
+# The report
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ReportSummary:
+    index: Path
+    images: int  # images of the labels
+    shown: int  # images in the gallery
+    missing: list[str]  # gallery images not found under the images folder
+    masks: int
+    evaluated: bool
+
+
+def write_report(
+    images_dir: str | os.PathLike,
+    labels,
+    out_dir: str | os.PathLike,
+    *,
+    gt=None,
+    images=None,
+    things_only: bool = False,
+    score_threshold: float | None = None,
+    max_masks: int | None = 100,
+    limit: int | None = 50,
+    panels: Sequence[int] = (0, 1, 2),
+) -> ReportSummary:
+    """Write ``out_dir/index.html`` and its files (figures/, photos/, overlays/, *.png).
+
+    Args:
+        images_dir: folder the labels' ``file_name``s are relative to (a base name found
+            directly in it also counts).
+        labels: pseudo-labels / COCO dict / results list, or a path to one.
+        out_dir: report folder (created; files of an earlier report are overwritten, others
+            are left alone).
+        gt: ground truth (path or dict) for the evaluation tables (all images, all
+            predictions: the score threshold and mask limit only affect the pictures).
+        images: for a results list: the dataset JSON (path or dict) naming its images;
+            default ``gt``.
+        things_only: evaluation without stuff categories (see :func:`hassod.evaluate.evaluate`).
+        score_threshold: show masks with score >= this.
+        max_masks: show at most this many masks per image (the best scores).
+        limit: the gallery shows the first ``limit`` images by file name (None: all); the
+            histograms and evaluation cover all images.
+        panels: levels with a panel in the figures.
+
+    Every file is written through a temporary file and a rename; ``index.html`` last.
+    """
+    from hassod.visualize import LEVEL_PANEL_NAMES, region_colours
+
+    images_dir, out_dir = Path(images_dir), Path(out_dir)
+    if not images_dir.is_dir():
+        raise InputError(f"images folder not found: {images_dir}")
+    labels = labels if isinstance(labels, Labels) else load_labels(labels, "labels")
+    named = images
+    if named is None and labels.images is None:
+        named = gt
+    if isinstance(named, (str, os.PathLike)):
+        named = read_json(named, "images")
+    if named is not None:
+        if not isinstance(named, dict) or not isinstance(named.get("images"), list):
+            raise InputError("the images JSON must be a COCO dict with an 'images' list")
+        named = named["images"]
+    records = sorted(image_names(labels, named), key=lambda r: str(r.get("file_name", "")))
+    by_image = labels.by_image()
+    if labels.images is None:
+        known = {record["id"] for record in records}
+        unknown = [image_id for image_id in by_image if image_id not in known]
+        if unknown:
+            raise InputError(
+                f"labels {labels.source}: {len(unknown)} image ids are not in the images JSON, "
+                f"e.g. {unknown[0]!r}"
+            )
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    evaluation = None
+    if gt is not None:
+        import json
+
+        from hassod.evaluate import evaluate
+
+        evaluation = evaluate(labels, gt, things_only=things_only, breakdown=True)
+        text = json.dumps(evaluation, indent=2)
+        atomic_write(out_dir / "metrics.json", lambda path: path.write_text(text, "utf-8"))
+
+    counts = [len(select(by_image.get(r["id"], ()), score_threshold)) for r in records]
+    level_counts = np.zeros(3, dtype=np.int64)
+    for record in records:
+        for annotation in select(by_image.get(record["id"], ()), score_threshold):
+            level_counts[level_of(annotation)] += 1
+    _histograms(out_dir, level_counts, counts)
+
+    gallery, missing = [], []
+    for number, record in enumerate(records[:limit] if limit is not None else records):
+        file_name = str(record.get("file_name", record["id"]))
+        path = _find_image(images_dir, file_name)
+        if path is None:
+            missing.append(file_name)
+            continue
+        annotations = by_image.get(record["id"], [])
+        pixels = read_labelled_image(path, record, annotations)
+        item = image_masks(pixels, annotations, score_threshold, max_masks)
+        slug = f"{number + 1:04d}-{_safe(Path(file_name).stem)}"
+        colours = region_colours(len(item.masks))
+        save_png(image_figure(item, panels), out_dir / "figures" / f"{slug}.png")
+        overlays = _write_viewer_files(out_dir, slug, item, colours)
+        gallery.append(
+            _image_section(slug, file_name, item, colours, overlays, _parents(item, annotations))
+        )
+
+    page = _page(
+        labels=labels,
+        num_images=len(records),
+        level_counts=level_counts,
+        counts=counts,
+        evaluation=evaluation,
+        gallery=gallery,
+        missing=missing,
+        settings={
+            "score threshold": score_threshold,
+            "masks per image shown": max_masks,
+            "gallery limit": limit,
+            "panels": ", ".join(LEVEL_NAMES[p] for p in panels),
+        },
+        panels=" | ".join(["input", *(LEVEL_PANEL_NAMES[p] for p in panels)]),
+    )
+    index = out_dir / "index.html"
+    atomic_write(index, lambda path: path.write_text(page, encoding="utf-8"))
+    return ReportSummary(
+        index=index,
+        images=len(records),
+        shown=len(gallery),
+        missing=missing,
+        masks=int(sum(counts)),
+        evaluated=evaluation is not None,
+    )
+
+
+def _find_image(images_dir: Path, file_name: str) -> Path | None:
+    for candidate in (images_dir / file_name, images_dir / Path(file_name).name):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _safe(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text)[:60] or "image"
+
+
+def _parents(item: ImageMasks, image_annotations: Sequence[dict]) -> list[int]:
+    """Parent index of each shown mask, -1 for roots (module docstring)."""
+    if not item.annotations:
+        return []
+    if any("parent_id" in a for a in item.annotations):
+        return mask_tree(item.annotations, image_annotations)
+    from hassod.hierarchy import TEACHER_COVER, build_hierarchy
+
+    height, width = item.pixels.shape[:2]
+    rles = [to_rle(a, height, width) for a in item.annotations]
+    return [int(p) for p in build_hierarchy(rles, cover=TEACHER_COVER).parent]
+
+
+def _histograms(out_dir: Path, level_counts: np.ndarray, counts: Sequence[int]) -> None:
+    """levels.png (masks per level) and masks_per_image.png, with matplotlib (Agg, no pyplot)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(4.2, 3.0), dpi=100, layout="constrained")
+    axes = figure.add_subplot()
+    bars = axes.bar(LEVEL_NAMES, level_counts, color=["#3b75af", "#ef8636", "#519e3e"])
+    axes.bar_label(bars)
+    axes.set_ylabel("masks")
+    axes.set_title("masks per level")
+    axes.margins(y=0.15)
+    _save_figure(FigureCanvasAgg(figure), out_dir / "levels.png")
+
+    figure = Figure(figsize=(4.2, 3.0), dpi=100, layout="constrained")
+    axes = figure.add_subplot()
+    top = max(counts, default=0)
+    bins = np.arange(-0.5, top + 1.5, max(1, int(np.ceil((top + 1) / 40))))
+    axes.hist(counts, bins=bins, color="#3b75af", edgecolor="white")
+    axes.set_xlabel("masks in the image")
+    axes.set_ylabel("images")
+    axes.set_title(f"masks per image ({len(counts)} images)")
+    _save_figure(FigureCanvasAgg(figure), out_dir / "masks_per_image.png")
+
+
+def _save_figure(canvas, path: Path) -> None:
+    atomic_write(path, lambda temporary: canvas.print_figure(temporary, format="png"))
+
+
+def _write_viewer_files(
+    out_dir: Path, slug: str, item: ImageMasks, colours: np.ndarray
+) -> tuple[str, list[str], tuple[int, int]]:
+    """The viewer's photo and one transparent overlay PNG per mask, at display size.
+
+    Returns the photo's relative path, the overlays' relative paths and the (width, height).
+    """
+    from hassod.visualize import _outline
+
+    height, width = item.pixels.shape[:2]
+    scale = min(1.0, DISPLAY_SIDE / max(height, width))
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    photo = Image.fromarray(item.pixels)
+    if size != (width, height):
+        photo = photo.resize(size, Image.BILINEAR)
+    photo_path = f"photos/{slug}.jpg"
+    atomic_write(out_dir / photo_path, lambda path: photo.save(path, format="JPEG", quality=90))
+    rows = ((np.arange(size[1]) + 0.5) * height / size[1]).astype(np.int64)
+    cols = ((np.arange(size[0]) + 0.5) * width / size[0]).astype(np.int64)
+    overlay_paths = []
+    for index, mask in enumerate(item.masks):
+        small = mask[rows[:, None], cols[None, :]]
+        rgba = np.zeros((size[1], size[0], 4), dtype=np.uint8)
+        rgba[..., :3] = colours[index]
+        rgba[..., 3] = np.where(small, 110, 0)
+        rgba[_outline(small, 2), 3] = 255
+        relative = f"overlays/{slug}/{index}.png"
+        save_png(Image.fromarray(rgba, "RGBA"), out_dir / relative)
+        overlay_paths.append(relative)
+    return photo_path, overlay_paths, size
+
+
+# ---------------------------------------------------------------------------------------------
+# HTML
+# ---------------------------------------------------------------------------------------------
+
+_CSS = """
+body { font: 14px/1.45 system-ui, sans-serif; margin: 1.5em auto; max-width: 1400px;
+       padding: 0 1em; color: #222; }
+h1 { font-size: 1.5em; } h2 { border-bottom: 1px solid #ccc; margin-top: 2em; }
+table { border-collapse: collapse; margin: .6em 0 1.2em; }
+th, td { padding: .2em .7em; border-bottom: 1px solid #e3e3e3; text-align: right; }
+th:first-child, td:first-child { text-align: left; }
+.note { color: #666; }
+.figure { max-width: 100%; border: 1px solid #ddd; }
+.viewer { display: flex; gap: 1.5em; align-items: flex-start; flex-wrap: wrap; margin-top: .8em; }
+.stage { position: relative; line-height: 0; flex: none; }
+.stage img { display: block; }
+.stage img.overlay { position: absolute; left: 0; top: 0; width: 100%; height: 100%;
+                     visibility: hidden; }
+.stage img.overlay.shown { visibility: visible; }
+.tree, .tree ul { list-style: none; margin: 0; padding-left: 1.3em; }
+.tree { padding-left: 0; max-height: 32em; overflow: auto; min-width: 18em; }
+.entry { cursor: default; padding: 0 .3em; border-radius: 3px; white-space: nowrap; }
+.entry:hover, .entry.active, .entry:focus { background: #ffe9a8; outline: none; }
+.swatch { display: inline-block; width: .9em; height: .9em; margin-right: .35em;
+          vertical-align: -.1em; border: 1px solid rgba(0, 0, 0, .35); }
+.stats img { margin-right: 1em; border: 1px solid #ddd; }
+article { margin-bottom: 2.5em; }
+"""
+
+# Hover (or keyboard focus) on a tree entry shows its mask's overlay. "#selftest" in the URL
+# makes the page hover every entry itself and record the outcome in <body data-selftest>, so a
+# headless browser can check the wiring (tests/test_report.py).
+_SCRIPT = """
+(function () {
+  "use strict";
+  var entries = document.querySelectorAll(".tree .entry[data-overlay]");
+  function show(entry, on) {
+    var overlay = document.getElementById(entry.getAttribute("data-overlay"));
+    if (overlay) { overlay.classList.toggle("shown", on); }
+    entry.classList.toggle("active", on);
+    return overlay;
+  }
+  entries.forEach(function (entry) {
+    entry.addEventListener("mouseenter", function () { show(entry, true); });
+    entry.addEventListener("mouseleave", function () { show(entry, false); });
+    entry.addEventListener("focus", function () { show(entry, true); });
+    entry.addEventListener("blur", function () { show(entry, false); });
+  });
+  document.body.setAttribute("data-entries", String(entries.length));
+  if (window.location.hash === "#selftest") {
+    var good = 0;
+    entries.forEach(function (entry) {
+      entry.dispatchEvent(new MouseEvent("mouseenter"));
+      var overlay = document.getElementById(entry.getAttribute("data-overlay"));
+      var shown = overlay && overlay.classList.contains("shown");
+      entry.dispatchEvent(new MouseEvent("mouseleave"));
+      if (shown && !overlay.classList.contains("shown")) { good += 1; }
+    });
+    document.body.setAttribute("data-selftest", good === entries.length ? "ok" : "failed");
+  }
+})();
+"""
+
+
+def _link(path: str) -> str:
+    """A relative URL of a report path, quoted for an HTML attribute."""
+    return html.escape(quote(path), quote=True)
+
+
+def _image_section(
+    slug: str,
+    file_name: str,
+    item: ImageMasks,
+    colours: np.ndarray,
+    viewer: tuple[str, list[str], tuple[int, int]],
+    parents: Sequence[int],
+) -> str:
+    photo, overlays, (width, height) = viewer
+    shown = len(item.annotations)
+    counts = [int((item.levels == level).sum()) for level in range(3)]
+    summary = ", ".join(f"{count} {name}" for name, count in zip(LEVEL_NAMES, counts))
+    more = f" (of {item.total})" if item.total != shown else ""
+    overlay_tags = "".join(
+        f'<img class="overlay" id="ov-{slug}-{index}" src="{_link(path)}" alt="">'
+        for index, path in enumerate(overlays)
+    )
+    tree = _tree_html(slug, item, colours, parents)
+    return (
+        f'<article id="img-{slug}">\n<h3>{html.escape(file_name)}</h3>\n'
+        f'<p class="note">{shown} masks shown{more}: {summary}</p>\n'
+        f'<a href="{_link(f"figures/{slug}.png")}"><img class="figure" '
+        f'src="{_link(f"figures/{slug}.png")}" alt="levels of {html.escape(file_name)}"></a>\n'
+        f'<div class="viewer"><div class="stage"><img src="{_link(photo)}" width="{width}" '
+        f'height="{height}" alt="{html.escape(file_name)}">{overlay_tags}</div>\n{tree}</div>\n'
+        "</article>"
+    )
+
+
+def _tree_html(slug: str, item: ImageMasks, colours: np.ndarray, parents: Sequence[int]) -> str:
+    """Nested lists, parent -> children, largest first; each entry names its overlay."""
+    if not item.annotations:
+        return '<p class="note">no masks</p>'
+    areas = item.masks.reshape(len(item.masks), -1).sum(axis=1)
+    children: dict[int, list[int]] = {}
+    for index, parent in enumerate(parents):
+        children.setdefault(int(parent), []).append(index)
+    for siblings in children.values():
+        siblings.sort(key=lambda index: -areas[index])
+    placed: set[int] = set()
+
+    def entry(index: int) -> str:
+        placed.add(index)
+        annotation = item.annotations[index]
+        colour = "#{:02x}{:02x}{:02x}".format(*(int(c) for c in colours[index]))
+        details = [mask_caption(annotation, index), f"{int(areas[index])} px"]
+        threshold = threshold_of(annotation)
+        if threshold is not None:
+            details.append(f"θ {threshold:g}")
+        nested = [entry(child) for child in children.get(index, []) if child not in placed]
+        inner = f"<ul>{''.join(nested)}</ul>" if nested else ""
+        return (
+            f'<li><span class="entry" tabindex="0" data-overlay="ov-{slug}-{index}">'
+            f'<i class="swatch" style="background:{colour}"></i>'
+            f"{html.escape(' · '.join(details))}</span>{inner}</li>"
+        )
+
+    roots = [entry(index) for index in children.get(-1, [])]
+    # Anything left (a parent cycle in a hand-written file) is listed at the top level.
+    roots += [entry(index) for index in range(len(parents)) if index not in placed]
+    return f'<ul class="tree">{"".join(roots)}</ul>'
+
+
+def _metrics_tables(evaluation: dict) -> str:
+    from hassod.evaluate import BREAKDOWN_METRICS, IOU_TYPE_NAMES, METRICS, format_metrics
+
+    def percent(value):
+        return "–" if value is None else f"{100 * value:.1f}"
+
+    iou_types = evaluation["settings"]["iou_types"]
+    head = "".join(f"<th>{html.escape(m)}</th>" for m in METRICS)
+    body = "".join(
+        f"<tr><td>{IOU_TYPE_NAMES[t]}</td>"
+        + "".join(f"<td>{percent(evaluation[t][m])}</td>" for m in METRICS)
+        + "</tr>"
+        for t in iou_types
+    )
+    caption = html.escape(format_metrics(evaluation).splitlines()[0])
+    parts = [f'<p class="note">{caption}</p><table><tr><th></th>{head}</tr>{body}</table>']
+    head = "<th>subset</th><th>labels/img</th>" + "".join(
+        f"<th>{IOU_TYPE_NAMES[t]} {m}</th>" for t in iou_types for m in BREAKDOWN_METRICS
+    )
+    rows = []
+    for row in evaluation["breakdown"]:
+        name = row["name"] if row["group"] == "all" else f"{row['group']} {row['name']}"
+        cells = "".join(
+            f"<td>{percent(row[t][m])}</td>" for t in iou_types for m in BREAKDOWN_METRICS
+        )
+        rows.append(
+            f"<tr><td>{html.escape(name)}</td><td>{row['labels_per_image']:.2f}</td>{cells}</tr>"
+        )
+    parts.append(
+        "<h3>By merge threshold and level</h3>"
+        f"<table><tr>{head}</tr>{''.join(rows)}</table>"
+        '<p class="note">Values in percent. Full numbers: '
+        '<a href="metrics.json">metrics.json</a>.</p>'
+    )
+    return "\n".join(parts)
+
+
+def _page(
+    *,
+    labels: Labels,
+    num_images: int,
+    level_counts: np.ndarray,
+    counts: Sequence[int],
+    evaluation: dict | None,
+    gallery: list[str],
+    missing: list[str],
+    settings: dict,
+    panels: str,
+) -> str:
+    total = int(sum(counts))
+    per_image = total / num_images if num_images else 0.0
+    levels = ", ".join(f"{int(c)} {n}" for n, c in zip(LEVEL_NAMES, level_counts))
+    shown_settings = ", ".join(
+        f"{name}: {'none' if value is None else value}" for name, value in settings.items()
+    )
+    if evaluation is None:
+        evaluation_html = '<p class="note">No ground truth given (--gt): no evaluation.</p>'
+    else:
+        evaluation_html = _metrics_tables(evaluation)
+    missing_html = ""
+    if missing:
+        names = ", ".join(html.escape(name) for name in missing[:20])
+        extra = f" and {len(missing) - 20} more" if len(missing) > 20 else ""
+        missing_html = f'<p class="note">Not found in the images folder: {names}{extra}.</p>'
+    return f"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>hassod report: {html.escape(Path(labels.source).name)}</title>
+<style>{_CSS}</style>
+</head>
+<body>
+<h1>hassod report: {html.escape(Path(labels.source).name)}</h1>
+<p>{num_images} images, {total} masks ({per_image:.2f} per image): {levels}.</p>
+<p class="note">{html.escape(shown_settings)}. Hover over (or tab to) an entry of a mask tree to
+see its mask on the photo.</p>
+<nav><a href="#evaluation">Evaluation</a> · <a href="#statistics">Statistics</a> ·
+<a href="#gallery">Gallery</a></nav>
+<h2 id="evaluation">Evaluation</h2>
+{evaluation_html}
+<h2 id="statistics">Statistics</h2>
+<div class="stats"><img src="levels.png" alt="masks per level">
+<img src="masks_per_image.png" alt="histogram of masks per image"></div>
+<h2 id="gallery">Gallery ({len(gallery)} images)</h2>
+<p class="note">Each figure: {html.escape(panels)}; outline width 3 / 2 / 1 px marks
+whole / part / subpart.</p>
+{missing_html}
+{chr(10).join(gallery)}
+<script>{_SCRIPT}</script>
+</body>
+</html>
+"""

@@ -1,0 +1,538 @@
+"""Class-agnostic evaluation: equal to a direct COCOeval run, known answers, inputs, the CLI."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pycocotools import mask as mask_utils
+
+from hassod.cli import main
+from hassod.coco import image_id_for
+from hassod.evaluate import METRICS, InputError, evaluate, format_breakdown, format_metrics
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+SAMPLE = SHARED / "data" / "coco_val2017_sample"
+SAMPLE_GT = SAMPLE / "panoptic_coco_detection_format.json"
+needs_sample = pytest.mark.skipif(
+    not SAMPLE_GT.is_file(), reason="shared COCO sample not present (../shared/data)"
+)
+# COCOeval.stats with maxDets [10, 100, 1000]: indices of our metrics (see hassod.evaluate).
+STATS_INDEX = {
+    "AP": 0,
+    "AP50": 1,
+    "AP75": 2,
+    "AR@10": 6,
+    "AR@100": 7,
+    "AR@1000": 8,
+    "AR_s": 9,
+    "AR_m": 10,
+    "AR_l": 11,
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers
+# ---------------------------------------------------------------------------------------------
+
+
+def rle_of(mask: np.ndarray) -> dict:
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    rle["counts"] = rle["counts"].decode("ascii")
+    return rle
+
+
+def box_mask(height: int, width: int, box) -> np.ndarray:
+    x, y, w, h = box
+    mask = np.zeros((height, width), dtype=bool)
+    mask[y : y + h, x : x + w] = True
+    return mask
+
+
+def dataset(boxes_per_image, size=(200, 300), category_ids=None, crowd=()):
+    """A GT dict: rectangles (x, y, w, h) per image, ids from 1, masks = the rectangles."""
+    height, width = size
+    images, annotations = [], []
+    for image_index, boxes in enumerate(boxes_per_image):
+        image_id = 10 + image_index
+        images.append(
+            {"id": image_id, "file_name": f"img{image_index}.png", "height": height, "width": width}
+        )
+        for box in boxes:
+            number = len(annotations)
+            mask = box_mask(height, width, box)
+            annotations.append(
+                {
+                    "id": number + 1,
+                    "image_id": image_id,
+                    "category_id": 1 if category_ids is None else category_ids[number],
+                    "iscrowd": int(number in crowd),
+                    "bbox": [float(v) for v in box],
+                    "area": float(mask.sum()),
+                    "segmentation": rle_of(mask),
+                }
+            )
+    categories = [
+        {"id": c, "name": f"c{c}"} for c in sorted({a["category_id"] for a in annotations} | {1})
+    ]
+    return {"images": images, "annotations": annotations, "categories": categories}
+
+
+def results_from_boxes(gt, boxes_per_image, scores=None, with_score=True):
+    """A results list of rectangles (box and mask) on the GT's image ids."""
+    height, width = gt["images"][0]["height"], gt["images"][0]["width"]
+    results = []
+    for image, boxes in zip(gt["images"], boxes_per_image):
+        for box in boxes:
+            result = {
+                "image_id": image["id"],
+                "category_id": 1,
+                "bbox": [float(v) for v in box],
+                "segmentation": rle_of(box_mask(height, width, box)),
+            }
+            if with_score:
+                result["score"] = 1.0 if scores is None else scores[len(results)]
+            results.append(result)
+    return results
+
+
+def direct_stats(gt: dict, results: list, iou_type: str) -> np.ndarray:
+    """Plain pycocotools: useCats 0, maxDets 10/100/1000, summarize()'s stats."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    results = copy.deepcopy(results)
+    if iou_type == "segm":
+        for result in results:
+            result.pop("bbox", None)
+    else:
+        for result in results:
+            result.pop("segmentation", None)
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_gt = COCO()
+        coco_gt.dataset = copy.deepcopy(gt)
+        coco_gt.createIndex()
+        coco_dt = coco_gt.loadRes(results)
+        evaluation = COCOeval(coco_gt, coco_dt, iou_type)
+        evaluation.params.useCats = 0
+        evaluation.params.maxDets = [10, 100, 1000]
+        evaluation.evaluate()
+        evaluation.accumulate()
+        evaluation.summarize()
+    return evaluation.stats
+
+
+def assert_matches_direct(result: dict, gt: dict, results: list) -> None:
+    for iou_type in ("bbox", "segm"):
+        stats = direct_stats(gt, results, iou_type)
+        for metric, index in STATS_INDEX.items():
+            expected = None if stats[index] == -1 else stats[index]
+            ours = result[iou_type][metric]
+            if expected is None:
+                assert ours is None, (iou_type, metric)
+            else:
+                assert ours == pytest.approx(expected, abs=1e-12, rel=0), (iou_type, metric)
+
+
+def jittered_predictions(gt: dict, seed: int = 0) -> list[dict]:
+    """Shifted and cut copies of the non-crowd GT masks, plus false positives, random scores."""
+    rng = np.random.default_rng(seed)
+    sizes = {image["id"]: (image["height"], image["width"]) for image in gt["images"]}
+    results = []
+    for annotation in gt["annotations"]:
+        if annotation["iscrowd"]:
+            continue
+        height, width = sizes[annotation["image_id"]]
+        mask = mask_utils.decode(annotation["segmentation"]).astype(bool)
+        for _ in range(int(rng.integers(1, 3))):  # some objects twice (duplicates)
+            shifted = np.roll(mask, tuple(rng.integers(-6, 7, size=2)), axis=(0, 1))
+            if rng.random() < 0.3:  # cut a band away
+                row = int(rng.integers(0, height))
+                shifted[row : row + int(rng.integers(1, 30))] = False
+            if not shifted.any():
+                continue
+            rle = rle_of(shifted)
+            results.append(
+                {
+                    "image_id": annotation["image_id"],
+                    "category_id": 1,
+                    "segmentation": rle,
+                    "bbox": [float(v) + rng.normal(0, 2) for v in mask_utils.toBbox(rle)],
+                    "score": float(rng.random()),
+                }
+            )
+    for image_id, (height, width) in sizes.items():  # false positives
+        for _ in range(15):
+            x, y = int(rng.integers(0, width - 40)), int(rng.integers(0, height - 40))
+            box = (x, y, int(rng.integers(5, 40)), int(rng.integers(5, 40)))
+            results.append(
+                {
+                    "image_id": image_id,
+                    "category_id": 1,
+                    "segmentation": rle_of(box_mask(height, width, box)),
+                    "bbox": [float(v) for v in box],
+                    "score": float(rng.random()),
+                }
+            )
+    return results
+
+
+@pytest.fixture(scope="module")
+def sample_gt() -> dict:
+    if not SAMPLE_GT.is_file():
+        pytest.skip("shared COCO sample not present (../shared/data)")
+    return json.loads(SAMPLE_GT.read_text())
+
+
+def renumbered(gt: dict) -> dict:
+    """GT with annotation ids 1..N: COCOeval reads a match with GT id 0 as "no match"."""
+    gt = copy.deepcopy(gt)
+    for number, annotation in enumerate(gt["annotations"]):
+        annotation["id"] = number + 1
+    return gt
+
+
+# ---------------------------------------------------------------------------------------------
+# Equal to a direct COCOeval run on the shared COCO photos
+# ---------------------------------------------------------------------------------------------
+
+
+@needs_sample
+@pytest.mark.parametrize("seed", [0, 1])
+def test_matches_direct_cocoeval_on_coco_sample(sample_gt, seed):
+    predictions = jittered_predictions(sample_gt, seed)
+    result = evaluate(predictions, SAMPLE_GT)
+    assert result["counts"] == {
+        "images": 2,
+        "objects": 47,
+        "crowd": 3,
+        "dropped_stuff": 0,
+        "predictions": len(predictions),
+    }
+    assert_matches_direct(result, renumbered(sample_gt), predictions)
+    assert 0 < result["segm"]["AR@1000"] < 1 and 0 < result["bbox"]["AP"] < 1
+
+
+@needs_sample
+def test_things_only_matches_direct_cocoeval_without_stuff(sample_gt):
+    predictions = jittered_predictions(sample_gt, 2)
+    result = evaluate(predictions, SAMPLE_GT, things_only=True)
+    things = renumbered(sample_gt)
+    things["annotations"] = [a for a in things["annotations"] if a["category_id"] < 92]
+    assert result["counts"]["dropped_stuff"] == 7 and result["counts"]["objects"] == 40
+    assert_matches_direct(result, things, predictions)
+
+
+@needs_sample
+def test_pseudo_label_dict_matches_results_list(sample_gt):
+    """A pseudo-label JSON (hashed image ids, matched by file name) = the same results list."""
+    predictions = jittered_predictions(sample_gt, 3)
+    images = [
+        {
+            "id": image_id_for(i["file_name"]),
+            "file_name": i["file_name"],
+            "width": i["width"],
+            "height": i["height"],
+        }
+        for i in sample_gt["images"]
+    ]
+    to_hashed = {i["id"]: image_id_for(i["file_name"]) for i in sample_gt["images"]}
+    annotations = []
+    for number, p in enumerate(predictions):
+        annotations.append(
+            {
+                **p,
+                "id": number + 1,
+                "image_id": to_hashed[p["image_id"]],
+                "hier_level": 0,
+                "parent_id": None,
+                "threshold": 0.4,
+                "iscrowd": 0,
+                "area": 1,
+            }
+        )
+    pseudo = {"images": images, "annotations": annotations, "categories": [{"id": 1}]}
+    by_list = evaluate(predictions, SAMPLE_GT)
+    by_dict = evaluate(pseudo, SAMPLE_GT)
+    for iou_type in ("bbox", "segm"):
+        assert by_dict[iou_type] == by_list[iou_type]
+
+
+@needs_sample
+def test_perfect_predictions_on_sample_despite_annotation_id_zero(sample_gt):
+    assert min(a["id"] for a in sample_gt["annotations"]) == 0  # the pycocotools trap
+    perfect = [
+        {
+            "image_id": a["image_id"],
+            "category_id": 1,
+            "segmentation": a["segmentation"],
+            "bbox": a["bbox"],
+            "score": 1.0,
+        }
+        for a in sample_gt["annotations"]
+        if not a["iscrowd"]
+    ]
+    result = evaluate(perfect, SAMPLE_GT)
+    for iou_type in ("bbox", "segm"):
+        assert result[iou_type]["AR@100"] == 1.0
+        assert result[iou_type]["AP"] == pytest.approx(1.0, abs=1e-12)
+    naive = direct_stats(sample_gt, perfect, "segm")  # ids as in the file
+    assert naive[STATS_INDEX["AR@100"]] < 1.0
+
+
+# ---------------------------------------------------------------------------------------------
+# Known answers on synthetic data
+# ---------------------------------------------------------------------------------------------
+
+
+def test_perfect_predictions_give_recall_and_precision_one():
+    boxes = [[(10, 10, 50, 40), (100, 20, 80, 120)], [(5, 5, 20, 20), (150, 50, 100, 100)]]
+    gt = dataset(boxes)
+    result = evaluate(results_from_boxes(gt, boxes), gt)
+    for iou_type in ("bbox", "segm"):
+        for metric in METRICS:
+            assert result[iou_type][metric] == pytest.approx(1.0, abs=1e-12), (iou_type, metric)
+
+
+@pytest.mark.parametrize("shift, expected", [(25, 0.3), (0, 1.0), (20, 0.4), (60, 0.0)])
+def test_shifted_box_recall_is_fraction_of_iou_thresholds_met(shift, expected):
+    """A 100x100 object shifted by d: IoU (100-d)/(100+d); 25 -> 0.6 -> thresholds .5,.55,.6."""
+    gt = dataset([[(50, 50, 100, 100)]])
+    result = evaluate(results_from_boxes(gt, [[(50 + shift, 50, 100, 100)]]), gt)
+    iou = (100 - shift) / (100 + shift)
+    assert expected == pytest.approx(np.mean(iou >= np.linspace(0.5, 0.95, 10)), abs=1e-12)
+    for iou_type in ("bbox", "segm"):
+        metrics = result[iou_type]
+        assert metrics["AR@1000"] == pytest.approx(expected, abs=1e-12)
+        assert metrics["AR@10"] == pytest.approx(expected, abs=1e-12)
+        assert metrics["AP"] == pytest.approx(expected, abs=1e-12)  # one object, one detection
+        assert metrics["AP50"] == pytest.approx(1.0 if iou >= 0.5 else 0.0, abs=1e-12)
+        assert metrics["AP75"] == pytest.approx(1.0 if iou >= 0.75 else 0.0, abs=1e-12)
+
+
+def test_max_dets_limit_recall_per_image():
+    boxes = [[(10 * (i % 20), 10 * (i // 20) * 10, 8, 8) for i in range(40)]]
+    gt = dataset(boxes, size=(200, 300))
+    scores = list(np.linspace(1.0, 0.5, 40))
+    result = evaluate(results_from_boxes(gt, boxes, scores), gt)
+    for iou_type in ("bbox", "segm"):
+        assert result[iou_type]["AR@10"] == pytest.approx(10 / 40, abs=1e-12)
+        assert result[iou_type]["AR@100"] == 1.0 and result[iou_type]["AR@1000"] == 1.0
+
+
+def test_unscored_predictions_rank_in_file_order():
+    boxes = [[(10 * i, 10, 8, 8) for i in range(12)]]
+    gt = dataset(boxes)
+    # The first 10 in the file are the last 10 objects: AR@10 = 10/12 whichever they are.
+    order = list(range(2, 12)) + [0, 1]
+    predictions = results_from_boxes(gt, [[boxes[0][i] for i in order]], with_score=False)
+    result = evaluate(predictions, gt, iou_types=["bbox"])
+    assert result["bbox"]["AR@10"] == pytest.approx(10 / 12, abs=1e-12)
+    assert "segm" not in result
+
+
+def test_area_ranges():
+    boxes = [[(0, 0, 16, 16), (50, 0, 50, 50), (120, 0, 120, 120)]]  # small, medium, large
+    gt = dataset(boxes, size=(200, 300))
+    result = evaluate(results_from_boxes(gt, [[boxes[0][0]]]), gt)
+    for iou_type in ("bbox", "segm"):
+        metrics = result[iou_type]
+        assert (metrics["AR_s"], metrics["AR_m"], metrics["AR_l"]) == (1.0, 0.0, 0.0)
+        assert metrics["AR@1000"] == pytest.approx(1 / 3, abs=1e-12)
+
+
+def test_undefined_area_range_is_none_and_printed_as_dash():
+    gt = dataset([[(0, 0, 50, 50)]])  # medium only
+    result = evaluate(results_from_boxes(gt, [[(0, 0, 50, 50)]]), gt)
+    assert result["segm"]["AR_s"] is None and result["segm"]["AR_l"] is None
+    assert result["segm"]["AR_m"] == 1.0
+    assert " - " in format_metrics(result)
+
+
+def test_crowd_regions_are_ignored():
+    """Crowd GT counts in no recall denominator; detections on it are no false positives."""
+    boxes = [[(10, 10, 60, 60), (150, 20, 100, 100)]]
+    gt = dataset(boxes, crowd=(1,))
+    on_object = results_from_boxes(gt, [[boxes[0][0]]], scores=[0.5])
+    on_crowd = results_from_boxes(gt, [[(160, 30, 40, 40)]], scores=[0.9])  # inside the crowd
+    result = evaluate(on_crowd + on_object, gt)
+    assert result["counts"]["crowd"] == 1 and result["counts"]["objects"] == 1
+    for iou_type in ("bbox", "segm"):
+        assert result[iou_type]["AR@1000"] == 1.0
+        # the higher-scored detection on the crowd region is ignored, not a false positive
+        assert result[iou_type]["AP"] == pytest.approx(1.0, abs=1e-12)
+    outside = results_from_boxes(gt, [[(100, 150, 30, 30)]], scores=[0.9])  # a real FP
+    assert evaluate(outside + on_object, gt)["bbox"]["AP"] < 0.99
+
+
+def test_things_only_drops_stuff_categories_with_configurable_cutoff():
+    boxes = [[(10, 10, 60, 60), (100, 10, 60, 60), (0, 120, 300, 80)]]
+    gt = dataset(boxes, category_ids=[1, 50, 95])  # thing, thing, stuff
+    predictions = results_from_boxes(gt, [boxes[0][:2]])
+    assert evaluate(predictions, gt)["segm"]["AR@100"] == pytest.approx(2 / 3, abs=1e-12)
+    only = evaluate(predictions, gt, things_only=True)
+    assert only["segm"]["AR@100"] == 1.0 and only["counts"]["dropped_stuff"] == 1
+    low = evaluate(predictions, gt, things_only=True, stuff_min_id=50)  # 50 and 95 are stuff
+    assert low["segm"]["AR@100"] == 1.0 and low["counts"]["objects"] == 1
+
+
+def test_categories_are_folded():
+    """Predictions of any category match GT of any category."""
+    boxes = [[(10, 10, 60, 60), (100, 10, 60, 60)]]
+    gt = dataset(boxes, category_ids=[3, 7])
+    predictions = results_from_boxes(gt, boxes)
+    for number, prediction in enumerate(predictions):
+        prediction["category_id"] = 42 + number
+    assert evaluate(predictions, gt)["bbox"]["AR@100"] == 1.0
+
+
+def test_empty_predictions_give_zero_recall():
+    gt = dataset([[(10, 10, 60, 60)]])
+    for empty in ([], {"images": gt["images"], "annotations": []}):
+        result = evaluate(empty, gt)
+        assert result["counts"]["predictions"] == 0
+        assert result["bbox"]["AR@1000"] == 0.0 and result["segm"]["AR@1000"] == 0.0
+
+
+def test_breakdown_by_threshold_and_level():
+    boxes = [[(10, 10, 100, 100), (20, 20, 30, 30), (150, 20, 60, 60)]]
+    gt = dataset(boxes)
+    image = {**gt["images"][0], "id": 999}  # another id: matched by file name
+    annotations = [
+        {
+            "id": 1,
+            "image_id": 999,
+            "bbox": list(map(float, boxes[0][0])),
+            "threshold": 0.1,
+            "hier_level": 0,
+            "parent_id": None,
+            "score": 0.9,
+        },
+        {
+            "id": 2,
+            "image_id": 999,
+            "bbox": list(map(float, boxes[0][1])),
+            "threshold": 0.4,
+            "hier_level": 1,
+            "parent_id": 1,
+            "score": 0.8,
+        },
+        {
+            "id": 3,
+            "image_id": 999,
+            "bbox": list(map(float, boxes[0][2])),
+            "threshold": 0.4,
+            "hier_level": 0,
+            "parent_id": None,
+            "score": 0.7,
+        },
+    ]
+    pseudo = {"images": [image], "annotations": annotations}
+    result = evaluate(pseudo, gt, iou_types=["bbox"], breakdown=True)
+    rows = {(row["group"], row["name"]): row for row in result["breakdown"]}
+    assert list(rows) == [
+        ("threshold", "0.1"),
+        ("threshold", "0.4"),
+        ("all", "ensemble"),
+        ("level", "whole"),
+        ("level", "part"),
+    ]
+    assert rows["threshold", "0.4"]["labels_per_image"] == 2.0
+    assert rows["threshold", "0.1"]["bbox"]["AR@100"] == pytest.approx(1 / 3, abs=1e-12)
+    assert rows["all", "ensemble"]["bbox"]["AR@100"] == 1.0
+    assert rows["level", "whole"]["bbox"]["AR@100"] == pytest.approx(2 / 3, abs=1e-12)
+    table = format_breakdown(result)
+    assert "threshold 0.4" in table and "level part" in table and "labels/img" in table
+
+
+# ---------------------------------------------------------------------------------------------
+# Errors
+# ---------------------------------------------------------------------------------------------
+
+
+def test_errors_are_clear(tmp_path):
+    gt = dataset([[(10, 10, 60, 60)]])
+    gt_path = tmp_path / "gt.json"
+    gt_path.write_text(json.dumps(gt))
+    with pytest.raises(InputError, match="predictions file not found"):
+        evaluate(tmp_path / "nope.json", gt_path)
+    with pytest.raises(InputError, match="ground truth file not found"):
+        evaluate([], tmp_path / "nope.json")
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"annotations": [')
+    with pytest.raises(InputError, match="not valid JSON"):
+        evaluate(broken, gt_path)
+    stray = results_from_boxes(gt, [[(10, 10, 60, 60)]])
+    stray[0]["image_id"] = 12345
+    with pytest.raises(InputError, match="1 image ids are not in the ground truth: 12345"):
+        evaluate(stray, gt_path)
+    unknown_file = {
+        "images": [{"id": 1, "file_name": "other.png"}],
+        "annotations": [{"image_id": 1, "bbox": [1, 1, 5, 5]}],
+    }
+    with pytest.raises(InputError, match="no image named 'other.png'"):
+        evaluate(unknown_file, gt_path)
+    with pytest.raises(InputError, match="iou_types"):
+        evaluate([], gt_path, iou_types=["keypoints"])
+    wrong_size = results_from_boxes(gt, [[(10, 10, 60, 60)]])
+    wrong_size[0]["segmentation"] = rle_of(np.ones((5, 5), dtype=bool))
+    with pytest.raises(InputError, match="mask size"):
+        evaluate(wrong_size, gt_path)
+    with pytest.raises(InputError, match="neither 'segmentation' nor 'bbox'"):
+        evaluate([{"image_id": 10, "score": 1.0}], gt_path)
+    box_only = [{"image_id": 10, "bbox": [10, 10, 60, 60], "score": 1.0}]
+    assert evaluate(box_only, gt_path, iou_types=["bbox"])["bbox"]["AR@100"] == 1.0
+
+
+# ---------------------------------------------------------------------------------------------
+# The command
+# ---------------------------------------------------------------------------------------------
+
+
+def test_evaluate_command_prints_tables_and_writes_json(tmp_path, capsys):
+    boxes = [[(10, 10, 50, 40), (100, 20, 80, 120)]]
+    gt = dataset(boxes)
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    (tmp_path / "pred.json").write_text(json.dumps(results_from_boxes(gt, boxes)))
+    out = tmp_path / "metrics" / "m.json"
+    out.parent.mkdir()
+    code = main(
+        [
+            "evaluate",
+            "--pred",
+            str(tmp_path / "pred.json"),
+            "--gt",
+            str(tmp_path / "gt.json"),
+            "--out",
+            str(out),
+            "--breakdown",
+            "--iou-type",
+            "segm",
+        ]
+    )
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "AR@1000" in printed and "mask" in printed and "ensemble" not in printed
+    assert "all" in printed  # the breakdown's whole-set row
+    saved = json.loads(out.read_text())
+    assert saved["segm"]["AR@1000"] == 1.0 and saved["settings"]["max_dets"] == [10, 100, 1000]
+    assert not list(out.parent.glob(".*tmp"))
+
+
+def test_evaluate_command_input_errors_exit_2(tmp_path, capsys):
+    gt = dataset([[(10, 10, 60, 60)]])
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    (tmp_path / "bad.json").write_text("not json")
+    code = main(
+        ["evaluate", "--pred", str(tmp_path / "bad.json"), "--gt", str(tmp_path / "gt.json")]
+    )
+    assert code == 2
+    assert "hassod evaluate: error: predictions file" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["evaluate", "--pred", "x.json", "--gt", "y.json", "--iou-type", "keypoints"])
+    assert exit_info.value.code == 2

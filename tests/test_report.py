@@ -1,0 +1,393 @@
+"""Level figures, `hassod show` and the static HTML report (`hassod report`)."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from hassod.cli import main
+from hassod.coco import assemble, image_record, mask_annotations
+from hassod.report import OUTLINE_WIDTHS, parse_levels, write_report
+from hassod.visualize import CAPTION_HEIGHT, _outline, level_figure, region_colours
+
+HEIGHT, WIDTH = 120, 160
+GREY = 100
+# (y0, y1, x0, x1), level, parent index: a whole with a part with a subpart, a second whole with
+# a part, and a lone whole.
+SCENE = [
+    ((10, 110, 10, 80), 0, -1),  # 0 whole
+    ((20, 60, 20, 70), 1, 0),  # 1 part of 0
+    ((25, 40, 25, 45), 2, 1),  # 2 subpart of 1
+    ((20, 70, 100, 150), 0, -1),  # 3 whole
+    ((30, 50, 110, 130), 1, 3),  # 4 part of 3
+    ((85, 110, 100, 150), 0, -1),  # 5 whole
+]
+
+
+def scene_masks() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    masks = np.zeros((len(SCENE), HEIGHT, WIDTH), dtype=bool)
+    for index, ((y0, y1, x0, x1), _, _) in enumerate(SCENE):
+        masks[index, y0:y1, x0:x1] = True
+    levels = np.array([level for _, level, _ in SCENE])
+    parents = np.array([parent for _, _, parent in SCENE])
+    return masks, levels, parents
+
+
+@pytest.fixture
+def scene(tmp_path) -> dict:
+    """images/scene.png (flat grey) and its pseudo-labels, as `hassod discover` writes them."""
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.fromarray(np.full((HEIGHT, WIDTH, 3), GREY, dtype=np.uint8)).save(images / "scene.png")
+    masks, levels, parents = scene_masks()
+    records = mask_annotations(
+        masks,
+        levels,
+        parents,
+        thresholds=np.array([0.1, 0.2, 0.4, 0.1, 0.4, 0.2]),
+        scores=np.linspace(0.9, 0.4, len(SCENE)),
+    )
+    coco = assemble([(image_record("scene.png", WIDTH, HEIGHT), records)], info={})
+    labels = tmp_path / "pseudo.json"
+    labels.write_text(json.dumps(coco))
+    return {"dir": tmp_path, "images": images, "labels": labels, "coco": coco}
+
+
+def panel_slices(figure: np.ndarray, panel_width: int, count: int) -> list[np.ndarray]:
+    top = CAPTION_HEIGHT
+    return [
+        figure[top : top + HEIGHT, i * panel_width : (i + 1) * panel_width] for i in range(count)
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# Figures
+# ---------------------------------------------------------------------------------------------
+
+
+def test_parse_levels():
+    assert parse_levels("whole,part,subpart") == (0, 1, 2)
+    assert parse_levels("subpart, whole") == (2, 0)
+    assert parse_levels("1") == (1,)
+    with pytest.raises(ValueError, match="among"):
+        parse_levels("whole,object")
+    with pytest.raises(ValueError, match="twice"):
+        parse_levels("part,part")
+
+
+@pytest.mark.parametrize("panels", [(0, 1, 2), (0, 2), (1,)])
+def test_level_figure_size_and_panel_count(panels):
+    masks, levels, _ = scene_masks()
+    image = np.full((HEIGHT, WIDTH, 3), GREY, dtype=np.uint8)
+    plain = level_figure(image, masks, levels, panel_height=60, panels=panels)
+    assert plain.size == ((1 + len(panels)) * 80, 60 + CAPTION_HEIGHT)
+    captions = [f"#{i}" for i in range(len(masks))]
+    with_legend = level_figure(
+        image, masks, levels, panel_height=60, panels=panels, legend=captions
+    )
+    assert with_legend.size[0] == plain.size[0] and with_legend.size[1] > plain.size[1]
+    # The panels themselves do not change with a legend under them.
+    assert np.array_equal(np.asarray(with_legend)[: plain.size[1]], np.asarray(plain))
+    with pytest.raises(ValueError, match="panels"):
+        level_figure(image, masks, levels, panels=(3,))
+    with pytest.raises(ValueError, match="legend"):
+        level_figure(image, masks, levels, legend=["only one"])
+
+
+@pytest.mark.parametrize("legend", [False, True])
+def test_each_mask_coloured_in_its_panels_only(legend):
+    """Separate masks: a mask's pixels change exactly in the panels that include its level."""
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, size=(HEIGHT, WIDTH, 3), dtype=np.uint8)
+    masks = np.zeros((4, HEIGHT, WIDTH), dtype=bool)
+    masks[0, 5:50, 5:60] = True
+    masks[1, 60:110, 5:60] = True
+    masks[2, 5:50, 80:150] = True
+    masks[3, 60:110, 80:150] = True
+    levels = np.array([0, 1, 2, 1])
+    colours = region_colours(4)
+    figure = np.asarray(
+        level_figure(
+            image,
+            masks,
+            levels,
+            panel_height=HEIGHT,  # no resampling: compare pixel by pixel
+            outline_widths=OUTLINE_WIDTHS,
+            legend=[f"#{i}" for i in range(4)] if legend else None,
+        )
+    )
+    panels = panel_slices(figure, WIDTH, 4)
+    assert np.array_equal(panels[0], image)
+    outside = ~masks.any(axis=0)
+    for depth, panel in enumerate(panels[1:]):
+        assert np.array_equal(panel[outside], image[outside])
+        for index, mask in enumerate(masks):
+            changed = (panel != image).any(axis=2)
+            if levels[index] <= depth:
+                outline = _outline(mask, OUTLINE_WIDTHS[levels[index]])
+                assert (panel[outline] == colours[index]).all()
+                interior = mask & ~outline
+                blend = (0.55 * image[interior] + 0.45 * colours[index].astype(np.float32)).astype(
+                    np.uint8
+                )
+                assert np.abs(panel[interior].astype(int) - blend).max() <= 1
+                assert changed[mask].mean() > 0.95  # (a blend can equal the input by chance)
+            else:
+                assert np.array_equal(panel[mask], image[mask]), (depth, index)
+
+
+def test_level_figure_resamples_to_the_panel_height():
+    masks, levels, _ = scene_masks()
+    image = np.full((HEIGHT, WIDTH, 3), GREY, dtype=np.uint8)
+    figure = np.asarray(level_figure(image, masks, levels, panel_height=240))
+    assert figure.shape == (240 + CAPTION_HEIGHT, 4 * 320, 3)
+    whole = figure[CAPTION_HEIGHT:, 320:640]
+    # Mask 5 (rows 85:110, cols 100:150) doubled: rows 170:220, cols 200:300, 1 px outline.
+    assert (whole[195, 250] != GREY).any() and (whole[150, 250] == GREY).all()
+    assert (whole[170, 250] == region_colours(6)[5]).all()
+
+
+# ---------------------------------------------------------------------------------------------
+# hassod show
+# ---------------------------------------------------------------------------------------------
+
+
+def test_show_draws_input_and_three_level_panels(scene, capsys):
+    out = scene["dir"] / "figs" / "scene.png"
+    out.parent.mkdir()
+    image = scene["images"] / "scene.png"
+    args = ["show", str(image), "--labels", str(scene["labels"]), "--out", str(out)]
+    assert main([*args, "--panel-height", str(HEIGHT)]) == 0
+    assert "6 of 6 masks of scene.png" in capsys.readouterr().out
+    figure = np.asarray(Image.open(out).convert("RGB"))
+    assert figure.shape[1] == 4 * WIDTH and figure.shape[0] > HEIGHT + CAPTION_HEIGHT  # legend
+    panels = panel_slices(figure, WIDTH, 4)
+    masks, levels, _ = scene_masks()
+    centre_of_subpart = (32, 35)
+    assert (panels[0] == GREY).all()
+    assert np.array_equal(panels[1][centre_of_subpart], panels[1][100, 30])  # inside whole 0 only
+    assert not np.array_equal(panels[2][centre_of_subpart], panels[1][centre_of_subpart])
+    assert not np.array_equal(panels[3][centre_of_subpart], panels[2][centre_of_subpart])
+    assert not list(out.parent.glob(".*tmp"))
+
+
+def test_show_levels_choose_panels_and_score_threshold_filters(scene):
+    out = scene["dir"] / "fig.png"
+    image = scene["images"] / "scene.png"
+    args = ["show", str(image), "--labels", str(scene["labels"]), "--out", str(out)]
+    assert main([*args, "--levels", "whole,subpart", "--panel-height", "60"]) == 0
+    assert Image.open(out).size[0] == 3 * 80
+    # Scores fall 0.9 -> 0.4 along SCENE: >= 0.7 keeps masks 0-2 only.
+    assert main([*args, "--panel-height", str(HEIGHT), "--score-threshold", "0.7"]) == 0
+    panels = panel_slices(np.asarray(Image.open(out).convert("RGB")), WIDTH, 4)
+    assert (panels[3][40:60, 120:140] == GREY).all()  # whole 3 (score 0.6) left out
+    assert (panels[3][60:80, 30:60] != GREY).any()
+
+
+def test_show_results_list_with_images_json_and_default_level(scene, capsys):
+    masks, _, _ = scene_masks()
+    image_id = scene["coco"]["images"][0]["id"]
+    results = [
+        {"image_id": image_id, "segmentation": a["segmentation"], "score": 0.5}
+        for a in scene["coco"]["annotations"][:2]
+    ]
+    results[1]["level"] = 1  # the first has no level: a whole
+    (scene["dir"] / "results.json").write_text(json.dumps(results))
+    out = scene["dir"] / "fig.png"
+    image = scene["images"] / "scene.png"
+    args = ["show", str(image), "--labels", str(scene["dir"] / "results.json"), "--out", str(out)]
+    assert main(args) == 2
+    assert "results list" in capsys.readouterr().err
+    code = main([*args, "--images", str(scene["labels"]), "--panel-height", str(HEIGHT)])
+    assert code == 0
+    panels = panel_slices(np.asarray(Image.open(out).convert("RGB")), WIDTH, 4)
+    assert (panels[1][100, 30] != GREY).any()  # mask 0 (no level): in the whole panel
+    assert (panels[1][40, 60] == panels[1][100, 30]).all()  # mask 1 (part) not yet
+    assert not (panels[2][40, 60] == panels[1][40, 60]).all()
+
+
+def test_show_errors(scene, capsys):
+    other = scene["images"] / "other.png"
+    Image.fromarray(np.zeros((10, 10, 3), dtype=np.uint8)).save(other)
+    out = scene["dir"] / "fig.png"
+    assert main(["show", str(other), "--labels", str(scene["labels"]), "--out", str(out)]) == 2
+    assert "no image named 'other.png'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["show", str(other), "--labels", str(scene["labels"]), "--out", str(out),
+              "--levels", "wholes"])  # fmt: skip
+    assert exit_info.value.code == 2
+    with pytest.raises(SystemExit):
+        main(["show", str(scene["dir"] / "nope.png"), "--labels", "x", "--out", str(out)])
+    assert "image not found" in capsys.readouterr().err
+    small = scene["dir"] / "small" / "scene.png"  # right name, wrong size
+    small.parent.mkdir()
+    Image.fromarray(np.zeros((60, 80, 3), dtype=np.uint8)).save(small)
+    assert main(["show", str(small), "--labels", str(scene["labels"]), "--out", str(out)]) == 2
+    assert "80x60 but its labels are for 160x120" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------
+# hassod report
+# ---------------------------------------------------------------------------------------------
+
+
+class _Page(HTMLParser):
+    """Links of a page and the depth of each mask-tree entry."""
+
+    def __init__(self):
+        super().__init__()
+        self.links, self.ids, self.entries = [], set(), []
+        self._lists = 0
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if "id" in attrs:
+            self.ids.add(attrs["id"])
+        for key in ("src", "href"):
+            if attrs.get(key):
+                self.links.append(attrs[key])
+        if tag == "ul":
+            self._lists += 1
+        if tag == "span" and "data-overlay" in attrs:
+            self.entries.append((attrs["data-overlay"], self._lists))
+
+    def handle_endtag(self, tag):
+        if tag == "ul":
+            self._lists -= 1
+
+
+def read_page(index: Path) -> _Page:
+    page = _Page()
+    page.feed(index.read_text(encoding="utf-8"))
+    return page
+
+
+def assert_links_exist(index: Path, page: _Page) -> None:
+    for link in page.links:
+        if link.startswith("#"):
+            assert link[1:] in page.ids, link
+            continue
+        parsed = urlparse(link)
+        assert not parsed.scheme and not parsed.netloc and not link.startswith("/"), link
+        assert (index.parent / unquote(parsed.path)).is_file(), link
+
+
+def gt_for(scene) -> Path:
+    """Ground truth: three of the scene's wholes and one more object nobody found."""
+    coco = json.loads(scene["labels"].read_text())
+    annotations = [dict(a, category_id=1) for a in coco["annotations"] if a["hier_level"] == 0]
+    annotations.append(dict(annotations[0], id=99, category_id=120))  # a stuff duplicate
+    gt = {**coco, "annotations": annotations, "categories": [{"id": 1}, {"id": 120}]}
+    path = scene["dir"] / "gt.json"
+    path.write_text(json.dumps(gt))
+    return path
+
+
+def test_report_page_files_tree_and_evaluation(scene, capsys):
+    out = scene["dir"] / "report"
+    args = ["report", str(scene["images"]), "--labels", str(scene["labels"]), "--out", str(out)]
+    assert main([*args, "--gt", str(gt_for(scene)), "--things-only"]) == 0
+    assert "1 images, 6 masks, gallery of 1, with evaluation" in capsys.readouterr().out
+    index = out / "index.html"
+    page = read_page(index)
+    assert_links_exist(index, page)
+    for name in ("levels.png", "masks_per_image.png", "figures/0001-scene.png"):
+        assert name in page.links
+        with Image.open(out / name) as picture:
+            assert picture.size[0] > 100
+    # The tree follows parent_id: depth 1 = roots; entries in depth-first order, largest first.
+    entries = [(int(overlay.rsplit("-", 1)[1]), depth) for overlay, depth in page.entries]
+    assert entries == [(0, 1), (1, 2), (2, 3), (3, 1), (4, 2), (5, 1)]
+    # Each overlay: the mask's colour where the mask is, transparent elsewhere.
+    masks, _, _ = scene_masks()
+    for index_, mask in enumerate(masks):
+        overlay = np.asarray(Image.open(out / "overlays" / "0001-scene" / f"{index_}.png"))
+        assert overlay.shape == (HEIGHT, WIDTH, 4)
+        assert np.array_equal(overlay[..., 3] > 0, mask)
+        assert (overlay[mask, :3] == region_colours(6)[index_]).all()
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["counts"]["objects"] == 3 and metrics["counts"]["dropped_stuff"] == 1
+    assert metrics["segm"]["AR@100"] == 1.0
+    html = index.read_text(encoding="utf-8")
+    assert "By merge threshold and level" in html and "threshold 0.4" in html
+    assert not list(out.rglob(".*tmp"))
+
+
+def test_report_results_list_tree_from_coverage_and_missing_images(scene):
+    image_id = scene["coco"]["images"][0]["id"]
+    results = [
+        {"image_id": image_id, "segmentation": a["segmentation"], "score": 0.5}
+        for a in scene["coco"]["annotations"]
+    ]
+    extra = dict(scene["coco"]["images"][0], id=7, file_name="gone.png")
+    images = {"images": [scene["coco"]["images"][0], extra]}
+    (scene["dir"] / "results.json").write_text(json.dumps(results))
+    (scene["dir"] / "images.json").write_text(json.dumps(images))
+    out = scene["dir"] / "report"
+    summary = write_report(
+        scene["images"], scene["dir"] / "results.json", out, images=scene["dir"] / "images.json"
+    )
+    assert summary.missing == ["gone.png"] and summary.shown == 1 and not summary.evaluated
+    page = read_page(summary.index)
+    assert_links_exist(summary.index, page)
+    # No parent_id: coverage forest (0.75) of the masks, the same nesting as SCENE.
+    entries = [(int(overlay.rsplit("-", 1)[1]), depth) for overlay, depth in page.entries]
+    assert entries == [(0, 1), (1, 2), (2, 3), (3, 1), (4, 2), (5, 1)]
+    assert "gone.png" in summary.index.read_text(encoding="utf-8")
+
+
+def test_report_errors(scene, capsys):
+    out = scene["dir"] / "report"
+    missing = ["report", str(scene["dir"] / "nope"), "--labels", str(scene["labels"])]
+    with pytest.raises(SystemExit) as exit_info:
+        main([*missing, "--out", str(out)])
+    assert exit_info.value.code == 2
+    bad = scene["dir"] / "bad.json"
+    bad.write_text("{")
+    args = ["report", str(scene["images"]), "--labels", str(bad), "--out", str(out)]
+    assert main(args) == 2
+    assert "not valid JSON" in capsys.readouterr().err
+
+
+def _chromium() -> str | None:
+    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
+        path = shutil.which(name)
+        if path:
+            return path
+    return None
+
+
+@pytest.mark.skipif(_chromium() is None, reason="no headless Chromium (apt-get install chromium)")
+def test_report_renders_in_headless_chromium_without_console_errors(scene):
+    out = scene["dir"] / "report"
+    summary = write_report(scene["images"], scene["labels"], out, gt=gt_for(scene))
+    url = summary.index.resolve().as_uri() + "#selftest"
+    command = [
+        _chromium(),
+        "--headless",
+        "--disable-gpu",
+        "--no-sandbox",
+        "--no-first-run",
+        f"--user-data-dir={scene['dir'] / 'chromium-profile'}",
+        "--enable-logging=stderr",
+        "--v=0",
+        "--dump-dom",
+        url,
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    console = [line for line in done.stderr.splitlines() if "CONSOLE" in line or "Uncaught" in line]
+    assert not console, console
+    body = re.search(r"<body[^>]*>", done.stdout)
+    assert body is not None, done.stdout[:500]
+    assert 'data-entries="6"' in body.group(0)
+    assert 'data-selftest="ok"' in body.group(0)  # hovering each entry shows its overlay
