@@ -1,0 +1,133 @@
+"""Training checkpoints: model, teacher, optimizer, AMP scaler, iteration, RNG states, config.
+
+Files are written atomically (temporary file + rename) under ``OUT/checkpoints/``; the text
+file ``OUT/checkpoints/last_checkpoint`` names the newest, which ``--resume`` continues from.
+Everything is stored as tensors, numbers, strings and lists, so the files load with
+``torch.load(..., weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import torch
+
+from hassod.detector.config import TrainConfig, config_from_dict, config_to_dict
+
+FORMAT = "hassod-detector/1"
+LAST = "last_checkpoint"
+
+
+def rng_state() -> dict:
+    """torch (CPU and every CUDA device) and Python ``random`` RNG states. (The data pipeline
+    draws from generators keyed by iteration, not from global RNGs, so it needs no state.)"""
+    state = {"torch": torch.get_rng_state(), "python": list(_listify(random.getstate()))}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(_tuplify(state["python"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _listify(value):
+    return [_listify(v) for v in value] if isinstance(value, (tuple, list)) else value
+
+
+def _tuplify(value):
+    return tuple(_tuplify(v) for v in value) if isinstance(value, list) else value
+
+
+def save_checkpoint(
+    path,
+    *,
+    config: TrainConfig,
+    iteration: int,
+    model: torch.nn.Module,
+    teacher: torch.nn.Module | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
+    scaler=None,
+    extra: dict | None = None,
+) -> Path:
+    """Write a checkpoint atomically; ``iteration`` is the number of finished iterations."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": FORMAT,
+        "config": config_to_dict(config),
+        "iteration": int(iteration),
+        "model": model.state_dict(),
+        "teacher": teacher.state_dict() if teacher is not None else None,
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "scaler": scaler.state_dict() if scaler is not None else None,
+        "rng": rng_state(),
+        "extra": extra or {},
+    }
+    temporary = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    torch.save(payload, temporary)
+    os.replace(temporary, path)
+    return path
+
+
+def mark_last(checkpoint_dir, path) -> None:
+    """Record ``path`` as the newest checkpoint of ``checkpoint_dir`` (atomically)."""
+    checkpoint_dir = Path(checkpoint_dir)
+    temporary = checkpoint_dir / f".{LAST}.tmp{os.getpid()}"
+    temporary.write_text(Path(path).name + "\n", encoding="utf-8")
+    os.replace(temporary, checkpoint_dir / LAST)
+
+
+def last_checkpoint(checkpoint_dir) -> Path | None:
+    """The newest checkpoint recorded in ``checkpoint_dir``, or None."""
+    marker = Path(checkpoint_dir) / LAST
+    if not marker.is_file():
+        return None
+    path = Path(checkpoint_dir) / marker.read_text(encoding="utf-8").strip()
+    return path if path.is_file() else None
+
+
+def load_checkpoint(path, map_location="cpu") -> dict:
+    """Read a checkpoint written by :func:`save_checkpoint`; ``config`` comes back as a
+    :class:`TrainConfig`."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as error:  # noqa: BLE001 - truncated or foreign files alike
+        raise ValueError(f"cannot read checkpoint {path}: {error}") from error
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a hassod detector checkpoint (format {FORMAT})")
+    payload["config"] = config_from_dict(payload["config"])
+    return payload
+
+
+def detector_from_checkpoint(path_or_payload, weights: str = "auto", map_location="cpu"):
+    """(detector in eval mode, TrainConfig) from a checkpoint.
+
+    ``weights``: ``student``, ``teacher`` or ``auto`` (the teacher when the run reached the
+    Mean Teacher phase, else the student).
+    """
+    from hassod.detector.model import HassodDetector
+
+    payload = (
+        path_or_payload
+        if isinstance(path_or_payload, dict)
+        else load_checkpoint(path_or_payload, map_location)
+    )
+    if weights not in ("auto", "student", "teacher"):
+        raise ValueError(f"weights must be auto, student or teacher, got {weights!r}")
+    if weights == "teacher" and payload.get("teacher") is None:
+        raise ValueError("this checkpoint has no teacher (the Mean Teacher phase did not start)")
+    use_teacher = weights == "teacher" or (weights == "auto" and payload.get("teacher") is not None)
+    config = payload["config"]
+    model = HassodDetector(config.model, config.model.norm)
+    model.load_state_dict(payload["teacher"] if use_teacher else payload["model"])
+    model.eval()
+    return model, config

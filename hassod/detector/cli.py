@@ -1,0 +1,215 @@
+"""The ``hassod train`` and ``hassod predict`` subcommands (registered by :mod:`hassod.cli`).
+
+Importing this module is light (argparse only); torch loads when a command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+EXIT_OK, EXIT_RUN_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+_TRAIN_EXIT_CODES = """exit codes:
+  0    success: OUT/checkpoints/model_final.pth written
+  1    run-time failure (e.g. CUDA out of memory)
+  2    bad arguments or input: unusable pseudo-label JSON (no images, no annotations), missing
+       image folder or backbone weights, weights of another architecture, --resume without a
+       checkpoint
+  130  interrupted (Ctrl-C, SIGTERM): a checkpoint of the last finished iteration is saved;
+       run the same command with --resume to continue exactly"""
+
+_PREDICT_EXIT_CODES = """exit codes:
+  0    success (unreadable images are skipped and listed on stderr)
+  1    run-time failure
+  2    bad arguments or input: missing images or checkpoint, unknown level"""
+
+
+def add_train_parser(commands) -> None:
+    train = commands.add_parser(
+        "train",
+        help="stage 2: train the detector on pseudo-labels, then Mean Teacher",
+        description=(
+            "Train Cascade Mask R-CNN (R50-FPN, class-agnostic) with a level head on a "
+            "pseudo-label COCO JSON (from `hassod discover`): burn-in with multi-scale, flip, "
+            "copy-paste and DropLoss, then Mean Teacher with adaptive targets. Checkpoints, "
+            "metrics.csv (and TensorBoard logs when tensorboard is installed) go to OUT. "
+            "Multi-GPU: torchrun --nproc-per-node N -m hassod train ..."
+        ),
+        epilog=_TRAIN_EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    train.add_argument("pseudo_json", type=Path, metavar="PSEUDO_JSON", help="pseudo-label JSON")
+    train.add_argument("images_dir", type=Path, metavar="IMAGES_DIR", help="its image folder")
+    train.add_argument("--out", type=Path, required=True, help="output folder")
+    train.add_argument(
+        "--preset",
+        default="paper",
+        choices=["paper", "cpu-small"],
+        help="settings to start from (default paper: R50-FPN, 40k iterations at batch 16, "
+        "2k Mean Teacher iterations; cpu-small: a tiny model for smoke tests)",
+    )
+    train.add_argument("--config", type=Path, help="JSON of settings (as OUT/config.json)")
+    train.add_argument("--backbone-weights", type=Path, help="self-supervised ResNet checkpoint")
+    train.add_argument("--iterations", type=int, help="burn-in iterations")
+    train.add_argument(
+        "--mean-teacher-iterations", type=int, help="Mean Teacher iterations (0: none)"
+    )
+    train.add_argument("--batch-size", type=int, help="images per iteration over all processes")
+    train.add_argument("--micro-batch", type=int, help="images per forward pass (accumulate)")
+    train.add_argument("--lr", type=float, help="base learning rate")
+    train.add_argument("--seed", type=int, help="random seed")
+    train.add_argument("--workers", type=int, help="data loader processes")
+    train.add_argument("--checkpoint-period", type=int, help="iterations between checkpoints")
+    train.add_argument("--no-amp", action="store_true", help="fp32 on CUDA (AMP is the default)")
+    train.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    train.add_argument("--resume", action="store_true", help="continue from OUT's last checkpoint")
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def add_predict_parser(commands) -> None:
+    predict = commands.add_parser(
+        "predict",
+        help="run a trained detector on images: masks, scores and levels as COCO results",
+        description=(
+            "Detect objects with their whole/part/subpart level in an image or every image "
+            "under a folder, with a `hassod train` checkpoint, and write COCO results JSON "
+            "(bbox, RLE segmentation, score, hier_level, level_scores). Image ids follow "
+            "`hassod discover` (hashed relative file names)."
+        ),
+        epilog=_PREDICT_EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    predict.add_argument("images", type=Path, metavar="IMAGES", help="image file or folder")
+    predict.add_argument("--checkpoint", type=Path, required=True, help="checkpoint (.pth)")
+    predict.add_argument("--out", type=Path, required=True, help="output JSON")
+    predict.add_argument(
+        "--levels", default="whole,part,subpart", help="levels to keep (default all three)"
+    )
+    predict.add_argument(
+        "--weights",
+        default="auto",
+        choices=["auto", "student", "teacher"],
+        help="which network of the checkpoint (auto: the teacher when present)",
+    )
+    predict.add_argument("--score-threshold", type=float, help="minimum score (default 0)")
+    predict.add_argument("--max-detections", type=int, help="per image (default 1000)")
+    predict.add_argument("--min-size", type=int, help="test short side (default 800)")
+    predict.add_argument("--max-size", type=int, help="test long side cap (default 1333)")
+    predict.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    predict.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _train_config(args, parser):
+    import dataclasses
+    import json
+
+    from hassod.detector.config import config_from_dict, preset
+
+    try:
+        config = preset(args.preset)
+        if args.config is not None:
+            config = config_from_dict(json.loads(args.config.read_text(encoding="utf-8")))
+        changes = {
+            "iterations": args.iterations,
+            "batch_size": args.batch_size,
+            "micro_batch": args.micro_batch,
+            "base_lr": args.lr,
+            "seed": args.seed,
+            "checkpoint_period": args.checkpoint_period,
+        }
+        config = dataclasses.replace(config, **{k: v for k, v in changes.items() if v is not None})
+        if args.no_amp:
+            config = dataclasses.replace(config, amp=False)
+        if args.mean_teacher_iterations is not None:
+            config = dataclasses.replace(
+                config,
+                mean_teacher=dataclasses.replace(
+                    config.mean_teacher, iterations=args.mean_teacher_iterations
+                ),
+            )
+        if args.workers is not None:
+            config = dataclasses.replace(
+                config, data=dataclasses.replace(config.data, num_workers=args.workers)
+            )
+    except (OSError, ValueError, TypeError) as error:
+        parser.error(f"train settings: {error}")
+    return config
+
+
+def run_train_command(args, parser) -> int:
+    config = _train_config(args, parser)
+    import warnings
+
+    from hassod.detector.data import DataError
+    from hassod.detector.train import Interrupted, train
+
+    def show_warning(message, category, filename, lineno, file=None, line=None):
+        print(f"hassod train: warning: {message}", file=sys.stderr)
+
+    previous_showwarning, warnings.showwarning = warnings.showwarning, show_warning
+    try:
+        result = train(
+            config,
+            args.pseudo_json,
+            args.images_dir,
+            args.out,
+            backbone_weights=args.backbone_weights,
+            resume=args.resume,
+            device=args.device,
+            progress=not args.quiet,
+        )
+    except (DataError, FileNotFoundError, ValueError) as error:
+        print(f"hassod train: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except Interrupted as error:
+        print(f"hassod train: {error}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except RuntimeError as error:
+        print(f"hassod train: {error}", file=sys.stderr)
+        return EXIT_RUN_ERROR
+    finally:
+        warnings.showwarning = previous_showwarning
+    skipped = len(result.skipped_images)
+    print(
+        f"trained iterations {result.start_iteration}..{result.iterations_done} in "
+        f"{result.seconds:.0f} s ({result.iterations_per_second:.2f} it/s); "
+        f"final loss {result.last_losses.get('total_loss', float('nan')):.4f}; "
+        f"checkpoint {result.checkpoint}"
+        + (f"; {skipped} unreadable images skipped" if skipped else "")
+    )
+    for name, reason in sorted(result.skipped_images.items()):
+        print(f"hassod train: skipped {name}: {reason}", file=sys.stderr)
+    return EXIT_OK
+
+
+def run_predict_command(args, parser) -> int:
+    from hassod.detector.predict import parse_levels, predict_images
+
+    try:
+        levels = parse_levels(args.levels)
+    except ValueError as error:
+        parser.error(f"--levels: {error}")
+    try:
+        summary = predict_images(
+            args.images,
+            args.checkpoint,
+            args.out,
+            levels=levels,
+            progress=not args.quiet,
+            device=args.device,
+            weights=args.weights,
+            score_threshold=args.score_threshold,
+            max_detections=args.max_detections,
+            min_size=args.min_size,
+            max_size=args.max_size,
+        )
+    except (FileNotFoundError, ValueError) as error:
+        print(f"hassod predict: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except RuntimeError as error:
+        print(f"hassod predict: {error}", file=sys.stderr)
+        return EXIT_RUN_ERROR
+    print(summary.format())
+    return EXIT_OK

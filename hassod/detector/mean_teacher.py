@@ -1,0 +1,80 @@
+"""Mean Teacher pieces: the EMA teacher update and teacher detections -> training targets.
+
+The teacher is an exponential moving average of the student (DESIGN.md section 5): copied from
+the student when phase 2 starts, then ``teacher <- keep * teacher + (1 - keep) * student``
+before every student step (keep rate 0.9996), over parameters and floating-point buffers
+(integer buffers are copied). Its detections on the weakly augmented view with score > 0.7
+become the targets of the student's strongly augmented view; their levels are recomputed from
+the teacher's masks with the coverage forest at cover 0.75 (:func:`hassod.build_hierarchy`).
+The masks are used for the levels only: teacher targets carry no masks, so they add nothing
+to the mask loss.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torchvision.models.detection.roi_heads import paste_masks_in_image
+
+
+@torch.no_grad()
+def ema_update(teacher: torch.nn.Module, student: torch.nn.Module, keep_rate: float) -> None:
+    """In place: every floating-point entry of ``teacher.state_dict()`` becomes
+    ``teacher * keep_rate + student * (1 - keep_rate)``; other entries are copied.
+    ``keep_rate = 0`` copies the student."""
+    student_state = student.state_dict()
+    teacher_state = teacher.state_dict()
+    missing = sorted(set(teacher_state) - set(student_state))
+    if missing:
+        raise KeyError(f"student has no {missing[0]} (and {len(missing) - 1} more teacher entries)")
+    for name, value in teacher_state.items():
+        source = student_state[name].detach().to(value.device)
+        if value.dtype.is_floating_point and keep_rate > 0:
+            value.copy_(value * keep_rate + source * (1.0 - keep_rate))
+        else:
+            value.copy_(source)
+
+
+def _hierarchy_levels(masks: torch.Tensor, cover: float) -> torch.Tensor:
+    """Levels of the coverage forest of (K, H, W) bool masks, on the masks' device. The forest
+    is built on the CPU (a few masks per image: the native CPU path is fast and tested)."""
+    import hassod
+
+    if masks.shape[0] == 0:
+        return torch.zeros(0, dtype=torch.int64, device=masks.device)
+    levels = hassod.build_hierarchy(masks.cpu().numpy(), cover=cover).level
+    return torch.as_tensor(np.asarray(levels), dtype=torch.int64).to(masks.device)
+
+
+@torch.no_grad()
+def teacher_targets(
+    detections: list, image_sizes: list, score_threshold: float = 0.7, cover: float = 0.75
+) -> list:
+    """Teacher detections -> student targets, one dict per image.
+
+    Args:
+        detections: the detector's eval output per image (``boxes``, ``scores``,
+            ``mask_probs``).
+        image_sizes: (H, W) of each image (the weak and strong views share it).
+        score_threshold: keep detections with a stage-averaged score above it.
+        cover: coverage threshold of the forest the levels are recomputed with.
+
+    Returns dicts with ``boxes`` (K, 4), ``levels`` (K,) int64 and ``scores`` (K,); detections
+    whose mask is empty at 0.5 are dropped (they have no place in the forest).
+    """
+    targets = []
+    for detection, size in zip(detections, image_sizes):
+        keep = detection["scores"] > score_threshold
+        boxes = detection["boxes"][keep].float()
+        scores = detection["scores"][keep]
+        probs = detection["mask_probs"][keep]
+        if boxes.shape[0]:
+            masks = paste_masks_in_image(probs.float(), boxes, tuple(size), padding=1)[:, 0] > 0.5
+        else:
+            masks = torch.zeros((0, *size), dtype=torch.bool, device=boxes.device)
+        nonempty = masks.flatten(1).any(dim=1)
+        boxes, scores, masks = boxes[nonempty], scores[nonempty], masks[nonempty]
+        targets.append(
+            {"boxes": boxes, "levels": _hierarchy_levels(masks, cover), "scores": scores}
+        )
+    return targets

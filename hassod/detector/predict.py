@@ -1,0 +1,260 @@
+"""``hassod predict``: a trained checkpoint -> detections with masks and levels (COCO results).
+
+Each image is resized (short side ``test_min_size``, long side at most ``test_max_size``,
+800 / 1333 by default), run through the detector (stage-averaged scores, up to 1000
+detections), and the detections are mapped back to the original image: boxes rescaled, the
+28x28 mask probabilities pasted at full resolution and thresholded at 0.5, then RLE-encoded.
+
+A detection is a COCO result dict::
+
+    {"image_id", "category_id": 1, "bbox": [x, y, w, h], "score",
+     "segmentation": {"size": [H, W], "counts": str}, "hier_level": 0 | 1 | 2,
+     "level_scores": [p_whole, p_part, p_subpart]}
+
+``hier_level`` is the argmax of the stage-averaged level probabilities; :func:`filter_levels`
+keeps the chosen levels (``whole``, ``part``, ``subpart`` or 0, 1, 2).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torchvision.models.detection.roi_heads import paste_masks_in_image
+
+from hassod.coco import CATEGORY, LEVEL_NAMES, image_id_for
+from hassod.detector import augment
+from hassod.detector.checkpoint import detector_from_checkpoint
+from hassod.detector.train import resolve_device
+
+ALL_LEVELS = frozenset(range(len(LEVEL_NAMES)))
+_PASTE_CHUNK = 64  # masks pasted at full resolution at a time (bounds memory)
+
+
+def parse_levels(levels) -> frozenset:
+    """Level set from ``"whole,part"``, ``["subpart"]``, ``[0, 2]`` or None (all levels)."""
+    if levels is None:
+        return ALL_LEVELS
+    if isinstance(levels, str):
+        levels = [item for item in levels.split(",") if item.strip()]
+    chosen = set()
+    for item in levels:
+        if isinstance(item, str):
+            name = item.strip().lower()
+            if name.isdigit():
+                item = int(name)
+            elif name in LEVEL_NAMES:
+                item = LEVEL_NAMES.index(name)
+            else:
+                raise ValueError(f"unknown level {item!r}; choose from {', '.join(LEVEL_NAMES)}")
+        if int(item) not in ALL_LEVELS:
+            raise ValueError(f"level {item} out of range 0..{len(LEVEL_NAMES) - 1}")
+        chosen.add(int(item))
+    if not chosen:
+        raise ValueError("choose at least one level (whole, part, subpart)")
+    return frozenset(chosen)
+
+
+def filter_levels(detections: Iterable[dict], levels) -> list[dict]:
+    """The detections whose ``hier_level`` is one of ``levels`` (see :func:`parse_levels`)."""
+    chosen = parse_levels(levels)
+    return [detection for detection in detections if int(detection["hier_level"]) in chosen]
+
+
+def _encode(masks: np.ndarray) -> list[dict]:
+    from pycocotools import mask as mask_utils
+
+    rles = mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0).astype(np.uint8)))
+    for rle in rles:
+        rle["counts"] = rle["counts"].decode("ascii")
+    return rles
+
+
+class Predictor:
+    """A trained detector ready for images.
+
+    Args:
+        checkpoint: path of a ``hassod train`` checkpoint (or its loaded dict).
+        device: ``auto``, ``cpu``, ``cuda``, ``cuda:N``.
+        weights: ``auto`` (the Mean Teacher's teacher when present, else the student),
+            ``student`` or ``teacher``.
+        score_threshold: keep detections scoring above it (default: the model's, 0.0).
+        max_detections: at most this many per image (default: the model's, 1000).
+        min_size, max_size: test resize (default: the training config's 800 / 1333).
+        mask_threshold: mask probability threshold (0.5).
+    """
+
+    def __init__(
+        self,
+        checkpoint,
+        *,
+        device: str = "auto",
+        weights: str = "auto",
+        score_threshold: float | None = None,
+        max_detections: int | None = None,
+        min_size: int | None = None,
+        max_size: int | None = None,
+        mask_threshold: float = 0.5,
+    ):
+        self.device = resolve_device(device)
+        model, config = detector_from_checkpoint(checkpoint, weights)
+        model_config = config.model
+        changes = {}
+        if score_threshold is not None:
+            changes["score_thresh"] = float(score_threshold)
+        if max_detections is not None:
+            if max_detections < 1:
+                raise ValueError(f"max_detections must be >= 1, got {max_detections}")
+            changes["detections_per_image"] = int(max_detections)
+        if changes:
+            model_config = dataclasses.replace(model_config, **changes)
+            model.config = model_config
+            model.roi_heads.config = model_config
+        self.model = model.to(self.device).eval()
+        self.config = config
+        self.min_size = int(min_size or config.data.test_min_size)
+        self.max_size = int(max_size or config.data.test_max_size)
+        self.mask_threshold = mask_threshold
+
+    @torch.no_grad()
+    def raw(self, image: np.ndarray) -> dict:
+        """Detections of one (H, W, 3) uint8 RGB image as tensors in its coordinates:
+        ``boxes`` (N, 4) xyxy, ``scores``, ``levels``, ``level_scores`` (N, 3), ``mask_probs``
+        (N, 1, 28, 28) -- before mask pasting."""
+        image = np.asarray(image)
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise ValueError(f"image must be (H, W, 3) uint8 RGB, got {image.shape} {image.dtype}")
+        height, width = image.shape[:2]
+        tensor = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
+        size = augment.scaled_size(height, width, self.min_size, self.max_size)
+        resized = augment.resize_image(tensor, size).to(self.device)
+        detection = self.model([resized])[0]
+        scale = torch.tensor(
+            [width / size[1], height / size[0], width / size[1], height / size[0]],
+            device=detection["boxes"].device,
+        )
+        return {**detection, "boxes": detection["boxes"] * scale}
+
+    def __call__(self, image, levels=None, image_id: int = 0) -> list[dict]:
+        """COCO result dicts of one image (an (H, W, 3) uint8 array, a PIL image or a path),
+        best score first, keeping the chosen ``levels``."""
+        image = _as_array(image)
+        detection = self.raw(image)
+        chosen = parse_levels(levels)
+        keep = torch.tensor(
+            [int(level) in chosen for level in detection["levels"].tolist()],
+            dtype=torch.bool,
+            device=detection["levels"].device,
+        )
+        boxes = detection["boxes"][keep]
+        scores = detection["scores"][keep].tolist()
+        level_ids = detection["levels"][keep].tolist()
+        level_scores = detection["level_scores"][keep].tolist()
+        probs = detection["mask_probs"][keep]
+        height, width = image.shape[:2]
+        results = []
+        for start in range(0, boxes.shape[0], _PASTE_CHUNK):
+            chunk_boxes = boxes[start : start + _PASTE_CHUNK]
+            pasted = paste_masks_in_image(
+                probs[start : start + _PASTE_CHUNK], chunk_boxes, (height, width)
+            )
+            masks = (pasted[:, 0] > self.mask_threshold).cpu().numpy()
+            for offset, rle in enumerate(_encode(masks)):
+                index = start + offset
+                x0, y0, x1, y1 = (float(v) for v in boxes[index].tolist())
+                results.append(
+                    {
+                        "image_id": int(image_id),
+                        "category_id": CATEGORY["id"],
+                        "bbox": [x0, y0, x1 - x0, y1 - y0],
+                        "score": float(scores[index]),
+                        "segmentation": rle,
+                        "hier_level": int(level_ids[index]),
+                        "level_scores": [float(v) for v in level_scores[index]],
+                    }
+                )
+        return results
+
+
+def _as_array(image) -> np.ndarray:
+    if isinstance(image, (str, Path)):
+        from hassod.discover import read_image
+
+        return read_image(image, None)
+    if hasattr(image, "convert"):  # PIL
+        return np.asarray(image.convert("RGB"))
+    return np.asarray(image)
+
+
+@dataclass
+class PredictSummary:
+    out: Path
+    images: int
+    detections: int
+    failed: list = field(default_factory=list)  # {"file_name", "reason"}
+    per_level: dict = field(default_factory=dict)
+
+    def format(self) -> str:
+        levels = ", ".join(f"{name} {self.per_level.get(name, 0)}" for name in LEVEL_NAMES)
+        text = f"wrote {self.out}: {self.detections} detections ({levels}) on {self.images} images"
+        if self.failed:
+            text += f"; {len(self.failed)} images could not be read (listed on stderr)"
+        return text
+
+
+def predict_images(
+    images,
+    checkpoint,
+    out,
+    *,
+    levels=None,
+    progress: bool = False,
+    **predictor_options,
+) -> PredictSummary:
+    """Run a checkpoint on an image file or every image under a folder; write COCO results.
+
+    Image ids are :func:`hassod.coco.image_id_for` of the path relative to the folder (for a
+    single file: its name), the rule ``hassod discover`` uses, so the results pair with a
+    pseudo-label or ground-truth JSON made from the same folder. Unreadable images are skipped
+    and listed in the summary. The output is written atomically.
+    """
+    from hassod.discover import UnreadableImage, read_image
+    from hassod.discover_run import atomic_write_json, list_images
+
+    images, out = Path(images), Path(out)
+    if images.is_file():
+        root, names = images.parent, [images.name]
+    elif images.is_dir():
+        root, names = images, list_images(images)
+        if not names:
+            raise FileNotFoundError(f"no images under {images}")
+    else:
+        raise FileNotFoundError(f"images not found: {images}")
+    chosen = parse_levels(levels)
+    predictor = Predictor(checkpoint, **predictor_options)
+    results, failed = [], []
+    iterator = names
+    if progress:
+        from tqdm import tqdm
+
+        iterator = tqdm(names, unit="img", desc="predict")
+    for name in iterator:
+        try:
+            image = read_image(root / name, None)
+        except UnreadableImage as error:
+            failed.append({"file_name": name, "reason": str(error)})
+            continue
+        results.extend(predictor(image, chosen, image_id=image_id_for(name)))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out, results)
+    per_level = {name: 0 for name in LEVEL_NAMES}
+    for result in results:
+        per_level[LEVEL_NAMES[result["hier_level"]]] += 1
+    for item in failed:
+        print(f"hassod predict: skipped {item['file_name']}: {item['reason']}", file=sys.stderr)
+    return PredictSummary(out, len(names) - len(failed), len(results), failed, per_level)

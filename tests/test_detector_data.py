@@ -1,0 +1,288 @@
+"""Pseudo-label loading, bad input, deterministic batches and the augmentations."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from detector_checks import tiny_config
+
+from hassod.detector import augment
+from hassod.detector.data import (
+    DataError,
+    TrainBatches,
+    decode_segmentations,
+    load_pseudo_labels,
+)
+from hassod.detector.synthetic import write_dataset
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    return write_dataset(tmp_path_factory.mktemp("synthetic"), count=4, size=96, seed=3)
+
+
+def _rewrite(json_path, tmp_path, change):
+    coco = json.loads(json_path.read_text())
+    change(coco)
+    path = tmp_path / "changed.json"
+    path.write_text(json.dumps(coco))
+    return path
+
+
+def test_load_reports_usable_images(synthetic):
+    json_path, images = synthetic
+    labels = load_pseudo_labels(json_path, images)
+    coco = json.loads(json_path.read_text())
+    assert len(labels) == 4
+    assert labels.report["annotations_in_json"] == len(coco["annotations"])
+    assert sum(len(e.levels) for e in labels.entries) == len(coco["annotations"])
+    assert {level for e in labels.entries for level in e.levels} <= {0, 1, 2}
+
+
+def test_json_without_images_is_refused(synthetic, tmp_path):
+    json_path, images = synthetic
+    path = _rewrite(json_path, tmp_path, lambda coco: coco.pop("images"))
+    with pytest.raises(DataError, match="no 'images' list"):
+        load_pseudo_labels(path, images)
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(DataError, match="cannot read"):
+        load_pseudo_labels(bad, images)
+
+
+def test_json_without_annotations_is_refused(synthetic, tmp_path):
+    json_path, images = synthetic
+    path = _rewrite(json_path, tmp_path, lambda coco: coco.update(annotations=[]))
+    with pytest.raises(DataError, match="no usable annotations"):
+        load_pseudo_labels(path, images)
+
+
+def test_annotations_without_level_are_whole_objects(synthetic, tmp_path):
+    json_path, images = synthetic
+
+    def drop_levels(coco):
+        for annotation in coco["annotations"][:3]:
+            del annotation["hier_level"]
+
+    path = _rewrite(json_path, tmp_path, drop_levels)
+    with pytest.warns(UserWarning, match="3 annotations .* no hier_level"):
+        labels = load_pseudo_labels(path, images)
+    assert labels.report["annotations_without_level"] == 3
+    coco = json.loads(path.read_text())
+    first_image = next(
+        e for e in labels.entries if e.image_id == coco["annotations"][0]["image_id"]
+    )
+    assert first_image.levels[0] == 0
+
+
+def test_missing_and_corrupt_images_are_skipped_and_counted(synthetic, tmp_path):
+    json_path, images = synthetic
+    folder = tmp_path / "images"
+    folder.mkdir()
+    names = sorted(p.name for p in images.iterdir())
+    for name in names[1:]:
+        (folder / name).write_bytes((images / name).read_bytes())
+    (folder / names[2]).write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    with pytest.warns(UserWarning, match="1 images .* missing"):
+        labels = load_pseudo_labels(json_path, folder)
+    assert labels.report["images_missing_file"] == 1 and len(labels) == 3
+    config = tiny_config(iterations=4)
+    batches = TrainBatches(labels, config)
+    skipped = {}
+    for iteration in range(4):
+        batch = batches[iteration]
+        assert len(batch["images"]) == 2
+        assert names[2] not in batch["file_names"]
+        skipped.update(dict(batch["skipped"]))
+    assert list(skipped) == [names[2]]
+
+
+def test_batches_are_a_function_of_the_iteration(synthetic):
+    labels = load_pseudo_labels(*synthetic)
+    config = tiny_config(iterations=6)
+    first, again = TrainBatches(labels, config)[3], TrainBatches(labels, config)[3]
+    for a, b in zip(
+        first["images"] + [t["masks"] for t in first["targets"]],
+        again["images"] + [t["masks"] for t in again["targets"]],
+    ):
+        assert torch.equal(a, b)
+    # every image is seen once per epoch (4 images, batch 2: two iterations per epoch)
+    epoch = (
+        TrainBatches(labels, config)[0]["file_names"]
+        + TrainBatches(labels, config)[1]["file_names"]
+    )
+    assert sorted(epoch) == sorted(e.file_name for e in labels.entries)
+    for target in first["targets"]:
+        assert target["boxes"].shape[0] == target["levels"].shape[0] == target["masks"].shape[0]
+        assert torch.equal(target["boxes"], augment.boxes_from_masks(target["masks"]))
+
+
+def test_ranks_draw_disjoint_images(synthetic):
+    labels = load_pseudo_labels(*synthetic)
+    config = tiny_config(iterations=2)
+    rank0 = TrainBatches(labels, config, rank=0, world_size=2)[0]["file_names"]
+    rank1 = TrainBatches(labels, config, rank=1, world_size=2)[0]["file_names"]
+    assert len(rank0) == len(rank1) == 1 and rank0 != rank1
+
+
+def test_mean_teacher_batches_have_both_views(synthetic):
+    labels = load_pseudo_labels(*synthetic)
+    config = tiny_config(iterations=1, mean_teacher=2)
+    batch = TrainBatches(labels, config)[1]
+    images, targets = batch["labeled"]
+    assert len(images) == 2 and len(targets) == 2  # strong + weak view of one image
+    assert images[0].shape == images[1].shape and targets[0] is targets[1]
+    assert len(batch["unlabeled_weak"]) == len(batch["unlabeled_strong"]) == 2
+    for weak, strong in zip(batch["unlabeled_weak"], batch["unlabeled_strong"]):
+        assert weak.shape == strong.shape and weak.dtype == strong.dtype == torch.uint8
+
+
+def test_scaled_size_follows_the_short_side_and_caps_the_long_side():
+    assert augment.scaled_size(480, 640, 800, 1333) == (800, 1067)
+    assert augment.scaled_size(100, 1000, 800, 1333) == (133, 1333)
+    rng = np.random.default_rng(0)
+    sample = {
+        "image": torch.zeros((3, 50, 100), dtype=torch.uint8),
+        "masks": torch.zeros((1, 50, 100), dtype=torch.uint8),
+        "levels": torch.tensor([0]),
+    }
+    sizes = {
+        tuple(augment.random_resize(sample, (20, 40), 1000, rng)["image"].shape[-2:])
+        for _ in range(30)
+    }
+    assert sizes == {(20, 40), (40, 80)}
+
+
+def test_flip_mirrors_image_masks_and_boxes():
+    image = torch.arange(3 * 4 * 6, dtype=torch.uint8).reshape(3, 4, 6)
+    masks = torch.zeros((1, 4, 6), dtype=torch.uint8)
+    masks[0, 1:3, 0:2] = 1
+    sample = {"image": image, "masks": masks, "levels": torch.tensor([1])}
+    flipped = augment.random_flip(sample, 1.0, np.random.default_rng(0))
+    assert torch.equal(flipped["image"], image.flip(-1))
+    assert augment.boxes_from_masks(flipped["masks"]).tolist() == [[4.0, 1.0, 6.0, 3.0]]
+    assert augment.random_flip(sample, 0.0, np.random.default_rng(0)) is sample
+
+
+def test_boxes_from_masks_match_coco_to_bbox():
+    from pycocotools import mask as mask_utils
+
+    rng = np.random.default_rng(1)
+    masks = (rng.random((5, 20, 30)) > 0.97).astype(np.uint8)
+    masks[4] = 0
+    boxes = augment.boxes_from_masks(torch.from_numpy(masks))
+    for mask, box in zip(masks[:4], boxes):
+        x, y, w, h = mask_utils.toBbox(mask_utils.encode(np.asfortranarray(mask)))
+        assert box.tolist() == [x, y, x + w, y + h]
+    assert boxes[4].tolist() == [0.0, 0.0, 0.0, 0.0]
+
+
+def _sample(size, boxes, levels, colour):
+    image = torch.full((3, size, size), colour, dtype=torch.uint8)
+    masks = torch.zeros((len(boxes), size, size), dtype=torch.uint8)
+    for mask, (x0, y0, x1, y1) in zip(masks, boxes):
+        mask[y0:y1, x0:x1] = 1
+    return {"image": image, "masks": masks, "levels": torch.tensor(levels), "file_name": "x"}
+
+
+class _FixedRng:
+    """Stands in for a Generator with chosen draws, to place the paste by hand."""
+
+    def __init__(self, ratio, top, left):
+        self._ints = [top, left]
+        self.ratio = ratio
+
+    def integers(self, low, high=None):
+        return self._ints.pop(0)
+
+    def choice(self, count, size, replace):
+        return np.arange(size)
+
+    def uniform(self, low, high):
+        return self.ratio
+
+
+def test_copy_paste_occludes_and_adds_objects():
+    target = _sample(40, [(0, 0, 20, 20), (15, 15, 35, 35)], [0, 2], colour=10)
+    source = _sample(40, [(0, 0, 20, 20)], [1], colour=200)
+    pasted = augment.copy_paste(target, source, _FixedRng(ratio=0.5, top=20, left=20), 0.3, 1.0)
+    # the source's 20 px square becomes 10 px at (20, 20): it hides a quarter of object 1
+    assert pasted["image"][0, 25, 25] == 200 and pasted["image"][0, 5, 5] == 10
+    assert pasted["levels"].tolist() == [0, 2, 1]
+    assert pasted["masks"].flatten(1).sum(dim=1).tolist() == [400, 300, 100]
+    assert augment.boxes_from_masks(pasted["masks"]).tolist() == [
+        [0, 0, 20, 20],
+        [15, 15, 35, 35],
+        [20, 20, 30, 30],
+    ]
+    assert target["masks"].flatten(1).sum(dim=1).tolist() == [400, 400]  # input unchanged
+
+
+def test_copy_paste_pastes_only_objects_hiding_less_than_half():
+    target = _sample(40, [(0, 0, 40, 40), (22, 22, 24, 24)], [0, 1], colour=10)
+    source = _sample(40, [(0, 0, 20, 20), (20, 20, 40, 40)], [1, 2], colour=200)
+    rng = _FixedRng(ratio=1.0, top=0, left=0)
+    rng._ints = [2, 0, 0]  # paste both source objects (count drawn as 2 is replaced by choice)
+    rng.choice = lambda count, size, replace: np.arange(count)
+    result = augment.copy_paste(target, source, rng, 0.3, 1.0)
+    # the tiny object is hidden by the second pasted square -> that square is not pasted;
+    # the first (hiding 25% of the big object) is
+    assert result["levels"].tolist() == [0, 1, 1]
+    assert result["masks"].flatten(1).sum(dim=1).tolist() == [1200, 4, 400]
+
+
+def test_copy_paste_skips_objects_that_would_hide_half_an_object():
+    target = _sample(40, [(0, 0, 20, 20)], [0], colour=10)
+    source = _sample(40, [(0, 0, 40, 30)], [1], colour=200)
+    # pasted at full size over the target: covers 100% of the target object -> not pasted
+    result = augment.copy_paste(target, source, _FixedRng(ratio=1.0, top=0, left=0), 0.3, 1.0)
+    assert result is target
+
+
+def test_strong_view_is_deterministic_and_keeps_geometry():
+    image = torch.randint(
+        0, 256, (3, 32, 48), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
+    )
+    first = augment.strong_photometric(image, np.random.default_rng(5))
+    second = augment.strong_photometric(image, np.random.default_rng(5))
+    assert torch.equal(first, second) and first.shape == image.shape and first.dtype == torch.uint8
+    changed = [
+        not torch.equal(augment.strong_photometric(image, np.random.default_rng(s)), image)
+        for s in range(5)
+    ]
+    assert all(changed)
+
+
+def test_decode_polygons_and_uncompressed_rle():
+    from pycocotools import mask as mask_utils
+
+    mask = np.zeros((10, 12), dtype=np.uint8)
+    mask[2:6, 3:9] = 1
+    compressed = mask_utils.encode(np.asfortranarray(mask))
+    uncompressed = {"size": [10, 12], "counts": [int(v) for v in _run_lengths(mask)]}
+    polygon = [[3, 2, 9, 2, 9, 6, 3, 6]]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        decoded = decode_segmentations(
+            [{"size": [10, 12], "counts": compressed["counts"].decode()}, uncompressed, polygon],
+            10,
+            12,
+        )
+    assert np.array_equal(decoded[0], mask) and np.array_equal(decoded[1], mask)
+    assert decoded[2].sum() >= mask.sum() * 0.8
+
+
+def _run_lengths(mask):
+    flat = mask.flatten(order="F")
+    counts, current, run = [], 0, 0
+    for value in flat:
+        if value != current:
+            counts.append(run)
+            current, run = value, 0
+        run += 1
+    counts.append(run)
+    return counts

@@ -1,0 +1,136 @@
+"""Prediction: COCO results format, mask RLEs at the original size, the level filter, the
+Python API and ``hassod predict``."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from detector_checks import tiny_config
+from PIL import Image
+
+from hassod.coco import image_id_for
+from hassod.detector import checkpoint as ckpt
+from hassod.detector.model import HassodDetector
+from hassod.detector.predict import Predictor, filter_levels, parse_levels, predict_images
+
+
+@pytest.fixture(scope="module")
+def checkpoint_path(tmp_path_factory):
+    torch.manual_seed(0)
+    config = tiny_config()
+    config = dataclasses.replace(
+        config, model=dataclasses.replace(config.model, norm="gn", detections_per_image=50)
+    )
+    model = HassodDetector(config.model, "gn")
+    teacher = HassodDetector(config.model, "gn")
+    path = tmp_path_factory.mktemp("checkpoint") / "model.pth"
+    return ckpt.save_checkpoint(path, config=config, iteration=0, model=model, teacher=teacher)
+
+
+@pytest.fixture(scope="module")
+def images_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    for name, size in (("a.png", (70, 90)), ("sub/b.jpg", (64, 64))):
+        (folder / name).parent.mkdir(exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, size=(*size, 3), dtype=np.uint8)).save(folder / name)
+    (folder / "broken.png").write_bytes(b"not an image")
+    return folder
+
+
+def test_parse_levels():
+    assert parse_levels("whole,part,subpart") == {0, 1, 2}
+    assert parse_levels(["part"]) == {1}
+    assert parse_levels([0, "2"]) == {0, 2}
+    assert parse_levels(None) == {0, 1, 2}
+    with pytest.raises(ValueError, match="unknown level"):
+        parse_levels("wholes")
+    with pytest.raises(ValueError, match="at least one"):
+        parse_levels("")
+
+
+def test_filter_levels_keeps_exactly_the_chosen_levels():
+    detections = [
+        {"hier_level": level, "score": 1.0 - 0.1 * i} for i, level in enumerate([0, 1, 2, 1, 0])
+    ]
+    assert [d["hier_level"] for d in filter_levels(detections, "part")] == [1, 1]
+    assert [d["hier_level"] for d in filter_levels(detections, "whole,subpart")] == [0, 2, 0]
+    assert filter_levels(detections, [0, 1, 2]) == detections
+
+
+def test_predictor_returns_coco_results_at_the_original_size(checkpoint_path):
+    from pycocotools import mask as mask_utils
+
+    predictor = Predictor(checkpoint_path, device="cpu")
+    image = np.random.default_rng(1).integers(0, 256, size=(70, 90, 3), dtype=np.uint8)
+    results = predictor(image, image_id=7)
+    assert 0 < len(results) <= 50
+    scores = [r["score"] for r in results]
+    assert scores == sorted(scores, reverse=True)
+    for result in results:
+        assert result["image_id"] == 7 and result["category_id"] == 1
+        assert result["hier_level"] in (0, 1, 2)
+        assert len(result["level_scores"]) == 3 and sum(result["level_scores"]) == pytest.approx(
+            1.0, abs=1e-5
+        )
+        assert result["hier_level"] == int(np.argmax(result["level_scores"]))
+        x, y, w, h = result["bbox"]
+        assert 0 <= x and 0 <= y and x + w <= 90 + 1e-3 and y + h <= 70 + 1e-3
+        assert result["segmentation"]["size"] == [70, 90]
+        assert mask_utils.decode(result["segmentation"]).shape == (70, 90)
+    only_parts = predictor(image, levels="part", image_id=7)
+    assert only_parts == [r for r in results if r["hier_level"] == 1]
+
+
+def test_predictor_options(checkpoint_path):
+    image = np.zeros((64, 64, 3), dtype=np.uint8)
+    assert len(Predictor(checkpoint_path, device="cpu", max_detections=3)(image)) <= 3
+    assert Predictor(checkpoint_path, device="cpu", score_threshold=1.0)(image) == []
+    with pytest.raises(ValueError, match="no teacher"):
+        payload = ckpt.load_checkpoint(checkpoint_path)
+        payload["teacher"] = None
+        Predictor(payload, weights="teacher")
+
+
+def test_predict_images_writes_results_and_skips_unreadable(checkpoint_path, images_dir, tmp_path):
+    from pycocotools.coco import COCO
+
+    out = tmp_path / "preds.json"
+    summary = predict_images(images_dir, checkpoint_path, out, levels="whole,part", device="cpu")
+    assert summary.images == 2 and [f["file_name"] for f in summary.failed] == ["broken.png"]
+    results = json.loads(out.read_text())
+    assert len(results) == summary.detections and {r["hier_level"] for r in results} <= {0, 1}
+    assert {r["image_id"] for r in results} <= {image_id_for("a.png"), image_id_for("sub/b.jpg")}
+    gt = {
+        "images": [
+            {"id": image_id_for("a.png"), "width": 90, "height": 70},
+            {"id": image_id_for("sub/b.jpg"), "width": 64, "height": 64},
+        ],
+        "annotations": [],
+        "categories": [{"id": 1, "name": "object"}],
+    }
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        coco = COCO(str(tmp_path / "gt.json"))
+        assert len(coco.loadRes(str(out)).anns) == len(results)
+
+
+def test_predict_cli(checkpoint_path, images_dir, tmp_path, capsys):
+    from hassod.cli import main
+
+    out = tmp_path / "p.json"
+    common = ["--checkpoint", str(checkpoint_path), "--out", str(out), "--device", "cpu", "--quiet"]
+    assert main(["predict", str(images_dir / "a.png"), *common, "--levels", "subpart"]) == 0
+    assert "detections" in capsys.readouterr().out
+    assert all(r["hier_level"] == 2 for r in json.loads(out.read_text()))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["predict", str(images_dir), *common, "--levels", "objects"])
+    assert exit_info.value.code == 2
+    missing = ["--checkpoint", str(tmp_path / "none.pth"), "--out", str(out), "--quiet"]
+    assert main(["predict", str(images_dir), *missing]) == 2

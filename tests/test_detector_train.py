@@ -1,0 +1,280 @@
+"""Training: schedules, EMA, teacher targets, overfitting a tiny set, exact resume,
+interrupts, logs, the DDP code path (gloo, world size 1) and the CLI."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import math
+import os
+import shutil
+import signal
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from detector_checks import states_equal, tiny_config
+
+import hassod
+from hassod.detector import checkpoint as ckpt
+from hassod.detector import schedule
+from hassod.detector.data import load_pseudo_labels
+from hassod.detector.mean_teacher import ema_update, teacher_targets
+from hassod.detector.synthetic import write_dataset
+from hassod.detector.train import Interrupted, Trainer, train
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    return write_dataset(tmp_path_factory.mktemp("synthetic"), count=4, size=96, seed=7)
+
+
+@pytest.fixture(autouse=True)
+def _quiet():
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*randomly initialised.*")
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        yield
+
+
+# ------------------------------------------------------------------------------- schedules
+def test_learning_rate_warmup_constant_then_cosine():
+    config = dataclasses.replace(
+        tiny_config(iterations=100, mean_teacher=40), warmup_iters=10, warmup_factor=0.001
+    )
+    base = config.base_lr
+    assert schedule.learning_rate(0, config) == pytest.approx(base * 0.001)
+    assert schedule.learning_rate(5, config) == pytest.approx(base * (0.001 * 0.5 + 0.5))
+    assert schedule.learning_rate(10, config) == base
+    assert schedule.learning_rate(99, config) == base
+    # Mean Teacher phase: cosine from base at t = 0 through base/2 at T/2 to 0 at T
+    assert schedule.learning_rate(100, config) == base
+    assert schedule.learning_rate(120, config) == pytest.approx(base / 2, abs=1e-15)
+    assert schedule.learning_rate(140, config) == 0.0
+
+
+def test_branch_weights_cosine_schedule():
+    config = tiny_config(iterations=100, mean_teacher=40)
+    assert schedule.branch_weights(50, config) == (1.0, 0.0)
+    assert schedule.branch_weights(100, config) == (1.0, 2.0)
+    pseudo, teacher = schedule.branch_weights(120, config)
+    assert pseudo == pytest.approx(0.5, abs=1e-15) and teacher == pytest.approx(2.5, abs=1e-15)
+    assert schedule.branch_weights(140, config) == (0.0, 3.0)
+    for t in range(41):
+        pseudo, teacher = schedule.branch_weights(100 + t, config)
+        assert pseudo + teacher == pytest.approx(3.0)
+
+
+# ------------------------------------------------------------------------------------- EMA
+class _Tiny(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(3, 2)
+        self.norm = torch.nn.BatchNorm1d(2)
+
+
+def test_ema_update_matches_hand_computation():
+    torch.manual_seed(0)
+    teacher, student = _Tiny(), _Tiny()
+    student.norm.running_mean.fill_(0.7)
+    student.norm.num_batches_tracked.fill_(5)
+    before = {k: v.clone().numpy() for k, v in teacher.state_dict().items()}
+    keep = 0.9996
+    ema_update(teacher, student, keep)
+    for name, value in teacher.state_dict().items():
+        source = student.state_dict()[name].numpy()
+        if value.is_floating_point():
+            expected = before[name] * np.float32(keep) + source * np.float32(1.0 - keep)
+            assert np.array_equal(value.numpy(), expected.astype(np.float32)), name
+        else:
+            assert np.array_equal(value.numpy(), source), name
+    ema_update(teacher, student, 0.0)
+    assert states_equal(teacher.state_dict(), student.state_dict())
+
+
+# -------------------------------------------------------------------------- teacher targets
+def test_teacher_targets_threshold_and_recompute_levels():
+    probs = torch.ones((4, 1, 28, 28))
+    boxes = torch.tensor(
+        [
+            [0.0, 0.0, 40.0, 40.0],
+            [5.0, 5.0, 20.0, 20.0],
+            [50.0, 50.0, 60.0, 60.0],
+            [8.0, 8.0, 14.0, 14.0],
+        ]
+    )
+    detection = {
+        "boxes": boxes,
+        "scores": torch.tensor([0.95, 0.8, 0.6, 0.75]),
+        "mask_probs": probs,
+    }
+    (target,) = teacher_targets([detection], [(64, 64)], score_threshold=0.7, cover=0.75)
+    assert set(target) == {"boxes", "levels", "scores"}  # no masks: no mask loss
+    assert target["boxes"].tolist() == boxes[[0, 1, 3]].tolist()
+    # expected levels from the coverage forest of the pasted masks at cover 0.75
+    masks = np.zeros((3, 64, 64), dtype=bool)
+    for mask, (x0, y0, x1, y1) in zip(masks, boxes[[0, 1, 3]].int().tolist()):
+        mask[y0 : y1 + 1, x0 : x1 + 1] = True
+    expected = hassod.build_hierarchy(masks, cover=0.75).level
+    assert target["levels"].tolist() == list(expected) == [0, 1, 2]
+    (empty,) = teacher_targets([detection], [(64, 64)], score_threshold=0.99)
+    assert empty["boxes"].shape == (0, 4) and empty["levels"].shape == (0,)
+
+
+# --------------------------------------------------------------------------------- training
+def _trainer(synthetic, out_dir, config, **options):
+    labels = load_pseudo_labels(*synthetic)
+    return Trainer(config, labels, out_dir, progress=False, device="cpu", **options)
+
+
+def test_overfit_thirty_iterations_lowers_the_loss(synthetic, tmp_path):
+    config = dataclasses.replace(tiny_config(iterations=30, size=96, augment=False), warmup_iters=3)
+    trainer = _trainer(synthetic, tmp_path, config)
+    losses = [trainer.step(i, trainer.batches[i])["total_loss"] for i in range(30)]
+    first, last = np.mean(losses[:4]), np.mean(losses[-4:])
+    print(
+        f"overfit: mean total loss of the first 4 iterations {first:.3f}, of the last 4 {last:.3f}"
+    )
+    assert all(math.isfinite(v) for v in losses)
+    assert last < 0.7 * first
+
+
+def test_micro_batches_accumulate_one_step(synthetic, tmp_path):
+    config = dataclasses.replace(tiny_config(iterations=2, mean_teacher=1), micro_batch=1)
+    trainer = _trainer(synthetic, tmp_path, config)
+    for iteration in range(3):
+        metrics = trainer.step(iteration, trainer.batches[iteration])
+        assert math.isfinite(metrics["total_loss"]) and metrics["grad_norm"] > 0
+    assert "teacher_loss_cls_stage2" in metrics
+
+
+def _run_to_end(synthetic, out_dir, config, resume=False):
+    trainer = _trainer(synthetic, out_dir, config, resume=resume)
+    try:
+        return trainer, trainer.fit()
+    finally:
+        trainer.close()
+
+
+def test_resume_reproduces_training_bit_for_bit(synthetic, tmp_path):
+    config = dataclasses.replace(tiny_config(iterations=2, mean_teacher=2), checkpoint_period=3)
+    full_trainer, full = _run_to_end(synthetic, tmp_path / "full", config)
+    assert full.iterations_done == 4
+    # a second run that stopped after iteration 3 (one Mean Teacher step) and resumes
+    (tmp_path / "resumed" / "checkpoints").mkdir(parents=True)
+    stopped = tmp_path / "resumed" / "checkpoints" / "iter_0000003.pth"
+    shutil.copy(tmp_path / "full" / "checkpoints" / "iter_0000003.pth", stopped)
+    ckpt.mark_last(stopped.parent, stopped)
+    resumed_trainer, resumed = _run_to_end(synthetic, tmp_path / "resumed", config, resume=True)
+    assert resumed.start_iteration == 3 and resumed.iterations_done == 4
+    assert resumed.last_losses["total_loss"] == full.last_losses["total_loss"]
+    assert states_equal(resumed_trainer.model.state_dict(), full_trainer.model.state_dict())
+    assert states_equal(resumed_trainer.teacher.state_dict(), full_trainer.teacher.state_dict())
+    final = ckpt.load_checkpoint(tmp_path / "resumed" / "checkpoints" / "model_final.pth")
+    assert final["iteration"] == 4 and final["teacher"] is not None
+    rows = list(csv.DictReader((tmp_path / "resumed" / "metrics.csv").open()))
+    assert [int(row["iteration"]) for row in rows] == [3]
+
+
+def test_mean_teacher_phase_copies_then_averages_the_student(synthetic, tmp_path):
+    config = tiny_config(iterations=1, mean_teacher=2)
+    trainer = _trainer(synthetic, tmp_path, config)
+    trainer.step(0, trainer.batches[0])
+    student_before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    metrics = trainer.step(1, trainer.batches[1])
+    assert states_equal(trainer.teacher.state_dict(), student_before)  # copied at phase start
+    assert (metrics["pseudo_weight"], metrics["teacher_weight"]) == (1.0, 2.0)
+    assert "teacher_loss_rpn_cls" in metrics and "teacher_loss_mask" not in metrics
+    assert "teacher_targets_per_image" in metrics
+    student_now = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    teacher_before = {k: v.clone() for k, v in trainer.teacher.state_dict().items()}
+    trainer.step(2, trainer.batches[2])
+    keep = config.mean_teacher.ema_keep_rate
+    name = "roi_heads.box_predictors.0.level_score.weight"
+    expected = teacher_before[name] * keep + student_now[name] * (1.0 - keep)
+    assert torch.equal(trainer.teacher.state_dict()[name], expected)
+
+
+def test_teacher_targets_train_the_student_branch(synthetic, tmp_path):
+    config = dataclasses.replace(
+        tiny_config(iterations=0, mean_teacher=1),
+        mean_teacher=dataclasses.replace(
+            tiny_config().mean_teacher,
+            iterations=1,
+            score_threshold=-1.0,
+            labeled_batch=1,
+            unlabeled_batch=2,
+        ),
+    )
+    trainer = _trainer(synthetic, tmp_path, config)
+    metrics = trainer.step(0, trainer.batches[0])
+    assert metrics["teacher_targets_per_image"] > 0
+    assert metrics["teacher_loss_level_stage0"] > 0
+    assert math.isfinite(metrics["total_loss"])
+
+
+def test_interrupt_saves_a_checkpoint(synthetic, tmp_path):
+    config = dataclasses.replace(tiny_config(iterations=5), checkpoint_period=100)
+    trainer = _trainer(synthetic, tmp_path, config)
+    original_step = trainer.step
+
+    def step_then_signal(iteration, batch):
+        metrics = original_step(iteration, batch)
+        if iteration == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+        return metrics
+
+    trainer.step = step_then_signal
+    with pytest.raises(Interrupted) as caught:
+        trainer.fit()
+    assert caught.value.result.iterations_done == 2
+    path = ckpt.last_checkpoint(tmp_path / "checkpoints")
+    assert path is not None and ckpt.load_checkpoint(path)["iteration"] == 2
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_ddp_code_path_with_one_gloo_process(synthetic, tmp_path, monkeypatch):
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    config = tiny_config(iterations=2)
+    trainer = _trainer(synthetic, tmp_path, config, distributed_mode=True)
+    try:
+        assert isinstance(trainer.wrapped, torch.nn.parallel.DistributedDataParallel)
+        result = trainer.fit()
+    finally:
+        trainer.close()
+    assert not torch.distributed.is_initialized()
+    assert result.iterations_done == 2 and result.checkpoint.name == "model_final.pth"
+
+
+def test_train_function_writes_logs_and_final_checkpoint(synthetic, tmp_path):
+    config = dataclasses.replace(tiny_config(iterations=3), amp=True)  # AMP is ignored on CPU
+    result = train(config, *synthetic, tmp_path, device="cpu", progress=False)
+    assert result.checkpoint == tmp_path / "checkpoints" / "model_final.pth"
+    rows = list(csv.DictReader((tmp_path / "metrics.csv").open()))
+    assert [int(row["iteration"]) for row in rows] == [1, 2]
+    assert all(float(row["loss_mask"]) > 0 for row in rows)
+    assert (tmp_path / "config.json").is_file()
+    payload = ckpt.load_checkpoint(result.checkpoint)
+    assert payload["config"].model.norm == "gn" and payload["teacher"] is None
+
+
+def test_train_cli_exit_codes(synthetic, tmp_path, capsys):
+    from hassod.cli import main
+
+    json_path, images = synthetic
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"annotations": []}')
+    quiet = ["--preset", "cpu-small", "--quiet", "--device", "cpu"]
+    assert main(["train", str(bad), str(images), "--out", str(tmp_path / "a"), *quiet]) == 2
+    assert "no 'images' list" in capsys.readouterr().err
+    resume = ["train", str(json_path), str(images), "--out", str(tmp_path / "b"), "--resume"]
+    assert main([*resume, *quiet]) == 2
+    short = "--iterations 1 --mean-teacher-iterations 1 --batch-size 2".split()
+    out = tmp_path / "c"
+    assert main(["train", str(json_path), str(images), "--out", str(out), *short, *quiet]) == 0
+    assert "model_final.pth" in capsys.readouterr().out
+    assert ckpt.load_checkpoint(out / "checkpoints" / "model_final.pth")["teacher"] is not None
