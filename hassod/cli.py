@@ -20,6 +20,8 @@ import sys
 import time
 from pathlib import Path
 
+from hassod._io import atomic_write_file as _atomic_save
+
 DEFAULT_BACKBONE = "vit_base_patch8_224.dino"
 
 
@@ -164,8 +166,16 @@ def main(argv: list[str] | None = None) -> int:
     _add_evaluate_parser(commands)
     _add_show_parser(commands)
     _add_report_parser(commands)
+    from hassod.detector import cli as detector_cli  # argparse only: torch loads on use
+
+    detector_cli.add_train_parser(commands)
+    detector_cli.add_predict_parser(commands)
 
     args = parser.parse_args(argv)
+    if args.command == "train":
+        return detector_cli.run_train_command(args, parser)
+    if args.command == "predict":
+        return detector_cli.run_predict_command(args, parser)
     if args.command == "evaluate":
         return run_evaluate_command(args, parser)
     if args.command == "show":
@@ -657,14 +667,6 @@ def _writable_dir(path: Path, parser: argparse.ArgumentParser) -> Path:
     except OSError as error:
         parser.error(f"output folder {path} is not writable: {error}")
     return path
-
-
-def _atomic_save(path: Path, write) -> None:
-    """Write through a temporary file in the same folder, then rename: never a partial file."""
-    temporary = path.with_name(f".{path.name}.tmp")
-    with open(temporary, "wb") as handle:
-        write(handle)
-    temporary.replace(path)
 
 
 if __name__ == "__main__":

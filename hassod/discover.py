@@ -2,8 +2,9 @@
 
 :func:`discover_from_features` is the per-image composition of the plain steps in
 :mod:`hassod.cluster`, :mod:`hassod.postprocess` and :mod:`hassod.ensemble`, with the paper's
-defaults in :class:`DiscoveryConfig`. Reading folders, batching the backbone, shards and
-resuming live in :mod:`hassod.discover_run`.
+defaults in :class:`DiscoveryConfig`. Batching the backbone over a folder lives in
+:mod:`hassod.discover_run`; reading folders, resuming and shards in :mod:`hassod.image_folder`,
+:mod:`hassod.work_folder` and :mod:`hassod.shards`.
 """
 
 from __future__ import annotations
@@ -178,9 +179,28 @@ def discover_from_features(
     Returns:
         The ensemble's masks at the original size, their thresholds, scores and levels.
     """
-    image = np.asarray(image)
-    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-        raise ValueError(f"image must be (H, W, 3) uint8, got {image.shape} {image.dtype}")
+    image = _check_image(image)
+    per_threshold = masks_per_threshold(image, features, config, timings)
+    clock = _Clock(timings)
+    result = ensemble(per_threshold, image.shape[:2], config.cover, config.near_duplicate_iou)
+    clock.lap("hierarchy")
+    return result
+
+
+def masks_per_threshold(
+    image: np.ndarray,
+    features: np.ndarray,
+    config: DiscoveryConfig = DiscoveryConfig(),
+    timings: dict[str, float] | None = None,
+) -> list[tuple[float, np.ndarray, np.ndarray]]:
+    """Each threshold's filtered masks before the ensemble (steps 3-4 of DESIGN.md section 1).
+
+    Arguments as for :func:`discover_from_features` (timed as ``cluster`` and
+    ``crf+filters``). Returns ``(theta, masks (M_t, H, W) bool, CRF agreement (M_t,))`` per
+    threshold in descending theta, the input of :func:`hassod.ensemble.ensemble`; callers that
+    compare ensemble settings (e.g. ``near_duplicate_iou``) run the costly part once.
+    """
+    image = _check_image(image)
     clock = _Clock(timings)
     clusters = fast_cluster(features, config.thresholds)
     clock.lap("cluster")
@@ -192,9 +212,14 @@ def discover_from_features(
         )
         per_threshold.append((float(theta), found.masks, found.agreement))
     clock.lap("crf+filters")
-    result = ensemble(per_threshold, image.shape[:2], config.cover, config.near_duplicate_iou)
-    clock.lap("hierarchy")
-    return result
+    return per_threshold
+
+
+def _check_image(image: np.ndarray) -> np.ndarray:
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"image must be (H, W, 3) uint8, got {image.shape} {image.dtype}")
+    return image
 
 
 class _Clock:

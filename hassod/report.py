@@ -16,7 +16,7 @@ from __future__ import annotations
 import html
 import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
@@ -24,6 +24,7 @@ from urllib.parse import quote
 import numpy as np
 from PIL import Image
 
+from hassod._io import atomic_write
 from hassod.labels import (
     LEVEL_NAMES,
     InputError,
@@ -164,20 +165,8 @@ def read_labelled_image(path: Path, record: dict, annotations: Sequence[dict]) -
     return pixels
 
 
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """``write(temporary)`` then rename over ``path``: readers never see a partial file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(temporary)
-        os.replace(temporary, path)
-    finally:
-        if temporary.exists():
-            temporary.unlink()
-
-
 def save_png(image: Image.Image, path: Path) -> None:
-    atomic_write(path, lambda temporary: image.save(temporary, format="PNG"))
+    atomic_write(path, lambda temporary: image.save(temporary, format="PNG"), parents=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -264,7 +253,9 @@ def write_report(
 
         evaluation = evaluate(labels, gt, things_only=things_only, breakdown=True)
         text = json.dumps(evaluation, indent=2)
-        atomic_write(out_dir / "metrics.json", lambda path: path.write_text(text, "utf-8"))
+        atomic_write(
+            out_dir / "metrics.json", lambda path: path.write_text(text, "utf-8"), parents=True
+        )
 
     counts = [len(select(by_image.get(r["id"], ()), score_threshold)) for r in records]
     level_counts = np.zeros(3, dtype=np.int64)
@@ -308,7 +299,7 @@ def write_report(
         panels=" | ".join(["input", *(LEVEL_PANEL_NAMES[p] for p in panels)]),
     )
     index = out_dir / "index.html"
-    atomic_write(index, lambda path: path.write_text(page, encoding="utf-8"))
+    atomic_write(index, lambda path: path.write_text(page, encoding="utf-8"), parents=True)
     return ReportSummary(
         index=index,
         images=len(records),
@@ -369,7 +360,7 @@ def _histograms(out_dir: Path, level_counts: np.ndarray, counts: Sequence[int]) 
 
 
 def _save_figure(canvas, path: Path) -> None:
-    atomic_write(path, lambda temporary: canvas.print_figure(temporary, format="png"))
+    atomic_write(path, lambda temporary: canvas.print_figure(temporary, format="png"), parents=True)
 
 
 def _write_viewer_files(
@@ -388,7 +379,11 @@ def _write_viewer_files(
     if size != (width, height):
         photo = photo.resize(size, Image.BILINEAR)
     photo_path = f"photos/{slug}.jpg"
-    atomic_write(out_dir / photo_path, lambda path: photo.save(path, format="JPEG", quality=90))
+    atomic_write(
+        out_dir / photo_path,
+        lambda path: photo.save(path, format="JPEG", quality=90),
+        parents=True,
+    )
     rows = ((np.arange(size[1]) + 0.5) * height / size[1]).astype(np.int64)
     cols = ((np.arange(size[0]) + 0.5) * width / size[0]).astype(np.int64)
     overlay_paths = []

@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# Stage 1 end to end on a GPU machine, as one command (under 5 minutes on an H100 with 16 CPUs):
+#   bash benchmarks/gpu_discover.sh
+# from the repository root of a copy of the working tree. No download: the backbone is DINO
+# ViT-B/8 (vit_base_patch8_224.dino) with seeded random weights, on 64 generated 640x480 scenes
+# (shapes and textures, benchmarks/photos.py), at 480x480, --device cuda --batch-size 32, one
+# run in fp32 and one under bf16 autocast, post-processing in a pool of every CPU. It prints
+# images/s and the time per stage (decode, backbone, cluster, CRF+filters, hierarchy, encode)
+# and writes the JSON to $OUT/discover_gpu.json (or benchmarks/results/).
+#
+# Random weights with raw keys merge each image into 1-6 regions, which would make the CRF
+# unrealistically cheap; the keys are therefore centred per image (--feature-transform center),
+# which gives 42 / 11 / 7 regions at 0.4 / 0.2 / 0.1 on average on these scenes (up to 127 at
+# 0.4; raw keys: 3 / 1.5 / 1.1), a CRF load like real keys'. The CPU parts were run with
+# DEVICE=cpu IMAGES=2 (below): about 0.9 s of CRF + filters per image on one core.
+#
+# Needs, offline: a python3 (PYTHON=...) with torch (CUDA), timm, numpy, scipy, pillow, tqdm,
+# scikit-image, pybind11, cmake and ninja (the device image has them), plus pycocotools and
+# pydensecrf2, which the device image lacks: carry them as wheels in .whl/ (see
+# /work/.library/device/README.md; e.g. `pip download --no-deps --only-binary=:all:
+# --python-version 3.12 --platform manylinux2014_x86_64 -d .whl pycocotools pydensecrf2`) and
+# they are installed into /tmp/site first. hassod's CPU module is built in place when it does not
+# import (HASSOD_CUDA=0: discover needs no CUDA module).
+#
+# Every setting can be overridden, e.g. the CPU smoke run of the same Python:
+#   DEVICE=cpu IMAGES=2 AMP=off BATCH=2 WORKERS=1 bash benchmarks/gpu_discover.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+DEVICE=${DEVICE:-cuda}
+IMAGES=${IMAGES:-64}
+BACKBONE=${BACKBONE:-vit_base_patch8_224.dino}
+SIZE=${SIZE:-480}
+BATCH=${BATCH:-32}
+AMP=${AMP:-off bf16}
+WORKERS=${WORKERS:-$(nproc)}
+CRF=${CRF:-}  # e.g. "native pydensecrf": one run per CRF backend (default: hassod's default)
+export PYTHONUNBUFFERED=1
+results=${OUT:-benchmarks/results}
+mkdir -p "$results"
+
+echo "== machine"
+if command -v nvidia-smi >/dev/null; then
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
+fi
+echo "CPUs: $(nproc)"
+
+if [ -d .whl ] && compgen -G ".whl/*.whl" >/dev/null; then
+  echo "== installing the carried wheels into /tmp/site"
+  "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl
+  export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
+"$PYTHON" - <<'EOF'
+import importlib, sys
+missing = [m for m in ("torch", "timm", "scipy", "PIL", "tqdm", "skimage", "pycocotools", "pydensecrf")
+           if importlib.util.find_spec(m) is None]
+if missing:
+    sys.exit(f"missing Python packages: {', '.join(missing)} (carry wheels in .whl/, see the header)")
+import torch
+print("torch", torch.__version__, "cuda", torch.version.cuda, "available", torch.cuda.is_available())
+EOF
+
+if ! "$PYTHON" -c "import hassod._C" 2>/dev/null; then
+  echo "== build (CPU module, in place)"
+  start=$SECONDS
+  HASSOD_CUDA=0 "$PYTHON" -m pip install -e . --no-build-isolation --no-deps -q
+  echo "built in $((SECONDS - start)) s"
+fi
+
+echo "== benchmark: $IMAGES synthetic images, $BACKBONE (random) at $SIZE, $DEVICE, batch $BATCH, amp: $AMP, $WORKERS workers"
+crf_args=()
+if [ -n "$CRF" ]; then
+  read -r -a crf_args <<<"--crf-backend $CRF"
+fi
+# shellcheck disable=SC2086  # AMP is a list
+timeout 270 "$PYTHON" benchmarks/bench_discover.py --synthetic "$IMAGES" --backbone "$BACKBONE" \
+  --random-weights --feature-transform center --size "$SIZE" --device "$DEVICE" \
+  --batch-size "$BATCH" --amp $AMP --workers "$WORKERS" "${crf_args[@]}" \
+  --out "$results/discover_gpu.json"

@@ -1,0 +1,97 @@
+"""Atomic file writes: readers never see a partial file.
+
+Every helper writes to a temporary file in the destination's folder (``.NAME.PID.tmp``, so
+the final rename never crosses file systems), optionally fsyncs it, then ``os.replace``-s it
+over the destination. The temporary file is removed if writing fails.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO, Any
+
+
+@contextlib.contextmanager
+def _replacing(path: Path, parents: bool) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; rename it over ``path`` when the block ends."""
+    if parents:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        yield temporary
+        os.replace(temporary, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            temporary.unlink()
+
+
+@contextlib.contextmanager
+def atomic_open(
+    path: str | os.PathLike,
+    mode: str = "wb",
+    *,
+    encoding: str | None = None,
+    fsync: bool = False,
+    parents: bool = False,
+) -> Iterator[IO[Any]]:
+    """Open a temporary file for writing; it replaces ``path`` when the block ends normally.
+
+    Args:
+        path: the destination.
+        mode: ``"wb"`` or ``"w"`` (with ``encoding``).
+        fsync: flush the data to disk before the rename (survives a power cut).
+        parents: create the destination's missing folders first.
+    """
+    with _replacing(Path(path), parents) as temporary:
+        with open(temporary, mode, encoding=encoding) as handle:
+            yield handle
+            if fsync:
+                handle.flush()
+                os.fsync(handle.fileno())
+
+
+def atomic_write(
+    path: str | os.PathLike,
+    write: Callable[[Path], object],
+    *,
+    fsync: bool = False,
+    parents: bool = False,
+) -> None:
+    """``write(temporary_path)``, then rename it over ``path``.
+
+    For writers that want a file name (PIL, matplotlib, ``Path.write_text``).
+    """
+    with _replacing(Path(path), parents) as temporary:
+        write(temporary)
+        if fsync:
+            descriptor = os.open(temporary, os.O_RDONLY)
+            try:
+                os.fsync(descriptor)
+            finally:
+                os.close(descriptor)
+
+
+def atomic_write_file(
+    path: str | os.PathLike,
+    write: Callable[[IO[bytes]], object],
+    *,
+    fsync: bool = False,
+    parents: bool = False,
+) -> None:
+    """``write(handle)`` on a temporary file opened in binary mode, then rename it over ``path``.
+
+    For writers that want an open file (``numpy.savez_compressed`` would add ``.npz`` to a
+    temporary file name).
+    """
+    with atomic_open(path, "wb", fsync=fsync, parents=parents) as handle:
+        write(handle)
+
+
+def atomic_write_json(path: str | os.PathLike, value: Any, *, fsync: bool = True) -> None:
+    """Write ``value`` as compact UTF-8 JSON (no NaN / infinity), fsynced by default."""
+    with atomic_open(path, "w", encoding="utf-8", fsync=fsync) as handle:
+        json.dump(value, handle, separators=(",", ":"), allow_nan=False)

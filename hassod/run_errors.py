@@ -1,0 +1,31 @@
+"""Exceptions and exit codes of ``hassod discover`` and ``hassod merge-shards``.
+
+:class:`UsageError` (exit code 2) is raised before any image is processed: a missing folder,
+no images in it, an output path that is a folder or cannot be written, a work folder in use by
+another run, settings that differ from the stored ones, bad arguments. :class:`RunError`
+(exit code 1) is a failure that is not the input's fault, e.g. weights that cannot be loaded
+(offline without ``--weights``). :class:`Interrupted` (exit code 130) is SIGINT / SIGTERM
+during a run. Failures of single images are not exceptions: they are recorded, with
+:func:`describe_error` text, in the JSON's ``failed``.
+"""
+
+from __future__ import annotations
+
+EXIT_OK, EXIT_RUN_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+class UsageError(Exception):
+    """Bad arguments or input, found before any image was processed (exit code 2)."""
+
+
+class RunError(Exception):
+    """A failure that is not the input's fault, e.g. weights that cannot be loaded (exit 1)."""
+
+
+class Interrupted(Exception):
+    """SIGINT / SIGTERM during a run; the finished images are saved (exit code 130)."""
+
+
+def describe_error(error: BaseException) -> str:
+    """``"TypeName: message"``, as recorded for an image that failed."""
+    return f"{type(error).__name__}: {str(error).strip() or 'no details'}"

@@ -1,0 +1,259 @@
+"""The work folder of ``hassod discover`` (``OUT.parts/``) and the run's provenance.
+
+The folder holds ``manifest.json`` (the run's settings, see :func:`run_info`) and
+``chunk-NNNNNN.json`` files, each written atomically (temporary file, fsync, ``os.replace``;
+:mod:`hassod._io`) every ``chunk_size`` images or
+:data:`~hassod.discover_run.FLUSH_SECONDS`, holding ``(image_record, annotation records)``
+entries and failures. A lock file (``.lock``, ``flock``) refuses a second run on the same
+folder. Re-running the same command skips the images already in the chunks and retries the
+failed ones. A re-run whose settings (backbone, weights hash, every
+:class:`~hassod.discover.DiscoveryConfig` parameter, AMP mode, hassod version: the
+:func:`run_identity`) differ from the stored ones is refused unless ``restart`` discards the
+old chunks (:func:`prepare_manifest`). A file changed in place under the same name after it
+was processed is not noticed: use ``--restart``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import hashlib
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from hassod._io import atomic_write_json
+from hassod.discover import DiscoveryConfig
+from hassod.run_errors import UsageError
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+
+
+# ---------------------------------------------------------------------------------------------
+# Provenance: the JSON's info, and the part of it that must match to resume or merge
+# ---------------------------------------------------------------------------------------------
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def run_info(
+    backbone: str,
+    weights_source: str,
+    weights_sha256: str | None,
+    amp: str,
+    config: DiscoveryConfig,
+    date_created: str,
+    shard: tuple[int, int] | None = None,
+) -> dict:
+    """The JSON's ``info``: what produced the pseudo-labels."""
+    from hassod import __version__
+
+    info = {
+        "description": "HASSOD stage-1 pseudo-labels (class-agnostic, hierarchical)",
+        "hassod_version": __version__,
+        "date_created": date_created,
+        "backbone": backbone,
+        "weights": {"source": weights_source, "sha256": weights_sha256},
+        "amp": amp,
+        "config": config.as_dict(),
+    }
+    if shard is not None:
+        info["shard"] = {"index": shard[0], "count": shard[1]}
+    return info
+
+
+def run_identity(info: dict) -> dict:
+    """The settings that decide the pseudo-labels: equal identities may share one JSON."""
+    weights = info.get("weights") or {}
+    return {
+        "hassod_version": info.get("hassod_version"),
+        "backbone": info.get("backbone"),
+        "weights": weights.get("sha256") or weights.get("source"),
+        "amp": info.get("amp"),
+        "config": info.get("config"),
+    }
+
+
+def identity_differences(stored: dict, current: dict) -> list[str]:
+    """``key: stored -> current`` for each differing leaf of two identities."""
+    flat_stored, flat_current = _flatten(stored), _flatten(current)
+    return [
+        f"{key}: {flat_stored.get(key)!r} -> {flat_current.get(key)!r}"
+        for key in sorted(set(flat_stored) | set(flat_current))
+        if flat_stored.get(key) != flat_current.get(key)
+    ]
+
+
+def _flatten(value, prefix: str = "") -> dict:
+    if isinstance(value, dict):
+        flat = {}
+        for key, item in value.items():
+            flat.update(_flatten(item, f"{prefix}{key}."))
+        return flat
+    return {prefix.rstrip("."): value}
+
+
+def creation_date(now: float | None = None) -> str:
+    """ISO 8601 UTC, from ``SOURCE_DATE_EPOCH`` when set (reproducible outputs)."""
+    epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    seconds = int(epoch) if epoch and epoch.strip().isdigit() else int(now or time.time())
+    moment = _dt.datetime.fromtimestamp(seconds, tz=_dt.timezone.utc)
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# ---------------------------------------------------------------------------------------------
+# The work folder: manifest, chunks, lock
+# ---------------------------------------------------------------------------------------------
+
+
+class WorkFolder:
+    """``OUT.parts/`` (or one shard's subfolder): manifest, chunk files and a lock."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock_handle = None
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.path / MANIFEST
+
+    def chunk_paths(self) -> list[Path]:
+        return sorted(self.path.glob("chunk-*.json"))
+
+    def lock(self) -> None:
+        """Hold an exclusive lock for the run; another run on the same folder is refused."""
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not POSIX: no lock
+            return
+        handle = open(self.path / ".lock", "a")  # noqa: SIM115 - held for the whole run
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.close()
+            raise UsageError(
+                f"another hassod discover is writing to {self.path}; wait for it or use "
+                "another --out"
+            ) from None
+        self._lock_handle = handle
+
+    def unlock(self) -> None:
+        if self._lock_handle is not None:
+            self._lock_handle.close()
+            self._lock_handle = None
+
+    def read_manifest(self) -> dict | None:
+        if not self.manifest_path.is_file():
+            return None
+        try:
+            manifest = json.loads(self.manifest_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as error:
+            raise UsageError(
+                f"cannot read {self.manifest_path} ({error}); delete the folder or use --restart"
+            ) from None
+        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_VERSION:
+            raise UsageError(
+                f"{self.manifest_path} is not a hassod work-folder manifest (format "
+                f"{FORMAT_VERSION}); use --restart or another --out"
+            )
+        return manifest
+
+    def write_manifest(self, manifest: dict) -> None:
+        atomic_write_json(self.manifest_path, manifest)
+
+    def clear(self) -> None:
+        """Remove the manifest and every chunk (``--restart``)."""
+        for path in [*self.chunk_paths(), self.manifest_path]:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+
+    def write_chunk(self, entries: list, failed: list[dict]) -> Path:
+        existing = self.chunk_paths()
+        index = int(existing[-1].stem.split("-")[1]) + 1 if existing else 0
+        path = self.path / f"chunk-{index:06d}.json"
+        atomic_write_json(path, {"format": FORMAT_VERSION, "entries": entries, "failed": failed})
+        return path
+
+    def load(self) -> tuple[dict[str, tuple[dict, list]], dict[str, dict]]:
+        """``(entries by file name, failures by file name)`` over all chunks, later ones winning.
+
+        A failure is dropped when the same image succeeded in any chunk. A chunk that cannot
+        be read (only possible through outside damage: chunks are written atomically) is
+        reported on stderr and ignored, so its images are processed again.
+        """
+        entries: dict[str, tuple[dict, list]] = {}
+        failures: dict[str, dict] = {}
+        for path in self.chunk_paths():
+            try:
+                chunk = json.loads(path.read_text(encoding="utf-8"))
+                chunk_entries = [(image, list(records)) for image, records in chunk["entries"]]
+                chunk_failed = list(chunk["failed"])
+            except (OSError, ValueError, KeyError, TypeError) as error:
+                print(f"hassod: ignoring unreadable chunk {path}: {error}", file=sys.stderr)
+                continue
+            for image, records in chunk_entries:
+                entries[image["file_name"]] = (image, records)
+                failures.pop(image["file_name"], None)
+            for failure in chunk_failed:
+                if failure["file_name"] not in entries:
+                    failures[failure["file_name"]] = failure
+        return entries, failures
+
+
+def check_output(out: Path, parts_dir: Path) -> bool:
+    """Make sure ``out`` and its work folder can be written; returns whether it created it."""
+    if out.is_dir():
+        raise UsageError(f"--out {out} is a folder; give a file name such as {out / 'pseudo.json'}")
+    created = not parts_dir.exists()
+    try:
+        parts_dir.mkdir(parents=True, exist_ok=True)
+        for folder in {out.parent, parts_dir}:
+            probe = folder / f".hassod_write_test.{os.getpid()}"
+            probe.write_bytes(b"")
+            probe.unlink()
+    except OSError as error:
+        raise UsageError(f"output {out} is not writable: {error}") from None
+    return created
+
+
+def prepare_manifest(folder: WorkFolder, info: dict, restart: bool) -> dict:
+    """The manifest of a run with ``info``: the stored one when it matches, else a new one.
+
+    Raises:
+        UsageError: the stored settings differ (and not ``restart``), or the folder holds
+            chunks without a manifest.
+    """
+    stored = None if restart else folder.read_manifest()
+    if restart:
+        folder.clear()
+    elif stored is None and folder.chunk_paths():
+        raise UsageError(
+            f"{folder.path} holds chunks but no manifest; use --restart to discard them"
+        )
+    if stored is not None:
+        differences = identity_differences(run_identity(stored.get("info", {})), run_identity(info))
+        if differences:
+            raise UsageError(
+                f"{folder.path} was made with other settings; resuming would mix pseudo-labels. "
+                "Use --restart to discard it, or another --out. Differences (stored -> now): "
+                + "; ".join(differences)
+            )
+        manifest = stored
+        manifest["info"] = info | {"date_created": stored["date_created"]}
+        return manifest
+    date = creation_date()
+    return {
+        "format": FORMAT_VERSION,
+        "date_created": date,
+        "info": info | {"date_created": date},
+        "completed": None,
+    }
