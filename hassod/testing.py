@@ -84,3 +84,51 @@ def structured_features(
         features = features + smooth_noise * field
     features = features + noise * rng.standard_normal(features.shape) / np.sqrt(channels)
     return features.astype(dtype)
+
+
+def slic_partition(image: np.ndarray, num_regions: int, grid: int = 60) -> np.ndarray:
+    """A photo's SLIC superpixels on a (grid, grid) cell grid: a realistic partition for the CRF.
+
+    The image is resized to ``grid`` x ``grid`` (a ViT's patch grid: 60 x 60 for the paper's
+    480 x 480 input at patch 8) and cut into about ``num_regions`` SLIC superpixels (scikit-image;
+    ``n_segments`` is searched for the count closest to ``num_regions``).
+
+    Returns:
+        (grid, grid) int32 labels 0 .. R-1.
+    """
+    from skimage.segmentation import slic
+    from skimage.transform import resize
+
+    small = resize(np.asarray(image), (grid, grid), anti_aliasing=True)
+    best = None
+    for segments in range(max(2, num_regions // 2), 3 * num_regions + 2):
+        labels = slic(small, n_segments=segments, start_label=0)
+        count = len(np.unique(labels))
+        if best is None or abs(count - num_regions) < abs(best[0] - num_regions):
+            best = (count, labels)
+        if count >= num_regions:  # counts grow with n_segments: the closest is found
+            break
+    return np.unique(best[1], return_inverse=True)[1].reshape(grid, grid).astype(np.int32)
+
+
+def voronoi_partition(num_regions: int, grid: int = 60, seed: int = 0) -> np.ndarray:
+    """(grid, grid) int32 labels 0 .. R-1: cells of ``num_regions`` random seed points."""
+    rng = np.random.default_rng(seed)
+    seeds = rng.uniform(0, grid, size=(num_regions, 2))
+    rows, cols = np.mgrid[0:grid, 0:grid] + 0.5
+    distances = (rows[..., None] - seeds[:, 0]) ** 2 + (cols[..., None] - seeds[:, 1]) ** 2
+    return (
+        np.unique(distances.argmin(axis=-1), return_inverse=True)[1]
+        .reshape(grid, grid)
+        .astype(np.int32)
+    )
+
+
+def partition_probs(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(R, H, W) float32 CRF input of a partition: one-hot masks bilinearly upsampled to ``size``.
+
+    The discovery pipeline's CRF input (DESIGN.md section 3, :func:`hassod.postprocess.upsample`).
+    """
+    from hassod.postprocess import one_hot, upsample
+
+    return upsample(one_hot(labels), size)

@@ -20,5 +20,6 @@ py::array_t<T> to_numpy(const std::vector<T>& values, std::vector<py::ssize_t> s
 
 void bind_merge(py::module_& m);
 void bind_hierarchy(py::module_& m);
+void bind_crf(py::module_& m);
 
 }  // namespace hassod::bindings

@@ -66,8 +66,11 @@ py::array_t<std::int64_t> coverage_runs(const py::list& items, std::int64_t num_
   for (const py::handle item : items) {
     if (py::isinstance<py::str>(item) || py::isinstance<py::bytes>(item)) {
       runs.push_back(decode_rle_string(item.cast<std::string>()));
-    } else {
-      runs.push_back(item.cast<std::vector<std::uint32_t>>());
+    } else {  // run lengths: a 1-D array (copied in one go, not element by element)
+      const auto lengths = py::array_t<std::uint32_t, py::array::c_style | py::array::forcecast>::ensure(item);
+      if (!lengths || lengths.ndim() != 1)
+        throw std::invalid_argument("RLE run lengths must be a 1-D array of uint32");
+      runs.emplace_back(lengths.data(), lengths.data() + lengths.shape(0));
     }
   }
   const auto k = static_cast<py::ssize_t>(runs.size());

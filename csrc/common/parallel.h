@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstddef>
+#include <cstdint>
 #include <exception>
 #include <mutex>
 #include <thread>
@@ -48,6 +49,18 @@ void parallel_for(std::size_t count, int num_threads, Task&& task) {
   worker();
   for (auto& thread : threads) thread.join();
   if (first_error) std::rethrow_exception(first_error);
+}
+
+// Calls task(begin, end) over [0, count) cut into blocks of `block` indices (the last may be
+// shorter), on up to num_threads threads.
+template <typename Task>
+void parallel_for_blocks(std::int64_t count, std::int64_t block, int num_threads, Task&& task) {
+  if (count <= 0) return;
+  const std::int64_t blocks = (count + block - 1) / block;
+  parallel_for(static_cast<std::size_t>(blocks), num_threads, [&](std::size_t b) {
+    const std::int64_t begin = static_cast<std::int64_t>(b) * block;
+    task(begin, std::min(count, begin + block));
+  });
 }
 
 }  // namespace hassod

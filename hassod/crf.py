@@ -1,0 +1,327 @@
+"""Native fully connected CRF (Krähenbühl & Koltun 2011), DESIGN.md section 3.
+
+Mean-field inference with Gaussian and bilateral kernels filtered through permutohedral lattices
+(Adams et al. 2010), computing what pydensecrf's ``DenseCRF2D`` computes when set up as::
+
+    crf = DenseCRF2D(W, H, K)
+    crf.setUnaryEnergy(unary_from_softmax(P))        # unary = -log(clip(P, 1e-5, 1))
+    crf.addPairwiseGaussian(sxy=3, compat=7)
+    crf.addPairwiseBilateral(sxy=50, srgb=5, rgbim=image, compat=10)
+    Q = crf.inference(10)
+
+with pydensecrf's defaults: Potts compatibility, diagonal kernels, symmetric normalisation.
+The probabilities are used as given, like pydensecrf does: they are clipped to [1e-5, 1] and not
+renormalised, so rows that do not sum to 1 weigh the unary accordingly. Negative and non-finite
+values are refused.
+
+Results are float32 and equal pydensecrf's up to rounding (a few 1e-6 on photos; see
+tests/test_crf.py); they do not depend on the number of threads.
+
+Forms:
+
+* :func:`dense_crf`: one image, one label set.
+* :class:`CrfLattice`: one image's lattices, built once and reused for several label sets (the
+  discovery pipeline runs one CRF per merge threshold on the same image); its
+  :meth:`~CrfLattice.infer_many` runs label sets on parallel threads.
+* :func:`shared_lattice`: the same reuse behind a per-call API (a one-entry cache).
+* :func:`dense_crf_batch`: many images, one label set each, images on parallel threads.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import threading
+from collections.abc import Sequence
+
+import numpy as np
+
+from hassod._checks import check_num_threads
+from hassod._native import cpu_module
+
+#: The authors' settings (pydensecrf's tutorial values, DESIGN.md section 3).
+DEFAULT_ITERATIONS = 10
+DEFAULT_GAUSSIAN: tuple[float, float] = (3.0, 7.0)  # (sxy, compat)
+DEFAULT_BILATERAL: tuple[float, float, float] = (50.0, 5.0, 10.0)  # (sxy, srgb, compat)
+
+
+class CrfLattice:
+    """One image's CRF kernels, built once, for inference over any number of label sets.
+
+    Args:
+        image: (H, W, 3) uint8 RGB.
+        gaussian: ``(sxy, compat)`` of the Gaussian (smoothness) kernel over pixel positions,
+            or None for none.
+        bilateral: ``(sxy, srgb, compat)`` of the bilateral (appearance) kernel over positions
+            and colours, or None for none.
+        num_threads: threads that build the lattices; None uses every hardware thread.
+
+    A kernel with ``compat == 0`` contributes nothing and is not built. Methods release the GIL
+    and may be called from several Python threads at once.
+    """
+
+    def __init__(
+        self,
+        image,
+        gaussian: tuple[float, float] | None = DEFAULT_GAUSSIAN,
+        bilateral: tuple[float, float, float] | None = DEFAULT_BILATERAL,
+        num_threads: int | None = None,
+    ) -> None:
+        image = as_crf_image(image)
+        self.gaussian = _check_gaussian(gaussian)
+        self.bilateral = _check_bilateral(bilateral)
+        threads = check_num_threads(num_threads)
+        self._native = cpu_module().DenseCrf(
+            image, *self.gaussian, *self.bilateral, num_threads=threads
+        )
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """Image shape (H, W)."""
+        return int(self._native.height), int(self._native.width)
+
+    @property
+    def num_vertices(self) -> dict[str, int]:
+        """Lattice vertices per kernel (0 for a kernel that was not built)."""
+        return {
+            "gaussian": int(self._native.gaussian_vertices),
+            "bilateral": int(self._native.bilateral_vertices),
+        }
+
+    def infer(
+        self, probs, iterations: int = DEFAULT_ITERATIONS, num_threads: int | None = None
+    ) -> np.ndarray:
+        """Mean-field marginals for one label set.
+
+        Args:
+            probs: (K, H, W) label probabilities, K >= 1, finite and >= 0 (converted to
+                float32; clipped to [1e-5, 1]; not renormalised).
+            iterations: mean-field iterations (0 returns softmax(-unary)).
+            num_threads: threads; None uses every hardware thread.
+
+        Returns:
+            (K, H, W) float32 Q; each pixel's values sum to 1 (all ones when K == 1).
+        """
+        probs = as_crf_probs(probs, self.shape)
+        iterations = check_iterations(iterations)
+        threads = check_num_threads(num_threads)
+        return self._native.infer(probs, iterations, threads)
+
+    def infer_many(
+        self,
+        probs_list: Sequence,
+        iterations: int = DEFAULT_ITERATIONS,
+        num_threads: int | None = None,
+    ) -> list[np.ndarray]:
+        """:meth:`infer` for several label sets (numbers of labels may differ).
+
+        With at least as many sets as threads, the sets run concurrently, one thread each
+        (largest first); otherwise one after the other on all threads. Same results either way.
+        """
+        arrays = [
+            as_crf_probs(probs, self.shape, name=f"probs_list[{i}]")
+            for i, probs in enumerate(probs_list)
+        ]
+        iterations = check_iterations(iterations)
+        threads = check_num_threads(num_threads)
+        return self._native.infer_many(arrays, iterations, threads)
+
+    def __repr__(self) -> str:
+        height, width = self.shape
+        return (
+            f"CrfLattice({height}x{width}, gaussian={self.gaussian}, bilateral={self.bilateral}, "
+            f"vertices={self.num_vertices})"
+        )
+
+
+def dense_crf(
+    image,
+    probs,
+    iterations: int = DEFAULT_ITERATIONS,
+    gaussian: tuple[float, float] | None = DEFAULT_GAUSSIAN,
+    bilateral: tuple[float, float, float] | None = DEFAULT_BILATERAL,
+    num_threads: int | None = None,
+) -> np.ndarray:
+    """Dense CRF marginals of one label set on one image.
+
+    Args:
+        image: (H, W, 3) uint8 RGB.
+        probs: (K, H, W) label probabilities (see :meth:`CrfLattice.infer`).
+        iterations, gaussian, bilateral, num_threads: see :class:`CrfLattice`.
+
+    Returns:
+        (K, H, W) float32 Q.
+    """
+    lattice = CrfLattice(image, gaussian=gaussian, bilateral=bilateral, num_threads=num_threads)
+    return lattice.infer(probs, iterations=iterations, num_threads=num_threads)
+
+
+_shared_lock = threading.Lock()
+_shared: tuple[np.ndarray, tuple, tuple, CrfLattice] | None = None
+
+
+def shared_lattice(
+    image,
+    gaussian: tuple[float, float] | None = DEFAULT_GAUSSIAN,
+    bilateral: tuple[float, float, float] | None = DEFAULT_BILATERAL,
+    num_threads: int | None = None,
+) -> CrfLattice:
+    """The :class:`CrfLattice` of ``image``, reused while the same image and kernels come back.
+
+    A one-entry cache for callers that run several CRFs on one image through a per-call API
+    (:func:`hassod.postprocess.dense_crf` once per merge threshold): the lattices are built on
+    the first call and reused until an image or kernel parameters differ (compared exactly).
+    The cached lattice (and the buffers of its largest label set) stays in memory until then or
+    until :func:`clear_shared_lattice`. Thread-safe.
+    """
+    global _shared
+    image = as_crf_image(image)
+    gaussian, bilateral = _check_gaussian(gaussian), _check_bilateral(bilateral)
+    with _shared_lock:
+        if _shared is not None:
+            cached_image, cached_gaussian, cached_bilateral, lattice = _shared
+            if (
+                cached_gaussian == gaussian
+                and cached_bilateral == bilateral
+                and np.array_equal(cached_image, image)
+            ):
+                return lattice
+    lattice = CrfLattice(image, gaussian=gaussian, bilateral=bilateral, num_threads=num_threads)
+    with _shared_lock:
+        _shared = (image.copy(), gaussian, bilateral, lattice)
+    return lattice
+
+
+def clear_shared_lattice() -> None:
+    """Drop the lattice kept by :func:`shared_lattice`."""
+    global _shared
+    with _shared_lock:
+        _shared = None
+
+
+def dense_crf_batch(
+    images: Sequence,
+    probs_list: Sequence,
+    iterations: int = DEFAULT_ITERATIONS,
+    gaussian: tuple[float, float] | None = DEFAULT_GAUSSIAN,
+    bilateral: tuple[float, float, float] | None = DEFAULT_BILATERAL,
+    num_threads: int | None = None,
+) -> list[np.ndarray]:
+    """:func:`dense_crf` for many images (sizes may differ), images on parallel threads.
+
+    Args:
+        images: sequence of (H_i, W_i, 3) uint8 RGB images.
+        probs_list: sequence of (K_i, H_i, W_i) probabilities, one per image.
+
+    Returns:
+        list of (K_i, H_i, W_i) float32 Q.
+    """
+    images = list(images)
+    probs_list = list(probs_list)
+    if len(images) != len(probs_list):
+        raise ValueError(
+            f"images and probs_list must have the same length, got {len(images)} and "
+            f"{len(probs_list)}"
+        )
+    checked_images = [as_crf_image(image, name=f"images[{i}]") for i, image in enumerate(images)]
+    checked_probs = [
+        as_crf_probs(probs, image.shape[:2], name=f"probs_list[{i}]")
+        for i, (image, probs) in enumerate(zip(checked_images, probs_list))
+    ]
+    gaussian = _check_gaussian(gaussian)
+    bilateral = _check_bilateral(bilateral)
+    iterations = check_iterations(iterations)
+    threads = check_num_threads(num_threads)
+    return cpu_module().dense_crf_batch(
+        checked_images, checked_probs, iterations, *gaussian, *bilateral, num_threads=threads
+    )
+
+
+def as_crf_image(image, name: str = "image") -> np.ndarray:
+    """Validate an RGB image and return it as a C-contiguous (H, W, 3) uint8 array."""
+    array = np.asarray(image)
+    if array.dtype != np.uint8:
+        raise ValueError(
+            f"{name} must be uint8 RGB (got {array.dtype}); scale to 0..255 and convert with "
+            ".astype(np.uint8)"
+        )
+    if array.ndim != 3 or array.shape[2] != 3:
+        raise ValueError(f"{name} must have shape (H, W, 3), got shape {array.shape}")
+    if array.shape[0] == 0 or array.shape[1] == 0:
+        raise ValueError(f"{name} must have at least one pixel, got shape {array.shape}")
+    return np.ascontiguousarray(array)
+
+
+def as_crf_probs(probs, shape: tuple[int, int], name: str = "probs") -> np.ndarray:
+    """Validate (K, H, W) probabilities for an (H, W) image; returns C-contiguous float32.
+
+    Values are checked by the native code (finite, >= 0) without an extra pass over the data.
+    """
+    array = np.asarray(probs)
+    if array.dtype == np.bool_ or not (
+        np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)
+    ):
+        raise ValueError(f"{name} must hold real numbers (float or integer), got {array.dtype}")
+    if array.ndim != 3:
+        raise ValueError(f"{name} must have shape (K, H, W), got shape {array.shape}")
+    if tuple(array.shape[1:]) != tuple(shape):
+        raise ValueError(
+            f"{name} must have shape (K, {shape[0]}, {shape[1]}) to match the image, got "
+            f"{array.shape}"
+        )
+    if array.shape[0] == 0:
+        raise ValueError(f"{name} must hold at least one label, got shape {array.shape}")
+    return np.ascontiguousarray(array, dtype=np.float32)
+
+
+def check_iterations(iterations) -> int:
+    """Validate the number of mean-field iterations (an integer >= 0)."""
+    if isinstance(iterations, bool) or not isinstance(iterations, numbers.Integral):
+        raise ValueError(f"iterations must be a non-negative integer, got {iterations!r}")
+    if not 0 <= iterations <= 1_000_000:
+        raise ValueError(f"iterations must be between 0 and 1000000, got {iterations}")
+    return int(iterations)
+
+
+def _check_gaussian(gaussian) -> tuple[float, float]:
+    """(sxy, compat) as floats; None gives a zero compat (no kernel)."""
+    if gaussian is None:
+        return (1.0, 0.0)
+    sxy, compat = _numbers(gaussian, 2, "gaussian", "(sxy, compat)")
+    if compat != 0.0:
+        _check_positive(sxy, "gaussian sxy")
+    return (sxy, compat)
+
+
+def _check_bilateral(bilateral) -> tuple[float, float, float]:
+    """(sxy, srgb, compat) as floats; None gives a zero compat (no kernel)."""
+    if bilateral is None:
+        return (1.0, 1.0, 0.0)
+    sxy, srgb, compat = _numbers(bilateral, 3, "bilateral", "(sxy, srgb, compat)")
+    if compat != 0.0:
+        _check_positive(sxy, "bilateral sxy")
+        _check_positive(srgb, "bilateral srgb")
+    return (sxy, srgb, compat)
+
+
+def _numbers(values, count: int, name: str, form: str) -> tuple[float, ...]:
+    try:
+        items = tuple(values)
+    except TypeError as error:
+        raise ValueError(f"{name} must be a tuple {form} or None, got {values!r}") from error
+    if len(items) != count:
+        raise ValueError(f"{name} must be a tuple {form} or None, got {values!r}")
+    out = []
+    for item in items:
+        if isinstance(item, bool) or not isinstance(item, numbers.Real):
+            raise ValueError(f"{name} must hold numbers {form}, got {values!r}")
+        value = float(item)
+        if not math.isfinite(value):
+            raise ValueError(f"{name} must hold finite numbers {form}, got {values!r}")
+        out.append(value)
+    return tuple(out)
+
+
+def _check_positive(value: float, name: str) -> None:
+    if not value > 0.0:
+        raise ValueError(f"{name} must be positive, got {value}")
