@@ -83,6 +83,12 @@ def main(argv: list[str] | None = None) -> int:
         help="also drop masks with IoU >= X with a kept mask (default: exact duplicates only)",
     )
     discover.add_argument(
+        "--crf",
+        default="native",
+        choices=["native", "pydensecrf"],
+        help="dense CRF backend (default native; pydensecrf is the reference implementation)",
+    )
+    discover.add_argument(
         "--device", default="auto", help="cpu, cuda, cuda:N or auto (default: cuda if present)"
     )
     discover.add_argument(
@@ -474,6 +480,7 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _discovery_config(args: argparse.Namespace, parser: argparse.ArgumentParser):
     from hassod.discover import DiscoveryConfig
+    from hassod.postprocess import CrfParams
 
     try:
         return DiscoveryConfig(
@@ -481,6 +488,7 @@ def _discovery_config(args: argparse.Namespace, parser: argparse.ArgumentParser)
             size=args.size,
             thresholds=tuple(getattr(args, "thresholds", None) or (0.4, 0.2, 0.1)),
             feature_transform=args.feature_transform,
+            crf=CrfParams(backend=getattr(args, "crf", "native")),
             near_duplicate_iou=getattr(args, "near_duplicate_iou", None),
         )
     except ValueError as error:

@@ -560,3 +560,23 @@ def test_an_image_merged_into_one_region_gives_no_masks_not_an_error():
     assert record == {"id": image_id_for("flat.png"), "file_name": "flat.png", "width": 40,
                       "height": 30}  # fmt: skip
     assert annotations == []
+
+
+def test_crf_backend_option_reaches_the_config():
+    """`--crf pydensecrf` selects the reference CRF; the default is the native one."""
+    import argparse
+
+    from hassod.cli import _discovery_config
+
+    parser = argparse.ArgumentParser()
+    base = dict(
+        backbone="vit_small_patch14_dinov2",
+        size=112,
+        thresholds=None,
+        feature_transform="auto",
+        near_duplicate_iou=None,
+    )
+    native = _discovery_config(argparse.Namespace(**base, crf="native"), parser)
+    reference = _discovery_config(argparse.Namespace(**base, crf="pydensecrf"), parser)
+    assert native.crf.backend == "native" and reference.crf.backend == "pydensecrf"
+    assert native.as_dict()["crf"]["backend"] == "native"
