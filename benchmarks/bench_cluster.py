@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import statistics
 import sys
 import time
@@ -40,7 +39,7 @@ from hassod.reference import reference_cluster
 from hassod.testing import structured_features
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import describe_machine  # noqa: E402
+from machine import describe_machine, write_report  # noqa: E402
 from peer_skimage import adjusted_rand_index, skimage_cluster  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -245,10 +244,7 @@ def main(argv: list[str] | None = None) -> int:
         f"1 thread, {batch['ms_per_image_2_threads']:.2f} on 2 threads "
         f"({batch['speedup_2_threads']:.2f}x)"
     )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    temporary = args.out.with_suffix(".tmp")
-    temporary.write_text(json.dumps(report, indent=2))
-    temporary.replace(args.out)
+    write_report(args.out, report)
     print(f"wrote {args.out}")
     return 0
 

@@ -24,7 +24,6 @@ Prints a table and writes JSON.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -39,7 +38,7 @@ from hassod.postprocess import dense_crf as postprocess_dense_crf
 from hassod.testing import partition_probs, slic_partition
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import describe_machine  # noqa: E402
+from machine import describe_machine, write_report  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZE = (480, 480)
@@ -199,10 +198,7 @@ def main(argv: list[str] | None = None) -> int:
             f"  {label:42} {workload[key + '_s']:7.3f} s  "
             f"{workload['speedup_' + key]:5.2f}x vs pydensecrf"
         )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    temporary = args.out.with_suffix(".tmp")
-    temporary.write_text(json.dumps(report, indent=2))
-    temporary.replace(args.out)
+    write_report(args.out, report)
     print(f"wrote {args.out}")
     return 0
 

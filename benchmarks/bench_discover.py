@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import describe_machine  # noqa: E402
+from machine import describe_machine, write_report  # noqa: E402
 from photos import (  # noqa: E402
     DINOV2,
     ROOT,
@@ -272,10 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{source}; {args.backbone} ({report['weights']}) at {size}x{size}, {args.device}, "
           f"batch {args.batch_size}")  # fmt: skip
     print(table(runs))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    partial = args.out.with_name(f".{args.out.name}.tmp")
-    partial.write_text(json.dumps(report, indent=2) + "\n")
-    partial.replace(args.out)
+    write_report(args.out, report)
     print(f"wrote {args.out}")
     return 0
 

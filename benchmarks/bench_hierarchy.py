@@ -22,7 +22,6 @@ Prints a table and writes JSON (atomically).
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -35,7 +34,7 @@ import hassod
 from hassod.reference import reference_hierarchy
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import describe_machine  # noqa: E402
+from machine import describe_machine, write_report  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 HEIGHT, WIDTH = 480, 640
@@ -242,10 +241,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{targets['native_ms_K16']:.3f} ms per forest (< 2 ms: "
         f"{targets['native_ms_K16_met (< 2 ms)']})"
     )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    temporary = args.out.with_suffix(".tmp")
-    temporary.write_text(json.dumps(report, indent=2))
-    temporary.replace(args.out)
+    write_report(args.out, report)
     print(f"wrote {args.out}")
     return 0
 

@@ -26,3 +26,13 @@ def describe_machine() -> dict:
         "python": platform.python_version(),
         "numpy": np.__version__,
     }
+
+
+def write_report(path, report: dict) -> None:
+    """Write a benchmark report as indented JSON, atomically, creating the folder."""
+    import json
+
+    from hassod._io import atomic_open
+
+    with atomic_open(path, "w", encoding="utf-8", parents=True) as handle:
+        handle.write(json.dumps(report, indent=2) + "\n")

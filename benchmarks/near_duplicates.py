@@ -16,7 +16,6 @@ writes JSON (atomically).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -24,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import describe_machine  # noqa: E402
+from machine import describe_machine, write_report  # noqa: E402
 from photos import DINOV2, ROOT, WEIGHTS, real_photos, require_shared  # noqa: E402
 
 SKIMAGE_PHOTOS = ("astronaut", "coffee", "chelsea")
@@ -145,10 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     report["paper_table2"] = PAPER
     report["machine"] = describe_machine()
     print(table(report))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    temporary = args.out.with_name(f".{args.out.name}.tmp")
-    temporary.write_text(json.dumps(report, indent=2) + "\n")
-    temporary.replace(args.out)
+    write_report(args.out, report)
     print(f"\nwrote {args.out}")
     return 0
 
