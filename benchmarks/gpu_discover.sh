@@ -40,27 +40,8 @@ export PYTHONUNBUFFERED=1
 results=${OUT:-benchmarks/results}
 mkdir -p "$results"
 
-echo "== machine"
-if command -v nvidia-smi >/dev/null; then
-  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
-fi
-echo "CPUs: $(nproc)"
-
-if [ -d .whl ] && compgen -G ".whl/*.whl" >/dev/null; then
-  echo "== installing the carried wheels into /tmp/site"
-  "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/site .whl/*.whl
-  export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
-fi
-"$PYTHON" - <<'EOF'
-import importlib, sys
-missing = [m for m in ("torch", "timm", "scipy", "PIL", "tqdm", "skimage", "pycocotools", "pydensecrf")
-           if importlib.util.find_spec(m) is None]
-if missing:
-    sys.exit(f"missing Python packages: {', '.join(missing)} (carry wheels in .whl/, see the header)")
-import torch
-print("torch", torch.__version__, "cuda", torch.version.cuda, "available", torch.cuda.is_available())
-EOF
+source "$(dirname "$0")/gpu_common.sh"
+require_modules torch timm scipy PIL tqdm skimage pycocotools pydensecrf
 
 if ! "$PYTHON" -c "import hassod._C" 2>/dev/null; then
   echo "== build (CPU module, in place)"

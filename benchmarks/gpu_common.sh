@@ -1,0 +1,26 @@
+# Sourced by the gpu_*.sh scripts: prints the machine and makes carried wheels importable.
+# Needs PYTHON set. Wheels for packages the device image lacks (pycocotools, pydensecrf2, ...)
+# can be carried in .whl/ at the repository root; they are installed into /tmp/site.
+
+echo "== machine"
+if command -v nvidia-smi >/dev/null; then
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
+fi
+echo "CPUs: $(nproc)"
+
+if [ -d .whl ] && compgen -G ".whl/*.whl" >/dev/null; then
+  echo "== installing the carried wheels into /tmp/site"
+  "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl
+  export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
+
+# require_modules MODULE...: exit with a clear message when one cannot be imported.
+require_modules() {
+  "$PYTHON" - "$@" <<'PY'
+import importlib.util, sys
+missing = [m for m in sys.argv[1:] if importlib.util.find_spec(m) is None]
+if missing:
+    sys.exit(f"missing Python packages: {', '.join(missing)} (carry wheels in .whl/, see the header)")
+PY
+}
