@@ -28,7 +28,11 @@ DEFAULT_BACKBONE = "vit_base_patch8_224.dino"
 def main(argv: list[str] | None = None) -> int:
     from hassod.discover import DEFAULT_MAX_PIXELS
 
-    parser = argparse.ArgumentParser(prog="hassod", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="hassod",
+        description="HASSOD: object masks and their whole/part/subpart levels from unlabeled "
+        "images, and a detector trained on them.",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     cluster = commands.add_parser(
         "cluster",
