@@ -278,3 +278,11 @@ def test_train_cli_exit_codes(synthetic, tmp_path, capsys):
     assert main(["train", str(json_path), str(images), "--out", str(out), *short, *quiet]) == 0
     assert "model_final.pth" in capsys.readouterr().out
     assert ckpt.load_checkpoint(out / "checkpoints" / "model_final.pth")["teacher"] is not None
+
+
+def test_only_rank_zero_reports_the_training_summary():
+    from hassod.detector.cli import is_main_process
+
+    assert is_main_process({})
+    assert is_main_process({"RANK": "0"})
+    assert not is_main_process({"RANK": "1"})

@@ -6,6 +6,7 @@ Importing this module is light (argparse only); torch loads when a command runs.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -138,6 +139,12 @@ def _train_config(args, parser):
     return config
 
 
+def is_main_process(environ=None) -> bool:
+    """True unless torchrun made this process a rank other than 0 (RANK)."""
+    environ = os.environ if environ is None else environ
+    return environ.get("RANK", "0") in ("", "0")
+
+
 def run_train_command(args, parser) -> int:
     config = _train_config(args, parser)
     import warnings
@@ -171,6 +178,8 @@ def run_train_command(args, parser) -> int:
         return EXIT_RUN_ERROR
     finally:
         warnings.showwarning = previous_showwarning
+    if not is_main_process():
+        return EXIT_OK  # rank 0 reports for every process
     skipped = len(result.skipped_images)
     print(
         f"trained iterations {result.start_iteration}..{result.iterations_done} in "
