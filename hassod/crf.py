@@ -45,6 +45,24 @@ DEFAULT_GAUSSIAN: tuple[float, float] = (3.0, 7.0)  # (sxy, compat)
 DEFAULT_BILATERAL: tuple[float, float, float] = (50.0, 5.0, 10.0)  # (sxy, srgb, compat)
 
 
+_default_num_threads: int | None = None
+
+
+def set_default_num_threads(num_threads: int | None) -> None:
+    """Threads used when a call passes ``num_threads=None`` (None again: every hardware thread).
+
+    Process pools that already keep every core busy (``hassod discover --workers``) set 1 in
+    each worker so that the CRF does not oversubscribe the machine.
+    """
+    global _default_num_threads
+    check_num_threads(num_threads)
+    _default_num_threads = num_threads
+
+
+def _threads(num_threads: int | None) -> int:
+    return check_num_threads(_default_num_threads if num_threads is None else num_threads)
+
+
 class CrfLattice:
     """One image's CRF kernels, built once, for inference over any number of label sets.
 
@@ -70,7 +88,7 @@ class CrfLattice:
         image = as_crf_image(image)
         self.gaussian = _check_gaussian(gaussian)
         self.bilateral = _check_bilateral(bilateral)
-        threads = check_num_threads(num_threads)
+        threads = _threads(num_threads)
         self._native = cpu_module().DenseCrf(
             image, *self.gaussian, *self.bilateral, num_threads=threads
         )
@@ -104,7 +122,7 @@ class CrfLattice:
         """
         probs = as_crf_probs(probs, self.shape)
         iterations = check_iterations(iterations)
-        threads = check_num_threads(num_threads)
+        threads = _threads(num_threads)
         return self._native.infer(probs, iterations, threads)
 
     def infer_many(
@@ -123,7 +141,7 @@ class CrfLattice:
             for i, probs in enumerate(probs_list)
         ]
         iterations = check_iterations(iterations)
-        threads = check_num_threads(num_threads)
+        threads = _threads(num_threads)
         return self._native.infer_many(arrays, iterations, threads)
 
     def __repr__(self) -> str:
@@ -231,7 +249,7 @@ def dense_crf_batch(
     gaussian = _check_gaussian(gaussian)
     bilateral = _check_bilateral(bilateral)
     iterations = check_iterations(iterations)
-    threads = check_num_threads(num_threads)
+    threads = _threads(num_threads)
     return cpu_module().dense_crf_batch(
         checked_images, checked_probs, iterations, *gaussian, *bilateral, num_threads=threads
     )

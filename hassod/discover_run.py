@@ -234,7 +234,10 @@ def _worker_init() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     import torch
 
+    from hassod.crf import set_default_num_threads
+
     torch.set_num_threads(1)
+    set_default_num_threads(1)  # the pool already keeps every core busy
 
 
 def _process_context():

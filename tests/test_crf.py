@@ -319,3 +319,26 @@ def test_bad_inputs(small_case):
     for threads in (0, -1, 1.5):
         with pytest.raises(ValueError, match="num_threads"):
             dense_crf(image, probs, num_threads=threads)
+
+
+def test_default_thread_count_can_be_set_per_process(monkeypatch):
+    """Worker pools pin the CRF to one thread; results do not change."""
+    import hassod.crf as crf_module
+
+    rng = np.random.default_rng(5)
+    image = rng.integers(0, 256, (24, 20, 3), dtype=np.uint8)
+    probs = rng.dirichlet(np.ones(3), size=(24, 20)).transpose(2, 0, 1).astype(np.float32)
+    seen = []
+    original = crf_module.check_num_threads
+    monkeypatch.setattr(crf_module, "check_num_threads", lambda n: seen.append(n) or original(n))
+    crf_module.set_default_num_threads(1)
+    try:
+        seen.clear()
+        pinned = crf_module.dense_crf(image, probs)
+        pinned_threads = list(seen)
+    finally:
+        crf_module.set_default_num_threads(None)
+    assert pinned_threads and all(n == 1 for n in pinned_threads)
+    np.testing.assert_array_equal(pinned, crf_module.dense_crf(image, probs, num_threads=2))
+    with pytest.raises(ValueError, match="num_threads"):
+        crf_module.set_default_num_threads(0)
