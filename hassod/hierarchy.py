@@ -122,12 +122,7 @@ def build_hierarchy(
     CUDA masks or intersections give a :class:`Hierarchy` of torch tensors on their device.
     """
     cover = _check_fraction(cover, "cover")
-    if (masks is None) == (intersections is None):
-        raise ValueError("pass either masks or intersections=, not both and not neither")
-    if intersections is None:
-        intersections, _ = coverage_matrix(masks)
-    else:
-        intersections = check_intersections(intersections)
+    intersections = _intersections_of(masks, intersections)
     if _cuda.is_cuda_tensor(intersections):
         forest = _cuda.build_forest(intersections, cover)
     else:
@@ -178,15 +173,19 @@ def dedup_masks(masks=None, iou: float = 1.0, *, intersections: np.ndarray | Non
         (K',) int64 ascending indices (a torch tensor on the device of CUDA input).
     """
     iou = _check_fraction(iou, "iou")
-    if (masks is None) == (intersections is None):
-        raise ValueError("pass either masks or intersections=, not both and not neither")
-    if intersections is None:
-        intersections, _ = coverage_matrix(masks)
-    else:
-        intersections = check_intersections(intersections)
+    intersections = _intersections_of(masks, intersections)
     if _cuda.is_cuda_tensor(intersections):
         return _cuda.dedup_masks(intersections, iou)
     return cpu_module().dedup_masks(intersections, iou).astype(np.int64)
+
+
+def _intersections_of(masks, intersections):
+    """The (K, K) matrix from exactly one of ``masks`` (computed) or ``intersections`` (checked)."""
+    if (masks is None) == (intersections is None):
+        raise ValueError("pass either masks or intersections=, not both and not neither")
+    if intersections is None:
+        return coverage_matrix(masks)[0]
+    return check_intersections(intersections)
 
 
 def check_intersections(intersections) -> np.ndarray:
