@@ -525,15 +525,8 @@ def run_discover_command(args: argparse.Namespace, parser: argparse.ArgumentPars
             progress=not args.quiet,
         )
         summary = discover_run.run_discover(options)
-    except discover_run.UsageError as error:
-        print(f"hassod discover: error: {error}", file=sys.stderr)
-        return discover_run.EXIT_USAGE
-    except discover_run.RunError as error:
-        print(f"hassod discover: {error}", file=sys.stderr)
-        return discover_run.EXIT_RUN_ERROR
-    except discover_run.Interrupted as error:
-        print(f"hassod discover: {error}", file=sys.stderr)
-        return discover_run.EXIT_INTERRUPTED
+    except (discover_run.UsageError, discover_run.RunError, discover_run.Interrupted) as error:
+        return _report_run_error("discover", error)
     print(summary.format())
     if summary.shard is not None:
         count = summary.shard[1]
@@ -542,6 +535,19 @@ def run_discover_command(args: argparse.Namespace, parser: argparse.ArgumentPars
             f"hassod merge-shards {args.out}.parts/shard-*-of-{count}/ --out {args.out}"
         )
     return 0
+
+
+def _report_run_error(command: str, error: Exception) -> int:
+    """Print a discovery run's error and return its exit code (2 usage, 1 run, 130 interrupt)."""
+    from hassod import discover_run
+
+    if isinstance(error, discover_run.UsageError):
+        print(f"hassod {command}: error: {error}", file=sys.stderr)
+        return discover_run.EXIT_USAGE
+    print(f"hassod {command}: {error}", file=sys.stderr)
+    if isinstance(error, discover_run.Interrupted):
+        return discover_run.EXIT_INTERRUPTED
+    return discover_run.EXIT_RUN_ERROR
 
 
 def run_merge_command(args: argparse.Namespace) -> int:
@@ -580,15 +586,8 @@ def run_demo_command(args: argparse.Namespace, parser: argparse.ArgumentParser) 
     )
     try:
         summary = discover_run.run_discover(options)
-    except discover_run.UsageError as error:
-        print(f"hassod demo: error: {error}", file=sys.stderr)
-        return discover_run.EXIT_USAGE
-    except discover_run.RunError as error:
-        print(f"hassod demo: {error}", file=sys.stderr)
-        return discover_run.EXIT_RUN_ERROR
-    except discover_run.Interrupted as error:
-        print(f"hassod demo: {error}", file=sys.stderr)
-        return discover_run.EXIT_INTERRUPTED
+    except (discover_run.UsageError, discover_run.RunError, discover_run.Interrupted) as error:
+        return _report_run_error("demo", error)
     print(summary.format())
     coco = json.loads(summary.json_path.read_text(encoding="utf-8"))
     figures = discover_run.write_level_figures(coco, images_dir, out_dir / "figures")
