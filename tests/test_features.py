@@ -97,6 +97,12 @@ def test_attention_keys_match_manual_forward(tiny_model, shape):
     assert keys.dtype == torch.float32
     assert not keys.requires_grad and not keys.is_inference()
     # timm resizes pos_embed with antialias=True; the module (like DINO/DINOv2) without.
+    expected = manual_keys_without_antialias(tiny_model, images)
+    torch.testing.assert_close(keys, expected, rtol=0, atol=0)
+
+
+def manual_keys_without_antialias(model, images):
+    """manual_keys with timm's pos_embed resize told antialias=False, as hassod resizes."""
     with pytest.MonkeyPatch.context() as patch:
         import timm.models.vision_transformer as vit
 
@@ -106,8 +112,7 @@ def test_attention_keys_match_manual_forward(tiny_model, shape):
             "resample_abs_pos_embed",
             lambda *args, **kwargs: original(*args, **{**kwargs, "antialias": False}),
         )
-        expected = manual_keys(tiny_model, images)
-    torch.testing.assert_close(keys, expected, rtol=0, atol=0)
+        return manual_keys(model, images)
 
 
 def test_attention_keys_is_the_k_third_of_qkv(tiny_model):
@@ -137,16 +142,7 @@ def test_attention_keys_drop_register_tokens():
     images = torch.randn(2, 3, 224, 192, generator=torch.Generator().manual_seed(4))
     keys = features.attention_keys(model, images)
     assert keys.shape == (2, 14, 12, 192)
-    with pytest.MonkeyPatch.context() as patch:
-        import timm.models.vision_transformer as vit
-
-        original = vit.resample_abs_pos_embed
-        patch.setattr(
-            vit,
-            "resample_abs_pos_embed",
-            lambda *args, **kwargs: original(*args, **{**kwargs, "antialias": False}),
-        )
-        expected = manual_keys(model, images)
+    expected = manual_keys_without_antialias(model, images)
     torch.testing.assert_close(keys, expected, rtol=0, atol=0)
 
 
