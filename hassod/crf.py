@@ -25,12 +25,18 @@ Forms:
   :meth:`~CrfLattice.infer_many` runs label sets on parallel threads.
 * :func:`shared_lattice`: the same reuse behind a per-call API (a one-entry cache).
 * :func:`dense_crf_batch`: many images, one label set each, images on parallel threads.
+
+CUDA: :func:`dense_crf` and :func:`dense_crf_batch` run on the GPU (:mod:`hassod.crf_torch`, a
+whole batch at once) when the image or probabilities are CUDA tensors or ``device`` names a
+CUDA device, and then return float32 tensors on that device; otherwise they run the native
+CPU code and return numpy arrays.
 """
 
 from __future__ import annotations
 
 import math
 import numbers
+import sys
 import threading
 from collections.abc import Sequence
 
@@ -159,17 +165,27 @@ def dense_crf(
     gaussian: tuple[float, float] | None = DEFAULT_GAUSSIAN,
     bilateral: tuple[float, float, float] | None = DEFAULT_BILATERAL,
     num_threads: int | None = None,
-) -> np.ndarray:
+    device=None,
+):
     """Dense CRF marginals of one label set on one image.
 
     Args:
         image: (H, W, 3) uint8 RGB.
         probs: (K, H, W) label probabilities (see :meth:`CrfLattice.infer`).
         iterations, gaussian, bilateral, num_threads: see :class:`CrfLattice`.
+        device: None runs on the GPU when ``image`` or ``probs`` is a CUDA tensor, else on the
+            CPU; a CUDA device (``"cuda"``, ``torch.device``) forces the GPU path.
 
     Returns:
-        (K, H, W) float32 Q.
+        (K, H, W) float32 Q: a numpy array from the CPU path, a tensor on the device from the
+        GPU path.
     """
+    gpu = _gpu_device(device, image, probs)
+    if gpu is not None:
+        from hassod.crf_torch import CrfBatch
+
+        batch = CrfBatch([image], gaussian=gaussian, bilateral=bilateral, device=gpu)
+        return batch.infer([probs], iterations=iterations)[0]
     lattice = CrfLattice(image, gaussian=gaussian, bilateral=bilateral, num_threads=num_threads)
     return lattice.infer(probs, iterations=iterations, num_threads=num_threads)
 
@@ -224,18 +240,30 @@ def dense_crf_batch(
     gaussian: tuple[float, float] | None = DEFAULT_GAUSSIAN,
     bilateral: tuple[float, float, float] | None = DEFAULT_BILATERAL,
     num_threads: int | None = None,
-) -> list[np.ndarray]:
+    device=None,
+) -> list:
     """:func:`dense_crf` for many images (sizes may differ), images on parallel threads.
 
     Args:
         images: sequence of (H_i, W_i, 3) uint8 RGB images.
         probs_list: sequence of (K_i, H_i, W_i) probabilities, one per image.
+        device: None runs on the GPU when the first image or probabilities are CUDA tensors,
+            else on the CPU; a CUDA device forces the GPU path, which runs the images in
+            batches of about 4 million pixels (:func:`hassod.crf_torch.dense_crf_batch_torch`).
 
     Returns:
-        list of (K_i, H_i, W_i) float32 Q.
+        list of (K_i, H_i, W_i) float32 Q: numpy arrays from the CPU path, tensors on the
+        device from the GPU path.
     """
     images = list(images)
     probs_list = list(probs_list)
+    gpu = _gpu_device(device, images[0] if images else None, probs_list[0] if probs_list else None)
+    if gpu is not None:
+        from hassod.crf_torch import dense_crf_batch_torch
+
+        return dense_crf_batch_torch(
+            images, probs_list, iterations, gaussian=gaussian, bilateral=bilateral, device=gpu
+        )
     if len(images) != len(probs_list):
         raise ValueError(
             f"images and probs_list must have the same length, got {len(images)} and "
@@ -255,6 +283,30 @@ def dense_crf_batch(
     )
 
 
+def _gpu_device(device, *inputs):
+    """The CUDA device to run on: ``device`` if it names one, else that of a CUDA tensor input.
+
+    None means the native CPU path. torch is only consulted when it is already imported (no
+    input can be a tensor otherwise), so the CPU path never imports it.
+    """
+    torch = sys.modules.get("torch")
+    if device is not None:
+        if torch is None:
+            import torch
+        chosen = torch.device(device)
+        if chosen.type == "cpu":
+            return None
+        if chosen.type != "cuda":
+            raise ValueError(f"device must be a CPU or CUDA device, got {device!r}")
+        return chosen
+    if torch is None:
+        return None
+    for item in inputs:
+        if isinstance(item, torch.Tensor) and item.is_cuda:
+            return item.device
+    return None
+
+
 def as_crf_image(image, name: str = "image") -> np.ndarray:
     """Validate an RGB image and return it as a C-contiguous (H, W, 3) uint8 array."""
     array = np.asarray(image)
@@ -263,11 +315,17 @@ def as_crf_image(image, name: str = "image") -> np.ndarray:
             f"{name} must be uint8 RGB (got {array.dtype}); scale to 0..255 and convert with "
             ".astype(np.uint8)"
         )
-    if array.ndim != 3 or array.shape[2] != 3:
-        raise ValueError(f"{name} must have shape (H, W, 3), got shape {array.shape}")
-    if array.shape[0] == 0 or array.shape[1] == 0:
-        raise ValueError(f"{name} must have at least one pixel, got shape {array.shape}")
+    check_image_shape(array.shape, name)
     return np.ascontiguousarray(array)
+
+
+def check_image_shape(shape: tuple, name: str = "image") -> None:
+    """An image must be (H, W, 3) with at least one pixel."""
+    shape = tuple(int(v) for v in shape)
+    if len(shape) != 3 or shape[2] != 3:
+        raise ValueError(f"{name} must have shape (H, W, 3), got shape {shape}")
+    if shape[0] == 0 or shape[1] == 0:
+        raise ValueError(f"{name} must have at least one pixel, got shape {shape}")
 
 
 def as_crf_probs(probs, shape: tuple[int, int], name: str = "probs") -> np.ndarray:
@@ -280,16 +338,22 @@ def as_crf_probs(probs, shape: tuple[int, int], name: str = "probs") -> np.ndarr
         np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)
     ):
         raise ValueError(f"{name} must hold real numbers (float or integer), got {array.dtype}")
-    if array.ndim != 3:
-        raise ValueError(f"{name} must have shape (K, H, W), got shape {array.shape}")
-    if tuple(array.shape[1:]) != tuple(shape):
-        raise ValueError(
-            f"{name} must have shape (K, {shape[0]}, {shape[1]}) to match the image, got "
-            f"{array.shape}"
-        )
-    if array.shape[0] == 0:
-        raise ValueError(f"{name} must hold at least one label, got shape {array.shape}")
+    check_probs_shape(array.shape, shape, name)
     return np.ascontiguousarray(array, dtype=np.float32)
+
+
+def check_probs_shape(shape: tuple, image_shape: tuple[int, int], name: str = "probs") -> None:
+    """Probabilities must be (K, H, W) with K >= 1 and (H, W) the image's."""
+    shape = tuple(int(v) for v in shape)
+    if len(shape) != 3:
+        raise ValueError(f"{name} must have shape (K, H, W), got shape {shape}")
+    if shape[1:] != tuple(image_shape):
+        raise ValueError(
+            f"{name} must have shape (K, {image_shape[0]}, {image_shape[1]}) to match the "
+            f"image, got {shape}"
+        )
+    if shape[0] == 0:
+        raise ValueError(f"{name} must hold at least one label, got shape {shape}")
 
 
 def check_iterations(iterations) -> int:

@@ -1,0 +1,588 @@
+"""Dense CRF for batches of images with torch operations: the GPU path of :mod:`hassod.crf`.
+
+The same model and numerical conventions as the native CPU CRF (csrc/crf, equal to pydensecrf's
+``DenseCRF2D`` with the authors' kernels): the permutohedral lattice is built with densecrf's
+elevation, rounding, ranks and barycentric weights, the blur weights are (1/2, 1, 1/2) along
+each lattice axis, the kernels are normalised symmetrically and the unary is ``clip(P, 1e-5,
+1)``. Only the order of floating-point summation differs (the GPU sums in its own order), so Q
+agrees with the CPU path to a few 1e-6 (tests/test_crf_torch.py), not bit for bit.
+
+How a batch runs on one device:
+
+* **Lattices.** Every image's points (pixels) get their simplex corners with vectorised
+  arithmetic; the corners' integer keys, prefixed with the image's index so that images never
+  share a vertex, are packed into one int64 each and numbered with ``torch.unique``. Blur
+  neighbours are found with ``torch.searchsorted`` on the sorted keys.
+* **Filtering** is three sparse matrix products per kernel and step: splat (vertices x points),
+  one blur matrix per lattice axis (vertices x vertices, three entries a row) and slice (points
+  x vertices), all CSR, applied to every label of every image of the batch at once.
+* **Label sets.** Each image can bring several label sets (the discovery pipeline runs one CRF
+  per merge threshold on the same image); they are columns side by side, each padded to the
+  batch's largest count, and share the lattices. The softmax runs per label set; padded columns
+  hold zero probability and stay exactly zero.
+
+The CUDA path is chosen automatically by :func:`hassod.crf.dense_crf` and
+:func:`hassod.crf.dense_crf_batch` for CUDA tensors; :class:`CrfBatch` is the direct form and
+also runs on the CPU (tests compare it with the native CPU CRF there).
+
+Limits: lattice keys must fit in 63 bits, which holds for images and bandwidths of ordinary size
+(a 4096 x 4096 image with the default kernels uses under 50 of them); features so spread that
+they do not fit raise ValueError (smaller batches, or the CPU path, which has no such limit).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from hassod.crf import (
+    DEFAULT_BILATERAL,
+    DEFAULT_GAUSSIAN,
+    DEFAULT_ITERATIONS,
+    _check_bilateral,
+    _check_gaussian,
+    check_image_shape,
+    check_iterations,
+    check_probs_shape,
+)
+
+#: Probabilities are clipped to [MIN_PROBABILITY, 1] (pydensecrf's unary_from_softmax clip).
+MIN_PROBABILITY = 1e-5
+# Lattice coordinates are integers held in float32 while the lattice is built: keep them well
+# inside the range where float32 represents integers exactly (the native code's limit too).
+_MAX_ELEVATED = 2.0**22
+
+
+#: How the lattice filter runs: ``"spmm"`` (sparse CSR matrix products, the default) or
+#: ``"gather"`` (index_add / index_select per simplex corner; kept for comparison).
+METHODS = ("spmm", "gather")
+
+
+@dataclass
+class _Kernel:
+    """One pairwise term of a batch: its lattice as sparse matrices (and as index arrays)."""
+
+    splat: torch.Tensor  # (M, N) CSR: barycentric weight * norm(point)
+    blurs: list[torch.Tensor]  # d+1 of (M, M) CSR: 1 on the diagonal, 1/2 per neighbour
+    slice: torch.Tensor  # (N, M) CSR: barycentric weight * alpha * norm(point) * compat
+    num_vertices: int
+    entry_vertex: torch.Tensor  # (N, d+1) vertex of each simplex corner
+    splat_weight: torch.Tensor  # (N, d+1)
+    slice_weight: torch.Tensor  # (N, d+1)
+    neighbours: torch.Tensor  # (d+1, 2, M): blur neighbours, M where missing
+
+    def filter(self, values: torch.Tensor, method: str = "spmm") -> torch.Tensor:
+        """Splat, blur along every axis, slice: (N, C) -> (N, C)."""
+        if method == "gather":
+            return self._filter_gather(values)
+        vertex_values = self.splat @ values
+        for blur in self.blurs:
+            vertex_values = blur @ vertex_values
+        return self.slice @ vertex_values
+
+    def _filter_gather(self, values: torch.Tensor) -> torch.Tensor:
+        m = self.num_vertices
+        # Row m stays zero: it stands for missing blur neighbours.
+        vertex_values = values.new_zeros(m + 1, values.shape[1])
+        for r in range(self.entry_vertex.shape[1]):
+            vertex_values.index_add_(
+                0, self.entry_vertex[:, r], values * self.splat_weight[:, r : r + 1]
+            )
+        for pair in self.neighbours:
+            blurred = vertex_values[pair[0]] + vertex_values[pair[1]]
+            vertex_values = torch.cat([vertex_values[:m] + 0.5 * blurred, vertex_values[m:]], dim=0)
+        out = None
+        for r in range(self.entry_vertex.shape[1]):
+            term = vertex_values[self.entry_vertex[:, r]] * self.slice_weight[:, r : r + 1]
+            out = term if out is None else out + term
+        return out
+
+
+def _as_image(image, device: torch.device, name: str) -> torch.Tensor:
+    """(H, W, 3) uint8 image as a tensor on ``device``, with the CPU path's checks."""
+    if isinstance(image, torch.Tensor):
+        if image.dtype != torch.uint8:
+            raise ValueError(
+                f"{name} must be uint8 RGB (got {image.dtype}); scale to 0..255 and convert "
+                "with .to(torch.uint8)"
+            )
+        tensor = image
+    else:
+        array = np.asarray(image)
+        if array.dtype != np.uint8:
+            raise ValueError(
+                f"{name} must be uint8 RGB (got {array.dtype}); scale to 0..255 and convert "
+                "with .astype(np.uint8)"
+            )
+        tensor = _from_numpy(array)
+    check_image_shape(tensor.shape, name)
+    return tensor.to(device)
+
+
+def _as_probs(probs, shape: tuple[int, int], device: torch.device, name: str) -> torch.Tensor:
+    """(K, H, W) probabilities as float32 on ``device``, checked finite and >= 0."""
+    if isinstance(probs, torch.Tensor):
+        tensor = probs
+        if tensor.dtype == torch.bool or tensor.is_complex():
+            raise ValueError(
+                f"{name} must hold real numbers (float or integer), got {tensor.dtype}"
+            )
+    else:
+        array = np.asarray(probs)
+        if array.dtype == np.bool_ or not (
+            np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)
+        ):
+            raise ValueError(f"{name} must hold real numbers (float or integer), got {array.dtype}")
+        tensor = _from_numpy(array)
+    check_probs_shape(tensor.shape, shape, name)
+    tensor = tensor.to(device=device, dtype=torch.float32)
+    if not bool(torch.logical_and(tensor >= 0, tensor <= torch.finfo(torch.float32).max).all()):
+        raise ValueError(f"{name}: probabilities must be finite and >= 0")
+    return tensor
+
+
+def _from_numpy(array: np.ndarray) -> torch.Tensor:
+    array = np.ascontiguousarray(array)
+    if not array.flags.writeable:  # torch wants writable memory; copy read-only inputs
+        array = array.copy()
+    return torch.from_numpy(array)
+
+
+def _scales(dims: int) -> list[float]:
+    """densecrf's elevation scale factors, rounded to float32 as it stores them."""
+    corners = dims + 1
+    inv_std_dev = float(np.float32(math.sqrt(2.0 / 3.0) * corners))
+    return [
+        float(np.float32(1.0 / math.sqrt(float((i + 2) * (i + 1))) * inv_std_dev))
+        for i in range(dims)
+    ]
+
+
+def _simplices(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Enclosing simplex of every point, in float32 exactly as densecrf (and csrc/crf) do.
+
+    Returns ``(remainder0 (N, d) int64, rank (N, d+1) int64, weights (N, d+1) float32)``.
+    """
+    num_points, dims = features.shape
+    corners = dims + 1
+    scale = _scales(dims)
+    down = float(np.float32(1.0) / np.float32(corners))
+    elevated = torch.empty(num_points, corners, dtype=torch.float32, device=features.device)
+    running = torch.zeros(num_points, dtype=torch.float32, device=features.device)
+    for j in range(dims, 0, -1):
+        scaled = features[:, j - 1] * scale[j - 1]
+        elevated[:, j] = running - scaled * float(j)
+        running = running + scaled
+    elevated[:, 0] = running
+    if not bool((elevated.abs() < _MAX_ELEVATED).all()):
+        raise ValueError(
+            "lattice features are not finite or too large (is a kernel's bandwidth far too small?)"
+        )
+    # Nearest remainder-0 point: coordinates rounded half to even to multiples of d+1.
+    rounded = torch.round(elevated * down)
+    remainder0 = rounded * float(corners)
+    shift = rounded.sum(dim=1).to(torch.int64)
+    offset = elevated - remainder0
+    # Rank of each coordinate's offset (ties go to the later coordinate).
+    rank = torch.zeros(num_points, corners, dtype=torch.int64, device=features.device)
+    for i in range(dims):
+        for j in range(i + 1, corners):
+            later = (offset[:, i] < offset[:, j]).to(torch.int64)
+            rank[:, i] += later
+            rank[:, j] += 1 - later
+    # Back onto the plane when the rounded coordinates do not sum to zero.
+    rank += shift[:, None]
+    below = rank < 0
+    above = rank >= corners
+    rank = torch.where(below, rank + corners, torch.where(above, rank - corners, rank))
+    remainder0 = torch.where(
+        below,
+        remainder0 + float(corners),
+        torch.where(above, remainder0 - float(corners), remainder0),
+    )
+    # Barycentric coordinates: each slot gets one + and one - term, so the order is immaterial.
+    values = (elevated - remainder0) * down
+    bary = torch.zeros(num_points, corners + 1, dtype=torch.float32, device=features.device)
+    bary.scatter_add_(1, dims - rank, values)
+    bary.scatter_add_(1, dims - rank + 1, -values)
+    bary[:, 0] = bary[:, 0] + (1.0 + bary[:, corners])
+    return remainder0[:, :dims].to(torch.int64), rank, bary[:, :corners].contiguous()
+
+
+def _corner_keys(remainder0: torch.Tensor, rank: torch.Tensor) -> torch.Tensor:
+    """(N, d+1, d) integer keys of every point's simplex corners."""
+    dims = remainder0.shape[1]
+    corners = dims + 1
+    r = torch.arange(corners, device=remainder0.device)  # corner
+    # Corner r adds r to the coordinates of rank <= d - r and r - (d+1) to the others.
+    step = torch.where(
+        rank[:, None, :dims] <= dims - r[None, :, None],
+        r[None, :, None],
+        r[None, :, None] - corners,
+    )
+    return remainder0[:, None, :] + step
+
+
+def _pack(
+    keys: torch.Tensor, point_image: torch.Tensor, num_images: int
+) -> tuple[torch.Tensor, list[int]]:
+    """Pack (N, d+1, d) keys and their image index into int64s (mixed radix, with room for the
+    blur neighbours). Returns the packed keys (N, d+1) and the radix stride of each coordinate."""
+    dims = keys.shape[2]
+    flat = keys.reshape(-1, dims)
+    low = flat.min(dim=0).values.tolist()
+    high = flat.max(dim=0).values.tolist()
+    margin = dims + 2  # neighbours move a coordinate by up to d
+    strides = []
+    total = 1
+    for i in reversed(range(dims)):
+        strides.append(total)
+        total *= high[i] - low[i] + 1 + 2 * margin
+    strides.reverse()
+    if total * num_images >= 2**62:
+        raise ValueError(
+            "lattice keys do not fit in 63 bits for this batch (features too spread: a very "
+            "small bandwidth or a huge image); use fewer images per batch or the CPU path"
+        )
+    base = torch.tensor([lo - margin for lo in low], dtype=torch.int64, device=keys.device)
+    stride = torch.tensor(strides, dtype=torch.int64, device=keys.device)
+    packed = ((keys - base) * stride).sum(dim=2) + point_image[:, None] * total
+    return packed, strides
+
+
+def _csr(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, shape) -> torch.Tensor:
+    # 32-bit indices where they fit (the sparse libraries' fast path).
+    index_type = torch.int32 if max(col.numel(), *shape) < 2**31 else torch.int64
+    with warnings.catch_warnings():  # "sparse CSR support is in beta"
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.sparse_csr_tensor(
+            crow.to(index_type), col.to(index_type), values, size=shape, check_invariants=False
+        )
+
+
+def _build_kernel(
+    features: torch.Tensor, point_image: torch.Tensor, num_images: int, compat: float
+) -> _Kernel:
+    """Lattice matrices of one kernel for the batch's points ``features`` (N, d)."""
+    device = features.device
+    num_points, dims = features.shape
+    corners = dims + 1
+    remainder0, rank, weights = _simplices(features)
+    packed, strides = _pack(_corner_keys(remainder0, rank), point_image, num_images)
+    keys, entry_vertex = torch.unique(packed.reshape(-1), sorted=True, return_inverse=True)
+    entry_vertex = entry_vertex.reshape(num_points, corners)
+    num_vertices = keys.numel()
+
+    # Blur neighbours along axis j: minus / plus (d+1) e_j - 1 in the plane, i.e. every
+    # coordinate -1 / +1 except coordinate j at +d / -d.
+    vertices = torch.arange(num_vertices, device=device)
+    blurs = []
+    neighbours = torch.empty(corners, 2, num_vertices, dtype=torch.int64, device=device)
+    for j in range(corners):
+        rows, cols, vals = [vertices], [vertices], [torch.ones(num_vertices, device=device)]
+        for side, sign in enumerate((1, -1)):
+            offset = sum(-sign * s for s in strides) + (
+                sign * (dims + 1) * strides[j] if j < dims else 0
+            )
+            query = keys + offset
+            index = torch.searchsorted(keys, query).clamp_(max=num_vertices - 1)
+            found = keys[index] == query
+            neighbours[j, side] = torch.where(found, index, num_vertices)
+            rows.append(vertices[found])
+            cols.append(index[found])
+            vals.append(torch.full((int(found.sum()),), 0.5, device=device))
+        rows_t, cols_t, vals_t = torch.cat(rows), torch.cat(cols), torch.cat(vals)
+        order = torch.argsort(rows_t * num_vertices + cols_t)
+        rows_t, cols_t, vals_t = rows_t[order], cols_t[order], vals_t[order]
+        crow = torch.zeros(num_vertices + 1, dtype=torch.int64, device=device)
+        crow[1:] = torch.cumsum(torch.bincount(rows_t, minlength=num_vertices), 0)
+        blurs.append(_csr(crow, cols_t, vals_t, (num_vertices, num_vertices)))
+
+    # Symmetric normalisation: 1 / sqrt(filter of ones), the filter being densecrf's
+    # alpha * slice(blur(splat(1))) with the plain barycentric weights.
+    alpha = float(np.float32(1.0) / (np.float32(1.0) + np.float32(2.0) ** np.float32(-dims)))
+    sorted_vertex, slot = torch.sort(entry_vertex, dim=1)
+    point_crow = torch.arange(0, num_points * corners + 1, corners, device=device)
+    entry_points = torch.arange(num_points, device=device).repeat_interleave(corners)
+    by_vertex = torch.argsort(entry_vertex.reshape(-1), stable=True)
+    vertex_crow = torch.zeros(num_vertices + 1, dtype=torch.int64, device=device)
+    vertex_crow[1:] = torch.cumsum(
+        torch.bincount(entry_vertex.reshape(-1), minlength=num_vertices), 0
+    )
+
+    def splat_matrix(entry_weights: torch.Tensor) -> torch.Tensor:
+        return _csr(
+            vertex_crow,
+            entry_points[by_vertex],
+            entry_weights.reshape(-1)[by_vertex],
+            (num_vertices, num_points),
+        )
+
+    def slice_matrix(entry_weights: torch.Tensor) -> torch.Tensor:
+        return _csr(
+            point_crow,
+            sorted_vertex.reshape(-1),
+            torch.gather(entry_weights, 1, slot).reshape(-1),
+            (num_points, num_vertices),
+        )
+
+    def kernel(splat_weight: torch.Tensor, slice_weight: torch.Tensor) -> _Kernel:
+        return _Kernel(
+            splat_matrix(splat_weight),
+            blurs,
+            slice_matrix(slice_weight),
+            num_vertices,
+            entry_vertex,
+            splat_weight,
+            slice_weight,
+            neighbours,
+        )
+
+    ones = torch.ones(num_points, 1, dtype=torch.float32, device=device)
+    filtered = kernel(weights, weights * alpha).filter(ones)[:, 0]
+    norm = (1.0 / torch.sqrt(filtered.double() + 1e-20)).float()
+    return kernel(weights * norm[:, None], weights * alpha * norm[:, None] * compat)
+
+
+class CrfBatch:
+    """The CRF kernels of a batch of images on one device, for any number of label sets each.
+
+    Args:
+        images: sequence of (H_i, W_i, 3) uint8 RGB images (numpy arrays or tensors; sizes may
+            differ).
+        gaussian, bilateral: kernel parameters as in :class:`hassod.crf.CrfLattice`.
+        device: where to run; None uses the first image's device if it is a tensor, else CUDA
+            when available, else the CPU.
+        method: how the lattice filter runs (:data:`METHODS`): sparse matrix products
+            (``"spmm"``, faster) or per-corner index_add / index_select (``"gather"``).
+
+    Memory: about (N * (4 d + 10) + C * (3 N + 2 M)) * 4 bytes on the device for N pixels in
+    the batch, M lattice vertices and C label columns per inference (the label sets' padded
+    counts added up): batch accordingly (64 images of 480 x 480 with 82 label columns take
+    about 20 GB).
+    """
+
+    def __init__(
+        self,
+        images: Sequence,
+        gaussian: tuple[float, float] | None = DEFAULT_GAUSSIAN,
+        bilateral: tuple[float, float, float] | None = DEFAULT_BILATERAL,
+        device: str | torch.device | None = None,
+        method: str = "spmm",
+    ) -> None:
+        images = list(images)
+        if not images:
+            raise ValueError("images must hold at least one image")
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+        self.method = method
+        self.device = _pick_device(images[0], device)
+        tensors = [_as_image(image, self.device, f"images[{i}]") for i, image in enumerate(images)]
+        self.gaussian = _check_gaussian(gaussian)
+        self.bilateral = _check_bilateral(bilateral)
+        self.shapes = [(int(t.shape[0]), int(t.shape[1])) for t in tensors]
+        counts = [h * w for h, w in self.shapes]
+        self._offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        point_image = torch.repeat_interleave(
+            torch.arange(len(tensors), device=self.device),
+            torch.tensor(counts, device=self.device),
+        )
+        self._point_image = point_image
+        self.kernels: dict[str, _Kernel] = {}
+        if self.gaussian[1] != 0.0:
+            sxy = self.gaussian[0]
+            features = torch.cat([_positions(h, w, sxy, self.device) for h, w in self.shapes])
+            self.kernels["gaussian"] = _build_kernel(
+                features, point_image, len(tensors), self.gaussian[1]
+            )
+        if self.bilateral[2] != 0.0:
+            sxy, srgb, compat = self.bilateral
+            features = torch.cat(
+                [
+                    torch.cat([_positions(h, w, sxy, self.device), _colours(t, srgb)], dim=1)
+                    for (h, w), t in zip(self.shapes, tensors)
+                ]
+            )
+            self.kernels["bilateral"] = _build_kernel(features, point_image, len(tensors), compat)
+
+    @property
+    def num_vertices(self) -> dict[str, int]:
+        """Lattice vertices per kernel over the whole batch (0 for a kernel not built)."""
+        return {
+            name: (self.kernels[name].num_vertices if name in self.kernels else 0)
+            for name in ("gaussian", "bilateral")
+        }
+
+    def infer(self, probs: Sequence, iterations: int = DEFAULT_ITERATIONS) -> list:
+        """Mean-field marginals for every image's label sets.
+
+        Args:
+            probs: one entry per image: a (K, H_i, W_i) probability array/tensor, or a sequence
+                of them (label sets; every image must bring the same number of sets). Values
+                finite and >= 0, clipped to [1e-5, 1], not renormalised.
+            iterations: mean-field iterations (0 returns softmax(-unary)).
+
+        Returns:
+            The same nesting with (K, H_i, W_i) float32 Q tensors on this batch's device.
+        """
+        probs = list(probs)
+        if len(probs) != len(self.shapes):
+            raise ValueError(
+                f"probs must hold one entry per image ({len(self.shapes)}), got {len(probs)}"
+            )
+        nested = [not _is_label_set(entry) for entry in probs]
+        if any(nested) and not all(nested):
+            raise ValueError("probs must be all label sets or all sequences of label sets")
+        sets = [list(entry) if nest else [entry] for entry, nest in zip(probs, nested)]
+        num_sets = len(sets[0])
+        if num_sets == 0 or any(len(entry) != num_sets for entry in sets):
+            raise ValueError("every image must bring the same, non-zero number of label sets")
+        iterations = check_iterations(iterations)
+        tensors = [
+            [
+                _as_probs(
+                    p, self.shapes[i], self.device, f"probs[{i}]" + (f"[{s}]" if nested[0] else "")
+                )
+                for s, p in enumerate(entry)
+            ]
+            for i, entry in enumerate(sets)
+        ]
+        q = self._run(tensors, iterations)
+        return q if nested[0] else [entry[0] for entry in q]
+
+    def _run(self, probs: list[list[torch.Tensor]], iterations: int) -> list[list[torch.Tensor]]:
+        num_images, num_sets = len(probs), len(probs[0])
+        widths = [
+            max(int(probs[i][s].shape[0]) for i in range(num_images)) for s in range(num_sets)
+        ]
+        starts = np.concatenate([[0], np.cumsum(widths)]).astype(np.int64)
+        num_points = int(self._offsets[-1])
+        clipped = torch.zeros(num_points, int(starts[-1]), dtype=torch.float32, device=self.device)
+        for i in range(num_images):
+            rows = slice(int(self._offsets[i]), int(self._offsets[i + 1]))
+            for s in range(num_sets):
+                p = probs[i][s]
+                clipped[rows, int(starts[s]) : int(starts[s]) + p.shape[0]] = (
+                    p.reshape(p.shape[0], -1).clamp(MIN_PROBABILITY, 1.0).T
+                )
+        # Labels per point and set: columns past them are padding (probability 0).
+        counts = torch.tensor(
+            [[int(probs[i][s].shape[0]) for s in range(num_sets)] for i in range(num_images)],
+            device=self.device,
+        )[self._point_image]
+        segments = [slice(int(starts[s]), int(starts[s + 1])) for s in range(num_sets)]
+        q = torch.empty_like(clipped)
+        for columns in segments:
+            c = clipped[:, columns]
+            q[:, columns] = c / c.sum(dim=1, keepdim=True)
+        for _ in range(iterations):
+            total = None
+            for kernel in self.kernels.values():
+                filtered = kernel.filter(q, self.method)
+                total = filtered if total is None else total + filtered
+            if total is None:  # no pairwise term: Q stays softmax(-unary)
+                break
+            for s, columns in enumerate(segments):
+                sliced = total[:, columns]
+                real = torch.arange(widths[s], device=self.device)[None, :] < counts[:, s : s + 1]
+                top = torch.where(real, sliced, -torch.inf).amax(dim=1, keepdim=True)
+                e = clipped[:, columns] * torch.exp(torch.clamp(sliced - top, max=0.0))
+                q[:, columns] = e / e.sum(dim=1, keepdim=True)
+        out = []
+        for i in range(num_images):
+            rows = slice(int(self._offsets[i]), int(self._offsets[i + 1]))
+            h, w = self.shapes[i]
+            out.append(
+                [
+                    q[rows, int(starts[s]) : int(starts[s]) + probs[i][s].shape[0]]
+                    .T.reshape(-1, h, w)
+                    .contiguous()
+                    for s in range(num_sets)
+                ]
+            )
+        return out
+
+    def __repr__(self) -> str:
+        return (
+            f"CrfBatch({len(self.shapes)} images on {self.device}, gaussian={self.gaussian}, "
+            f"bilateral={self.bilateral}, vertices={self.num_vertices})"
+        )
+
+
+def dense_crf_batch_torch(
+    images: Sequence,
+    probs_list: Sequence,
+    iterations: int = DEFAULT_ITERATIONS,
+    gaussian: tuple[float, float] | None = DEFAULT_GAUSSIAN,
+    bilateral: tuple[float, float, float] | None = DEFAULT_BILATERAL,
+    device: str | torch.device | None = None,
+    max_batch_pixels: int = 4_000_000,
+) -> list:
+    """:class:`CrfBatch` over consecutive chunks of at most ``max_batch_pixels`` pixels.
+
+    ``probs_list`` entries are label sets or sequences of them, as in :meth:`CrfBatch.infer`.
+    Returns float32 tensors on the device.
+    """
+    images = list(images)
+    probs_list = list(probs_list)
+    if len(images) != len(probs_list):
+        raise ValueError(
+            f"images and probs_list must have the same length, got {len(images)} and "
+            f"{len(probs_list)}"
+        )
+    if not images:
+        return []
+    out: list = []
+    start = 0
+    while start < len(images):
+        stop, pixels = start, 0
+        while stop < len(images):
+            pixels += _pixels(images[stop])
+            if stop > start and pixels > max_batch_pixels:
+                break
+            stop += 1
+        batch = CrfBatch(images[start:stop], gaussian=gaussian, bilateral=bilateral, device=device)
+        out.extend(batch.infer(probs_list[start:stop], iterations=iterations))
+        start = stop
+    return out
+
+
+def _pixels(image) -> int:
+    shape = image.shape if hasattr(image, "shape") else np.asarray(image).shape
+    return int(shape[0]) * int(shape[1]) if len(shape) >= 2 else 0
+
+
+def _is_label_set(entry) -> bool:
+    return isinstance(entry, (torch.Tensor, np.ndarray))
+
+
+def _pick_device(first_image, device) -> torch.device:
+    if device is not None:
+        return torch.device(device)
+    if isinstance(first_image, torch.Tensor):
+        return first_image.device
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _positions(height: int, width: int, sxy: float, device: torch.device) -> torch.Tensor:
+    """(H*W, 2) features x / sxy, y / sxy in float32, row-major pixels."""
+    ys, xs = torch.meshgrid(
+        torch.arange(height, dtype=torch.float32, device=device),
+        torch.arange(width, dtype=torch.float32, device=device),
+        indexing="ij",
+    )
+    # A tensor divisor: torch turns division by a Python scalar into a multiplication by its
+    # reciprocal, which rounds differently from densecrf's x / sxy.
+    divisor = torch.full((height * width,), float(np.float32(sxy)), device=device)
+    return torch.stack([xs.reshape(-1) / divisor, ys.reshape(-1) / divisor], dim=1)
+
+
+def _colours(image: torch.Tensor, srgb: float) -> torch.Tensor:
+    """(H*W, 3) features rgb / srgb in float32."""
+    colours = image.reshape(-1, 3).to(torch.float32)
+    return colours / torch.full_like(colours, float(np.float32(srgb)))

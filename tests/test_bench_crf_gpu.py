@@ -1,0 +1,43 @@
+"""The GPU CRF benchmark (benchmarks/bench_crf_gpu.py) runs end to end: the same code the GPU
+script (benchmarks/gpu_crf.sh) runs on CUDA, here on the CPU with two small images."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("pydensecrf")
+pytest.importorskip("skimage")
+
+_BENCHMARKS_DIR = str(Path(__file__).resolve().parents[1] / "benchmarks")
+if _BENCHMARKS_DIR not in sys.path:
+    sys.path.insert(0, _BENCHMARKS_DIR)
+
+from bench_crf_gpu import main  # noqa: E402
+
+
+def test_benchmark_runs_and_writes_its_report(tmp_path, capsys):
+    out = tmp_path / "results" / "crf_gpu.json"
+    argv = [
+        "--device", "cpu", "--images", "2", "--size", "48", "--chunk", "1", "--repeats", "1",
+        "--cpu-images", "1", "--pydensecrf-images", "1", "--out", str(out),
+    ]  # fmt: skip
+    assert main(argv) == 0
+    report = json.loads(out.read_text())
+    assert report["images"] == 2 and report["size"] == [48, 48]
+    assert set(report["results"]) >= {
+        "cpu spmm, batch 2",
+        "cpu spmm, chunks of 1",
+        "cpu gather, batch 2",
+        "native cpu, all cores",
+        "pydensecrf, one process",
+    }
+    for result in report["results"].values():
+        assert result["images_per_s"] > 0
+    for photo in report["agreement_with_native"].values():
+        assert photo["mean_iou"] >= 0.98 and photo["max_abs_dq"] < 1e-3
+    assert "images/s" in capsys.readouterr().out
