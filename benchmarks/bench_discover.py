@@ -72,7 +72,10 @@ def crf_backends() -> tuple[str, ...]:
     if "backend" not in {item.name for item in dataclasses.fields(CrfParams)}:
         return ("pydensecrf",)
     default = CrfParams().backend
-    return (default, *(name for name in ("native", "pydensecrf") if name != default))
+    import hassod.postprocess
+
+    offered = getattr(hassod.postprocess, "CRF_BACKENDS", ("native", "pydensecrf"))
+    return (default, *(name for name in offered if name != default))
 
 
 def run_config(
@@ -199,7 +202,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--crf-backend",
         nargs="+",
-        choices=("native", "pydensecrf"),
+        choices=("native", "torch", "pydensecrf"),
         help="CRF backends, one run each (default: hassod's default only)",
     )
     parser.add_argument("--no-warmup", action="store_true", help="skip the 1-image warm-up run")

@@ -11,6 +11,7 @@
 # does), and nvcc on PATH or in /usr/local/cuda. hassod's other runtime dependencies are not
 # needed here, so the install uses --no-deps and --no-build-isolation (nothing is downloaded).
 # CUDAARCHS defaults to 90 (Hopper only) to halve the nvcc time; set it to build others.
+# SKIP_BUILD=1 uses the build already in place (benchmarks/gpu_all.sh builds once).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,10 +28,14 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader ||
 "$PYTHON" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'available', torch.cuda.is_available())"
 nvcc --version | tail -n 1
 
-echo "== build (HASSOD_CUDA=1, CUDAARCHS=$CUDAARCHS)"
-start=$SECONDS
-HASSOD_CUDA=1 "$PYTHON" -m pip install -e . --no-build-isolation --no-deps -q
-echo "built in $((SECONDS - start)) s"
+if [ "${SKIP_BUILD:-0}" = 1 ]; then
+  echo "== build skipped (SKIP_BUILD=1)"
+else
+  echo "== build (HASSOD_CUDA=1, CUDAARCHS=$CUDAARCHS)"
+  start=$SECONDS
+  HASSOD_CUDA=1 "$PYTHON" -m pip install -e . --no-build-isolation --no-deps -q
+  echo "built in $((SECONDS - start)) s"
+fi
 "$PYTHON" -c "import hassod._native as n; s = n.cuda_status(); print(s); assert s['built'] and s['device_count'] > 0, s"
 
 echo "== tests/test_hierarchy_cuda.py"

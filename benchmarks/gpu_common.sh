@@ -9,10 +9,16 @@ fi
 echo "CPUs: $(nproc)"
 
 if [ -d .whl ] && compgen -G ".whl/*.whl" >/dev/null; then
-  echo "== installing the carried wheels into /tmp/site"
-  "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/site .whl/*.whl
-  export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+  if [ ! -e /tmp/site/.hassod-wheels ]; then  # once per machine (gpu_all.sh runs several scripts)
+    echo "== installing the carried wheels into /tmp/site"
+    "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+      --target /tmp/site .whl/*.whl
+    touch /tmp/site/.hassod-wheels
+  fi
+  case ":${PYTHONPATH:-}:" in
+    *:/tmp/site:*) ;;
+    *) export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH} ;;
+  esac
 fi
 
 # require_modules MODULE...: exit with a clear message when one cannot be imported.

@@ -88,9 +88,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     discover.add_argument(
         "--crf",
-        default="native",
-        choices=["native", "pydensecrf"],
-        help="dense CRF backend (default native; pydensecrf is the reference implementation)",
+        default="auto",
+        choices=["auto", "native", "torch", "pydensecrf"],
+        help="dense CRF backend: native (C++ on the CPU), torch (batched over images on the "
+        "run's device), pydensecrf (the reference); auto (default): torch on a CUDA device, "
+        "else native",
     )
     discover.add_argument(
         "--device", default="auto", help="cpu, cuda, cuda:N or auto (default: cuda if present)"
@@ -482,6 +484,18 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _crf_backend(args: argparse.Namespace) -> str:
+    """``--crf auto``: the batched torch CRF when the run's device is CUDA, else native."""
+    backend = getattr(args, "crf", "native")
+    if backend != "auto":
+        return backend
+    import torch
+
+    device = getattr(args, "device", "auto")
+    on_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    return "torch" if on_cuda else "native"
+
+
 def _discovery_config(args: argparse.Namespace, parser: argparse.ArgumentParser):
     from hassod.discover import DiscoveryConfig
     from hassod.postprocess import CrfParams
@@ -492,7 +506,7 @@ def _discovery_config(args: argparse.Namespace, parser: argparse.ArgumentParser)
             size=args.size,
             thresholds=tuple(getattr(args, "thresholds", None) or (0.4, 0.2, 0.1)),
             feature_transform=args.feature_transform,
-            crf=CrfParams(backend=getattr(args, "crf", "native")),
+            crf=CrfParams(backend=_crf_backend(args)),
             near_duplicate_iou=getattr(args, "near_duplicate_iou", None),
         )
     except ValueError as error:

@@ -19,7 +19,13 @@ from hassod.cluster import DEFAULT_THRESHOLDS, check_thresholds, fast_cluster
 from hassod.coco import image_record, mask_annotations
 from hassod.ensemble import EnsembleResult, ensemble
 from hassod.hierarchy import PSEUDO_LABEL_COVER
-from hassod.postprocess import CrfParams, FilterParams, masks_for_partition
+from hassod.postprocess import (
+    CrfCandidates,
+    CrfParams,
+    FilterParams,
+    finish_partition,
+    masks_for_partition,
+)
 
 DEFAULT_BACKBONE = "vit_base_patch8_224.dino"  # DINO ViT-B/8, the paper's
 DEFAULT_SIZE = 480  # images are resized to 480 x 480 (aspect ratio ignored)
@@ -141,7 +147,7 @@ def read_image(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) ->
 def discover_records(
     file_name: str,
     image: np.ndarray,
-    features: np.ndarray,
+    features: np.ndarray | ThresholdCandidates,
     config: DiscoveryConfig = DiscoveryConfig(),
     timings: dict[str, float] | None = None,
 ) -> tuple[dict, list[dict]]:
@@ -162,7 +168,7 @@ def discover_records(
 
 def discover_from_features(
     image: np.ndarray,
-    features: np.ndarray,
+    features: np.ndarray | ThresholdCandidates,
     config: DiscoveryConfig = DiscoveryConfig(),
     timings: dict[str, float] | None = None,
 ) -> EnsembleResult:
@@ -187,21 +193,38 @@ def discover_from_features(
     return result
 
 
+@dataclass(frozen=True)
+class ThresholdCandidates:
+    """An image's partitions already through the CRF (:mod:`hassod.batched_crf`), in the place
+    of its features: the per-image steps then start at the mask filters."""
+
+    thresholds: tuple[float, ...]  # descending, as fast_cluster returns them
+    partitions: tuple[CrfCandidates, ...]  # one per threshold
+
+
 def masks_per_threshold(
     image: np.ndarray,
-    features: np.ndarray,
+    features: np.ndarray | ThresholdCandidates,
     config: DiscoveryConfig = DiscoveryConfig(),
     timings: dict[str, float] | None = None,
 ) -> list[tuple[float, np.ndarray, np.ndarray]]:
     """Each threshold's filtered masks before the ensemble (steps 3-4 of DESIGN.md section 1).
 
     Arguments as for :func:`discover_from_features` (timed as ``cluster`` and
-    ``crf+filters``). Returns ``(theta, masks (M_t, H, W) bool, CRF agreement (M_t,))`` per
-    threshold in descending theta, the input of :func:`hassod.ensemble.ensemble`; callers that
-    compare ensemble settings (e.g. ``near_duplicate_iou``) run the costly part once.
+    ``crf+filters``); ``features`` may also be the image's :class:`ThresholdCandidates`.
+    Returns ``(theta, masks (M_t, H, W) bool, CRF agreement (M_t,))`` per threshold in
+    descending theta, the input of :func:`hassod.ensemble.ensemble`; callers that compare
+    ensemble settings (e.g. ``near_duplicate_iou``) run the costly part once.
     """
     image = _check_image(image)
     clock = _Clock(timings)
+    if isinstance(features, ThresholdCandidates):
+        per_threshold = []
+        for theta, candidates in zip(features.thresholds, features.partitions):
+            found = finish_partition(candidates, config.filters)
+            per_threshold.append((float(theta), found.masks, found.agreement))
+        clock.lap("crf+filters")
+        return per_threshold
     clusters = fast_cluster(features, config.thresholds)
     clock.lap("cluster")
     crf_image = fixed_size(image, config.size)

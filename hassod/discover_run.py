@@ -47,6 +47,7 @@ Bad input (each image's fate is recorded; one bad image never stops a run):
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import signal
 import threading
@@ -60,9 +61,16 @@ from pathlib import Path
 import numpy as np
 
 from hassod._io import atomic_write_json
+from hassod.cluster import fast_cluster
 from hassod.coco import LEVEL_NAMES, assemble
 from hassod.demo import write_demo_images, write_level_figures
-from hassod.discover import DEFAULT_MAX_PIXELS, DiscoveryConfig, discover_records
+from hassod.discover import (
+    DEFAULT_MAX_PIXELS,
+    DiscoveryConfig,
+    ThresholdCandidates,
+    discover_records,
+    fixed_size,
+)
 from hassod.image_folder import IMAGE_EXTENSIONS, check_ids, decode, list_images, pil_limits
 from hassod.run_errors import (
     EXIT_INTERRUPTED,
@@ -562,7 +570,14 @@ def _pipeline(
             ):
                 flush()
 
-    post = _PostProcessing(workers, config)
+    # With the batched device CRF the workers start after the CRF; images whose batch could not
+    # run on the device (say, out of memory) fall back to the native CRF in the workers.
+    worker_config = config
+    if config.crf.backend == "torch":
+        worker_config = dataclasses.replace(
+            config, crf=dataclasses.replace(config.crf, backend="native")
+        )
+    post = _PostProcessing(workers, worker_config)
     decoder = ThreadPoolExecutor(decode_threads, thread_name_prefix="hassod-decode")
     decoding: deque[tuple[str, Future]] = deque()
     names = iter(todo)
@@ -586,13 +601,18 @@ def _pipeline(
                 else:
                     batch.append((name, image, tensor, {"decode": seconds}))
             if batch and (len(batch) >= batch_size or not decoding):
+                computed = []
                 for name, image, features, image_timings in _run_backbone(
                     model, batch, config, options.amp, device, batch_size
                 ):
                     if isinstance(features, str):
                         record([_Result(name, None, None, features, image_timings)])
                     else:
-                        post.submit(name, image, features, image_timings)
+                        computed.append((name, image, features, image_timings))
+                if config.crf.backend == "torch":
+                    computed = _crf_on_device(computed, config, device)
+                for name, image, payload, image_timings in computed:
+                    post.submit(name, image, payload, image_timings)
                 batch = []
             record(post.collect(block=False))
             while len(post) > max_in_flight:
@@ -614,6 +634,64 @@ def _pipeline(
             future.cancel()
         decoder.shutdown(wait=not interrupted, cancel_futures=True)
         post.close(kill=interrupted)
+
+
+def _crf_on_device(items: list, config: DiscoveryConfig, device: str) -> list:
+    """Cluster each image here and run the batch's CRFs together on ``device``.
+
+    Returns the items with :class:`~hassod.discover.ThresholdCandidates` in the place of the
+    features. Images that fail to cluster, and the whole batch if the batched CRF fails, keep
+    their features and go through the per-image path (which reports or redoes them).
+    """
+    from hassod.batched_crf import crf_candidates_batch
+
+    clustered = []
+    for _, _, features, image_timings in items:
+        start = time.perf_counter()
+        try:
+            clusters = fast_cluster(features, config.thresholds)
+        except Exception:  # the per-image path reports it
+            clusters = None
+        image_timings["cluster"] = time.perf_counter() - start
+        clustered.append(clusters)
+    ready = [i for i, clusters in enumerate(clustered) if clusters is not None]
+    if not ready:
+        return items
+    start = time.perf_counter()
+    try:
+        candidates = crf_candidates_batch(
+            [fixed_size(items[i][1], config.size) for i in ready],
+            [list(clustered[i].labels) for i in ready],
+            [items[i][1].shape[:2] for i in ready],
+            config.crf,
+            config.filters,
+            device=device,
+        )
+    except Exception as error:
+        _warn_once(
+            f"the batched CRF failed on {device} ({describe_error(error)}); these images use "
+            "the native CPU CRF"
+        )
+        return items
+    share = (time.perf_counter() - start) / len(ready)
+    out = list(items)
+    for i, per_threshold in zip(ready, candidates):
+        name, image, _, image_timings = items[i]
+        image_timings["crf+filters"] = share
+        thresholds = tuple(float(t) for t in clustered[i].thresholds)
+        out[i] = (name, image, ThresholdCandidates(thresholds, tuple(per_threshold)), image_timings)
+    return out
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    import warnings
+
+    if message not in _warned:
+        _warned.add(message)
+        warnings.warn(message, RuntimeWarning, stacklevel=2)
 
 
 def _run_backbone(model, batch, config: DiscoveryConfig, amp: str, device: str, batch_size: int):

@@ -20,8 +20,10 @@ class CrfParams:
     """Dense CRF parameters (Krähenbühl & Koltun 2011), the authors' values by default.
 
     ``backend`` picks the implementation: ``"native"`` (:mod:`hassod.crf`, multi-threaded,
-    equal to pydensecrf up to float rounding; see tests/test_crf.py) or ``"pydensecrf"`` (the
-    reference, the authors' library).
+    equal to pydensecrf up to float rounding; see tests/test_crf.py), ``"torch"``
+    (:mod:`hassod.crf_torch`, the same model on a CUDA device when there is one, else on the
+    CPU; ``hassod discover`` runs it batched over images on its device) or ``"pydensecrf"``
+    (the reference, the authors' library).
     """
 
     iterations: int = 10
@@ -31,6 +33,14 @@ class CrfParams:
     bilateral_srgb: float = 5.0
     bilateral_compat: float = 10.0
     backend: str = "native"
+
+    def __post_init__(self) -> None:
+        if self.backend not in CRF_BACKENDS:
+            raise ValueError(f"CRF backend must be one of {CRF_BACKENDS}, got {self.backend!r}")
+
+
+#: CrfParams.backend values.
+CRF_BACKENDS = ("native", "torch", "pydensecrf")
 
 
 @dataclass(frozen=True)
@@ -87,15 +97,15 @@ def dense_crf(
         image: (H, W, 3) uint8 RGB.
         probs: (K, H, W) float label probabilities (used as given: unary = -log(clip(P, 1e-5))).
         params: kernel parameters and iterations.
-        backend: ``"native"`` or ``"pydensecrf"``; None uses ``params.backend``.
+        backend: ``"native"``, ``"torch"`` or ``"pydensecrf"``; None uses ``params.backend``.
         num_threads: native backend threads; None uses every hardware thread.
 
     Returns:
         (K, H, W) float32 marginals Q.
     """
     backend = params.backend if backend is None else backend
-    if backend not in ("native", "pydensecrf"):
-        raise ValueError(f"backend must be 'native' or 'pydensecrf', got {backend!r}")
+    if backend not in CRF_BACKENDS:
+        raise ValueError(f"backend must be one of {CRF_BACKENDS}, got {backend!r}")
     image = np.asarray(image)
     probs = np.asarray(probs, dtype=np.float32)
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
@@ -113,6 +123,15 @@ def dense_crf(
             num_threads=num_threads,
         )
         return lattice.infer(probs, iterations=params.iterations, num_threads=num_threads)
+    if backend == "torch":
+        from hassod.crf_torch import CrfBatch
+
+        batch = CrfBatch(
+            [image],
+            gaussian=(params.gaussian_sxy, params.gaussian_compat),
+            bilateral=(params.bilateral_sxy, params.bilateral_srgb, params.bilateral_compat),
+        )
+        return batch.infer([probs], iterations=params.iterations)[0].cpu().numpy()
 
     if not np.isfinite(probs).all():
         raise ValueError("probs contain non-finite values")
@@ -179,14 +198,24 @@ class ThresholdMasks:
     agreement: np.ndarray  # (M,) IoU of the region's mask before and after the CRF
 
 
-def masks_for_partition(
+@dataclass(frozen=True)
+class CrfCandidates:
+    """One partition after the CRF, before the mask filters."""
+
+    masks: np.ndarray  # (K', H, W) bool, original size: kept regions' marginals >= 0.5
+    regions: np.ndarray  # (K',) region id of each mask (the regions whose agreement passed)
+    agreement: np.ndarray  # (R,) every region's IoU before / after the CRF
+
+
+def crf_candidates(
     labels: np.ndarray,
     crf_image: np.ndarray,
     original_size: tuple[int, int],
     crf: CrfParams = CrfParams(),
     filters: FilterParams = FilterParams(),
-) -> ThresholdMasks:
-    """One partition of the feature grid -> filtered object masks at the original size.
+) -> CrfCandidates:
+    """One partition of the feature grid -> CRF marginals of the agreeing regions, thresholded
+    at the original size (:mod:`hassod.batched_crf` does the same for a batch on a GPU).
 
     Args:
         labels: (h, w) region ids 0..R-1 (one threshold of :func:`hassod.fast_cluster`).
@@ -199,6 +228,25 @@ def masks_for_partition(
     agreement = crf_agreement(before, after)
     kept_regions = np.flatnonzero(agreement >= filters.keep_iou)
     at_original = upsample(after[kept_regions], original_size) >= 0.5
-    masks, indices = filter_masks(at_original, filters)
-    regions = kept_regions[indices]
-    return ThresholdMasks(masks=masks, regions=regions, agreement=agreement[regions])
+    return CrfCandidates(masks=at_original, regions=kept_regions, agreement=agreement)
+
+
+def finish_partition(
+    candidates: CrfCandidates, filters: FilterParams = FilterParams()
+) -> ThresholdMasks:
+    """The mask filters (area, corners, holes) over one partition's CRF candidates."""
+    masks, indices = filter_masks(candidates.masks, filters)
+    regions = candidates.regions[indices]
+    return ThresholdMasks(masks=masks, regions=regions, agreement=candidates.agreement[regions])
+
+
+def masks_for_partition(
+    labels: np.ndarray,
+    crf_image: np.ndarray,
+    original_size: tuple[int, int],
+    crf: CrfParams = CrfParams(),
+    filters: FilterParams = FilterParams(),
+) -> ThresholdMasks:
+    """One partition of the feature grid -> filtered object masks at the original size:
+    :func:`crf_candidates` then :func:`finish_partition` (arguments as the former's)."""
+    return finish_partition(crf_candidates(labels, crf_image, original_size, crf, filters), filters)

@@ -580,3 +580,27 @@ def test_crf_backend_option_reaches_the_config():
     reference = _discovery_config(argparse.Namespace(**base, crf="pydensecrf"), parser)
     assert native.crf.backend == "native" and reference.crf.backend == "pydensecrf"
     assert native.as_dict()["crf"]["backend"] == "native"
+    # auto: the batched torch CRF on CUDA devices, the native one on the CPU.
+    for device, expected in (("cpu", "native"), ("cuda", "torch"), ("cuda:1", "torch")):
+        namespace = argparse.Namespace(**base, crf="auto", device=device)
+        assert _discovery_config(namespace, parser).crf.backend == expected
+    torch_crf = _discovery_config(argparse.Namespace(**base, crf="torch", device="cpu"), parser)
+    assert torch_crf.crf.backend == "torch"
+
+
+def test_batched_torch_crf_run_matches_the_native_run(reference, photos, tmp_path):
+    """`--crf torch` (the GPU path, here on the CPU): clustering in the main process, the
+    batch's CRFs together, filters in the workers; the masks equal the native run's but for
+    pixels whose CRF marginal is within float rounding of 0.5."""
+    out = tmp_path / "torch.json"
+    assert _discover(photos, out, "--crf", "torch", "--device", "cpu", "--batch-size", "3") == 0
+    ours, theirs = json.loads(out.read_text()), json.loads(reference.read_text())
+    assert ours["info"]["config"]["crf"]["backend"] == "torch"
+    assert [i["file_name"] for i in ours["images"]] == [i["file_name"] for i in theirs["images"]]
+    assert len(ours["annotations"]) == len(theirs["annotations"]) > 0
+    for mine, other in zip(ours["annotations"], theirs["annotations"]):
+        assert mine["image_id"] == other["image_id"]
+        assert mine["hier_level"] == other["hier_level"]
+        assert mine["threshold"] == other["threshold"]
+        iou = mask_utils.iou([mine["segmentation"]], [other["segmentation"]], [0])[0, 0]
+        assert iou >= 0.99, (mine["image_id"], iou)

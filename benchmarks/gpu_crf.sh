@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# GPU check of the batched torch CRF (hassod.crf_torch), as one command for the device machine
+# (about 2 minutes on an H100 with 16 CPUs):
+#   bash benchmarks/gpu_crf.sh
+# from the repository root of a copy of the working tree. It
+#   1. runs tests/test_crf_torch.py and tests/test_batched_crf.py (the CUDA path against the
+#      native CPU CRF on photos: mean IoU >= 0.98, none below 0.90), failing on any skip;
+#   2. times benchmarks/bench_crf_gpu.py: 64 photos at 480 x 480 with three label sets each
+#      (about 50 / 20 / 12 regions), 10 iterations, on the GPU vs the native CPU CRF on every
+#      core vs pydensecrf in one process, and writes $OUT/crf_gpu.json (or benchmarks/results/).
+# Needs, offline: a python3 (PYTHON=...) with torch (CUDA), numpy, scipy, pillow, scikit-image,
+# pybind11, cmake, pytest (the device image has them), plus pydensecrf2 and pycocotools, which
+# it lacks: carry wheels in .whl/ (see gpu_common.sh). hassod's CPU module is built in place
+# when it does not import.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+IMAGES=${IMAGES:-64}
+export PYTHONUNBUFFERED=1
+results=${OUT:-benchmarks/results}
+mkdir -p "$results"
+source "$(dirname "$0")/gpu_common.sh"
+require_modules torch skimage scipy PIL pydensecrf
+if ! "$PYTHON" -c "import hassod._C" 2>/dev/null; then
+  echo "== build (CPU module, in place)"
+  start=$SECONDS
+  HASSOD_CUDA=0 "$PYTHON" -m pip install -e . --no-build-isolation --no-deps -q
+  echo "built in $((SECONDS - start)) s"
+fi
+
+echo "== tests/test_crf_torch.py tests/test_batched_crf.py"
+"$PYTHON" -m pytest -q -rs -s -p no:cacheprovider tests/test_crf_torch.py tests/test_batched_crf.py \
+  2>&1 | tee /tmp/crf_gpu_tests.log
+if grep -E "^SKIPPED" /tmp/crf_gpu_tests.log; then
+  echo "unexpected skips on a GPU machine" >&2
+  exit 1
+fi
+if ! grep -q " passed" /tmp/crf_gpu_tests.log || grep -q -E " failed| error" /tmp/crf_gpu_tests.log; then
+  echo "CRF tests failed" >&2
+  exit 1
+fi
+
+echo "== benchmark"
+"$PYTHON" benchmarks/bench_crf_gpu.py --images "$IMAGES" --out "$results/crf_gpu.json"

@@ -1,0 +1,79 @@
+"""Discovery's batched CRF step (hassod.batched_crf) against the per-image CPU step.
+
+crf_candidates_batch runs the torch CRF (on the CPU here, on CUDA in discovery runs) for every
+image and threshold of a batch; each result must match postprocess.crf_candidates with the
+native CRF: the same agreeing regions and masks that differ in at most a few pixels whose
+marginal sits within float rounding of 0.5.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+skimage_data = pytest.importorskip("skimage.data")
+
+from hassod.batched_crf import crf_candidates_batch  # noqa: E402
+from hassod.discover import fixed_size  # noqa: E402
+from hassod.postprocess import CrfParams, FilterParams, crf_candidates  # noqa: E402
+from hassod.testing import slic_partition, voronoi_partition  # noqa: E402
+
+SIZE = 96  # the CRF's fixed size here (480 in the paper): small enough for CPU tests
+
+
+def photo(name: str, height: int, width: int) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(getattr(skimage_data, name)()).resize((width, height)))
+
+
+def test_batch_matches_the_per_image_step():
+    images = [photo("astronaut", 120, 100), photo("coffee", 64, 90), photo("chelsea", 75, 75)]
+    crf_images = [fixed_size(image, SIZE) for image in images]
+    partitions = [
+        [slic_partition(crf_image, regions, grid=12) for regions in (12, 6, 3)]
+        for crf_image in crf_images
+    ]
+    partitions[2][1] = voronoi_partition(5, grid=12, seed=3)
+    crf = CrfParams(iterations=5)
+    filters = FilterParams(keep_iou=0.3)
+    got = crf_candidates_batch(
+        crf_images, partitions, [image.shape[:2] for image in images], crf, filters, device="cpu"
+    )
+    assert len(got) == 3
+    differing = total = 0
+    for image, crf_image, labels_list, per_threshold in zip(images, crf_images, partitions, got):
+        assert len(per_threshold) == 3
+        for labels, candidates in zip(labels_list, per_threshold):
+            expected = crf_candidates(labels, crf_image, image.shape[:2], crf, filters)
+            np.testing.assert_array_equal(candidates.regions, expected.regions)
+            np.testing.assert_allclose(candidates.agreement, expected.agreement, atol=1e-3)
+            assert candidates.masks.dtype == bool
+            assert candidates.masks.shape == expected.masks.shape
+            differing += int((candidates.masks != expected.masks).sum())
+            total += expected.masks.size
+    assert total > 0
+    assert differing <= 1e-4 * total, (differing, total)
+
+
+def test_agreement_filter_and_empty_results():
+    """keep_iou above 1 keeps nothing: empty (0, H, W) masks at the original size."""
+    image = photo("astronaut", 50, 40)
+    crf_image = fixed_size(image, 48)
+    labels = voronoi_partition(4, grid=6, seed=0)
+    (only,) = crf_candidates_batch(
+        [crf_image], [[labels]], [(50, 40)], filters=FilterParams(keep_iou=1.5), device="cpu"
+    )
+    assert only[0].masks.shape == (0, 50, 40)
+    assert len(only[0].regions) == 0 and len(only[0].agreement) == int(labels.max()) + 1
+
+
+def test_bad_inputs():
+    image = fixed_size(photo("astronaut", 30, 30), 24)
+    labels = voronoi_partition(3, grid=6, seed=0)
+    assert crf_candidates_batch([], [], [], device="cpu") == []
+    with pytest.raises(ValueError, match="same length"):
+        crf_candidates_batch([image], [[labels], [labels]], [(30, 30)], device="cpu")
+    with pytest.raises(ValueError, match="2-D label map"):
+        crf_candidates_batch([image], [[labels[None]]], [(30, 30)], device="cpu")
