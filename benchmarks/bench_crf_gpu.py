@@ -158,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{device.type} spmm, chunks of {args.chunk}": lambda: gpu_batch("spmm", args.chunk, False),
         f"{device.type} spmm, batch {n}, probs from host": lambda: gpu_batch("spmm", n, True),
         f"{device.type} gather, batch {n}": lambda: gpu_batch("gather", n, False),
+        f"{device.type} hybrid, batch {n}": lambda: gpu_batch("hybrid", n, False),
     }
     for name, function in cases.items():
         function()  # warm-up (allocator, cuSPARSE handles)
@@ -175,6 +176,29 @@ def main(argv: list[str] | None = None) -> int:
         "seconds": build,
         "images_per_s": args.images / statistics.median(build),
     }
+
+    # Where one mean-field iteration spends its time: each kernel's splat, blurs and slice on
+    # the whole batch's label columns (the three sets side by side).
+    columns = sum(max(len(sets[s]) for sets in host_sets) for s in range(len(REGIONS)))
+    whole = CrfBatch(images, device=device)
+    values = torch.rand(int(sum(h * w for h, w in whole.shapes)), columns, device=device)
+    breakdown = {"columns": columns, "vertices": whole.num_vertices}
+    for name, kernel in whole.kernels.items():
+        vertex_values = kernel.splat @ values
+
+        def ms(function) -> float:
+            return 1e3 * statistics.median(timed(function, args.repeats, device))
+
+        breakdown[name] = {
+            "splat_spmm_ms": ms(lambda k=kernel, x=values: k.splat @ x),
+            "splat_index_add_ms": ms(lambda k=kernel, x=values: k.splat_gather(x)),
+            "blurs_spmm_ms": ms(lambda k=kernel, v=vertex_values: [b @ v for b in k.blurs]),
+            "blurs_index_select_ms": ms(lambda k=kernel, v=vertex_values: k.blur_gather(v)),
+            "slice_spmm_ms": ms(lambda k=kernel, v=vertex_values: k.slice @ v),
+            "slice_gather_ms": ms(lambda k=kernel, v=vertex_values: k.slice_gather(v)),
+        }
+    print(f"one iteration on the batch ({columns} label columns): {breakdown}")
+    del whole, values
 
     # Native CPU, every core, lattice reuse with the label sets on parallel threads.
     def native(count: int) -> None:
@@ -218,6 +242,7 @@ def main(argv: list[str] | None = None) -> int:
         "results": results,
         "peak_gpu_memory_gib": peak_gb,
         "agreement_with_native": per_photo,
+        "iteration_breakdown": breakdown,
     }
     write_report(args.out, report)
     print(f"wrote {args.out}")

@@ -14,6 +14,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 
 BUDGET=${BUDGET:-540}
+STEPS=${STEPS:-crf hierarchy detector discover}  # which checks after the build, e.g. STEPS="crf"
 export PYTHON=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1
 export CUDAARCHS=${CUDAARCHS:-90}
@@ -26,6 +27,9 @@ summary=()
 step() {
   local name=$1 limit=$2
   shift 2
+  if [ "$name" != build ] && [[ " $STEPS " != *" $name "* ]]; then
+    return
+  fi
   local left=$((BUDGET - SECONDS - 5))
   if [ "$left" -lt 20 ]; then
     summary+=("$name: skipped (budget spent)")
@@ -48,7 +52,7 @@ step build 240 env HASSOD_CUDA=1 "$PYTHON" -m pip install -e . --no-build-isolat
 step crf 150 bash benchmarks/gpu_crf.sh
 step hierarchy 90 env SKIP_BUILD=1 bash benchmarks/gpu_check_hierarchy.sh
 step detector 150 env ITERS=${DETECTOR_ITERS:-10} WARMUP=${DETECTOR_WARMUP:-3} bash benchmarks/gpu_detector.sh
-step discover 150 env AMP=bf16 CRF="torch native" bash benchmarks/gpu_discover.sh
+step discover 150 env AMP=bf16 CRF="${DISCOVER_CRF:-torch native}" bash benchmarks/gpu_discover.sh
 
 echo
 echo "######## summary (${SECONDS} s)"

@@ -30,6 +30,7 @@ def crf_candidates_batch(
     crf: CrfParams | None = None,
     filters: FilterParams | None = None,
     device: str | torch.device = "cuda",
+    max_batch_elements: int = 400_000_000,
 ) -> list[list[CrfCandidates]]:
     """:func:`hassod.postprocess.crf_candidates` for every image and partition of a batch.
 
@@ -41,6 +42,10 @@ def crf_candidates_batch(
         original_sizes: per image, the (height, width) the masks are returned at.
         crf, filters: the CRF kernels and iterations; ``filters.keep_iou`` (None: defaults).
         device: where the CRF runs.
+        max_batch_elements: CRF batches hold at most this many pixels x label columns (at
+            least one image; the default peaks near 25 GB); images are grouped by their
+            number of labels, which keeps the padding small, and a batch that runs out of
+            device memory is split in two.
 
     Returns:
         Per image, per partition, the :class:`~hassod.postprocess.CrfCandidates` (numpy, CPU).
@@ -55,6 +60,50 @@ def crf_candidates_batch(
     crf = CrfParams() if crf is None else crf
     filters = FilterParams() if filters is None else filters
     device = torch.device(device)
+    # Label columns are padded to a CRF batch's largest count per threshold, and the batch's
+    # memory grows with pixels x columns (about 60 bytes per pixel and column at its peak):
+    # images with similar counts go together (sorted by their total), in chunks of at most
+    # max_batch_elements pixel-columns; a chunk that still runs out of memory is halved.
+    counts = [[int(np.max(labels)) + 1 for labels in partition] for partition in partitions]
+    order = sorted(range(len(crf_images)), key=lambda i: -sum(counts[i]))
+    results: list = [None] * len(crf_images)
+
+    def elements(chunk: list[int]) -> int:
+        pixels = sum(int(crf_images[j].shape[0]) * int(crf_images[j].shape[1]) for j in chunk)
+        columns = sum(max(counts[j][t] for j in chunk) for t in range(len(counts[chunk[0]])))
+        return pixels * columns
+
+    def run(chunk: list[int]) -> None:
+        try:
+            found = _chunk_candidates(
+                [crf_images[j] for j in chunk],
+                [partitions[j] for j in chunk],
+                [original_sizes[j] for j in chunk],
+                crf,
+                filters,
+                device,
+            )
+        except torch.OutOfMemoryError:
+            if len(chunk) == 1:
+                raise
+            torch.cuda.empty_cache()
+            run(chunk[: len(chunk) // 2])
+            run(chunk[len(chunk) // 2 :])
+            return
+        for index, candidates in zip(chunk, found):
+            results[index] = candidates
+
+    chunk: list[int] = []
+    for i in order:
+        if chunk and elements([*chunk, i]) > max_batch_elements:
+            run(chunk)
+            chunk = []
+        chunk.append(i)
+    run(chunk)
+    return results
+
+
+def _chunk_candidates(crf_images, partitions, original_sizes, crf, filters, device) -> list:
     batch = CrfBatch(
         crf_images,
         gaussian=(crf.gaussian_sxy, crf.gaussian_compat),

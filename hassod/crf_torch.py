@@ -58,9 +58,10 @@ MIN_PROBABILITY = 1e-5
 _MAX_ELEVATED = 2.0**22
 
 
-#: How the lattice filter runs: ``"spmm"`` (sparse CSR matrix products, the default) or
-#: ``"gather"`` (index_add / index_select per simplex corner; kept for comparison).
-METHODS = ("spmm", "gather")
+#: How the lattice filter runs: ``"spmm"`` (sparse CSR matrix products, the default),
+#: ``"gather"`` (index_add / index_select per simplex corner and blur neighbour) or
+#: ``"hybrid"`` (matrix products for splat and slice, index_select for the blur).
+METHODS = ("spmm", "gather", "hybrid")
 
 
 @dataclass
@@ -79,23 +80,38 @@ class _Kernel:
     def filter(self, values: torch.Tensor, method: str = "spmm") -> torch.Tensor:
         """Splat, blur along every axis, slice: (N, C) -> (N, C)."""
         if method == "gather":
-            return self._filter_gather(values)
-        vertex_values = self.splat @ values
-        for blur in self.blurs:
-            vertex_values = blur @ vertex_values
+            vertex_values = self.splat_gather(values)
+        else:
+            vertex_values = self.splat @ values
+        if method == "spmm":
+            for blur in self.blurs:
+                vertex_values = blur @ vertex_values
+        else:
+            vertex_values = self.blur_gather(vertex_values)
+        if method == "gather":
+            return self.slice_gather(vertex_values)
         return self.slice @ vertex_values
 
-    def _filter_gather(self, values: torch.Tensor) -> torch.Tensor:
-        m = self.num_vertices
-        # Row m stays zero: it stands for missing blur neighbours.
-        vertex_values = values.new_zeros(m + 1, values.shape[1])
+    def splat_gather(self, values: torch.Tensor) -> torch.Tensor:
+        """(N, C) -> (M, C) with one index_add per simplex corner."""
+        vertex_values = values.new_zeros(self.num_vertices, values.shape[1])
         for r in range(self.entry_vertex.shape[1]):
             vertex_values.index_add_(
                 0, self.entry_vertex[:, r], values * self.splat_weight[:, r : r + 1]
             )
+        return vertex_values
+
+    def blur_gather(self, vertex_values: torch.Tensor) -> torch.Tensor:
+        """(M, C) -> (M, C): per axis, old + (old[n1] + old[n2]) / 2 with index_select."""
+        # Row M (zero) stands for missing neighbours.
+        padded = torch.cat([vertex_values, vertex_values.new_zeros(1, vertex_values.shape[1])])
         for pair in self.neighbours:
-            blurred = vertex_values[pair[0]] + vertex_values[pair[1]]
-            vertex_values = torch.cat([vertex_values[:m] + 0.5 * blurred, vertex_values[m:]], dim=0)
+            blurred = padded[:-1] + 0.5 * (padded[pair[0]] + padded[pair[1]])
+            padded = torch.cat([blurred, padded[-1:]])
+        return padded[:-1]
+
+    def slice_gather(self, vertex_values: torch.Tensor) -> torch.Tensor:
+        """(M, C) -> (N, C): the weighted corners' rows added up."""
         out = None
         for r in range(self.entry_vertex.shape[1]):
             term = vertex_values[self.entry_vertex[:, r]] * self.slice_weight[:, r : r + 1]
@@ -359,7 +375,8 @@ class CrfBatch:
         device: where to run; None uses the first image's device if it is a tensor, else CUDA
             when available, else the CPU.
         method: how the lattice filter runs (:data:`METHODS`): sparse matrix products
-            (``"spmm"``, faster) or per-corner index_add / index_select (``"gather"``).
+            (``"spmm"``), per-corner index_add / index_select (``"gather"``), or products for
+            splat and slice with index_select for the blur (``"hybrid"``).
 
     Memory: about (N * (4 d + 10) + C * (3 N + 2 M)) * 4 bytes on the device for N pixels in
     the batch, M lattice vertices and C label columns per inference (the label sets' padded

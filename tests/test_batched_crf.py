@@ -55,6 +55,15 @@ def test_batch_matches_the_per_image_step():
             total += expected.masks.size
     assert total > 0
     assert differing <= 1e-4 * total, (differing, total)
+    # One image per CRF batch (grouping by label count, chunking): the same results.
+    alone = crf_candidates_batch(
+        crf_images, partitions, [image.shape[:2] for image in images], crf, filters,
+        device="cpu", max_batch_elements=1,
+    )  # fmt: skip
+    for per_threshold, per_threshold_alone in zip(got, alone):
+        for together, single in zip(per_threshold, per_threshold_alone):
+            np.testing.assert_array_equal(together.regions, single.regions)
+            assert (together.masks != single.masks).sum() <= 1e-4 * together.masks.size
 
 
 def test_agreement_filter_and_empty_results():
@@ -77,3 +86,29 @@ def test_bad_inputs():
         crf_candidates_batch([image], [[labels], [labels]], [(30, 30)], device="cpu")
     with pytest.raises(ValueError, match="2-D label map"):
         crf_candidates_batch([image], [[labels[None]]], [(30, 30)], device="cpu")
+
+
+def test_a_batch_that_runs_out_of_memory_is_split(monkeypatch):
+    import torch
+
+    from hassod import batched_crf
+
+    images = [fixed_size(photo(name, 40, 40), 32) for name in ("astronaut", "coffee", "chelsea")]
+    partitions = [[voronoi_partition(3 + i, grid=6, seed=i)] for i in range(3)]
+    sizes = [(40, 40)] * 3
+    expected = crf_candidates_batch(images, partitions, sizes, device="cpu")
+    real = batched_crf._chunk_candidates
+    calls = []
+
+    def small_memory(chunk_images, *args):
+        calls.append(len(chunk_images))
+        if len(chunk_images) > 1:
+            raise torch.OutOfMemoryError("pretend the device is full")
+        return real(chunk_images, *args)
+
+    monkeypatch.setattr(batched_crf, "_chunk_candidates", small_memory)
+    got = crf_candidates_batch(images, partitions, sizes, device="cpu")
+    assert calls[0] == 3 and sorted(calls[1:]) == [1, 1, 1, 2]
+    for single, batched in zip(got, expected):
+        np.testing.assert_array_equal(single[0].regions, batched[0].regions)
+        np.testing.assert_array_equal(single[0].masks, batched[0].masks)
