@@ -257,6 +257,18 @@ def test_strong_view_is_deterministic_and_keeps_geometry():
     assert all(changed)
 
 
+def test_strong_view_is_real_memory_that_can_be_pinned_and_written():
+    """Every strong view (grayscale ones included: torchvision expands the grey channel) owns
+    its memory, as DataLoader's pin_memory and in-place writes need."""
+    image = torch.randint(
+        0, 256, (3, 24, 24), dtype=torch.uint8, generator=torch.Generator().manual_seed(1)
+    )
+    for seed in range(40):
+        view = augment.strong_photometric(image, np.random.default_rng(seed))
+        assert view.is_contiguous() and 0 not in view.stride(), seed
+        view[:, :2, :2] = 0  # would raise on an expanded tensor
+
+
 def test_decode_polygons_and_uncompressed_rle():
     from pycocotools import mask as mask_utils
 

@@ -341,3 +341,60 @@ def test_importing_the_package_and_cli_does_not_import_torch():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     assert output.stdout.strip() == "False"
+
+
+def test_rpn_losses_are_detectron2s_l1_over_256_anchors_per_image(tiny_model):
+    rpn = tiny_model.rpn
+    per_image = rpn.fg_bg_sampler.batch_size_per_image
+    # two images of 6 anchors: 1 = object, 0 = background, -1 = ignored; all get sampled
+    labels = [torch.tensor([1.0, 0.0, -1.0, 0.0, 1.0, 0.0]), torch.tensor([0.0, -1.0, 1.0] * 2)]
+    objectness = torch.tensor([2.0, -1.0, 5.0, 0.5, -0.5, 0.0, 1.0, 3.0, -2.0, 0.0, 0.0, 1.5])
+    deltas = torch.arange(48, dtype=torch.float32).reshape(12, 4) / 10
+    targets = [torch.zeros(6, 4), torch.full((6, 4), 0.05)]
+    cls_loss, box_loss = rpn.compute_loss(objectness, deltas, labels, targets)
+    flat_labels, flat_targets = torch.cat(labels), torch.cat(targets)
+    used, positive = flat_labels >= 0, flat_labels == 1
+    bce = [
+        -(y * math.log(1 / (1 + math.exp(-x))) + (1 - y) * math.log(1 - 1 / (1 + math.exp(-x))))
+        for x, y in zip(objectness[used].tolist(), flat_labels[used].tolist())
+    ]
+    l1 = (deltas[positive] - flat_targets[positive]).abs().sum().item()  # beta 0: plain L1
+    assert cls_loss.item() == pytest.approx(sum(bce) / (2 * per_image), rel=1e-5)
+    assert box_loss.item() == pytest.approx(l1 / (2 * per_image), rel=1e-5)
+
+
+def test_heads_start_as_detectron2s():
+    config = tiny_config().model
+    heads = CascadeRoIHeads(config, config.fpn_channels)
+    for head in heads.box_heads:
+        assert head.fc6.bias.abs().sum() == 0 and head.fc7.bias.abs().sum() == 0
+        bound = math.sqrt(3.0 / head.fc6.weight.shape[1])  # Kaiming-uniform, a = 1
+        assert head.fc6.weight.abs().max() <= bound
+    predictor = heads.mask_head.predictor
+    assert predictor.conv5_mask.bias.abs().sum() == 0
+    assert predictor.mask_fcn_logits.bias.abs().sum() == 0
+    assert predictor.mask_fcn_logits.weight.std().item() < 0.005
+
+
+def test_roi_pooler_is_detectron2s_roialign_v2():
+    from torchvision.ops import roi_align
+
+    from hassod.detector.cascade import RoIAlignV2
+
+    boxes = torch.tensor(
+        [[0, 0, 32, 32], [0, 0, 112, 112], [10, 10, 234, 234], [0, 0, 448, 448], [0, 0, 999, 999]]
+    ).float()
+    # Detectron2's assign_boxes_to_levels: floor(4 + log2(side / 224)), clamped to P2-P5
+    assert RoIAlignV2.levels(boxes).tolist() == [0, 1, 2, 3, 3]
+    generator = torch.Generator().manual_seed(0)
+    features = {
+        name: torch.randn(1, 2, 512 // stride, 512 // stride, generator=generator)
+        for name, stride in zip("0123", (4, 8, 16, 32))
+    }
+    pooled = RoIAlignV2(7)(features, [boxes[2:3]], [(512, 512)])
+    rois = torch.cat([torch.zeros(1, 1), boxes[2:3]], dim=1)
+    # half-pixel aligned, adaptive sampling, on P4 (stride 16)
+    expected = roi_align(features["2"], rois, 7, 1 / 16, sampling_ratio=0, aligned=True)
+    assert torch.equal(pooled, expected)
+    unaligned = roi_align(features["2"], rois, 7, 1 / 16, sampling_ratio=2, aligned=False)
+    assert not torch.allclose(pooled, unaligned)

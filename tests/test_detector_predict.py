@@ -91,6 +91,15 @@ def test_predictor_options(checkpoint_path):
     image = np.zeros((64, 64, 3), dtype=np.uint8)
     assert len(Predictor(checkpoint_path, device="cpu", max_detections=3)(image)) <= 3
     assert Predictor(checkpoint_path, device="cpu", score_threshold=1.0)(image) == []
+    # the student by default (the authors evaluate model_student.pth after Mean Teacher)
+    payload = ckpt.load_checkpoint(checkpoint_path)
+    for options, key in (
+        ({}, "model"),
+        ({"weights": "teacher"}, "teacher"),
+        ({"weights": "auto"}, "teacher"),
+    ):
+        state = Predictor(payload, device="cpu", **options).model.state_dict()
+        assert all(torch.equal(state[name], payload[key][name]) for name in payload[key])
     with pytest.raises(ValueError, match="no teacher"):
         payload = ckpt.load_checkpoint(checkpoint_path)
         payload["teacher"] = None

@@ -54,6 +54,25 @@ def test_learning_rate_warmup_constant_then_cosine():
     assert schedule.learning_rate(140, config) == 0.0
 
 
+def test_mean_teacher_warmup_follows_detectron2s_warmup_cosine():
+    config = tiny_config(iterations=100, mean_teacher=40)
+    config = dataclasses.replace(
+        config,
+        warmup_factor=0.001,
+        mean_teacher=dataclasses.replace(config.mean_teacher, warmup_iters=20),
+    )
+    base = config.base_lr
+    # linear from 0.001 * base to the cosine's value at t = 20 (base / 2), then the cosine
+    assert schedule.learning_rate(100, config) == pytest.approx(base * 0.001)
+    assert schedule.learning_rate(110, config) == pytest.approx(base * (0.001 + 0.499 / 2))
+    assert schedule.learning_rate(120, config) == pytest.approx(base / 2)
+    assert schedule.learning_rate(130, config) == pytest.approx(
+        base * (1 + math.cos(0.75 * math.pi)) / 2
+    )
+    assert schedule.learning_rate(140, config) == 0.0
+    assert schedule.branch_weights(100, config) == (1.0, 2.0)  # the weights do not warm up
+
+
 def test_branch_weights_cosine_schedule():
     config = tiny_config(iterations=100, mean_teacher=40)
     assert schedule.branch_weights(50, config) == (1.0, 0.0)
@@ -122,6 +141,33 @@ def test_teacher_targets_threshold_and_recompute_levels():
     assert empty["boxes"].shape == (0, 4) and empty["levels"].shape == (0,)
 
 
+def test_teacher_detections_with_empty_masks_stay_as_whole_objects():
+    # the authors keep every detection above the threshold; an empty mask is a root (level 0)
+    boxes = torch.tensor([[0.0, 0.0, 40.0, 40.0], [5.0, 5.0, 20.0, 20.0], [2.0, 2.0, 9.0, 9.0]])
+    probs = torch.ones((3, 1, 28, 28))
+    probs[2] = 0.0  # nothing above 0.5: empty pasted mask
+    detection = {"boxes": boxes, "scores": torch.tensor([0.9, 0.9, 0.9]), "mask_probs": probs}
+    (target,) = teacher_targets([detection], [(64, 64)], score_threshold=0.7, cover=0.75)
+    assert target["boxes"].tolist() == boxes.tolist()
+    assert target["levels"].tolist() == [0, 1, 0]
+
+
+def test_gradients_are_clipped_per_parameter():
+    from hassod.detector.train import clip_gradients_per_parameter
+
+    big = torch.nn.Parameter(torch.zeros(2))
+    small = torch.nn.Parameter(torch.zeros(2))
+    big.grad = torch.tensor([3.0, 4.0])  # norm 5: scaled to norm 1
+    small.grad = torch.tensor([0.3, 0.4])  # norm 0.5: untouched (a global clip would shrink it)
+    total = clip_gradients_per_parameter([big, small], 1.0)
+    assert total.item() == pytest.approx(math.hypot(5.0, 0.5), rel=1e-6)
+    assert big.grad.tolist() == pytest.approx([0.6, 0.8], rel=1e-5)
+    assert small.grad.tolist() == pytest.approx([0.3, 0.4], rel=1e-6)
+    big.grad = torch.tensor([3.0, 4.0])
+    clip_gradients_per_parameter([big], 0.0)  # 0: no clipping
+    assert big.grad.tolist() == [3.0, 4.0]
+
+
 # --------------------------------------------------------------------------------- training
 def _trainer(synthetic, out_dir, config, **options):
     labels = load_pseudo_labels(*synthetic)
@@ -177,6 +223,36 @@ def test_resume_reproduces_training_bit_for_bit(synthetic, tmp_path):
     assert [int(row["iteration"]) for row in rows] == [3]
 
 
+def test_each_process_resumes_its_own_rng_stream(synthetic, tmp_path, monkeypatch):
+    from hassod.detector import distributed
+
+    config = tiny_config(iterations=2)
+    trainer, result = _run_to_end(synthetic, tmp_path, config)
+    payload = ckpt.load_checkpoint(result.checkpoint)
+    assert len(payload["rng_per_rank"]) == 1
+    # a checkpoint of two processes: rank 1 must get rank 1's torch RNG state back
+    states = [ckpt.rng_state() for _ in range(2)]
+    states[1]["torch"] = torch.Generator().manual_seed(123).get_state()
+    ckpt.save_checkpoint(
+        result.checkpoint,
+        config=trainer.config,
+        iteration=1,
+        model=trainer.model,
+        optimizer=trainer.optimizer,
+        rng_per_rank=states,
+    )
+    monkeypatch.setattr(
+        distributed,
+        "init_distributed",
+        lambda *args: distributed.DistInfo(rank=1, world_size=2, local_rank=1),
+    )
+    _trainer(synthetic, tmp_path, config, resume=True)
+    assert torch.equal(torch.get_rng_state(), states[1]["torch"])
+    monkeypatch.setattr(distributed, "init_distributed", lambda *args: distributed.DistInfo())
+    with pytest.warns(UserWarning, match="not bit-for-bit"):
+        _trainer(synthetic, tmp_path, config, resume=True)
+
+
 def test_mean_teacher_phase_copies_then_averages_the_student(synthetic, tmp_path):
     config = tiny_config(iterations=1, mean_teacher=2)
     trainer = _trainer(synthetic, tmp_path, config)
@@ -194,6 +270,62 @@ def test_mean_teacher_phase_copies_then_averages_the_student(synthetic, tmp_path
     name = "roi_heads.box_predictors.0.level_score.weight"
     expected = teacher_before[name] * keep + student_now[name] * (1.0 - keep)
     assert torch.equal(trainer.teacher.state_dict()[name], expected)
+
+
+def test_mean_teacher_starts_from_a_burn_in_checkpoint(synthetic, tmp_path, capsys):
+    from hassod.cli import main
+
+    burn_in = tiny_config(iterations=2)
+    burn_trainer, burned = _run_to_end(synthetic, tmp_path / "burn", burn_in)
+    assert burned.checkpoint.name == "model_final.pth"
+    # Mean Teacher alone (0 burn-in iterations), from the burn-in student; a different model
+    # section in the requested settings is replaced by the checkpoint's architecture
+    requested = tiny_config(iterations=0, mean_teacher=1)
+    requested = dataclasses.replace(
+        requested, model=dataclasses.replace(requested.model, box_head_dim=8)
+    )
+    trainer = _trainer(synthetic, tmp_path / "mt", requested, init_from=burned.checkpoint)
+    assert trainer.config.model == burn_trainer.config.model
+    assert states_equal(trainer.model.state_dict(), burn_trainer.model.state_dict())
+    assert trainer.start_iteration == 0 and trainer.teacher is None
+    trainer.step(0, trainer.batches[0])
+    assert states_equal(trainer.teacher.state_dict(), burn_trainer.model.state_dict())
+    with pytest.raises(ValueError, match="exclude each other"):
+        _trainer(
+            synthetic,
+            tmp_path / "x",
+            requested,
+            init_from=burned.checkpoint,
+            backbone_weights=burned.checkpoint,
+        )
+    # CLI: --init-from; re-running with --resume continues the run's own checkpoint instead
+    json_path, images = synthetic
+    out = tmp_path / "cli"
+    command = [
+        "train",
+        str(json_path),
+        str(images),
+        "--out",
+        str(out),
+        "--preset",
+        "cpu-small",
+        "--quiet",
+        "--device",
+        "cpu",
+        "--iterations",
+        "0",
+        "--mean-teacher-iterations",
+        "1",
+        "--init-from",
+        str(burned.checkpoint),
+    ]
+    assert main(command) == 0
+    final = ckpt.load_checkpoint(out / "checkpoints" / "model_final.pth")
+    assert final["iteration"] == 1 and final["teacher"] is not None
+    assert main([*command, "--resume"]) == 0
+    assert "trained iterations 1..1" in capsys.readouterr().out
+    missing = ["--init-from", str(tmp_path / "none.pth")]
+    assert main([*command[:-2], *missing]) == 2
 
 
 def test_teacher_targets_train_the_student_branch(synthetic, tmp_path):

@@ -189,7 +189,9 @@ def strong_photometric(image: torch.Tensor, rng: np.random.Generator) -> torch.T
             else:
                 image = TF.adjust_hue(image, value)
     if rng.random() < 0.2:
-        image = TF.rgb_to_grayscale(image, num_output_channels=3)
+        # torchvision returns the grey channel expanded to three (one memory location per
+        # pixel), which in-place writes and pinned-memory copies refuse: make it real memory.
+        image = TF.rgb_to_grayscale(image, num_output_channels=3).contiguous()
     if rng.random() < 0.5:
         sigma = float(rng.uniform(0.1, 2.0))
         kernel = 2 * math.ceil(3.0 * sigma) + 1

@@ -14,6 +14,9 @@ the semantics of the authors' Detectron2 ``CustomCascadeROIHeads``:
 - inference: the stages run in sequence on the RPN proposals, each stage refining the last
   one's boxes; foreground scores and level probabilities (softmax) are averaged over the
   stages, the last stage's boxes are kept, then score threshold, NMS and top-k (1000).
+
+Boxes and masks are pooled as Detectron2 pools them (:class:`RoIAlignV2`: half-pixel aligned,
+adaptive sampling), not with torchvision's ``MultiScaleRoIAlign``.
 """
 
 from __future__ import annotations
@@ -22,15 +25,66 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torchvision.models.detection._utils import BalancedPositiveNegativeSampler, BoxCoder, Matcher
-from torchvision.ops import MultiScaleRoIAlign, box_iou, clip_boxes_to_image, nms
+from torchvision.ops import box_iou, clip_boxes_to_image, nms, roi_align
 
 from hassod.detector import losses as L
 from hassod.detector.config import ModelConfig
 from hassod.detector.heads import MaskHead, StagePredictor, box_head
 
 FEATURE_NAMES = ["0", "1", "2", "3"]  # P2-P5 (P6 feeds the RPN only)
+FEATURE_STRIDES = [4, 8, 16, 32]
 BOX_POOL = 7
 MASK_POOL = 14
+
+
+class RoIAlignV2(nn.Module):
+    """Detectron2's ``ROIPooler`` with ``ROIAlignV2`` (the authors' box and mask poolers).
+
+    torchvision's ``MultiScaleRoIAlign`` pools with ``aligned=False`` (no half-pixel shift)
+    and infers the strides from the first batch; Detectron2 shifts box corners by half a
+    pixel (``aligned=True``), samples adaptively (``sampling_ratio=0``) and assigns a box of
+    side ``s = sqrt(area)`` to level ``floor(4 + log2(s / 224 + 1e-8))`` clamped to P2-P5.
+
+    ``forward(features, boxes, image_sizes)``: ``features`` the FPN dict (``FEATURE_NAMES``
+    at ``FEATURE_STRIDES``), ``boxes`` a list of (N_i, 4) xyxy image-coordinate boxes;
+    returns (sum N_i, C, output_size, output_size). ``image_sizes`` is unused (kept for
+    ``MultiScaleRoIAlign``'s signature).
+    """
+
+    def __init__(self, output_size: int, sampling_ratio: int = 0):
+        super().__init__()
+        self.output_size = (output_size, output_size)
+        self.sampling_ratio = sampling_ratio
+
+    @staticmethod
+    def levels(boxes: torch.Tensor) -> torch.Tensor:
+        """(N,) int64 index into ``FEATURE_NAMES`` of each (N, 4) box."""
+        sides = ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])).clamp(min=0).sqrt()
+        level = torch.floor(4 + torch.log2(sides / 224 + 1e-8))
+        return (level.clamp(min=2, max=5) - 2).to(torch.int64)
+
+    def forward(self, features, boxes, image_sizes=None) -> torch.Tensor:
+        maps = [features[name] for name in FEATURE_NAMES]
+        rois = torch.cat(
+            [
+                torch.cat([torch.full_like(image_boxes[:, :1], index), image_boxes], dim=1)
+                for index, image_boxes in enumerate(boxes)
+            ]
+        )
+        levels = self.levels(rois[:, 1:])
+        result = maps[0].new_zeros((rois.shape[0], maps[0].shape[1], *self.output_size))
+        for level, (feature, stride) in enumerate(zip(maps, FEATURE_STRIDES)):
+            index = torch.where(levels == level)[0]
+            pooled = roi_align(
+                feature,
+                rois[index],
+                self.output_size,
+                spatial_scale=1.0 / stride,
+                sampling_ratio=self.sampling_ratio,
+                aligned=True,
+            )
+            result[index] = pooled.to(result.dtype)
+        return result
 
 
 class _ScaleGradient(torch.autograd.Function):
@@ -63,7 +117,7 @@ class CascadeRoIHeads(nn.Module):
         self.config = config
         stages = len(config.cascade_ious)
         self.num_stages = stages
-        self.box_roi_pool = MultiScaleRoIAlign(FEATURE_NAMES, BOX_POOL, sampling_ratio=2)
+        self.box_roi_pool = RoIAlignV2(BOX_POOL)
         self.box_heads = nn.ModuleList(
             [box_head(in_channels, BOX_POOL, config.box_head_dim) for _ in range(stages)]
         )
@@ -79,7 +133,7 @@ class CascadeRoIHeads(nn.Module):
         self.sampler = BalancedPositiveNegativeSampler(
             config.roi_batch_size_per_image, config.roi_positive_fraction
         )
-        self.mask_roi_pool = MultiScaleRoIAlign(FEATURE_NAMES, MASK_POOL, sampling_ratio=2)
+        self.mask_roi_pool = RoIAlignV2(MASK_POOL)
         self.mask_head = MaskHead(in_channels, config.mask_head_channels, config.mask_head_convs)
 
     def forward(self, features, proposals, image_sizes, targets=None, drop_loss: bool = True):

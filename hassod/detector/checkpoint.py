@@ -54,8 +54,13 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer | None = None,
     scaler=None,
     extra: dict | None = None,
+    rng_per_rank: list | None = None,
 ) -> Path:
-    """Write a checkpoint atomically; ``iteration`` is the number of finished iterations."""
+    """Write a checkpoint atomically; ``iteration`` is the number of finished iterations.
+
+    ``rng`` holds this process's RNG states; ``rng_per_rank`` (when given) those of every
+    process in rank order, so that each process of a multi-process run resumes its own
+    stream (its RoI and anchor sampling)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
@@ -67,6 +72,7 @@ def save_checkpoint(
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
         "scaler": scaler.state_dict() if scaler is not None else None,
         "rng": rng_state(),
+        "rng_per_rank": rng_per_rank,
         "extra": extra or {},
     }
     temporary = path.with_name(f".{path.name}.tmp{os.getpid()}")
@@ -108,11 +114,12 @@ def load_checkpoint(path, map_location="cpu") -> dict:
     return payload
 
 
-def detector_from_checkpoint(path_or_payload, weights: str = "auto", map_location="cpu"):
+def detector_from_checkpoint(path_or_payload, weights: str = "student", map_location="cpu"):
     """(detector in eval mode, TrainConfig) from a checkpoint.
 
-    ``weights``: ``student``, ``teacher`` or ``auto`` (the teacher when the run reached the
-    Mean Teacher phase, else the student).
+    ``weights``: ``student`` (default: the network the authors evaluate after Mean Teacher,
+    their ``model_student.pth``), ``teacher`` (the EMA) or ``auto`` (the teacher when the
+    run reached the Mean Teacher phase, else the student).
     """
     from hassod.detector.model import HassodDetector
 

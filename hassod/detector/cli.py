@@ -17,7 +17,7 @@ _TRAIN_EXIT_CODES = """exit codes:
   1    run-time failure (e.g. CUDA out of memory)
   2    bad arguments or input: unusable pseudo-label JSON (no images, no annotations), missing
        image folder or backbone weights, weights of another architecture, --resume without a
-       checkpoint
+       checkpoint, an unreadable --init-from checkpoint
   130  interrupted (Ctrl-C, SIGTERM): a checkpoint of the last finished iteration is saved;
        run the same command with --resume to continue exactly"""
 
@@ -66,6 +66,15 @@ def add_train_parser(commands) -> None:
     train.add_argument("--no-amp", action="store_true", help="fp32 on CUDA (AMP is the default)")
     train.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     train.add_argument("--resume", action="store_true", help="continue from OUT's last checkpoint")
+    train.add_argument(
+        "--init-from",
+        type=Path,
+        metavar="CHECKPOINT",
+        help="start from the student weights of a `hassod train` checkpoint (architecture "
+        "included) with a fresh optimizer, e.g. a burn-in run's model_final.pth; with "
+        "--iterations 0 only the Mean Teacher phase runs (the authors' second job). "
+        "With --resume it applies only while OUT has no checkpoint yet",
+    )
     train.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -90,9 +99,10 @@ def add_predict_parser(commands) -> None:
     )
     predict.add_argument(
         "--weights",
-        default="auto",
-        choices=["auto", "student", "teacher"],
-        help="which network of the checkpoint (auto: the teacher when present)",
+        default="student",
+        choices=["student", "teacher", "auto"],
+        help="which network of the checkpoint (default student: the one the authors evaluate "
+        "after Mean Teacher; teacher: its EMA; auto: the teacher when present)",
     )
     predict.add_argument("--score-threshold", type=float, help="minimum score (default 0)")
     predict.add_argument("--max-detections", type=int, help="per image (default 1000)")
@@ -164,6 +174,7 @@ def run_train_command(args, parser) -> int:
             args.out,
             backbone_weights=args.backbone_weights,
             resume=args.resume,
+            init_from=args.init_from,
             device=args.device,
             progress=not args.quiet,
         )

@@ -6,7 +6,8 @@ Plain Python (no torch import), JSON round-trippable with :func:`config_to_dict`
 Defaults follow DESIGN.md section 5 and the authors' Detectron2 configs
 (``cascade_mask_rcnn_R_50_FPN.yaml`` and ``..._MT.yaml``): Cascade Mask R-CNN R50-FPN, one
 foreground class, cascade IoUs 0.5/0.6/0.7, 40k burn-in iterations at batch 16, LR 0.01
-constant after a linear warm-up, weight decay 5e-5, gradient-norm clipping at 1.0, AMP, then
+constant after a linear warm-up, weight decay 5e-5, per-parameter gradient-norm clipping at 1.0
+(Detectron2's ``CLIP_GRADIENTS`` wraps the optimizer per parameter), AMP, then
 Mean Teacher (EMA keep rate 0.9996, teacher score > 0.7, coverage 0.75, adaptive weights).
 """
 
@@ -117,7 +118,15 @@ class MeanTeacherConfig:
 
     The pseudo-label branch's weight falls 1 -> 0 and the teacher branch's rises 2 -> 3 on a
     cosine over ``iterations``; the LR follows the same cosine from ``TrainConfig.base_lr``
-    to 0. DropLoss is off in this phase, as in the authors' config.
+    to 0 (DESIGN.md section 5). DropLoss is off in this phase, as in the authors' config.
+
+    ``warmup_iters`` > 0 puts Detectron2's linear warm-up in front of the LR cosine (from
+    ``TrainConfig.warmup_factor * base_lr`` up to the cosine's value at ``warmup_iters``, then
+    the cosine), which is what the authors' public script runs: their Mean Teacher job is a
+    fresh Detectron2 run with ``WarmupCosineLR`` and the default ``WARMUP_ITERS`` 1000, so its
+    LR climbs to 0.005 over the first 1000 of 2000 iterations before falling to 0. Set 1000 to
+    reproduce that; the default 0 is the paper's plain cosine. The branch weights never warm
+    up (the authors' weight schedule is a plain cosine).
     """
 
     iterations: int = 2000  # 0: no Mean Teacher phase
@@ -129,10 +138,13 @@ class MeanTeacherConfig:
     pseudo_weight: float = 1.0  # start of the pseudo-label branch weight (-> 0)
     teacher_weight: float = 2.0  # start of the teacher branch weight (-> + pseudo_weight)
     drop_loss: bool = False
+    warmup_iters: int = 0  # linear LR warm-up in front of the cosine (authors' script: 1000)
 
     def __post_init__(self):
         if self.iterations < 0:
             raise ValueError(f"mean-teacher iterations must be >= 0, got {self.iterations}")
+        if self.warmup_iters < 0:
+            raise ValueError(f"mean-teacher warmup_iters must be >= 0, got {self.warmup_iters}")
         if not 0.0 <= self.ema_keep_rate <= 1.0:
             raise ValueError(f"ema_keep_rate must be in [0, 1], got {self.ema_keep_rate}")
 
@@ -153,7 +165,7 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 5e-5
     weight_decay_norm: float = 0.0  # no decay on normalisation weights (Detectron2's default)
-    clip_grad_norm: float = 1.0  # 0 disables
+    clip_grad_norm: float = 1.0  # L2 norm each parameter's gradient is clipped to; 0 disables
     amp: bool = True  # fp16 autocast + GradScaler on CUDA; ignored on CPU
     checkpoint_period: int = 5000
     log_period: int = 20

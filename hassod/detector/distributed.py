@@ -76,6 +76,15 @@ def all_reduce_mean(values: dict, info: DistInfo, device) -> dict:
     return dict(zip(keys, tensor.tolist()))
 
 
+def all_gather_objects(value, info: DistInfo) -> list:
+    """``value`` of every process, in rank order (``[value]`` without a process group)."""
+    if not info.enabled or info.world_size == 1:
+        return [value]
+    gathered = [None] * info.world_size
+    dist.all_gather_object(gathered, value)
+    return gathered
+
+
 def shutdown(info: DistInfo) -> None:
     if info.owns_group and dist.is_initialized():
         dist.destroy_process_group()

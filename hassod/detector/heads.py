@@ -43,20 +43,35 @@ class StagePredictor(nn.Module):
 
 
 def box_head(in_channels: int, resolution: int, dim: int) -> nn.Module:
-    """Two FC layers on the (in_channels, resolution, resolution) pooled features."""
-    return TwoMLPHead(in_channels * resolution * resolution, dim)
+    """Two FC layers on the (in_channels, resolution, resolution) pooled features.
+
+    Initialised as Detectron2's ``FastRCNNConvFCHead`` (``c2_xavier_fill``: Kaiming-uniform
+    with a = 1, zero biases) rather than with ``nn.Linear``'s default.
+    """
+    head = TwoMLPHead(in_channels * resolution * resolution, dim)
+    for layer in (head.fc6, head.fc7):
+        nn.init.kaiming_uniform_(layer.weight, a=1)
+        nn.init.zeros_(layer.bias)
+    return head
 
 
 class MaskHead(nn.Module):
     """torchvision's Mask R-CNN mask branch with one (class-agnostic) output channel.
 
     Input: (R, C, 14, 14) pooled features; output: (R, 1, 28, 28) mask logits.
+    Initialised as Detectron2's ``MaskRCNNConvUpsampleHead``: convolutions and deconvolution
+    Kaiming-normal (fan out) with zero biases, the 1x1 predictor normal with std 0.001 and a
+    zero bias (torchvision leaves the deconvolution's and predictor's biases at their default
+    and gives the predictor Kaiming weights).
     """
 
     def __init__(self, in_channels: int, channels: int, num_convs: int, norm_layer=None):
         super().__init__()
         self.convs = MaskRCNNHeads(in_channels, [channels] * num_convs, 1, norm_layer=norm_layer)
         self.predictor = MaskRCNNPredictor(channels, channels, 1)
+        nn.init.zeros_(self.predictor.conv5_mask.bias)
+        nn.init.normal_(self.predictor.mask_fcn_logits.weight, std=0.001)
+        nn.init.zeros_(self.predictor.mask_fcn_logits.bias)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.predictor(self.convs(features))

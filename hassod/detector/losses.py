@@ -38,6 +38,10 @@ def drop_loss_weights(
     not penalised: it may be an object the pseudo-labels missed (CutLER's DropLoss, used by
     HASSOD with 0.01). Foreground proposals always count. An image without pseudo-labels
     keeps every proposal's loss (the authors' code skips DropLoss when there is no box).
+    Deliberate differences from the authors' (CutLER's) code: it compares with the distinct
+    boxes matched by the first 100 sampled proposals rather than every pseudo-label, drops at
+    IoU <= threshold, and does not exempt foreground proposals (whose regressed box almost
+    never misses every pseudo-label); here the definition is the paper's.
 
     Args:
         boxes: (R, 4) xyxy boxes the proposals predict (the authors use the stage's regressed

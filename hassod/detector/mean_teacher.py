@@ -7,7 +7,12 @@ before every student step (keep rate 0.9996), over parameters and floating-point
 become the targets of the student's strongly augmented view; their levels are recomputed from
 the teacher's masks with the coverage forest at cover 0.75 (:func:`hassod.build_hierarchy`).
 The masks are used for the levels only: teacher targets carry no masks, so they add nothing
-to the mask loss.
+to the mask loss (the authors compute that loss and weight it by 0).
+
+The teacher runs in eval mode. The authors' teacher stays in training mode: its RPN keeps the
+training top-k (2000 per level, 4000 after NMS) and SyncBN layers use batch statistics. With
+frozen BatchNorm or GroupNorm (this package's choices) only the proposal count differs; eval
+mode is kept because it is what prediction uses, so the teacher labels what it would predict.
 """
 
 from __future__ import annotations
@@ -59,8 +64,10 @@ def teacher_targets(
         score_threshold: keep detections with a stage-averaged score above it.
         cover: coverage threshold of the forest the levels are recomputed with.
 
-    Returns dicts with ``boxes`` (K, 4), ``levels`` (K,) int64 and ``scores`` (K,); detections
-    whose mask is empty at 0.5 are dropped (they have no place in the forest).
+    Returns dicts with ``boxes`` (K, 4), ``levels`` (K,) int64 and ``scores`` (K,), one entry
+    per detection above the threshold. A detection whose pasted mask is empty at 0.5 is kept
+    for its box: in the forest it is a root that covers nothing, i.e. a whole object, as in
+    the authors' ``build_tree_and_assign_levels`` (its coverage 0/0 is NaN, never >= cover).
     """
     targets = []
     for detection, size in zip(detections, image_sizes):
@@ -72,8 +79,6 @@ def teacher_targets(
             masks = paste_masks_in_image(probs.float(), boxes, tuple(size), padding=1)[:, 0] > 0.5
         else:
             masks = torch.zeros((0, *size), dtype=torch.bool, device=boxes.device)
-        nonempty = masks.flatten(1).any(dim=1)
-        boxes, scores, masks = boxes[nonempty], scores[nonempty], masks[nonempty]
         targets.append(
             {"boxes": boxes, "levels": _hierarchy_levels(masks, cover), "scores": scores}
         )

@@ -1,7 +1,7 @@
 """The stage-2 detector: ResNet-FPN -> RPN -> cascade RoI heads with level and mask heads.
 
 Built from torchvision's maintained detection components (``BackboneWithFPN``,
-``AnchorGenerator``, ``RPNHead``, ``RegionProposalNetwork``, ``MultiScaleRoIAlign``,
+``AnchorGenerator``, ``RPNHead``, ``RegionProposalNetwork``, ``roi_align``,
 ``BoxCoder``, ``Matcher``, ``BalancedPositiveNegativeSampler``, the Mask R-CNN mask head) plus
 the cascade and the level head in :mod:`hassod.detector.cascade`.
 
@@ -16,6 +16,7 @@ import warnings
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.image_list import ImageList
@@ -24,6 +25,40 @@ from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
 from hassod.detector.backbone import build_backbone, load_backbone_weights, resolve_norm
 from hassod.detector.cascade import CascadeRoIHeads
 from hassod.detector.config import ModelConfig
+
+
+class DetectronLossRPN(RegionProposalNetwork):
+    """torchvision's RPN with Detectron2's (the authors') losses.
+
+    torchvision uses smooth-L1 with beta 1/9 for the anchor deltas and averages the
+    objectness loss over the sampled anchors; Detectron2 (``RPN.SMOOTH_L1_BETA: 0``) uses L1
+    and divides both sums by ``batch_size_per_image * images`` (256 per image), so an image
+    with few sampled anchors does not weigh more. Matching, sampling and proposals are
+    torchvision's, which follow Detectron2's (IoU 0.3 / 0.7, low-quality matches kept).
+    """
+
+    def compute_loss(self, objectness, pred_bbox_deltas, labels, regression_targets):
+        positive, negative = self.fg_bg_sampler(labels)
+        positive = torch.where(torch.cat(positive))[0]
+        sampled = torch.cat([positive, torch.where(torch.cat(negative))[0]])
+        normalizer = self.fg_bg_sampler.batch_size_per_image * len(labels)
+        labels = torch.cat(labels)
+        regression_targets = torch.cat(regression_targets)
+        box_loss = (
+            F.l1_loss(
+                pred_bbox_deltas[positive].float(),
+                regression_targets[positive].float(),
+                reduction="sum",
+            )
+            / normalizer
+        )
+        objectness_loss = (
+            F.binary_cross_entropy_with_logits(
+                objectness.flatten()[sampled].float(), labels[sampled].float(), reduction="sum"
+            )
+            / normalizer
+        )
+        return objectness_loss, box_loss
 
 
 class HassodDetector(nn.Module):
@@ -53,7 +88,7 @@ class HassodDetector(nn.Module):
             aspect_ratios=(tuple(float(r) for r in config.aspect_ratios),)
             * len(config.anchor_sizes),
         )
-        self.rpn = RegionProposalNetwork(
+        self.rpn = DetectronLossRPN(
             anchors,
             RPNHead(channels, anchors.num_anchors_per_location()[0]),
             fg_iou_thresh=0.7,

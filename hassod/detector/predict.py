@@ -81,8 +81,8 @@ class Predictor:
     Args:
         checkpoint: path of a ``hassod train`` checkpoint (or its loaded dict).
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:N``.
-        weights: ``auto`` (the Mean Teacher's teacher when present, else the student),
-            ``student`` or ``teacher``.
+        weights: ``student`` (default; the authors evaluate the student after Mean Teacher),
+            ``teacher`` (its EMA) or ``auto`` (the teacher when present, else the student).
         score_threshold: keep detections scoring above it (default: the model's, 0.0).
         max_detections: at most this many per image (default: the model's, 1000).
         min_size, max_size: test resize (default: the training config's 800 / 1333).
@@ -94,7 +94,7 @@ class Predictor:
         checkpoint,
         *,
         device: str = "auto",
-        weights: str = "auto",
+        weights: str = "student",
         score_threshold: float | None = None,
         max_detections: int | None = None,
         min_size: int | None = None,

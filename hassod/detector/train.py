@@ -10,11 +10,12 @@ One :class:`Trainer` runs iterations ``[start, config.total_iterations)``:
   views; the loss is ``w_pseudo * L(pseudo-labels) + w_teacher * L(teacher targets, no mask)``
   with the cosine weights and LR of :mod:`hassod.detector.schedule`.
 
-SGD with momentum, weight decay (none on normalisation weights), gradient-norm clipping, fp16
-AMP with a GradScaler on CUDA, micro-batches (gradient accumulation) when a share of the batch
-does not fit, DDP under ``torchrun``. Checkpoints every ``checkpoint_period`` iterations, at
-the end and on SIGINT/SIGTERM; ``resume=True`` continues from the newest one exactly (the
-batches are a function of the iteration, and RNG states are restored).
+SGD with momentum, weight decay (none on normalisation weights), per-parameter gradient-norm
+clipping (Detectron2's, as the authors), fp16 AMP with a GradScaler on CUDA, micro-batches
+(gradient accumulation) when a share of the batch does not fit, DDP under ``torchrun``.
+Checkpoints every ``checkpoint_period`` iterations, at the end and on SIGINT/SIGTERM;
+``resume=True`` continues from the newest one exactly (the batches are a function of the
+iteration, and RNG states are restored).
 """
 
 from __future__ import annotations
@@ -116,6 +117,28 @@ def _parameter_groups(model: torch.nn.Module, config: TrainConfig) -> list[dict]
     ]
 
 
+@torch.no_grad()
+def clip_gradients_per_parameter(params, max_norm: float) -> torch.Tensor:
+    """Clip each parameter's gradient to L2 norm ``max_norm`` on its own; returns the total
+    norm of all gradients before clipping (for logging).
+
+    This is what the authors' solver does (Detectron2's ``CLIP_TYPE: norm`` wraps the
+    optimizer with a *per-parameter* ``clip_grad_norm_``), not one global norm over the
+    model: a large gradient in one tensor does not shrink every other tensor's step.
+    Each tensor is scaled by ``min(1, max_norm / (norm + 1e-6))`` as ``clip_grad_norm_``
+    does. ``max_norm <= 0`` clips nothing.
+    """
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return torch.zeros(())
+    norms = [torch.linalg.vector_norm(grad.float()) for grad in grads]
+    total = torch.linalg.vector_norm(torch.stack(norms))
+    if max_norm > 0:
+        for grad, norm in zip(grads, norms):
+            grad.mul_((max_norm / (norm + 1e-6)).clamp(max=1.0).to(grad.dtype))
+    return total
+
+
 def _chunks(items: list, parts: int) -> list[list]:
     size = math.ceil(len(items) / parts) if items else 0
     return (
@@ -145,7 +168,14 @@ class Trainer:
         labels: the pseudo-labels (:func:`hassod.detector.data.load_pseudo_labels`).
         out_dir: where checkpoints, ``metrics.csv``, ``config.json`` go.
         backbone_weights: self-supervised ResNet file (ignored when resuming).
-        resume: continue from ``out_dir``'s newest checkpoint (error if there is none).
+        resume: continue from ``out_dir``'s newest checkpoint (error if there is none and no
+            ``init_from``).
+        init_from: a ``hassod train`` checkpoint whose student weights (``model``) start this
+            run at iteration 0 with a fresh optimizer -- e.g. a burn-in run's
+            ``model_final.pth``, so that ``iterations=0`` runs the Mean Teacher phase alone, as
+            the authors' second job does. The model settings (architecture, normalisation)
+            come from that checkpoint. Ignored when ``resume`` finds a checkpoint of this run
+            (so the same command can be re-run with ``resume=True`` after an interruption).
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` (under torchrun: ``cuda:LOCAL_RANK``).
         distributed: None (join when torchrun says WORLD_SIZE > 1), True, False.
     """
@@ -158,6 +188,7 @@ class Trainer:
         *,
         backbone_weights=None,
         resume: bool = False,
+        init_from=None,
         device: str = "auto",
         progress: bool = True,
         distributed_mode: bool | None = None,
@@ -170,6 +201,9 @@ class Trainer:
         if device.type == "cuda" and self.dist.enabled and device.index is None:
             device = torch.device("cuda", self.dist.local_rank)
         if device.type == "cuda":
+            # set_device needs an index ("cuda" alone is refused by recent torch).
+            if device.index is None:
+                device = torch.device("cuda", torch.cuda.current_device())
             torch.cuda.set_device(device)
         else:
             # Early gradients are full of denormal floats, which make CPU convolutions ~10x
@@ -179,15 +213,23 @@ class Trainer:
         self.device = device
 
         payload = None
-        if resume:
-            path = ckpt.last_checkpoint(self.out_dir / CHECKPOINT_DIR)
-            if path is None:
-                raise FileNotFoundError(
-                    f"--resume: no checkpoint in {self.out_dir / CHECKPOINT_DIR}"
-                )
+        initial_state = None
+        path = ckpt.last_checkpoint(self.out_dir / CHECKPOINT_DIR) if resume else None
+        if resume and path is None and init_from is None:
+            raise FileNotFoundError(f"--resume: no checkpoint in {self.out_dir / CHECKPOINT_DIR}")
+        if path is not None:
             payload = ckpt.load_checkpoint(path, map_location="cpu")
             config = _resumed_config(payload["config"], config)
             backbone_weights = None
+        elif init_from is not None:
+            if backbone_weights is not None:
+                raise ValueError(
+                    "--init-from and --backbone-weights exclude each other: the checkpoint "
+                    "holds the whole detector"
+                )
+            source = ckpt.load_checkpoint(init_from, map_location="cpu")
+            config = dataclasses.replace(config, model=source["config"].model)
+            initial_state = source["model"]
         else:
             norm = resolve_norm(config.model.norm, backbone_weights is not None)
             config = dataclasses.replace(config, model=dataclasses.replace(config.model, norm=norm))
@@ -198,10 +240,12 @@ class Trainer:
             )
 
         torch.manual_seed(config.seed)
-        if payload is None:
+        if payload is None and initial_state is None:
             model = build_detector(config.model, backbone_weights)
         else:
             model = HassodDetector(config.model, config.model.norm)
+        if initial_state is not None:
+            model.load_state_dict(initial_state)
         model.to(device)
         self.model = model
         self.teacher = None
@@ -222,11 +266,16 @@ class Trainer:
             if config.model.norm == "syncbn":
                 model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
                 self.model = model
-            self.wrapped = torch.nn.parallel.DistributedDataParallel(
-                _Branches(model),
-                device_ids=[device.index] if device.type == "cuda" else None,
-                broadcast_buffers=False,
-            )
+            with warnings.catch_warnings():
+                # recent torch deprecates broadcast_buffers, yet its warning advises keeping
+                # False until the replacement can skip the initial sync; buffers (BN
+                # statistics) stay per process, as in the authors' DDP wrapping
+                warnings.filterwarnings("ignore", message="`broadcast_buffers` is deprecated")
+                self.wrapped = torch.nn.parallel.DistributedDataParallel(
+                    _Branches(model),
+                    device_ids=[device.index] if device.type == "cuda" else None,
+                    broadcast_buffers=False,
+                )
         else:
             self.wrapped = _Branches(model)
         self.batches = TrainBatches(labels, config, self.dist.rank, self.dist.world_size)
@@ -243,7 +292,16 @@ class Trainer:
             self.scaler.load_state_dict(payload["scaler"])
         self.start_iteration = int(payload["iteration"])
         self.skipped = dict(payload.get("extra", {}).get("skipped_images", {}))
-        ckpt.set_rng_state(payload["rng"])
+        states = payload.get("rng_per_rank") or [payload["rng"]]
+        if len(states) == self.dist.world_size:
+            ckpt.set_rng_state(states[self.dist.rank])
+        else:
+            ckpt.set_rng_state(payload["rng"])
+            warnings.warn(
+                f"the checkpoint was written by {len(states)} processes, this run has "
+                f"{self.dist.world_size}: training continues, but not bit-for-bit",
+                stacklevel=2,
+            )
 
     def _new_teacher(self) -> HassodDetector:
         teacher = copy.deepcopy(self.model)
@@ -253,8 +311,10 @@ class Trainer:
         return teacher
 
     def save(self, iteration: int, name: str | None = None) -> Path | None:
-        """Checkpoint after ``iteration`` finished iterations (rank 0 writes)."""
+        """Checkpoint after ``iteration`` finished iterations (rank 0 writes; every process
+        must call it: the RNG states of all processes are gathered into the file)."""
         path = None
+        rng_per_rank = distributed.all_gather_objects(ckpt.rng_state(), self.dist)
         if self.dist.is_main:
             directory = self.out_dir / CHECKPOINT_DIR
             path = directory / (name or f"iter_{iteration:07d}.pth")
@@ -267,6 +327,7 @@ class Trainer:
                 optimizer=self.optimizer,
                 scaler=self.scaler,
                 extra={"skipped_images": dict(self.skipped), "world_size": self.dist.world_size},
+                rng_per_rank=rng_per_rank,
             )
             ckpt.mark_last(directory, path)
         distributed.barrier(self.dist)
@@ -358,11 +419,7 @@ class Trainer:
             return metrics
         self.scaler.unscale_(self.optimizer)
         params = [p for group in self.optimizer.param_groups for p in group["params"]]
-        if config.clip_grad_norm > 0:
-            norm = torch.nn.utils.clip_grad_norm_(params, config.clip_grad_norm)
-        else:
-            norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
-        metrics["grad_norm"] = float(norm)
+        metrics["grad_norm"] = float(clip_gradients_per_parameter(params, config.clip_grad_norm))
         self.scaler.step(self.optimizer)
         self.scaler.update()
         return metrics
@@ -448,6 +505,7 @@ class Trainer:
         previous = self._install_signal_handlers()
         started = time.perf_counter()
         iteration = self.start_iteration
+        stop = False
         try:
             batches = iter(loader)
             while iteration < total:
@@ -465,7 +523,10 @@ class Trainer:
                 metrics = self.step(iteration, batch)
                 metrics["seconds_per_iteration"] = time.perf_counter() - step_start + data_seconds
                 metrics["data_seconds"] = data_seconds
+                # a signal may reach the processes in different iterations: all stop together
+                metrics["stop_requested"] = float(self._stop_signal is not None)
                 metrics = distributed.all_reduce_mean(metrics, self.dist, self.device)
+                stop = metrics.pop("stop_requested") > 0
                 if not result.first_losses:
                     result.first_losses = dict(metrics)
                 result.last_losses = dict(metrics)
@@ -481,17 +542,18 @@ class Trainer:
                         lr=f"{metrics['lr']:.2g}",
                         refresh=False,
                     )
-                if self._stop_signal is not None:
+                if stop:
                     break
                 if iteration % config.checkpoint_period == 0 and iteration < total:
                     result.checkpoint = self.save(iteration)
-            if self._stop_signal is not None:
+            if stop or self._stop_signal is not None:
                 result.checkpoint = self.save(iteration)
                 result.iterations_done = iteration
                 result.seconds = time.perf_counter() - started
                 result.skipped_images = dict(self.skipped)
+                cause = self._stop_signal if self._stop_signal is not None else "to another process"
                 raise Interrupted(
-                    f"interrupted by signal {self._stop_signal} after iteration {iteration}; "
+                    f"interrupted by signal {cause} after iteration {iteration}; "
                     f"saved {result.checkpoint}; run again with --resume to continue",
                     result,
                 )
@@ -530,6 +592,7 @@ def train(
     *,
     backbone_weights=None,
     resume: bool = False,
+    init_from=None,
     device: str = "auto",
     progress: bool = True,
     distributed_mode: bool | None = None,
@@ -546,6 +609,7 @@ def train(
         out_dir,
         backbone_weights=backbone_weights,
         resume=resume,
+        init_from=init_from,
         device=device,
         progress=progress,
         distributed_mode=distributed_mode,
