@@ -264,11 +264,7 @@ def dense_crf_batch(
         return dense_crf_batch_torch(
             images, probs_list, iterations, gaussian=gaussian, bilateral=bilateral, device=gpu
         )
-    if len(images) != len(probs_list):
-        raise ValueError(
-            f"images and probs_list must have the same length, got {len(images)} and "
-            f"{len(probs_list)}"
-        )
+    check_same_length(images, probs_list)
     checked_images = [as_crf_image(image, name=f"images[{i}]") for i, image in enumerate(images)]
     checked_probs = [
         as_crf_probs(probs, image.shape[:2], name=f"probs_list[{i}]")
@@ -281,6 +277,15 @@ def dense_crf_batch(
     return cpu_module().dense_crf_batch(
         checked_images, checked_probs, iterations, *gaussian, *bilateral, num_threads=threads
     )
+
+
+def check_same_length(images: Sequence, probs_list: Sequence) -> None:
+    """A batch needs one probability array per image."""
+    if len(images) != len(probs_list):
+        raise ValueError(
+            f"images and probs_list must have the same length, got {len(images)} and "
+            f"{len(probs_list)}"
+        )
 
 
 def _gpu_device(device, *inputs):

@@ -49,6 +49,7 @@ from hassod.crf import (
     check_image_shape,
     check_iterations,
     check_probs_shape,
+    check_same_length,
 )
 
 #: Probabilities are clipped to [MIN_PROBABILITY, 1] (pydensecrf's unary_from_softmax clip).
@@ -547,11 +548,7 @@ def dense_crf_batch_torch(
     """
     images = list(images)
     probs_list = list(probs_list)
-    if len(images) != len(probs_list):
-        raise ValueError(
-            f"images and probs_list must have the same length, got {len(images)} and "
-            f"{len(probs_list)}"
-        )
+    check_same_length(images, probs_list)
     if not images:
         return []
     out: list = []

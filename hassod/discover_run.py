@@ -52,6 +52,7 @@ import os
 import signal
 import threading
 import time
+import warnings
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -668,9 +669,11 @@ def _crf_on_device(items: list, config: DiscoveryConfig, device: str) -> list:
             device=device,
         )
     except Exception as error:
-        _warn_once(
+        warnings.warn(  # the default filter shows each distinct message once
             f"the batched CRF failed on {device} ({describe_error(error)}); these images use "
-            "the native CPU CRF"
+            "the native CPU CRF",
+            RuntimeWarning,
+            stacklevel=2,
         )
         return items
     share = (time.perf_counter() - start) / len(ready)
@@ -681,17 +684,6 @@ def _crf_on_device(items: list, config: DiscoveryConfig, device: str) -> list:
         thresholds = tuple(float(t) for t in clustered[i].thresholds)
         out[i] = (name, image, ThresholdCandidates(thresholds, tuple(per_threshold)), image_timings)
     return out
-
-
-_warned: set[str] = set()
-
-
-def _warn_once(message: str) -> None:
-    import warnings
-
-    if message not in _warned:
-        _warned.add(message)
-        warnings.warn(message, RuntimeWarning, stacklevel=2)
 
 
 def _run_backbone(model, batch, config: DiscoveryConfig, amp: str, device: str, batch_size: int):
