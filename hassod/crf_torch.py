@@ -36,10 +36,12 @@ import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import torch
 
+from hassod import crf_triton
 from hassod.crf import (
     DEFAULT_BILATERAL,
     DEFAULT_GAUSSIAN,
@@ -60,45 +62,157 @@ _MAX_ELEVATED = 2.0**22
 
 
 #: How the lattice filter runs: ``"spmm"`` (sparse CSR matrix products, the default),
-#: ``"gather"`` (index_add / index_select per simplex corner and blur neighbour) or
-#: ``"hybrid"`` (matrix products for splat and slice, index_select for the blur).
-METHODS = ("spmm", "gather", "hybrid")
+#: ``"gather"`` (index_add / index_select per simplex corner and blur neighbour),
+#: ``"hybrid"`` (matrix products for splat and slice, index_select for the blur) or
+#: ``"triton"`` (:mod:`hassod.crf_triton`: gather kernels with the mean-field update fused into
+#: the slice; label columns in float32 or float16).
+METHODS = ("spmm", "gather", "hybrid", "triton")
+#: Storage types of the label columns (``precision``); float16 needs ``method="triton"``.
+PRECISIONS = tuple(crf_triton.STORAGE_DTYPES)
+
+
+@dataclass
+class _Lattice:
+    """One kernel's permutohedral lattice over a batch's points, as index arrays."""
+
+    num_vertices: int
+    entry_vertex: torch.Tensor  # (N, d+1) vertex of each point's simplex corners
+    neighbours: torch.Tensor  # (d+1, 2, M) blur neighbours along each axis, M where missing
+    vertex_crow: torch.Tensor  # (M+1,) entries of vertex v: by_vertex[crow[v] : crow[v+1]]
+    by_vertex: torch.Tensor  # (N (d+1),) flat entry indices ordered by vertex (stable)
+
+    @cached_property
+    def blur_matrices(self) -> list[torch.Tensor]:
+        """d+1 of (M, M) CSR: 1 on the diagonal, 1/2 per neighbour along the axis."""
+        num_vertices = self.num_vertices
+        device = self.neighbours.device
+        vertices = torch.arange(num_vertices, device=device)
+        weights = torch.tensor([0.5, 1.0, 0.5], device=device).expand(num_vertices, 3)
+        matrices = []
+        for minus, plus in self.neighbours:
+            columns, order = torch.sort(torch.stack([minus, vertices, plus], dim=1), dim=1)
+            present = columns < num_vertices
+            crow = torch.zeros(num_vertices + 1, dtype=torch.int64, device=device)
+            crow[1:] = torch.cumsum(present.sum(dim=1), 0)
+            matrices.append(
+                _csr(
+                    crow,
+                    columns[present],
+                    torch.gather(weights, 1, order)[present],
+                    (num_vertices, num_vertices),
+                )
+            )
+        return matrices
+
+    @cached_property
+    def blur_neighbours(self) -> torch.Tensor:
+        """(d+1, 2, M) neighbours with -1 where missing, int32 where the vertices allow."""
+        marked = torch.where(self.neighbours < self.num_vertices, self.neighbours, -1)
+        return marked.to(_index_dtype(self.num_vertices)).contiguous()
+
+    @cached_property
+    def splat_points(self) -> torch.Tensor:
+        """(N (d+1),) the point of each entry, in vertex order (the splat's CSR columns)."""
+        corners = self.entry_vertex.shape[1]
+        points = torch.div(self.by_vertex, corners, rounding_mode="floor")
+        return points.to(_index_dtype(self.entry_vertex.shape[0])).contiguous()
+
+    @cached_property
+    def corner_vertex(self) -> torch.Tensor:
+        """(N, d+1) entry_vertex as int32 where the vertices allow (the slice's gathers)."""
+        return self.entry_vertex.to(_index_dtype(self.num_vertices)).contiguous()
 
 
 @dataclass
 class _Kernel:
-    """One pairwise term of a batch: its lattice as sparse matrices (and as index arrays)."""
+    """One pairwise term of a batch: its lattice and the splat / slice weights of each entry."""
 
-    splat: torch.Tensor  # (M, N) CSR: barycentric weight * norm(point)
-    blurs: list[torch.Tensor]  # d+1 of (M, M) CSR: 1 on the diagonal, 1/2 per neighbour
-    slice: torch.Tensor  # (N, M) CSR: barycentric weight * alpha * norm(point) * compat
-    num_vertices: int
-    entry_vertex: torch.Tensor  # (N, d+1) vertex of each simplex corner
-    splat_weight: torch.Tensor  # (N, d+1)
-    slice_weight: torch.Tensor  # (N, d+1)
-    neighbours: torch.Tensor  # (d+1, 2, M): blur neighbours, M where missing
+    lattice: _Lattice
+    splat_weight: torch.Tensor  # (N, d+1) barycentric weight * norm(point)
+    slice_weight: torch.Tensor  # (N, d+1) barycentric weight * alpha * norm(point) * compat
+
+    @property
+    def num_vertices(self) -> int:
+        return self.lattice.num_vertices
+
+    @cached_property
+    def splat_matrix(self) -> torch.Tensor:
+        """(M, N) CSR."""
+        lattice = self.lattice
+        corners = lattice.entry_vertex.shape[1]
+        return _csr(
+            lattice.vertex_crow,
+            torch.div(lattice.by_vertex, corners, rounding_mode="floor"),
+            self.splat_weight.reshape(-1)[lattice.by_vertex],
+            (lattice.num_vertices, lattice.entry_vertex.shape[0]),
+        )
+
+    @cached_property
+    def slice_matrix(self) -> torch.Tensor:
+        """(N, M) CSR, columns sorted within each row."""
+        lattice = self.lattice
+        num_points, corners = lattice.entry_vertex.shape
+        sorted_vertex, slot = torch.sort(lattice.entry_vertex, dim=1)
+        return _csr(
+            torch.arange(0, num_points * corners + 1, corners, device=sorted_vertex.device),
+            sorted_vertex.reshape(-1),
+            torch.gather(self.slice_weight, 1, slot).reshape(-1),
+            (num_points, lattice.num_vertices),
+        )
+
+    @cached_property
+    def splat_values(self) -> torch.Tensor:
+        """(N (d+1),) splat weights in vertex order (the Triton splat's CSR values)."""
+        return self.splat_weight.reshape(-1)[self.lattice.by_vertex].contiguous()
 
     def filter(self, values: torch.Tensor, method: str = "spmm") -> torch.Tensor:
         """Splat, blur along every axis, slice: (N, C) -> (N, C)."""
+        if method == "triton":
+            return self.filter_triton(values)
         if method == "gather":
             vertex_values = self.splat_gather(values)
         else:
-            vertex_values = self.splat @ values
+            vertex_values = self.splat_matrix @ values
         if method == "spmm":
-            for blur in self.blurs:
+            for blur in self.lattice.blur_matrices:
                 vertex_values = blur @ vertex_values
         else:
             vertex_values = self.blur_gather(vertex_values)
         if method == "gather":
             return self.slice_gather(vertex_values)
-        return self.slice @ vertex_values
+        return self.slice_matrix @ vertex_values
+
+    def blurred_triton(
+        self, values: torch.Tensor, out: torch.Tensor, scratch: torch.Tensor
+    ) -> torch.Tensor:
+        """Splat and blur with the Triton kernels: (N, C) -> ``out`` (M, C); ``scratch`` is a
+        second (M, C) buffer. Both contiguous, of a storage dtype."""
+        lattice = self.lattice
+        # The blurs alternate between the two buffers: start where the last one lands in out.
+        buffers = [out, scratch] if len(lattice.blur_neighbours) % 2 == 0 else [scratch, out]
+        crf_triton.splat(
+            lattice.vertex_crow, lattice.splat_points, self.splat_values, values, buffers[0]
+        )
+        for axis, (minus, plus) in enumerate(lattice.blur_neighbours):
+            crf_triton.blur(buffers[axis % 2], minus, plus, buffers[(axis + 1) % 2])
+        return out
+
+    def filter_triton(self, values: torch.Tensor) -> torch.Tensor:
+        values = values.contiguous()
+        vertex_values = values.new_empty(self.num_vertices, values.shape[1])
+        self.blurred_triton(values, vertex_values, torch.empty_like(vertex_values))
+        out = torch.empty(values.shape, dtype=torch.float32, device=values.device)
+        return crf_triton.slice_update(
+            out, vertex_values, self.lattice.corner_vertex, self.slice_weight
+        )
 
     def splat_gather(self, values: torch.Tensor) -> torch.Tensor:
         """(N, C) -> (M, C) with one index_add per simplex corner."""
+        entry_vertex = self.lattice.entry_vertex
         vertex_values = values.new_zeros(self.num_vertices, values.shape[1])
-        for r in range(self.entry_vertex.shape[1]):
+        for r in range(entry_vertex.shape[1]):
             vertex_values.index_add_(
-                0, self.entry_vertex[:, r], values * self.splat_weight[:, r : r + 1]
+                0, entry_vertex[:, r], values * self.splat_weight[:, r : r + 1]
             )
         return vertex_values
 
@@ -106,16 +220,17 @@ class _Kernel:
         """(M, C) -> (M, C): per axis, old + (old[n1] + old[n2]) / 2 with index_select."""
         # Row M (zero) stands for missing neighbours.
         padded = torch.cat([vertex_values, vertex_values.new_zeros(1, vertex_values.shape[1])])
-        for pair in self.neighbours:
+        for pair in self.lattice.neighbours:
             blurred = padded[:-1] + 0.5 * (padded[pair[0]] + padded[pair[1]])
             padded = torch.cat([blurred, padded[-1:]])
         return padded[:-1]
 
     def slice_gather(self, vertex_values: torch.Tensor) -> torch.Tensor:
         """(M, C) -> (N, C): the weighted corners' rows added up."""
+        entry_vertex = self.lattice.entry_vertex
         out = None
-        for r in range(self.entry_vertex.shape[1]):
-            term = vertex_values[self.entry_vertex[:, r]] * self.slice_weight[:, r : r + 1]
+        for r in range(entry_vertex.shape[1]):
+            term = vertex_values[entry_vertex[:, r]] * self.slice_weight[:, r : r + 1]
             out = term if out is None else out + term
         return out
 
@@ -282,10 +397,13 @@ def _csr(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, shape) -> 
         )
 
 
-def _build_kernel(
-    features: torch.Tensor, point_image: torch.Tensor, num_images: int, compat: float
-) -> _Kernel:
-    """Lattice matrices of one kernel for the batch's points ``features`` (N, d)."""
+def _index_dtype(count: int) -> torch.dtype:
+    """int32 for indices below ``count`` where it fits (half the bytes to move), else int64."""
+    return torch.int32 if count < 2**31 else torch.int64
+
+
+def _build_lattice(features: torch.Tensor, point_image: torch.Tensor, num_images: int):
+    """The lattice of the batch's points ``features`` (N, d) and their barycentric weights."""
     device = features.device
     num_points, dims = features.shape
     corners = dims + 1
@@ -297,73 +415,42 @@ def _build_kernel(
 
     # Blur neighbours along axis j: minus / plus (d+1) e_j - 1 in the plane, i.e. every
     # coordinate -1 / +1 except coordinate j at +d / -d.
-    vertices = torch.arange(num_vertices, device=device)
-    blurs = []
     neighbours = torch.empty(corners, 2, num_vertices, dtype=torch.int64, device=device)
     for j in range(corners):
-        rows, cols, vals = [vertices], [vertices], [torch.ones(num_vertices, device=device)]
         for side, sign in enumerate((1, -1)):
             offset = sum(-sign * s for s in strides) + (
                 sign * (dims + 1) * strides[j] if j < dims else 0
             )
             query = keys + offset
             index = torch.searchsorted(keys, query).clamp_(max=num_vertices - 1)
-            found = keys[index] == query
-            neighbours[j, side] = torch.where(found, index, num_vertices)
-            rows.append(vertices[found])
-            cols.append(index[found])
-            vals.append(torch.full((int(found.sum()),), 0.5, device=device))
-        rows_t, cols_t, vals_t = torch.cat(rows), torch.cat(cols), torch.cat(vals)
-        order = torch.argsort(rows_t * num_vertices + cols_t)
-        rows_t, cols_t, vals_t = rows_t[order], cols_t[order], vals_t[order]
-        crow = torch.zeros(num_vertices + 1, dtype=torch.int64, device=device)
-        crow[1:] = torch.cumsum(torch.bincount(rows_t, minlength=num_vertices), 0)
-        blurs.append(_csr(crow, cols_t, vals_t, (num_vertices, num_vertices)))
+            neighbours[j, side] = torch.where(keys[index] == query, index, num_vertices)
 
-    # Symmetric normalisation: 1 / sqrt(filter of ones), the filter being densecrf's
-    # alpha * slice(blur(splat(1))) with the plain barycentric weights.
-    alpha = float(np.float32(1.0) / (np.float32(1.0) + np.float32(2.0) ** np.float32(-dims)))
-    sorted_vertex, slot = torch.sort(entry_vertex, dim=1)
-    point_crow = torch.arange(0, num_points * corners + 1, corners, device=device)
-    entry_points = torch.arange(num_points, device=device).repeat_interleave(corners)
-    by_vertex = torch.argsort(entry_vertex.reshape(-1), stable=True)
     vertex_crow = torch.zeros(num_vertices + 1, dtype=torch.int64, device=device)
     vertex_crow[1:] = torch.cumsum(
         torch.bincount(entry_vertex.reshape(-1), minlength=num_vertices), 0
     )
+    by_vertex = torch.argsort(entry_vertex.reshape(-1), stable=True)
+    return _Lattice(num_vertices, entry_vertex, neighbours, vertex_crow, by_vertex), weights
 
-    def splat_matrix(entry_weights: torch.Tensor) -> torch.Tensor:
-        return _csr(
-            vertex_crow,
-            entry_points[by_vertex],
-            entry_weights.reshape(-1)[by_vertex],
-            (num_vertices, num_points),
-        )
 
-    def slice_matrix(entry_weights: torch.Tensor) -> torch.Tensor:
-        return _csr(
-            point_crow,
-            sorted_vertex.reshape(-1),
-            torch.gather(entry_weights, 1, slot).reshape(-1),
-            (num_points, num_vertices),
-        )
-
-    def kernel(splat_weight: torch.Tensor, slice_weight: torch.Tensor) -> _Kernel:
-        return _Kernel(
-            splat_matrix(splat_weight),
-            blurs,
-            slice_matrix(slice_weight),
-            num_vertices,
-            entry_vertex,
-            splat_weight,
-            slice_weight,
-            neighbours,
-        )
-
-    ones = torch.ones(num_points, 1, dtype=torch.float32, device=device)
-    filtered = kernel(weights, weights * alpha).filter(ones)[:, 0]
+def _build_kernel(
+    features: torch.Tensor,
+    point_image: torch.Tensor,
+    num_images: int,
+    compat: float,
+    method: str = "spmm",
+) -> _Kernel:
+    """One kernel's lattice for the batch's points ``features`` (N, d), normalised
+    symmetrically; ``method`` is the filter that computes the normalisation."""
+    lattice, weights = _build_lattice(features, point_image, num_images)
+    dims = features.shape[1]
+    # Symmetric normalisation: 1 / sqrt(filter of ones), the filter being densecrf's
+    # alpha * slice(blur(splat(1))) with the plain barycentric weights.
+    alpha = float(np.float32(1.0) / (np.float32(1.0) + np.float32(2.0) ** np.float32(-dims)))
+    ones = torch.ones(features.shape[0], 1, dtype=torch.float32, device=features.device)
+    filtered = _Kernel(lattice, weights, weights * alpha).filter(ones, method)[:, 0]
     norm = (1.0 / torch.sqrt(filtered.double() + 1e-20)).float()
-    return kernel(weights * norm[:, None], weights * alpha * norm[:, None] * compat)
+    return _Kernel(lattice, weights * norm[:, None], weights * alpha * norm[:, None] * compat)
 
 
 class CrfBatch:
@@ -376,13 +463,19 @@ class CrfBatch:
         device: where to run; None uses the first image's device if it is a tensor, else CUDA
             when available, else the CPU.
         method: how the lattice filter runs (:data:`METHODS`): sparse matrix products
-            (``"spmm"``), per-corner index_add / index_select (``"gather"``), or products for
-            splat and slice with index_select for the blur (``"hybrid"``).
+            (``"spmm"``), per-corner index_add / index_select (``"gather"``), products for
+            splat and slice with index_select for the blur (``"hybrid"``), or Triton kernels
+            with the mean-field update fused into the slice (``"triton"``; compiled on CUDA,
+            interpreted, very slowly, on the CPU).
+        precision: storage type of the label columns during inference, ``"float32"``
+            (default) or ``"float16"`` (``method="triton"`` only: half the memory traffic;
+            arithmetic stays float32, Q moves by about 1e-3).
 
     Memory: about (N * (4 d + 10) + C * (3 N + 2 M)) * 4 bytes on the device for N pixels in
     the batch, M lattice vertices and C label columns per inference (the label sets' padded
     counts added up): batch accordingly (64 images of 480 x 480 with 82 label columns take
-    about 20 GB).
+    about 20 GB). ``method="triton"`` keeps C * (2 N + 2 M) values of the storage type
+    instead of the products' intermediates.
     """
 
     def __init__(
@@ -392,13 +485,21 @@ class CrfBatch:
         bilateral: tuple[float, float, float] | None = DEFAULT_BILATERAL,
         device: str | torch.device | None = None,
         method: str = "spmm",
+        precision: str = "float32",
     ) -> None:
         images = list(images)
         if not images:
             raise ValueError("images must hold at least one image")
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        if precision != "float32" and method != "triton":
+            raise ValueError(f"precision={precision!r} needs method='triton'")
+        if method == "triton" and not crf_triton.available():
+            raise RuntimeError(crf_triton.IMPORT_ERROR)
         self.method = method
+        self.precision = precision
         self.device = _pick_device(images[0], device)
         tensors = [_as_image(image, self.device, f"images[{i}]") for i, image in enumerate(images)]
         self.gaussian = _check_gaussian(gaussian)
@@ -416,7 +517,7 @@ class CrfBatch:
             sxy = self.gaussian[0]
             features = torch.cat([_positions(h, w, sxy, self.device) for h, w in self.shapes])
             self.kernels["gaussian"] = _build_kernel(
-                features, point_image, len(tensors), self.gaussian[1]
+                features, point_image, len(tensors), self.gaussian[1], method
             )
         if self.bilateral[2] != 0.0:
             sxy, srgb, compat = self.bilateral
@@ -426,7 +527,9 @@ class CrfBatch:
                     for (h, w), t in zip(self.shapes, tensors)
                 ]
             )
-            self.kernels["bilateral"] = _build_kernel(features, point_image, len(tensors), compat)
+            self.kernels["bilateral"] = _build_kernel(
+                features, point_image, len(tensors), compat, method
+            )
 
     @property
     def num_vertices(self) -> dict[str, int]:
@@ -480,7 +583,10 @@ class CrfBatch:
         ]
         starts = np.concatenate([[0], np.cumsum(widths)]).astype(np.int64)
         num_points = int(self._offsets[-1])
-        clipped = torch.zeros(num_points, int(starts[-1]), dtype=torch.float32, device=self.device)
+        num_columns = int(starts[-1])
+        if self.method == "triton":  # rows of whole 16-column groups: aligned vector loads
+            num_columns = -(-num_columns // 16) * 16
+        clipped = torch.zeros(num_points, num_columns, dtype=torch.float32, device=self.device)
         for i in range(num_images):
             rows = slice(int(self._offsets[i]), int(self._offsets[i + 1]))
             for s in range(num_sets):
@@ -488,29 +594,22 @@ class CrfBatch:
                 clipped[rows, int(starts[s]) : int(starts[s]) + p.shape[0]] = (
                     p.reshape(p.shape[0], -1).clamp(MIN_PROBABILITY, 1.0).T
                 )
-        # Labels per point and set: columns past them are padding (probability 0).
+        # Labels of each image's sets: columns past them are padding (probability 0).
         counts = torch.tensor(
             [[int(probs[i][s].shape[0]) for s in range(num_sets)] for i in range(num_images)],
             device=self.device,
-        )[self._point_image]
+        )
         segments = [slice(int(starts[s]), int(starts[s + 1])) for s in range(num_sets)]
         q = torch.empty_like(clipped)
+        q[:, int(starts[-1]) :] = 0.0
         for columns in segments:
             c = clipped[:, columns]
             q[:, columns] = c / c.sum(dim=1, keepdim=True)
-        for _ in range(iterations):
-            total = None
-            for kernel in self.kernels.values():
-                filtered = kernel.filter(q, self.method)
-                total = filtered if total is None else total + filtered
-            if total is None:  # no pairwise term: Q stays softmax(-unary)
-                break
-            for s, columns in enumerate(segments):
-                sliced = total[:, columns]
-                real = torch.arange(widths[s], device=self.device)[None, :] < counts[:, s : s + 1]
-                top = torch.where(real, sliced, -torch.inf).amax(dim=1, keepdim=True)
-                e = clipped[:, columns] * torch.exp(torch.clamp(sliced - top, max=0.0))
-                q[:, columns] = e / e.sum(dim=1, keepdim=True)
+        if self.kernels and iterations > 0:
+            if self.method == "triton":
+                q = self._iterate_triton(q, clipped, counts, widths, iterations)
+            else:
+                q = self._iterate_torch(q, clipped, counts[self._point_image], segments, iterations)
         out = []
         for i in range(num_images):
             rows = slice(int(self._offsets[i]), int(self._offsets[i + 1]))
@@ -524,6 +623,80 @@ class CrfBatch:
                 ]
             )
         return out
+
+    def _iterate_torch(
+        self,
+        q: torch.Tensor,
+        clipped: torch.Tensor,
+        point_counts: torch.Tensor,
+        segments: list[slice],
+        iterations: int,
+    ) -> torch.Tensor:
+        """Mean-field steps with the torch filters: (N, C) float32 Q after ``iterations``."""
+        for _ in range(iterations):
+            total = None
+            for kernel in self.kernels.values():
+                filtered = kernel.filter(q, self.method)
+                total = filtered if total is None else total + filtered
+            for s, columns in enumerate(segments):
+                sliced = total[:, columns]
+                width = columns.stop - columns.start
+                real = torch.arange(width, device=self.device)[None, :] < point_counts[:, s : s + 1]
+                top = torch.where(real, sliced, -torch.inf).amax(dim=1, keepdim=True)
+                e = clipped[:, columns] * torch.exp(torch.clamp(sliced - top, max=0.0))
+                q[:, columns] = e / e.sum(dim=1, keepdim=True)
+        return q
+
+    def _iterate_triton(
+        self,
+        q: torch.Tensor,
+        clipped: torch.Tensor,
+        counts: torch.Tensor,
+        widths: list[int],
+        iterations: int,
+    ) -> torch.Tensor:
+        """Mean-field steps with the Triton kernels, Q stored as ``self.precision``."""
+        storage = crf_triton.STORAGE_DTYPES[self.precision]
+        column_set, column_rank = (
+            t.to(self.device) for t in crf_triton.column_layout(widths, q.shape[1])
+        )
+        point_image = self._point_image.to(torch.int32)
+        counts = counts.to(device=self.device, dtype=torch.int32).contiguous()
+        # Every kernel's vertex rows stacked in one array, their corners side by side.
+        kernels = list(self.kernels.values())
+        starts = np.cumsum([0] + [kernel.num_vertices for kernel in kernels]).tolist()
+        index_dtype = _index_dtype(starts[-1])
+        corner_vertex = torch.cat(
+            [k.lattice.entry_vertex.to(index_dtype) + start for k, start in zip(kernels, starts)],
+            dim=1,
+        ).contiguous()
+        corner_weight = torch.cat([k.slice_weight for k in kernels], dim=1).contiguous()
+        vertex_values = q.new_empty((starts[-1], q.shape[1]), dtype=storage)
+        scratch = torch.empty_like(vertex_values)
+        current = q.to(storage)
+        following = torch.empty_like(current)
+        for iteration in range(iterations):
+            for kernel, start, stop in zip(kernels, starts, starts[1:]):
+                kernel.blurred_triton(current, vertex_values[start:stop], scratch[start:stop])
+            if iteration == iterations - 1:  # the last step writes float32 Q
+                following = q
+            crf_triton.slice_update(
+                following,
+                vertex_values,
+                corner_vertex,
+                corner_weight,
+                clipped,
+                column_set,
+                column_rank,
+                point_image,
+                counts,
+            )
+            current, following = following, current
+        if not bool(torch.isfinite(q).all()):
+            raise FloatingPointError(
+                f"the CRF overflowed in {self.precision} storage; use precision='float32'"
+            )
+        return q
 
     def __repr__(self) -> str:
         return (

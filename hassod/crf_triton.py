@@ -1,0 +1,370 @@
+"""Triton kernels for the batched dense CRF (:mod:`hassod.crf_torch`, ``method="triton"``).
+
+The sparse-product path (``method="spmm"``) streams every label column through memory once per
+sparse product and once more per elementwise step of the mean-field update (about twenty passes
+over the (points x columns) and (vertices x columns) arrays per iteration). These kernels do the
+same arithmetic in fewer passes and can hold the label columns in float16:
+
+* :func:`splat`: one program per lattice vertex gathers its points' rows (CSR by vertex), a
+  block of entries at a time.
+* :func:`blur`: one pass per lattice axis, ``v + (v[minus] + v[plus]) / 2`` over a tile of
+  vertices.
+* :func:`slice_update`: gathers every point's simplex corners from both kernels' lattices
+  (their vertex values stacked in one array), adds the messages and finishes the mean-field
+  step in the same pass (per label set: max, exp, times the clipped probabilities,
+  normalise), writing the new Q. Without the probabilities it writes the summed messages
+  instead (used once, for the kernels' normalisation).
+
+Arithmetic is float32 whatever the storage type; only the order of summation differs from the
+other paths. On CUDA tensors the kernels are compiled by Triton; on CPU tensors they run in
+Triton's interpreter (numpy, very slow: for tests on small images only), so the same kernel code
+is checked on machines without a GPU.
+"""
+
+from __future__ import annotations
+
+import torch
+
+try:  # Triton ships with Linux CUDA builds of torch; anything else goes without these kernels.
+    import triton
+    import triton.language as tl
+    from triton.runtime.interpreter import InterpretedFunction
+    from triton.runtime.jit import JITFunction
+
+    IMPORT_ERROR: str | None = None
+except ImportError as error:  # pragma: no cover - depends on the installation
+    triton = None
+    IMPORT_ERROR = f"Triton is not importable ({error}); use method='spmm'"
+
+#: Storage types for the label columns (arithmetic is float32 in every case).
+STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16}
+#: Widest row (label columns, all sets together) the fused update handles in one program.
+MAX_COLUMNS = 8192
+# Elements per program tile: enough loads in flight to cover memory latency, few registers.
+_TILE = 2048
+# Columns per program in the column-parallel kernels (splat, blur).
+_COLUMN_BLOCK = 128
+# Entries of a vertex gathered per step of the splat.
+_ENTRY_BLOCK = 16
+
+
+def available() -> bool:
+    """Whether Triton is importable (the kernels also need a CUDA device, or run interpreted)."""
+    return IMPORT_ERROR is None
+
+
+def _next_power_of_two(value: int) -> int:
+    return 1 << max(0, int(value) - 1).bit_length()
+
+
+class _Kernel:
+    """One kernel body, compiled for CUDA tensors and interpreted for CPU tensors."""
+
+    def __init__(self, fn) -> None:
+        self._compiled = JITFunction(fn)
+        self._interpreted = InterpretedFunction(fn)
+
+    def launch(self, grid: tuple[int, ...], device: torch.device, *args, **kwargs) -> None:
+        if device.type == "cuda":
+            with torch.cuda.device(device):  # Triton launches on the current device
+                self._compiled[grid](*args, **kwargs)
+        else:
+            kwargs.pop("num_warps", None)
+            self._interpreted[grid](*args, **kwargs)
+
+
+if triton is not None:
+    # tl.sum, tl.max and tl.zeros are jitted functions themselves, which Triton's interpreter
+    # cannot call unless TRITON_INTERPRET was set before triton was imported. tl.reduce with
+    # their combine functions is what they compile to, and the interpreter runs it with numpy;
+    # tl.full stands in for tl.zeros.
+    _SUM = tl.standard._sum_combine
+    _MAX = tl.standard._elementwise_max
+
+    def _splat_body(
+        crow_ptr,  # (M + 1,) int64: entries of vertex v are crow[v] .. crow[v+1]
+        point_ptr,  # (E,) int32/int64: the point of each entry
+        weight_ptr,  # (E,) float32
+        src_ptr,  # (N, C) point values
+        dst_ptr,  # (M, C) vertex values
+        num_columns,
+        ENTRY_BLOCK: tl.constexpr,
+        COLUMN_BLOCK: tl.constexpr,
+    ):
+        vertex = tl.program_id(0).to(tl.int64)
+        columns = tl.program_id(1) * COLUMN_BLOCK + tl.arange(0, COLUMN_BLOCK)
+        column_mask = columns < num_columns
+        start = tl.load(crow_ptr + vertex)
+        end = tl.load(crow_ptr + vertex + 1)
+        total = tl.full([COLUMN_BLOCK], 0.0, tl.float32)
+        for first in range(start, end, ENTRY_BLOCK):
+            entries = first + tl.arange(0, ENTRY_BLOCK)
+            entry_mask = entries < end
+            points = tl.load(point_ptr + entries, mask=entry_mask, other=0).to(tl.int64)
+            weights = tl.load(weight_ptr + entries, mask=entry_mask, other=0.0)
+            values = tl.load(
+                src_ptr + points[:, None] * num_columns + columns[None, :],
+                mask=entry_mask[:, None] & column_mask[None, :],
+                other=0.0,
+            ).to(tl.float32)
+            total += tl.reduce(weights[:, None] * values, 0, _SUM)
+        tl.store(
+            dst_ptr + vertex * num_columns + columns,
+            total.to(dst_ptr.dtype.element_ty),
+            mask=column_mask,
+        )
+
+    def _blur_body(
+        src_ptr,  # (M, C)
+        dst_ptr,  # (M, C)
+        minus_ptr,  # (M,) int32/int64 neighbour index, -1 where missing
+        plus_ptr,  # (M,)
+        num_vertices,
+        num_columns,
+        ROWS: tl.constexpr,
+        COLUMN_BLOCK: tl.constexpr,
+    ):
+        rows = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
+        columns = tl.program_id(1) * COLUMN_BLOCK + tl.arange(0, COLUMN_BLOCK)
+        row_mask = rows < num_vertices
+        mask = row_mask[:, None] & (columns < num_columns)[None, :]
+        minus = tl.load(minus_ptr + rows, mask=row_mask, other=-1).to(tl.int64)
+        plus = tl.load(plus_ptr + rows, mask=row_mask, other=-1).to(tl.int64)
+        own = tl.load(
+            src_ptr + rows[:, None] * num_columns + columns[None, :], mask=mask, other=0.0
+        )
+        low = tl.load(
+            src_ptr + minus[:, None] * num_columns + columns[None, :],
+            mask=mask & (minus >= 0)[:, None],
+            other=0.0,
+        )
+        high = tl.load(
+            src_ptr + plus[:, None] * num_columns + columns[None, :],
+            mask=mask & (plus >= 0)[:, None],
+            other=0.0,
+        )
+        # densecrf's blur: the vertex plus half of each neighbour.
+        blurred = own.to(tl.float32) + 0.5 * (low.to(tl.float32) + high.to(tl.float32))
+        tl.store(
+            dst_ptr + rows[:, None] * num_columns + columns[None, :],
+            blurred.to(dst_ptr.dtype.element_ty),
+            mask=mask,
+        )
+
+    def _slice_update_body(
+        out_ptr,  # (N, C): new Q (update) or the summed messages
+        clipped_ptr,  # (N, C) float32 clipped probabilities (update only)
+        vertex_values_ptr,  # (M, C) blurred vertex values of every kernel, stacked
+        corner_vertex_ptr,  # (N, CORNERS) int32/int64 rows of vertex_values
+        corner_weight_ptr,  # (N, CORNERS) float32 slice weights
+        column_set_ptr,  # (C,) int32: label set of each column, -1 for none
+        column_rank_ptr,  # (C,) int32: index of the column within its set
+        point_image_ptr,  # (N,) int32
+        counts_ptr,  # (images, NUM_SETS) int32: labels of each image's sets
+        num_points,
+        num_columns,
+        CORNERS: tl.constexpr,
+        NUM_SETS: tl.constexpr,
+        UPDATE: tl.constexpr,
+        ROWS: tl.constexpr,
+        BLOCK_COLUMNS: tl.constexpr,
+    ):
+        rows = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
+        columns = tl.arange(0, BLOCK_COLUMNS)
+        row_mask = rows < num_points
+        column_mask = columns < num_columns
+        mask = row_mask[:, None] & column_mask[None, :]
+        message = tl.full([ROWS, BLOCK_COLUMNS], 0.0, tl.float32)
+        for corner in tl.static_range(CORNERS):
+            vertex = tl.load(corner_vertex_ptr + rows * CORNERS + corner, mask=row_mask, other=0)
+            weight = tl.load(corner_weight_ptr + rows * CORNERS + corner, mask=row_mask, other=0.0)
+            values = tl.load(
+                vertex_values_ptr + vertex.to(tl.int64)[:, None] * num_columns + columns[None, :],
+                mask=mask,
+                other=0.0,
+            )
+            message += weight[:, None] * values.to(tl.float32)
+        offsets = rows[:, None] * num_columns + columns[None, :]
+        if UPDATE:
+            # Q = clip(P) * exp(message - max) / sum, per label set over its real columns.
+            column_set = tl.load(column_set_ptr + columns, mask=column_mask, other=-1)
+            column_rank = tl.load(column_rank_ptr + columns, mask=column_mask, other=0)
+            image = tl.load(point_image_ptr + rows, mask=row_mask, other=0).to(tl.int64)
+            real = tl.full([ROWS, BLOCK_COLUMNS], 0, tl.int1)
+            top = tl.full([ROWS, BLOCK_COLUMNS], 0.0, tl.float32)
+            for label_set in tl.static_range(NUM_SETS):
+                count = tl.load(counts_ptr + image * NUM_SETS + label_set, mask=row_mask, other=0)
+                in_set = (column_set == label_set)[None, :] & (
+                    column_rank[None, :] < count[:, None]
+                )
+                in_set = in_set & mask
+                set_top = tl.reduce(tl.where(in_set, message, float("-inf")), 1, _MAX)
+                top = tl.where(in_set, set_top[:, None], top)
+                real = real | in_set
+            clipped = tl.load(clipped_ptr + offsets, mask=mask, other=0.0)
+            exponent = tl.minimum(message - top, 0.0)
+            unnormalised = tl.where(real, clipped * tl.exp(exponent), 0.0)
+            total = tl.full([ROWS, BLOCK_COLUMNS], 0.0, tl.float32)
+            for label_set in tl.static_range(NUM_SETS):
+                count = tl.load(counts_ptr + image * NUM_SETS + label_set, mask=row_mask, other=0)
+                in_set = (column_set == label_set)[None, :] & (
+                    column_rank[None, :] < count[:, None]
+                )
+                in_set = in_set & mask
+                set_total = tl.reduce(tl.where(in_set, unnormalised, 0.0), 1, _SUM)
+                total = tl.where(in_set, set_total[:, None], total)
+            result = tl.where(real, unnormalised / tl.where(real, total, 1.0), 0.0)
+        else:
+            result = message
+        tl.store(out_ptr + offsets, result.to(out_ptr.dtype.element_ty), mask=mask)
+
+    _SPLAT = _Kernel(_splat_body)
+    _BLUR = _Kernel(_blur_body)
+    _SLICE_UPDATE = _Kernel(_slice_update_body)
+
+
+def column_layout(widths: list[int], num_columns: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(C,) int32 label set of each column (-1: none) and its index within the set, for label
+    sets of ``widths`` columns side by side followed by padding up to ``num_columns``."""
+    column_set = torch.full((num_columns,), -1, dtype=torch.int32)
+    column_rank = torch.zeros(num_columns, dtype=torch.int32)
+    start = 0
+    for label_set, width in enumerate(widths):
+        column_set[start : start + width] = label_set
+        column_rank[start : start + width] = torch.arange(width, dtype=torch.int32)
+        start += width
+    return column_set, column_rank
+
+
+def _require() -> None:
+    if IMPORT_ERROR is not None:
+        raise RuntimeError(IMPORT_ERROR)
+
+
+def _column_grid(num_columns: int) -> tuple[int, int]:
+    block = min(_next_power_of_two(num_columns), _COLUMN_BLOCK)
+    return block, -(-num_columns // block)
+
+
+def splat(
+    crow: torch.Tensor,
+    points: torch.Tensor,
+    weights: torch.Tensor,
+    values: torch.Tensor,
+    out: torch.Tensor,
+) -> torch.Tensor:
+    """``out[v] = sum of weights[e] * values[points[e]]`` over the entries e of vertex v.
+
+    ``crow`` (M + 1,) int64, ``points`` (E,) int32/int64, ``weights`` (E,) float32, ``values``
+    (N, C) and ``out`` (M, C) contiguous, of a storage dtype; returns ``out``.
+    """
+    _require()
+    num_vertices, num_columns = out.shape
+    if num_vertices == 0 or num_columns == 0:
+        return out
+    block, column_blocks = _column_grid(num_columns)
+    _SPLAT.launch(
+        (num_vertices, column_blocks),
+        out.device,
+        crow,
+        points,
+        weights,
+        values,
+        out,
+        num_columns,
+        ENTRY_BLOCK=_ENTRY_BLOCK,
+        COLUMN_BLOCK=block,
+        num_warps=4,
+    )
+    return out
+
+
+def blur(
+    values: torch.Tensor, minus: torch.Tensor, plus: torch.Tensor, out: torch.Tensor
+) -> torch.Tensor:
+    """``out[v] = values[v] + (values[minus[v]] + values[plus[v]]) / 2`` (missing: -1 -> 0)."""
+    _require()
+    num_vertices, num_columns = values.shape
+    if num_vertices == 0 or num_columns == 0:
+        return out
+    block, column_blocks = _column_grid(num_columns)
+    rows = max(1, _TILE // block)
+    _BLUR.launch(
+        (-(-num_vertices // rows), column_blocks),
+        out.device,
+        values,
+        out,
+        minus,
+        plus,
+        num_vertices,
+        num_columns,
+        ROWS=rows,
+        COLUMN_BLOCK=block,
+        num_warps=4,
+    )
+    return out
+
+
+def slice_update(
+    out: torch.Tensor,
+    vertex_values: torch.Tensor,
+    corner_vertex: torch.Tensor,
+    corner_weight: torch.Tensor,
+    clipped: torch.Tensor | None = None,
+    column_set: torch.Tensor | None = None,
+    column_rank: torch.Tensor | None = None,
+    point_image: torch.Tensor | None = None,
+    counts: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Slice the blurred lattice values at every point, summed over its corners; with
+    ``clipped`` given, finish the mean-field step (per label set softmax of the messages times
+    the clipped probabilities) and write the new Q into ``out`` instead of the messages.
+
+    ``vertex_values`` (M, C): the kernels' blurred vertex values stacked (one kernel's rows
+    after the other's); ``corner_vertex`` (N, K) int32/int64 rows of it and ``corner_weight``
+    (N, K) float32 slice weights, every kernel's simplex corners side by side (K = 3 + 6 for
+    the Gaussian and bilateral kernels of an image). ``column_set`` / ``column_rank`` (C,)
+    int32 (:func:`column_layout`), ``point_image`` (N,) int32 and ``counts`` (images, sets)
+    int32 describe the label sets: columns past an image's count are padding and get 0.
+    """
+    _require()
+    num_points, num_columns = out.shape
+    if num_columns > MAX_COLUMNS:
+        raise ValueError(
+            f"method='triton' handles up to {MAX_COLUMNS} label columns per batch, got "
+            f"{num_columns}; use method='spmm' or fewer label sets per batch"
+        )
+    if num_points == 0 or num_columns == 0:
+        return out
+    update = clipped is not None
+    if update:
+        num_sets = int(counts.shape[1])
+    else:  # unused pointers: any tensor of the right device
+        clipped = column_set = column_rank = point_image = counts = corner_vertex
+        num_sets = 1
+    block = _next_power_of_two(num_columns)
+    rows = max(1, _TILE // block)
+    _SLICE_UPDATE.launch(
+        (-(-num_points // rows),),
+        out.device,
+        out,
+        clipped,
+        vertex_values,
+        corner_vertex,
+        corner_weight,
+        column_set,
+        column_rank,
+        point_image,
+        counts,
+        num_points,
+        num_columns,
+        CORNERS=int(corner_vertex.shape[1]),
+        NUM_SETS=num_sets,
+        UPDATE=update,
+        ROWS=rows,
+        BLOCK_COLUMNS=block,
+        # 8 elements of each row tile per thread: about 70 registers for float32 on sm_90
+        # (16 per thread took 203 and starved the multiprocessors of warps).
+        num_warps=min(32, max(8, rows * block // 256)),
+    )
+    return out

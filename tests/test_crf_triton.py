@@ -1,0 +1,356 @@
+"""Triton kernels of the batched CRF (hassod.crf_triton, CrfBatch(method="triton")).
+
+Without a GPU the kernels run in Triton's interpreter on CPU tensors: the same kernel code, so
+its indexing, masking, padding and the fused mean-field update are checked on every machine
+(small inputs: the interpreter is slow). Each kernel is compared with a plain torch version on
+random inputs, with outputs poisoned first so that an element left unwritten shows; the whole
+CRF is compared with the sparse-product path (itself equal to the native CRF,
+tests/test_crf_torch.py). The ``needs_gpu`` tests compile the kernels and compare them with the
+native CPU CRF on photos.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+from hassod import crf_triton  # noqa: E402
+from hassod.crf import CrfLattice  # noqa: E402
+from hassod.crf_torch import CrfBatch  # noqa: E402
+from hassod.testing import partition_probs, slic_partition  # noqa: E402
+
+if not crf_triton.available():
+    pytest.skip(crf_triton.IMPORT_ERROR, allow_module_level=True)
+
+needs_gpu = pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="no CUDA device (torch.cuda.is_available() is False)"
+)
+PHOTOS = Path(__file__).resolve().parents[2] / "shared" / "data" / "coco_val2017_sample"
+
+
+def random_csr(rng, rows: int, columns: int, max_entries: int):
+    """CSR arrays with 0..max_entries entries per row (empty rows included)."""
+    counts = rng.integers(0, max_entries + 1, size=rows)
+    crow = np.concatenate([[0], np.cumsum(counts)])
+    points = rng.integers(0, columns, size=int(crow[-1]))
+    weights = rng.random(int(crow[-1])).astype(np.float32)
+    return torch.from_numpy(crow), torch.from_numpy(points), torch.from_numpy(weights)
+
+
+def dense_of(crow, points, weights, shape) -> torch.Tensor:
+    matrix = torch.zeros(shape, dtype=torch.float64)
+    for row in range(shape[0]):
+        for e in range(int(crow[row]), int(crow[row + 1])):
+            matrix[row, int(points[e])] += float(weights[e])
+    return matrix
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_splat_equals_a_dense_product(seed):
+    rng = np.random.default_rng(seed)
+    rows, points, columns = (
+        int(rng.integers(1, 30)),
+        int(rng.integers(1, 40)),
+        [1, 5, 130][seed % 3],
+    )
+    # Up to 40 entries: more than one entry block per vertex.
+    crow, point_index, weights = random_csr(rng, rows, points, 40)
+    if seed % 2:
+        point_index = point_index.to(torch.int32)
+    values = torch.from_numpy(rng.random((points, columns)).astype(np.float32))
+    out = torch.full((rows, columns), float("nan"))
+    crf_triton.splat(crow, point_index, weights, values, out)
+    expected = dense_of(crow, point_index, weights, (rows, points)) @ values.double()
+    torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_blur_equals_its_definition(dtype):
+    rng = np.random.default_rng(7)
+    vertices, columns = 45, 140  # two column blocks, several row tiles
+    values = torch.from_numpy(rng.random((vertices, columns)).astype(np.float32)).to(dtype)
+    minus = torch.from_numpy(rng.integers(-1, vertices, size=vertices)).to(torch.int32)
+    plus = torch.from_numpy(rng.integers(-1, vertices, size=vertices))
+    out = torch.full((vertices, columns), float("nan"), dtype=dtype)
+    crf_triton.blur(values, minus, plus, out)
+    padded = torch.cat([values.double(), torch.zeros(1, columns, dtype=torch.float64)])
+    expected = padded[:-1] + 0.5 * (padded[minus.long()] + padded[plus])
+    tolerance = 1e-6 if dtype == torch.float32 else 2e-3
+    torch.testing.assert_close(out.double(), expected, rtol=tolerance, atol=tolerance)
+
+
+def reference_update(message, clipped, column_set, column_rank, point_image, counts):
+    """The mean-field step written plainly, label set by label set and point by point."""
+    q = torch.zeros_like(message, dtype=torch.float64)
+    for point in range(message.shape[0]):
+        for label_set in range(counts.shape[1]):
+            count = int(counts[point_image[point], label_set])
+            real = (column_set == label_set) & (column_rank < count)
+            columns = torch.nonzero(real).flatten()
+            m = message[point, columns].double()
+            e = clipped[point, columns].double() * torch.exp(m - m.max())
+            q[point, columns] = e / e.sum()
+    return q
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_slice_update_equals_plain_slices_and_softmax(seed):
+    rng = np.random.default_rng(seed)
+    num_points, widths = 37, [[3, 5], [7, 2, 4], [40]][seed]
+    num_columns = sum(widths) + 3  # trailing padding columns belong to no set
+    num_images = 3
+    point_image = torch.from_numpy(rng.integers(0, num_images, size=num_points)).to(torch.int32)
+    counts = torch.tensor(
+        [[int(rng.integers(1, w + 1)) for w in widths] for _ in range(num_images)],
+        dtype=torch.int32,
+    )
+    column_set, column_rank = crf_triton.column_layout(widths, num_columns)
+    assert column_set.tolist() == sum(([s] * w for s, w in enumerate(widths)), []) + [-1] * 3
+    assert column_rank[: sum(widths)].tolist() == sum((list(range(w)) for w in widths), [])
+    kernels = []
+    for corners, vertices in ((3, 11), (6, 23)):
+        vertex_values = torch.from_numpy(rng.random((vertices, num_columns)).astype(np.float32))
+        corner_vertex = torch.from_numpy(rng.integers(0, vertices, size=(num_points, corners)))
+        weights = torch.from_numpy(5 * rng.random((num_points, corners)).astype(np.float32))
+        kernels.append((vertex_values, corner_vertex, weights))
+    messages = [(w.double()[:, :, None] * v.double()[c]).sum(dim=1) for v, c, w in kernels]
+    # Messages alone, one kernel and two (stacked: the second kernel's rows after the first's).
+    out = torch.full((num_points, num_columns), float("nan"))
+    crf_triton.slice_update(out, *kernels[0])
+    torch.testing.assert_close(out.double(), messages[0], rtol=1e-5, atol=1e-5)
+    stacked = (
+        torch.cat([kernels[0][0], kernels[1][0]]),
+        torch.cat([kernels[0][1], kernels[1][1] + 11], dim=1).to(torch.int32),
+        torch.cat([kernels[0][2], kernels[1][2]], dim=1),
+    )
+    crf_triton.slice_update(out, *stacked)
+    message = messages[0] + messages[1]
+    torch.testing.assert_close(out.double(), message, rtol=1e-5, atol=1e-5)
+    # The fused update: padding columns come out exactly 0.
+    clipped = torch.from_numpy(rng.random((num_points, num_columns)).astype(np.float32)) + 1e-5
+    out.fill_(float("nan"))
+    crf_triton.slice_update(out, *stacked, clipped, column_set, column_rank, point_image, counts)
+    expected = reference_update(message, clipped, column_set, column_rank, point_image, counts)
+    torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-6)
+    padding = expected == 0
+    assert bool((out[padding] == 0).all())
+
+
+def random_image(rng, height: int, width: int) -> np.ndarray:
+    coarse = rng.integers(0, 256, size=(height // 4 + 1, width // 4 + 1, 3))
+    image = np.repeat(np.repeat(coarse, 4, axis=0), 4, axis=1)[:height, :width]
+    return np.clip(image + rng.integers(-15, 16, size=image.shape), 0, 255).astype(np.uint8)
+
+
+def random_probs(rng, labels: int, height: int, width: int) -> np.ndarray:
+    logits = rng.normal(scale=2.0, size=(labels, height, width))
+    exp = np.exp(logits - logits.max(axis=0))
+    return (exp / exp.sum(axis=0)).astype(np.float32)
+
+
+# Small images and a wide colour bandwidth keep the interpreted kernels quick.
+SMALL_KERNELS = {"gaussian": (2.0, 3.0), "bilateral": (8.0, 40.0, 5.0)}
+
+
+def test_triton_batch_equals_the_sparse_product_path():
+    rng = np.random.default_rng(11)
+    shapes = [(9, 11), (7, 6)]
+    images = [random_image(rng, h, w) for h, w in shapes]
+    probs = [
+        [random_probs(rng, k, h, w) for k in ks] for (h, w), ks in zip(shapes, [(3, 5), (4, 2)])
+    ]
+    expected = CrfBatch(images, device="cpu", **SMALL_KERNELS).infer(probs, iterations=2)
+    batch = CrfBatch(images, device="cpu", method="triton", **SMALL_KERNELS)
+    assert batch.num_vertices == CrfBatch(images, device="cpu", **SMALL_KERNELS).num_vertices
+    got = batch.infer(probs, iterations=2)
+    for got_sets, expected_sets in zip(got, expected):
+        for q, ref in zip(got_sets, expected_sets):
+            assert q.shape == ref.shape and q.dtype == torch.float32
+            assert float((q - ref).abs().max()) < 5e-6
+            torch.testing.assert_close(q.sum(dim=0), torch.ones_like(q[0]), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("kernels", [{"gaussian": None}, {"bilateral": None}])
+def test_triton_with_one_kernel(kernels):
+    rng = np.random.default_rng(3)
+    image = random_image(rng, 8, 9)
+    probs = random_probs(rng, 4, 8, 9)
+    settings = {**SMALL_KERNELS, **kernels}
+    expected = CrfBatch([image], device="cpu", **settings).infer([probs], iterations=2)[0]
+    got = CrfBatch([image], device="cpu", method="triton", **settings).infer([probs], 2)[0]
+    assert float((got - expected).abs().max()) < 5e-6
+
+
+def test_triton_float16_stays_close():
+    rng = np.random.default_rng(5)
+    image = random_image(rng, 10, 10)
+    probs = random_probs(rng, 5, 10, 10)
+    expected = CrfBatch([image], device="cpu", **SMALL_KERNELS).infer([probs], iterations=3)[0]
+    batch = CrfBatch([image], device="cpu", method="triton", precision="float16", **SMALL_KERNELS)
+    got = batch.infer([probs], iterations=3)[0]
+    assert got.dtype == torch.float32
+    # Half-precision storage: about 1e-2 in Q (11-bit mantissas through splat, 6 blurs, slice).
+    assert float((got - expected).abs().max()) < 3e-2
+    torch.testing.assert_close(got.sum(dim=0), torch.ones_like(got[0]), atol=1e-5, rtol=0)
+
+
+def test_bad_method_and_precision():
+    image = np.zeros((4, 4, 3), np.uint8)
+    with pytest.raises(ValueError, match="precision must be one of"):
+        CrfBatch([image], device="cpu", method="triton", precision="bfloat16")
+    with pytest.raises(ValueError, match="needs method='triton'"):
+        CrfBatch([image], device="cpu", precision="float16")
+    out = torch.empty(3, crf_triton.MAX_COLUMNS + 1)
+    lattice = (
+        torch.zeros(1, out.shape[1]),
+        torch.zeros(3, 3, dtype=torch.int32),
+        torch.zeros(3, 3),
+    )
+    with pytest.raises(ValueError, match="label columns"):
+        crf_triton.slice_update(out, *lattice)
+
+
+def gpu_photos() -> list[np.ndarray]:
+    import skimage.data
+    from PIL import Image
+
+    images = [skimage.data.astronaut(), skimage.data.coffee(), skimage.data.chelsea()]
+    images += [np.asarray(Image.open(p).convert("RGB")) for p in sorted(PHOTOS.glob("*.jpg"))[:2]]
+    return [np.asarray(Image.fromarray(i).resize((320, 240), Image.LANCZOS)) for i in images]
+
+
+@needs_gpu
+@pytest.mark.parametrize("precision", ["float32", "float16"])
+def test_gpu_triton_matches_native_on_photos(precision):
+    images = gpu_photos()
+    sets = [
+        [partition_probs(slic_partition(image, r, grid=30), image.shape[:2]) for r in (40, 15, 8)]
+        for image in images
+    ]
+    device_sets = [[torch.from_numpy(p).cuda() for p in s] for s in sets]
+    batch = CrfBatch(images, device="cuda", method="triton", precision=precision)
+    got = batch.infer(device_sets)
+    ious, deltas = [], []
+    for image, image_sets, image_got in zip(images, sets, got):
+        lattice = CrfLattice(image)
+        for probs, q in zip(image_sets, image_got):
+            ref = lattice.infer(probs)
+            ours = q.cpu().numpy()
+            first, second = ours >= 0.5, ref >= 0.5
+            union = np.logical_or(first, second).sum(axis=(1, 2))
+            inter = np.logical_and(first, second).sum(axis=(1, 2))
+            ious.append(np.where(union > 0, inter / np.maximum(union, 1), 1.0))
+            deltas.append(float(np.abs(ours - ref).max()))
+    ious = np.concatenate(ious)
+    print(
+        f"triton {precision}: mean IoU {ious.mean():.4f}, min {ious.min():.4f}, "
+        f"max |dQ| {max(deltas):.2e}"
+    )
+    assert ious.mean() >= 0.98 and ious.min() >= 0.90
+    if precision == "float32":
+        assert max(deltas) < 5e-5
+
+
+def compile_for_hopper(kernel, signature: dict, constants: dict, num_warps: int):
+    """Compile a kernel to sm_90 machine code with Triton's own ptxas (no GPU needed), with
+    the alignment Triton's launcher sees at run time (pointers and the row width by 16)."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    fn = kernel._compiled
+    aligned = {
+        (i,): [["tt.divisibility", 16]]
+        for i, name in enumerate(fn.arg_names)
+        if signature.get(name, "").startswith("*") or name == "num_columns"
+    }
+    source = ASTSource(fn=fn, signature=signature, constexprs=constants, attrs=aligned)
+    return triton.compile(
+        source, target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps}
+    )
+
+
+@pytest.mark.parametrize("storage", ["fp32", "fp16"])
+def test_kernels_compile_for_hopper_with_vector_loads(storage):
+    """What the GPU will run compiles here: every kernel down to a cubin, the label rows read
+    16 bytes at a time (the bandwidth the design counts on)."""
+    values = f"*{storage}"
+    splat = compile_for_hopper(
+        crf_triton._SPLAT,
+        {
+            "crow_ptr": "*i64",
+            "point_ptr": "*i32",
+            "weight_ptr": "*fp32",
+            "src_ptr": values,
+            "dst_ptr": values,
+            "num_columns": "i32",
+            "ENTRY_BLOCK": "constexpr",
+            "COLUMN_BLOCK": "constexpr",
+        },
+        {"ENTRY_BLOCK": 16, "COLUMN_BLOCK": 128},
+        4,
+    )
+    blur = compile_for_hopper(
+        crf_triton._BLUR,
+        {
+            "src_ptr": values,
+            "dst_ptr": values,
+            "minus_ptr": "*i32",
+            "plus_ptr": "*i32",
+            "num_vertices": "i32",
+            "num_columns": "i32",
+            "ROWS": "constexpr",
+            "COLUMN_BLOCK": "constexpr",
+        },
+        {"ROWS": 16, "COLUMN_BLOCK": 128},
+        4,
+    )
+    slice_signature = {
+        "out_ptr": values,
+        "clipped_ptr": "*fp32",
+        "vertex_values_ptr": values,
+        "corner_vertex_ptr": "*i32",
+        "corner_weight_ptr": "*fp32",
+        "column_set_ptr": "*i32",
+        "column_rank_ptr": "*i32",
+        "point_image_ptr": "*i32",
+        "counts_ptr": "*i32",
+        "num_points": "i32",
+        "num_columns": "i32",
+        "CORNERS": "constexpr",
+        "NUM_SETS": "constexpr",
+        "UPDATE": "constexpr",
+        "ROWS": "constexpr",
+        "BLOCK_COLUMNS": "constexpr",
+    }
+    update = compile_for_hopper(
+        crf_triton._SLICE_UPDATE,
+        slice_signature,
+        {
+            "CORNERS": 9,
+            "NUM_SETS": 3,
+            "UPDATE": True,
+            "ROWS": 16,
+            "BLOCK_COLUMNS": 128,
+        },
+        8,
+    )
+    messages = compile_for_hopper(
+        crf_triton._SLICE_UPDATE,
+        slice_signature,
+        {
+            "CORNERS": 6,
+            "NUM_SETS": 1,
+            "UPDATE": False,
+            "ROWS": 2048,
+            "BLOCK_COLUMNS": 1,
+        },
+        8,
+    )
+    for compiled in (splat, blur, update, messages):
+        assert compiled.asm["cubin"]
+    for compiled in (splat, blur, update):
+        assert "ld.global.v4.b32" in compiled.asm["ptx"]
