@@ -2,8 +2,9 @@
 
 Usage (on a machine with a CUDA device; benchmarks/gpu_crf.sh runs it):
     python benchmarks/bench_crf_gpu.py [--images 64] [--device cuda] [--out PATH]
-A CPU smoke run of the same code (tests/test_bench_crf_gpu.py):
-    python benchmarks/bench_crf_gpu.py --device cpu --images 2 --size 64 --repeats 1
+A CPU smoke run of the same code (tests/test_bench_crf_gpu.py; the Triton kernels run in
+Triton's interpreter there, so keep the images tiny):
+    python benchmarks/bench_crf_gpu.py --device cpu --images 2 --size 48 --repeats 1
 
 Workload (the issue's): a batch of 64 photos at 480 x 480 (scikit-image's and the shared COCO
 sample's, cycled), each with the discovery pipeline's three label sets (SLIC superpixels on the
@@ -11,14 +12,17 @@ sample's, cycled), each with the discovery pipeline's three label sets (SLIC sup
 iterations, the authors' kernels. Timed in one process, same run:
 
 * GPU, ``CrfBatch`` over the whole batch with the probabilities already on the device (the
-  lattices built and the three label sets inferred together), for the ``spmm`` and ``gather``
-  filters, and in chunks of 16 images; also with the probabilities copied from host memory;
+  lattices built and the three label sets inferred together), for each filter method
+  (``--methods``: sparse products ``spmm``, ``gather``, ``hybrid``, the Triton kernels in
+  float32 ``triton`` and float16 ``triton-float16``), ``spmm`` and ``triton`` also in chunks
+  of 16 images and with the probabilities copied from host memory;
 * the native CPU CRF with every core (one CrfLattice per image, infer_many), on a few images;
 * pydensecrf in one process (three CRFs per image), on two images.
 
 Throughput is images/s for the three-CRF workload (median of the repeats). Also: the lattice
-build's share, peak GPU memory, and the agreement of the GPU's Q with the native CRF's on each
-distinct photo (IoU of Q >= 0.5 per label, max |dQ|). Prints a table and writes JSON.
+build's share, peak GPU memory per method, the time of each filter stage of one iteration, and
+the agreement of each method's Q with the native CRF's on each distinct photo (IoU of Q >= 0.5
+per label, max |dQ|). Prints a table and writes JSON.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from hassod import crf_triton
 from hassod.crf import CrfLattice
 from hassod.crf_torch import CrfBatch
 from hassod.postprocess import CrfParams
@@ -45,6 +50,14 @@ ROOT = Path(__file__).resolve().parents[1]
 REGIONS = (50, 20, 12)
 SKIMAGE_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "cat", "immunohistochemistry")
 SHARED_PHOTOS = ROOT.parent / "shared" / "data" / "coco_val2017_sample"
+#: --methods names -> CrfBatch settings.
+METHODS = {
+    "spmm": {"method": "spmm"},
+    "gather": {"method": "gather"},
+    "hybrid": {"method": "hybrid"},
+    "triton": {"method": "triton"},
+    "triton-float16": {"method": "triton", "precision": "float16"},
+}
 
 
 def photos(size: tuple[int, int]) -> list[tuple[str, np.ndarray]]:
@@ -90,6 +103,59 @@ def timed(function, repeats: int, device: torch.device) -> list[float]:
     return seconds
 
 
+def iteration_breakdown(images, host_sets, device, methods, repeats) -> dict:
+    """Milliseconds of each filter stage of one mean-field iteration on the whole batch (the
+    three label sets' columns side by side), per kernel and method."""
+
+    def ms(function) -> float:
+        return 1e3 * statistics.median(timed(function, repeats, device))
+
+    columns = sum(max(len(sets[s]) for sets in host_sets) for s in range(len(REGIONS)))
+    columns = -(-columns // 16) * 16
+    whole = CrfBatch(images, device=device)
+    num_points = int(sum(h * w for h, w in whole.shapes))
+    values = torch.rand(num_points, columns, device=device)
+    breakdown = {"columns": columns, "vertices": whole.num_vertices}
+    for name, kernel in whole.kernels.items():
+        stages = {}
+        vertex_values = kernel.splat_matrix @ values
+        blurs = kernel.lattice.blur_matrices
+        if "spmm" in methods:
+            stages["splat_spmm"] = ms(lambda k=kernel, x=values: k.splat_matrix @ x)
+            stages["blurs_spmm"] = ms(lambda v=vertex_values, bs=blurs: [b @ v for b in bs])
+            stages["slice_spmm"] = ms(lambda k=kernel, v=vertex_values: k.slice_matrix @ v)
+        if "gather" in methods or "hybrid" in methods:
+            stages["splat_index_add"] = ms(lambda k=kernel, x=values: k.splat_gather(x))
+            stages["blurs_index_select"] = ms(lambda k=kernel, v=vertex_values: k.blur_gather(v))
+            stages["slice_gather"] = ms(lambda k=kernel, v=vertex_values: k.slice_gather(v))
+        for method in ("triton", "triton-float16"):
+            if method not in methods:
+                continue
+            storage = crf_triton.STORAGE_DTYPES[METHODS[method].get("precision", "float32")]
+            x = values.to(storage)
+            lattice = kernel.lattice
+            out = vertex_values.to(storage)
+            scratch = torch.empty_like(out)
+            q = torch.empty_like(x)
+            stages[f"splat_{method}"] = ms(
+                lambda k=kernel, x=x, o=out: crf_triton.splat(
+                    k.lattice.vertex_crow, k.lattice.splat_points, k.splat_values, x, o
+                )
+            )
+            stages[f"blurs_{method}"] = ms(
+                lambda o=out, s=scratch, n=lattice.blur_neighbours: [
+                    crf_triton.blur(o, minus, plus, s) for minus, plus in n
+                ]
+            )
+            stages[f"slice_{method}"] = ms(
+                lambda k=kernel, o=out, q=q: crf_triton.slice_update(
+                    q, o, k.lattice.corner_vertex, k.slice_weight
+                )
+            )
+        breakdown[name] = stages
+    return breakdown
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=64)
@@ -99,6 +165,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--cpu-images", type=int, default=8, help="images for the native CPU")
     parser.add_argument("--pydensecrf-images", type=int, default=2)
+    parser.add_argument("--iterations", type=int, default=10)
+    parser.add_argument("--photos", type=int, default=None, help="distinct photos (default all)")
+    parser.add_argument(
+        "--methods",
+        default=None,
+        help=f"comma-separated, of {', '.join(METHODS)} (default: spmm, triton, triton-float16 "
+        "on CUDA; spmm, gather on the CPU, where the Triton kernels would run interpreted)",
+    )
     parser.add_argument(
         "--out", type=Path, default=ROOT / "benchmarks" / "results" / "crf_gpu.json"
     )
@@ -106,10 +180,25 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         sys.exit("no CUDA device (torch.cuda.is_available() is False); --device cpu smoke-tests")
+    if args.methods is None:
+        methods = (
+            ["spmm", "triton", "triton-float16"] if device.type == "cuda" else ["spmm", "gather"]
+        )
+    else:
+        methods = [name.strip() for name in args.methods.split(",") if name.strip()]
+    unknown = [name for name in methods if name not in METHODS]
+    if unknown or not methods:
+        sys.exit(f"--methods: unknown {unknown}; choose from {list(METHODS)}")
+    if not crf_triton.available():
+        skipped = [name for name in methods if name.startswith("triton")]
+        if skipped:
+            print(f"skipping {skipped}: {crf_triton.IMPORT_ERROR}")
+        methods = [name for name in methods if not name.startswith("triton")]
+    iterations = args.iterations
     size = (args.size, args.size)
     grid = max(4, args.size // 8)  # the ViT's patch grid: 60 x 60 at 480
 
-    distinct = photos(size)
+    distinct = photos(size)[: args.photos]
     sets_of = {
         name: [partition_probs(slic_partition(image, r, grid=grid), size) for r in REGIONS]
         for name, image in distinct
@@ -121,89 +210,86 @@ def main(argv: list[str] | None = None) -> int:
     labels = [sum(len(p) for p in sets) for sets in host_sets]
     print(
         f"{args.images} images at {size[0]}x{size[1]} ({len(distinct)} distinct photos), "
-        f"labels per image {np.mean(labels):.1f} (sets of {REGIONS} regions requested)"
+        f"labels per image {np.mean(labels):.1f} (sets of {REGIONS} regions requested), "
+        f"methods {methods}"
     )
 
-    # Agreement with the native CPU CRF, and the warm-up.
-    per_photo = {}
-    for name, image in distinct:
-        on_device = [torch.from_numpy(p).to(device) for p in sets_of[name]]
-        got = CrfBatch([image], device=device).infer([on_device])[0]
-        lattice = CrfLattice(image)
-        ious, deltas = [], []
-        for probs, q in zip(sets_of[name], got):
-            iou, delta = agreement(q.cpu().numpy(), lattice.infer(probs))
-            ious.append(iou)
-            deltas.append(delta)
-        all_ious = np.concatenate(ious)
-        per_photo[name] = {
-            "mean_iou": float(all_ious.mean()),
-            "min_iou": float(all_ious.min()),
-            "max_abs_dq": max(deltas),
+    # Agreement of each method with the native CPU CRF (and the warm-up: Triton compiles here).
+    native_q = {
+        name: CrfLattice(image).infer_many(sets_of[name], iterations) for name, image in distinct
+    }
+    agreement_of = {}
+    for method in methods:
+        per_photo = {}
+        for name, image in distinct:
+            on_device = [torch.from_numpy(p).to(device) for p in sets_of[name]]
+            batch = CrfBatch([image], device=device, **METHODS[method])
+            got = batch.infer([on_device], iterations)[0]
+            ious, deltas = [], []
+            for q, ref in zip(got, native_q[name]):
+                iou, delta = agreement(q.cpu().numpy(), ref)
+                ious.append(iou)
+                deltas.append(delta)
+            all_ious = np.concatenate(ious)
+            per_photo[name] = {
+                "mean_iou": float(all_ious.mean()),
+                "min_iou": float(all_ious.min()),
+                "max_abs_dq": max(deltas),
+            }
+        agreement_of[method] = per_photo
+        worst = {
+            "mean_iou": min(p["mean_iou"] for p in per_photo.values()),
+            "min_iou": min(p["min_iou"] for p in per_photo.values()),
+            "max_abs_dq": max(p["max_abs_dq"] for p in per_photo.values()),
         }
-        print(f"agreement {name}: {per_photo[name]}")
+        print(f"agreement with native, {method}, worst photo: {worst}")
 
     def gpu_batch(method: str, chunk: int, on_host: bool) -> None:
         sets = host_sets if on_host else device_sets
         for start in range(0, len(images), chunk):
-            batch = CrfBatch(images[start : start + chunk], device=device, method=method)
-            batch.infer(sets[start : start + chunk])
+            batch = CrfBatch(images[start : start + chunk], device=device, **METHODS[method])
+            batch.infer(sets[start : start + chunk], iterations)
 
     results = {}
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+    peak_gib = {}
     n = args.images
-    cases = {
-        f"{device.type} spmm, batch {n}": lambda: gpu_batch("spmm", n, False),
-        f"{device.type} spmm, chunks of {args.chunk}": lambda: gpu_batch("spmm", args.chunk, False),
-        f"{device.type} spmm, batch {n}, probs from host": lambda: gpu_batch("spmm", n, True),
-        f"{device.type} gather, batch {n}": lambda: gpu_batch("gather", n, False),
-        f"{device.type} hybrid, batch {n}": lambda: gpu_batch("hybrid", n, False),
-    }
-    for name, function in cases.items():
-        function()  # warm-up (allocator, cuSPARSE handles)
-        seconds = timed(function, args.repeats, device)
-        results[name] = {
-            "seconds": seconds,
-            "images_per_s": args.images / statistics.median(seconds),
-        }
-        print(f"{name}: {results[name]['images_per_s']:.1f} images/s")
-    peak_gb = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else 0.0
+    kind = device.type
+    for method in methods:
+        cases = {f"{kind} {method}, batch {n}": (method, n, False)}
+        if method in ("spmm", "triton"):
+            cases[f"{kind} {method}, chunks of {args.chunk}"] = (method, args.chunk, False)
+            cases[f"{kind} {method}, batch {n}, probs from host"] = (method, n, True)
+        if kind == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(device)
+        for name, case in cases.items():
+            gpu_batch(*case)  # warm-up (allocator, cuSPARSE handles, Triton's cache)
+            seconds = timed(lambda c=case: gpu_batch(*c), args.repeats, device)
+            results[name] = {
+                "seconds": seconds,
+                "images_per_s": args.images / statistics.median(seconds),
+            }
+            print(f"{name}: {results[name]['images_per_s']:.1f} images/s")
+        if kind == "cuda":
+            peak_gib[method] = torch.cuda.max_memory_allocated(device) / 2**30
 
     # Lattice build alone (whole batch).
-    build = timed(lambda: CrfBatch(images, device=device), args.repeats, device)
-    results[f"{device.type} lattice build only, batch {n}"] = {
-        "seconds": build,
-        "images_per_s": args.images / statistics.median(build),
-    }
-
-    # Where one mean-field iteration spends its time: each kernel's splat, blurs and slice on
-    # the whole batch's label columns (the three sets side by side).
-    columns = sum(max(len(sets[s]) for sets in host_sets) for s in range(len(REGIONS)))
-    whole = CrfBatch(images, device=device)
-    values = torch.rand(int(sum(h * w for h, w in whole.shapes)), columns, device=device)
-    breakdown = {"columns": columns, "vertices": whole.num_vertices}
-    for name, kernel in whole.kernels.items():
-        vertex_values = kernel.splat @ values
-
-        def ms(function) -> float:
-            return 1e3 * statistics.median(timed(function, args.repeats, device))
-
-        breakdown[name] = {
-            "splat_spmm_ms": ms(lambda k=kernel, x=values: k.splat @ x),
-            "splat_index_add_ms": ms(lambda k=kernel, x=values: k.splat_gather(x)),
-            "blurs_spmm_ms": ms(lambda k=kernel, v=vertex_values: [b @ v for b in k.blurs]),
-            "blurs_index_select_ms": ms(lambda k=kernel, v=vertex_values: k.blur_gather(v)),
-            "slice_spmm_ms": ms(lambda k=kernel, v=vertex_values: k.slice @ v),
-            "slice_gather_ms": ms(lambda k=kernel, v=vertex_values: k.slice_gather(v)),
+    for method in {METHODS[m]["method"] for m in methods} & {"spmm", "triton"}:
+        build = timed(
+            lambda m=method: CrfBatch(images, device=device, method=m), args.repeats, device
+        )
+        results[f"{kind} lattice build only ({method}), batch {n}"] = {
+            "seconds": build,
+            "images_per_s": args.images / statistics.median(build),
         }
-    print(f"one iteration on the batch ({columns} label columns): {breakdown}")
-    del whole, values
+
+    breakdown = iteration_breakdown(images, host_sets, device, methods, args.repeats)
+    print(f"one iteration on the batch, ms: {breakdown}")
 
     # Native CPU, every core, lattice reuse with the label sets on parallel threads.
     def native(count: int) -> None:
         for image, sets in zip(images[:count], host_sets[:count]):
-            CrfLattice(image).infer_many(sets)
+            CrfLattice(image).infer_many(sets, iterations)
 
     cpu_count = min(args.cpu_images, args.images)
     native(1)
@@ -214,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # pydensecrf in one process.
     pyd_count = min(args.pydensecrf_images, args.images)
-    reference = CrfParams(backend="pydensecrf")
+    reference = CrfParams(backend="pydensecrf", iterations=iterations)
     start = time.perf_counter()
     for image, sets in zip(images[:pyd_count], host_sets[:pyd_count]):
         for probs in sets:
@@ -227,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, result in results.items():
         rate = result["images_per_s"]
         print(f"{name:40s} {rate:10.1f} {rate / reference_rate:13.1f}")
-    print(f"peak GPU memory {peak_gb:.1f} GiB")
+    print(f"peak GPU memory, GiB: {peak_gib}")
 
     report = {
         "benchmark": "crf_gpu",
@@ -238,10 +324,11 @@ def main(argv: list[str] | None = None) -> int:
         "size": list(size),
         "regions_requested": list(REGIONS),
         "labels_per_image_mean": float(np.mean(labels)),
-        "iterations": 10,
+        "iterations": iterations,
+        "methods": methods,
         "results": results,
-        "peak_gpu_memory_gib": peak_gb,
-        "agreement_with_native": per_photo,
+        "peak_gpu_memory_gib": peak_gib,
+        "agreement_with_native": agreement_of,
         "iteration_breakdown": breakdown,
     }
     write_report(args.out, report)

@@ -75,7 +75,28 @@ def crf_backends() -> tuple[str, ...]:
     import hassod.postprocess
 
     offered = getattr(hassod.postprocess, "CRF_BACKENDS", ("native", "pydensecrf"))
+    if "torch_method" in {item.name for item in dataclasses.fields(CrfParams)}:
+        offered = (*offered, *TORCH_VARIANTS)
     return (default, *(name for name in offered if name != default))
+
+
+#: --crf-backend names for the torch backend with the Triton kernels: (method, precision).
+TORCH_VARIANTS = {
+    "torch-triton": ("triton", "float32"),
+    "torch-triton-float16": ("triton", "float16"),
+}
+
+
+def crf_params(name: str | None):
+    """CrfParams for a --crf-backend name (None: this hassod's default)."""
+    from hassod.postprocess import CrfParams
+
+    if name is None:
+        return CrfParams()
+    if name in TORCH_VARIANTS:
+        method, precision = TORCH_VARIANTS[name]
+        return CrfParams(backend="torch", torch_method=method, torch_precision=precision)
+    return CrfParams(backend=name)
 
 
 def run_config(
@@ -87,13 +108,12 @@ def run_config(
     """
     from hassod import discover_run
     from hassod.discover import DiscoveryConfig
-    from hassod.postprocess import CrfParams
 
     config = DiscoveryConfig(
         backbone=args.backbone,
         size=args.size,
         feature_transform=args.feature_transform,
-        crf=CrfParams() if crf is None else CrfParams(backend=crf),
+        crf=crf_params(crf),
     )
     options = discover_run.RunOptions(
         images_dir=images_dir,
@@ -126,7 +146,7 @@ def run_config(
     return {
         "label": label,
         "amp": amp,
-        "crf_backend": getattr(config.crf, "backend", "pydensecrf"),
+        "crf_backend": crf or getattr(config.crf, "backend", "pydensecrf"),
         "workers": workers,
         "images": count,
         "wall_s": summary.wall,
@@ -202,7 +222,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--crf-backend",
         nargs="+",
-        choices=("native", "torch", "pydensecrf"),
+        choices=("native", "torch", *TORCH_VARIANTS, "pydensecrf"),
         help="CRF backends, one run each (default: hassod's default only)",
     )
     parser.add_argument("--no-warmup", action="store_true", help="skip the 1-image warm-up run")

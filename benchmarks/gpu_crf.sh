@@ -3,11 +3,13 @@
 # (about 2 minutes on an H100 with 16 CPUs):
 #   bash benchmarks/gpu_crf.sh
 # from the repository root of a copy of the working tree. It
-#   1. runs tests/test_crf_torch.py and tests/test_batched_crf.py (the CUDA path against the
-#      native CPU CRF on photos: mean IoU >= 0.98, none below 0.90), failing on any skip;
+#   1. runs tests/test_crf_torch.py, test_crf_triton.py and test_batched_crf.py (the CUDA
+#      paths, sparse products and Triton kernels, against the native CPU CRF on photos: mean
+#      IoU >= 0.98, none below 0.90), failing on any skip;
 #   2. times benchmarks/bench_crf_gpu.py: 64 photos at 480 x 480 with three label sets each
-#      (about 50 / 20 / 12 regions), 10 iterations, on the GPU vs the native CPU CRF on every
-#      core vs pydensecrf in one process, and writes $OUT/crf_gpu.json (or benchmarks/results/).
+#      (about 50 / 20 / 12 regions), 10 iterations, on the GPU (methods spmm, triton,
+#      triton-float16; METHODS=... to choose) vs the native CPU CRF on every core vs
+#      pydensecrf in one process, and writes $OUT/crf_gpu.json (or benchmarks/results/).
 # Needs, offline: a python3 (PYTHON=...) with torch (CUDA), numpy, scipy, pillow, scikit-image,
 # pybind11, cmake, pytest (the device image has them), plus pydensecrf2 and pycocotools, which
 # it lacks: carry wheels in .whl/ (see gpu_common.sh). hassod's CPU module is built in place
@@ -29,8 +31,8 @@ if ! "$PYTHON" -c "import hassod._C" 2>/dev/null; then
   echo "built in $((SECONDS - start)) s"
 fi
 
-echo "== tests/test_crf_torch.py tests/test_batched_crf.py"
-"$PYTHON" -m pytest -q -rs -s -p no:cacheprovider tests/test_crf_torch.py tests/test_batched_crf.py \
+echo "== tests/test_crf_torch.py tests/test_crf_triton.py tests/test_batched_crf.py"
+"$PYTHON" -m pytest -q -rs -s -p no:cacheprovider tests/test_crf_torch.py tests/test_crf_triton.py tests/test_batched_crf.py \
   2>&1 | tee /tmp/crf_gpu_tests.log
 tests_ok=1
 if grep -E "^SKIPPED" /tmp/crf_gpu_tests.log; then
@@ -43,5 +45,6 @@ if ! grep -q " passed" /tmp/crf_gpu_tests.log || grep -q -E " failed| error" /tm
 fi
 
 echo "== benchmark"  # also after failed tests: one device call should bring back both
-"$PYTHON" benchmarks/bench_crf_gpu.py --images "$IMAGES" --out "$results/crf_gpu.json"
+"$PYTHON" benchmarks/bench_crf_gpu.py --images "$IMAGES" ${METHODS:+--methods "$METHODS"} \
+  --out "$results/crf_gpu.json"
 [ "$tests_ok" = 1 ]

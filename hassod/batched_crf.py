@@ -104,12 +104,7 @@ def crf_candidates_batch(
 
 
 def _chunk_candidates(crf_images, partitions, original_sizes, crf, filters, device) -> list:
-    batch = CrfBatch(
-        crf_images,
-        gaussian=(crf.gaussian_sxy, crf.gaussian_compat),
-        bilateral=(crf.bilateral_sxy, crf.bilateral_srgb, crf.bilateral_compat),
-        device=device,
-    )
+    batch = CrfBatch(crf_images, device=device, **crf.torch_settings)
     before = [
         [_upsampled_one_hot(labels, batch.shapes[i], device) for labels in partitions[i]]
         for i in range(len(crf_images))

@@ -23,7 +23,9 @@ class CrfParams:
     equal to pydensecrf up to float rounding; see tests/test_crf.py), ``"torch"``
     (:mod:`hassod.crf_torch`, the same model on a CUDA device when there is one, else on the
     CPU; ``hassod discover`` runs it batched over images on its device) or ``"pydensecrf"``
-    (the reference, the authors' library).
+    (the reference, the authors' library). ``torch_method`` and ``torch_precision`` choose how
+    the torch backend filters (:class:`hassod.crf_torch.CrfBatch`'s ``method`` and
+    ``precision``: sparse products in float32 by default, or the Triton kernels).
     """
 
     iterations: int = 10
@@ -33,10 +35,33 @@ class CrfParams:
     bilateral_srgb: float = 5.0
     bilateral_compat: float = 10.0
     backend: str = "native"
+    torch_method: str = "spmm"
+    torch_precision: str = "float32"
 
     def __post_init__(self) -> None:
         if self.backend not in CRF_BACKENDS:
             raise ValueError(f"CRF backend must be one of {CRF_BACKENDS}, got {self.backend!r}")
+        if (self.torch_method, self.torch_precision) != ("spmm", "float32"):
+            from hassod.crf_torch import METHODS, PRECISIONS
+
+            if self.torch_method not in METHODS:
+                raise ValueError(
+                    f"torch_method must be one of {METHODS}, got {self.torch_method!r}"
+                )
+            if self.torch_precision not in PRECISIONS:
+                raise ValueError(
+                    f"torch_precision must be one of {PRECISIONS}, got {self.torch_precision!r}"
+                )
+
+    @property
+    def torch_settings(self) -> dict:
+        """Keyword arguments of :class:`hassod.crf_torch.CrfBatch` for these parameters."""
+        return {
+            "gaussian": (self.gaussian_sxy, self.gaussian_compat),
+            "bilateral": (self.bilateral_sxy, self.bilateral_srgb, self.bilateral_compat),
+            "method": self.torch_method,
+            "precision": self.torch_precision,
+        }
 
 
 #: CrfParams.backend values.
@@ -126,11 +151,7 @@ def dense_crf(
     if backend == "torch":
         from hassod.crf_torch import CrfBatch
 
-        batch = CrfBatch(
-            [image],
-            gaussian=(params.gaussian_sxy, params.gaussian_compat),
-            bilateral=(params.bilateral_sxy, params.bilateral_srgb, params.bilateral_compat),
-        )
+        batch = CrfBatch([image], **params.torch_settings)
         return batch.infer([probs], iterations=params.iterations)[0].cpu().numpy()
 
     if not np.isfinite(probs).all():

@@ -38,6 +38,32 @@ def test_benchmark_runs_and_writes_its_report(tmp_path, capsys):
     }
     for result in report["results"].values():
         assert result["images_per_s"] > 0
-    for photo in report["agreement_with_native"].values():
+    assert report["methods"] == ["spmm", "gather"]
+    for photo in report["agreement_with_native"]["spmm"].values():
         assert photo["mean_iou"] >= 0.98 and photo["max_abs_dq"] < 1e-3
     assert "images/s" in capsys.readouterr().out
+
+
+def test_benchmark_runs_the_triton_kernels(tmp_path):
+    """The Triton cases and their stage timings, interpreted on the CPU (tiny images)."""
+    from hassod import crf_triton
+
+    if not crf_triton.available():
+        pytest.skip(crf_triton.IMPORT_ERROR)
+    out = tmp_path / "crf_gpu.json"
+    argv = [
+        "--device", "cpu", "--images", "2", "--size", "8", "--photos", "1", "--chunk", "1",
+        "--repeats", "1", "--cpu-images", "1", "--pydensecrf-images", "1", "--iterations", "1",
+        "--methods", "triton", "--out", str(out),
+    ]  # fmt: skip
+    assert main(argv) == 0
+    report = json.loads(out.read_text())
+    assert report["methods"] == ["triton"]
+    assert {"cpu triton, batch 2", "cpu triton, chunks of 1"} <= set(report["results"])
+    assert set(report["iteration_breakdown"]["bilateral"]) == {
+        "splat_triton",
+        "blurs_triton",
+        "slice_triton",
+    }
+    for photo in report["agreement_with_native"]["triton"].values():
+        assert photo["mean_iou"] >= 0.98 and photo["max_abs_dq"] < 1e-3

@@ -14,7 +14,7 @@ _BENCHMARKS_DIR = str(Path(__file__).resolve().parents[1] / "benchmarks")
 if _BENCHMARKS_DIR not in sys.path:
     sys.path.insert(0, _BENCHMARKS_DIR)
 
-from bench_discover import main  # noqa: E402
+from bench_discover import crf_backends, crf_params, main  # noqa: E402
 from photos import synthetic_photo  # noqa: E402
 
 from hassod.discover_run import STAGES  # noqa: E402
@@ -51,3 +51,16 @@ def test_benchmark_runs_and_writes_its_report(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "crf+filters" in printed and "images/s" in printed
     assert not list(out.parent.glob(".*.tmp"))  # written atomically, nothing left behind
+
+
+def test_crf_backend_names_map_to_crf_params():
+    assert crf_backends()[0] == "native"  # this hassod's default first
+    assert {"torch", "torch-triton", "torch-triton-float16", "pydensecrf"} <= set(crf_backends())
+    assert crf_params(None).backend == "native"
+    assert crf_params("pydensecrf").backend == "pydensecrf"
+    triton = crf_params("torch-triton-float16")
+    assert (triton.backend, triton.torch_method, triton.torch_precision) == (
+        "torch",
+        "triton",
+        "float16",
+    )

@@ -567,6 +567,7 @@ def test_crf_backend_option_reaches_the_config():
     import argparse
 
     from hassod.cli import _discovery_config
+    from hassod.postprocess import CrfParams
 
     parser = argparse.ArgumentParser()
     base = dict(
@@ -586,6 +587,20 @@ def test_crf_backend_option_reaches_the_config():
         assert _discovery_config(namespace, parser).crf.backend == expected
     torch_crf = _discovery_config(argparse.Namespace(**base, crf="torch", device="cpu"), parser)
     assert torch_crf.crf.backend == "torch"
+    assert (torch_crf.crf.torch_method, torch_crf.crf.torch_precision) == ("spmm", "float32")
+    # --crf-method: how the torch backend filters.
+    for choice, method, precision in (
+        ("triton", "triton", "float32"),
+        ("triton-float16", "triton", "float16"),
+    ):
+        namespace = argparse.Namespace(**base, crf="torch", device="cuda", crf_method=choice)
+        crf = _discovery_config(namespace, parser).crf
+        assert crf.torch_settings["method"] == method
+        assert crf.torch_settings["precision"] == precision
+    with pytest.raises(ValueError, match="torch_method must be one of"):
+        CrfParams(backend="torch", torch_method="dense")
+    with pytest.raises(ValueError, match="torch_precision must be one of"):
+        CrfParams(backend="torch", torch_precision="float64")
 
 
 def test_batched_torch_crf_run_matches_the_native_run(reference, photos, tmp_path):
