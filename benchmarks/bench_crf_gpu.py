@@ -22,7 +22,8 @@ iterations, the authors' kernels. Timed in one process, same run:
 Throughput is images/s for the three-CRF workload (median of the repeats). Also: the lattice
 build's share, peak GPU memory per method, the time of each filter stage of one iteration, and
 the agreement of each method's Q with the native CRF's on each distinct photo (IoU of Q >= 0.5
-per label, max |dQ|). Prints a table and writes JSON.
+per label, max |dQ|), and with ``--sweep`` the Triton kernels' time under several launch
+settings (tile, warps). Prints a table and writes JSON.
 """
 
 from __future__ import annotations
@@ -156,6 +157,113 @@ def iteration_breakdown(images, host_sets, device, methods, repeats) -> dict:
     return breakdown
 
 
+#: Launch settings --sweep tries for each Triton kernel (the first is the default).
+SWEEP = {
+    "splat": [
+        {"entry_block": 16, "num_warps": 4},
+        {"entry_block": 8, "num_warps": 4},
+        {"entry_block": 32, "num_warps": 4},
+        {"entry_block": 16, "num_warps": 2},
+        {"entry_block": 8, "num_warps": 2},
+    ],
+    "blur": [
+        {"tile": 2048, "num_warps": 4},
+        {"tile": 1024, "num_warps": 4},
+        {"tile": 4096, "num_warps": 4},
+        {"tile": 2048, "num_warps": 8},
+        {"tile": 4096, "num_warps": 8},
+    ],
+    "slice": [
+        {"tile": 2048, "num_warps": None},
+        {"tile": 1024, "num_warps": 4},
+        {"tile": 1024, "num_warps": 8},
+        {"tile": 2048, "num_warps": 16},
+        {"tile": 4096, "num_warps": 16},
+    ],
+}
+
+
+def sweep_launch_settings(images, host_sets, device, methods, repeats) -> dict:
+    """Milliseconds of each Triton stage on the bilateral kernel (the larger lattice) of the
+    whole batch, for each launch setting in SWEEP, per storage precision."""
+    columns = sum(max(len(sets[s]) for sets in host_sets) for s in range(len(REGIONS)))
+    columns = -(-columns // 16) * 16
+    batch = CrfBatch(images, device=device, method="triton")
+    out = {}
+    for method in ("triton", "triton-float16"):
+        if method in methods:
+            precision = METHODS[method].get("precision", "float32")
+            out[method] = _sweep_one(batch, columns, precision, device, repeats)
+            for stage, rows in out[method].items():
+                best = min(rows, key=lambda row: row["ms"])
+                setting = {k: v for k, v in best.items() if k != "ms"}
+                print(
+                    f"sweep {method} {stage}: default {rows[0]['ms']:.2f} ms, "
+                    f"best {best['ms']:.2f} ms with {setting}"
+                )
+    return out
+
+
+def _sweep_one(batch: CrfBatch, columns: int, precision: str, device, repeats: int) -> dict:
+    def ms(function) -> float:
+        try:
+            function()  # compiles this setting
+        except Exception as error:  # one failing setting must not lose the whole report
+            print(f"sweep setting failed: {error!r}")
+            return float("inf")
+        return 1e3 * statistics.median(timed(function, repeats, device))
+
+    kernel = batch.kernels["bilateral"]
+    lattice = kernel.lattice
+    num_points = int(sum(h * w for h, w in batch.shapes))
+    storage = crf_triton.STORAGE_DTYPES[precision]
+    values = torch.rand(num_points, columns, device=device).to(storage)
+    vertex_values = torch.rand(lattice.num_vertices, columns, device=device).to(storage)
+    scratch = torch.empty_like(vertex_values)
+    q = torch.empty(num_points, columns, device=device)
+    clipped = torch.rand(num_points, columns, device=device) + 1e-5
+    widths = [columns // 3, columns // 3, columns - 2 * (columns // 3)]
+    column_set, column_rank = (t.to(device) for t in crf_triton.column_layout(widths, columns))
+    counts = torch.tensor([widths] * len(batch.shapes), dtype=torch.int32, device=device)
+    point_image = batch._point_image.to(torch.int32)
+
+    def splat(setting):
+        crf_triton.splat(
+            lattice.vertex_crow,
+            lattice.splat_points,
+            kernel.splat_values,
+            values,
+            vertex_values,
+            **setting,
+        )
+
+    def blur(setting):
+        for minus, plus in lattice.blur_neighbours:
+            crf_triton.blur(vertex_values, minus, plus, scratch, **setting)
+
+    def slice_update(setting):
+        crf_triton.slice_update(
+            q,
+            vertex_values,
+            lattice.corner_vertex,
+            kernel.slice_weight,
+            clipped,
+            column_set,
+            column_rank,
+            point_image,
+            counts,
+            **setting,
+        )
+
+    stages = {"splat": splat, "blur": blur, "slice": slice_update}
+    return {
+        stage: [
+            {**setting, "ms": ms(lambda f=stages[stage], st=setting: f(st))} for setting in settings
+        ]
+        for stage, settings in SWEEP.items()
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=64)
@@ -167,6 +275,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pydensecrf-images", type=int, default=2)
     parser.add_argument("--iterations", type=int, default=10)
     parser.add_argument("--photos", type=int, default=None, help="distinct photos (default all)")
+    parser.add_argument(
+        "--sweep", action="store_true", help="also time the Triton kernels' launch settings"
+    )
     parser.add_argument(
         "--methods",
         default=None,
@@ -285,6 +396,9 @@ def main(argv: list[str] | None = None) -> int:
 
     breakdown = iteration_breakdown(images, host_sets, device, methods, args.repeats)
     print(f"one iteration on the batch, ms: {breakdown}")
+    sweep = {}
+    if args.sweep and any(name.startswith("triton") for name in methods):
+        sweep = sweep_launch_settings(images, host_sets, device, methods, args.repeats)
 
     # Native CPU, every core, lattice reuse with the label sets on parallel threads.
     def native(count: int) -> None:
@@ -330,6 +444,7 @@ def main(argv: list[str] | None = None) -> int:
         "peak_gpu_memory_gib": peak_gib,
         "agreement_with_native": agreement_of,
         "iteration_breakdown": breakdown,
+        "launch_sweep": sweep,
     }
     write_report(args.out, report)
     print(f"wrote {args.out}")

@@ -49,7 +49,7 @@ source benchmarks/gpu_common.sh
 
 step build 240 env HASSOD_CUDA=1 "$PYTHON" -m pip install -e . --no-build-isolation --no-deps -q
 "$PYTHON" -c "import hassod._native as n; print(n.cuda_status())" || true
-step crf 150 bash benchmarks/gpu_crf.sh
+step crf 270 bash benchmarks/gpu_crf.sh
 step hierarchy 90 env SKIP_BUILD=1 bash benchmarks/gpu_check_hierarchy.sh
 step detector 150 env ITERS=${DETECTOR_ITERS:-10} WARMUP=${DETECTOR_WARMUP:-3} bash benchmarks/gpu_detector.sh
 step discover 150 env AMP=bf16 CRF="${DISCOVER_CRF:-torch native}" bash benchmarks/gpu_discover.sh

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # GPU check of the batched torch CRF (hassod.crf_torch), as one command for the device machine
-# (about 2 minutes on an H100 with 16 CPUs):
+# (about 3 minutes on an H100 with 16 CPUs):
 #   bash benchmarks/gpu_crf.sh
 # from the repository root of a copy of the working tree. It
 #   1. runs tests/test_crf_torch.py, test_crf_triton.py and test_batched_crf.py (the CUDA
@@ -9,7 +9,8 @@
 #   2. times benchmarks/bench_crf_gpu.py: 64 photos at 480 x 480 with three label sets each
 #      (about 50 / 20 / 12 regions), 10 iterations, on the GPU (methods spmm, triton,
 #      triton-float16; METHODS=... to choose) vs the native CPU CRF on every core vs
-#      pydensecrf in one process, and writes $OUT/crf_gpu.json (or benchmarks/results/).
+#      pydensecrf in one process, and the Triton kernels under several launch settings
+#      (--sweep); writes $OUT/crf_gpu.json (or benchmarks/results/).
 # Needs, offline: a python3 (PYTHON=...) with torch (CUDA), numpy, scipy, pillow, scikit-image,
 # pybind11, cmake, pytest (the device image has them), plus pydensecrf2 and pycocotools, which
 # it lacks: carry wheels in .whl/ (see gpu_common.sh). hassod's CPU module is built in place
@@ -45,6 +46,6 @@ if ! grep -q " passed" /tmp/crf_gpu_tests.log || grep -q -E " failed| error" /tm
 fi
 
 echo "== benchmark"  # also after failed tests: one device call should bring back both
-"$PYTHON" benchmarks/bench_crf_gpu.py --images "$IMAGES" ${METHODS:+--methods "$METHODS"} \
+"$PYTHON" benchmarks/bench_crf_gpu.py --images "$IMAGES" ${METHODS:+--methods "$METHODS"} --sweep \
   --out "$results/crf_gpu.json"
 [ "$tests_ok" = 1 ]

@@ -252,11 +252,16 @@ def splat(
     weights: torch.Tensor,
     values: torch.Tensor,
     out: torch.Tensor,
+    *,
+    entry_block: int = _ENTRY_BLOCK,
+    num_warps: int = 4,
 ) -> torch.Tensor:
     """``out[v] = sum of weights[e] * values[points[e]]`` over the entries e of vertex v.
 
     ``crow`` (M + 1,) int64, ``points`` (E,) int32/int64, ``weights`` (E,) float32, ``values``
-    (N, C) and ``out`` (M, C) contiguous, of a storage dtype; returns ``out``.
+    (N, C) and ``out`` (M, C) contiguous, of a storage dtype; returns ``out``. ``entry_block``
+    (entries gathered per step, a power of two) and ``num_warps`` are launch settings
+    (benchmarks/bench_crf_gpu.py --sweep times alternatives).
     """
     _require()
     num_vertices, num_columns = out.shape
@@ -272,23 +277,31 @@ def splat(
         values,
         out,
         num_columns,
-        ENTRY_BLOCK=_ENTRY_BLOCK,
+        ENTRY_BLOCK=entry_block,
         COLUMN_BLOCK=block,
-        num_warps=4,
+        num_warps=num_warps,
     )
     return out
 
 
 def blur(
-    values: torch.Tensor, minus: torch.Tensor, plus: torch.Tensor, out: torch.Tensor
+    values: torch.Tensor,
+    minus: torch.Tensor,
+    plus: torch.Tensor,
+    out: torch.Tensor,
+    *,
+    tile: int = _TILE,
+    num_warps: int = 4,
 ) -> torch.Tensor:
-    """``out[v] = values[v] + (values[minus[v]] + values[plus[v]]) / 2`` (missing: -1 -> 0)."""
+    """``out[v] = values[v] + (values[minus[v]] + values[plus[v]]) / 2`` (missing: -1 -> 0).
+
+    ``tile`` (elements per program, a power of two) and ``num_warps`` are launch settings."""
     _require()
     num_vertices, num_columns = values.shape
     if num_vertices == 0 or num_columns == 0:
         return out
     block, column_blocks = _column_grid(num_columns)
-    rows = max(1, _TILE // block)
+    rows = max(1, tile // block)
     _BLUR.launch(
         (-(-num_vertices // rows), column_blocks),
         out.device,
@@ -300,7 +313,7 @@ def blur(
         num_columns,
         ROWS=rows,
         COLUMN_BLOCK=block,
-        num_warps=4,
+        num_warps=num_warps,
     )
     return out
 
@@ -315,6 +328,9 @@ def slice_update(
     column_rank: torch.Tensor | None = None,
     point_image: torch.Tensor | None = None,
     counts: torch.Tensor | None = None,
+    *,
+    tile: int = _TILE,
+    num_warps: int | None = None,
 ) -> torch.Tensor:
     """Slice the blurred lattice values at every point, summed over its corners; with
     ``clipped`` given, finish the mean-field step (per label set softmax of the messages times
@@ -326,6 +342,8 @@ def slice_update(
     the Gaussian and bilateral kernels of an image). ``column_set`` / ``column_rank`` (C,)
     int32 (:func:`column_layout`), ``point_image`` (N,) int32 and ``counts`` (images, sets)
     int32 describe the label sets: columns past an image's count are padding and get 0.
+    ``tile`` (elements per program, a power of two; at least one whole row) and ``num_warps``
+    (None: one per 256 elements of the tile, at least 8) are launch settings.
     """
     _require()
     num_points, num_columns = out.shape
@@ -343,7 +361,11 @@ def slice_update(
         clipped = column_set = column_rank = point_image = counts = corner_vertex
         num_sets = 1
     block = _next_power_of_two(num_columns)
-    rows = max(1, _TILE // block)
+    rows = max(1, tile // block)
+    if num_warps is None:
+        # 8 elements of the tile per thread: about 70 registers for float32 on sm_90 (16 per
+        # thread took 203 and starved the multiprocessors of warps).
+        num_warps = min(32, max(8, rows * block // 256))
     _SLICE_UPDATE.launch(
         (-(-num_points // rows),),
         out.device,
@@ -363,8 +385,6 @@ def slice_update(
         UPDATE=update,
         ROWS=rows,
         BLOCK_COLUMNS=block,
-        # 8 elements of each row tile per thread: about 70 registers for float32 on sm_90
-        # (16 per thread took 203 and starved the multiprocessors of warps).
-        num_warps=min(32, max(8, rows * block // 256)),
+        num_warps=num_warps,
     )
     return out

@@ -54,7 +54,7 @@ def test_benchmark_runs_the_triton_kernels(tmp_path):
     argv = [
         "--device", "cpu", "--images", "2", "--size", "8", "--photos", "1", "--chunk", "1",
         "--repeats", "1", "--cpu-images", "1", "--pydensecrf-images", "1", "--iterations", "1",
-        "--methods", "triton", "--out", str(out),
+        "--methods", "triton", "--sweep", "--out", str(out),
     ]  # fmt: skip
     assert main(argv) == 0
     report = json.loads(out.read_text())
@@ -65,5 +65,9 @@ def test_benchmark_runs_the_triton_kernels(tmp_path):
         "blurs_triton",
         "slice_triton",
     }
+    sweep = report["launch_sweep"]["triton"]
+    assert set(sweep) == {"splat", "blur", "slice"}
+    for stage, rows in sweep.items():
+        assert len(rows) >= 2 and all(0 < row["ms"] < float("inf") for row in rows), stage
     for photo in report["agreement_with_native"]["triton"].values():
         assert photo["mean_iou"] >= 0.98 and photo["max_abs_dq"] < 1e-3
