@@ -131,10 +131,11 @@ def test_teacher_targets_threshold_and_recompute_levels():
     (target,) = teacher_targets([detection], [(64, 64)], score_threshold=0.7, cover=0.75)
     assert set(target) == {"boxes", "levels", "scores"}  # no masks: no mask loss
     assert target["boxes"].tolist() == boxes[[0, 1, 3]].tolist()
-    # expected levels from the coverage forest of the pasted masks at cover 0.75
+    # expected levels from the coverage forest of the pasted masks at cover 0.75: all-ones
+    # masks cover the pixels whose centres lie inside their boxes (Detectron2's paste)
     masks = np.zeros((3, 64, 64), dtype=bool)
     for mask, (x0, y0, x1, y1) in zip(masks, boxes[[0, 1, 3]].int().tolist()):
-        mask[y0 : y1 + 1, x0 : x1 + 1] = True
+        mask[y0:y1, x0:x1] = True
     expected = hassod.build_hierarchy(masks, cover=0.75).level
     assert target["levels"].tolist() == list(expected) == [0, 1, 2]
     (empty,) = teacher_targets([detection], [(64, 64)], score_threshold=0.99)
@@ -150,6 +151,27 @@ def test_teacher_detections_with_empty_masks_stay_as_whole_objects():
     (target,) = teacher_targets([detection], [(64, 64)], score_threshold=0.7, cover=0.75)
     assert target["boxes"].tolist() == boxes.tolist()
     assert target["levels"].tolist() == [0, 1, 0]
+
+
+def test_hierarchy_levels_of_a_batch_equal_each_image_alone():
+    from hassod.detector.mean_teacher import hierarchy_levels
+
+    rng = np.random.default_rng(0)
+    stacks = []
+    for count in (0, 5, 12):
+        masks = np.zeros((count, 40, 50), dtype=bool)
+        for mask in masks:
+            y0, x0 = rng.integers(0, 30), rng.integers(0, 40)
+            mask[y0 : y0 + rng.integers(1, 20), x0 : x0 + rng.integers(1, 20)] = True
+        stacks.append(torch.from_numpy(masks))
+    levels = hierarchy_levels(stacks, 0.75)
+    assert [lv.dtype for lv in levels] == [torch.int64] * 3
+    for stack, got in zip(stacks, levels):
+        expected = hassod.build_hierarchy(stack.numpy(), cover=0.75).level
+        assert got.tolist() == [int(v) for v in expected]
+    if torch.cuda.is_available():  # the GPU pass gives the same levels, on the device
+        on_gpu = hierarchy_levels([stack.cuda() for stack in stacks], 0.75)
+        assert all(g.is_cuda and g.cpu().tolist() == c.tolist() for g, c in zip(on_gpu, levels))
 
 
 def test_gradients_are_clipped_per_parameter():

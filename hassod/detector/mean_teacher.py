@@ -5,7 +5,10 @@ the student when phase 2 starts, then ``teacher <- keep * teacher + (1 - keep) *
 before every student step (keep rate 0.9996), over parameters and floating-point buffers
 (integer buffers are copied). Its detections on the weakly augmented view with score > 0.7
 become the targets of the student's strongly augmented view; their levels are recomputed from
-the teacher's masks with the coverage forest at cover 0.75 (:func:`hassod.build_hierarchy`).
+the teacher's masks with the coverage forest at cover 0.75 (:func:`hassod.build_hierarchy`),
+the masks pasted as Detectron2 pastes them (:func:`hassod.detector.paste.paste_masks`) and the
+forests of all images built in one pass, on the GPU when the masks are there and the CUDA
+module is built.
 The masks are used for the levels only: teacher targets carry no masks, so they add nothing
 to the mask loss (the authors compute that loss and weight it by 0).
 
@@ -19,7 +22,8 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from torchvision.models.detection.roi_heads import paste_masks_in_image
+
+from hassod.detector.paste import paste_masks
 
 
 @torch.no_grad()
@@ -40,15 +44,23 @@ def ema_update(teacher: torch.nn.Module, student: torch.nn.Module, keep_rate: fl
             value.copy_(source)
 
 
-def _hierarchy_levels(masks: torch.Tensor, cover: float) -> torch.Tensor:
-    """Levels of the coverage forest of (K, H, W) bool masks, on the masks' device. The forest
-    is built on the CPU (a few masks per image: the native CPU path is fast and tested)."""
+def hierarchy_levels(masks: list[torch.Tensor], cover: float) -> list[torch.Tensor]:
+    """Levels (int64, on each stack's device) of the coverage forests of (K_i, H_i, W_i) bool
+    mask stacks: in one pass on the GPU when the stacks are CUDA tensors and the CUDA module
+    is built (no copy of full-size masks to the host), else on the CPU's threads."""
     import hassod
+    from hassod._native import cuda_module
 
-    if masks.shape[0] == 0:
-        return torch.zeros(0, dtype=torch.int64, device=masks.device)
-    levels = hassod.build_hierarchy(masks.cpu().numpy(), cover=cover).level
-    return torch.as_tensor(np.asarray(levels), dtype=torch.int64).to(masks.device)
+    if not masks:
+        return []
+    if masks[0].is_cuda and cuda_module() is not None:
+        forests = hassod.build_hierarchy_batch(masks, cover=cover)
+        return [forest.level.to(torch.int64) for forest in forests]
+    forests = hassod.build_hierarchy_batch([m.cpu().numpy() for m in masks], cover=cover)
+    return [
+        torch.as_tensor(np.asarray(forest.level), dtype=torch.int64).to(m.device)
+        for forest, m in zip(forests, masks)
+    ]
 
 
 @torch.no_grad()
@@ -69,17 +81,12 @@ def teacher_targets(
     for its box: in the forest it is a root that covers nothing, i.e. a whole object, as in
     the authors' ``build_tree_and_assign_levels`` (its coverage 0/0 is NaN, never >= cover).
     """
-    targets = []
+    targets, masks = [], []
     for detection, size in zip(detections, image_sizes):
         keep = detection["scores"] > score_threshold
         boxes = detection["boxes"][keep].float()
-        scores = detection["scores"][keep]
-        probs = detection["mask_probs"][keep]
-        if boxes.shape[0]:
-            masks = paste_masks_in_image(probs.float(), boxes, tuple(size), padding=1)[:, 0] > 0.5
-        else:
-            masks = torch.zeros((0, *size), dtype=torch.bool, device=boxes.device)
-        targets.append(
-            {"boxes": boxes, "levels": _hierarchy_levels(masks, cover), "scores": scores}
-        )
+        targets.append({"boxes": boxes, "scores": detection["scores"][keep]})
+        masks.append(paste_masks(detection["mask_probs"][keep], boxes, tuple(size), 0.5))
+    for target, levels in zip(targets, hierarchy_levels(masks, cover)):
+        target["levels"] = levels
     return targets

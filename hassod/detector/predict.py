@@ -25,11 +25,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torchvision.models.detection.roi_heads import paste_masks_in_image
 
 from hassod.coco import CATEGORY, LEVEL_NAMES, image_id_for
 from hassod.detector import augment
 from hassod.detector.checkpoint import detector_from_checkpoint
+from hassod.detector.paste import paste_masks
 from hassod.detector.train import resolve_device
 
 ALL_LEVELS = frozenset(range(len(LEVEL_NAMES)))
@@ -86,7 +86,8 @@ class Predictor:
         score_threshold: keep detections scoring above it (default: the model's, 0.0).
         max_detections: at most this many per image (default: the model's, 1000).
         min_size, max_size: test resize (default: the training config's 800 / 1333).
-        mask_threshold: mask probability threshold (0.5).
+        mask_threshold: a pixel is in a mask where its pasted probability is >= this (0.5;
+            Detectron2's paste, :func:`hassod.detector.paste.paste_masks`).
     """
 
     def __init__(
@@ -119,6 +120,8 @@ class Predictor:
         self.config = config
         self.min_size = int(min_size or config.data.test_min_size)
         self.max_size = int(max_size or config.data.test_max_size)
+        if not mask_threshold > 0:
+            raise ValueError(f"mask_threshold must be > 0, got {mask_threshold}")
         self.mask_threshold = mask_threshold
 
     @torch.no_grad()
@@ -160,13 +163,17 @@ class Predictor:
         results = []
         for start in range(0, boxes.shape[0], _PASTE_CHUNK):
             chunk_boxes = boxes[start : start + _PASTE_CHUNK]
-            pasted = paste_masks_in_image(
-                probs[start : start + _PASTE_CHUNK], chunk_boxes, (height, width)
+            pasted = paste_masks(
+                probs[start : start + _PASTE_CHUNK],
+                chunk_boxes,
+                (height, width),
+                self.mask_threshold,
             )
-            masks = (pasted[:, 0] > self.mask_threshold).cpu().numpy()
+            masks = pasted.cpu().numpy()
+            corners = chunk_boxes.tolist()  # one device-to-host copy per chunk
             for offset, rle in enumerate(_encode(masks)):
                 index = start + offset
-                x0, y0, x1, y1 = (float(v) for v in boxes[index].tolist())
+                x0, y0, x1, y1 = (float(v) for v in corners[offset])
                 results.append(
                     {
                         "image_id": int(image_id),
