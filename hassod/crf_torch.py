@@ -346,29 +346,21 @@ def _simplices(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torc
     return remainder0[:, :dims].to(torch.int64), rank, bary[:, :corners].contiguous()
 
 
-def _corner_keys(remainder0: torch.Tensor, rank: torch.Tensor) -> torch.Tensor:
-    """(N, d+1, d) integer keys of every point's simplex corners."""
+def _packed_corner_keys(
+    remainder0: torch.Tensor, rank: torch.Tensor, point_image: torch.Tensor, num_images: int
+) -> tuple[torch.Tensor, list[int]]:
+    """Integer keys of every point's simplex corners, each packed with its image index into
+    one int64 (mixed radix, the first coordinate most significant, with room for the blur
+    neighbours), so that sorting the packed keys sorts (image, key) lexicographically.
+
+    Returns the packed keys (N, d+1) and the radix stride of each coordinate.
+    """
     dims = remainder0.shape[1]
     corners = dims + 1
-    r = torch.arange(corners, device=remainder0.device)  # corner
-    # Corner r adds r to the coordinates of rank <= d - r and r - (d+1) to the others.
-    step = torch.where(
-        rank[:, None, :dims] <= dims - r[None, :, None],
-        r[None, :, None],
-        r[None, :, None] - corners,
-    )
-    return remainder0[:, None, :] + step
-
-
-def _pack(
-    keys: torch.Tensor, point_image: torch.Tensor, num_images: int
-) -> tuple[torch.Tensor, list[int]]:
-    """Pack (N, d+1, d) keys and their image index into int64s (mixed radix, with room for the
-    blur neighbours). Returns the packed keys (N, d+1) and the radix stride of each coordinate."""
-    dims = keys.shape[2]
-    flat = keys.reshape(-1, dims)
-    low = flat.min(dim=0).values.tolist()
-    high = flat.max(dim=0).values.tolist()
+    # Corner r adds r to the coordinates of rank <= d - r and r - (d+1) to the others: every
+    # key coordinate lies within d of the point's remainder-0 coordinate.
+    low = (remainder0.min(dim=0).values - dims).tolist()
+    high = (remainder0.max(dim=0).values + dims).tolist()
     margin = dims + 2  # neighbours move a coordinate by up to d
     strides = []
     total = 1
@@ -381,9 +373,17 @@ def _pack(
             "lattice keys do not fit in 63 bits for this batch (features too spread: a very "
             "small bandwidth or a huge image); use fewer images per batch or the CPU path"
         )
-    base = torch.tensor([lo - margin for lo in low], dtype=torch.int64, device=keys.device)
-    stride = torch.tensor(strides, dtype=torch.int64, device=keys.device)
-    packed = ((keys - base) * stride).sum(dim=2) + point_image[:, None] * total
+    device = remainder0.device
+    offset = torch.tensor([lo - margin for lo in low], dtype=torch.int64, device=device)
+    stride = torch.tensor(strides, dtype=torch.int64, device=device)
+    base = ((remainder0 - offset) * stride).sum(dim=1) + point_image * total
+    # packed(r) = base + r * sum(strides) - (d+1) * (strides of the coordinates of rank > d-r),
+    # the last term a suffix sum over the coordinates ordered by rank (no (N, d+1, d) keys).
+    by_rank = torch.zeros(remainder0.shape[0], corners + 1, dtype=torch.int64, device=device)
+    by_rank.scatter_(1, rank[:, :dims], stride.expand(remainder0.shape[0], dims))
+    above = by_rank.flip(1).cumsum(1).flip(1)  # above[:, k]: strides of ranks >= k
+    r = torch.arange(corners, device=device)
+    packed = base[:, None] + r * sum(strides) - corners * above[:, dims + 1 - r]
     return packed, strides
 
 
@@ -408,10 +408,16 @@ def _build_lattice(features: torch.Tensor, point_image: torch.Tensor, num_images
     num_points, dims = features.shape
     corners = dims + 1
     remainder0, rank, weights = _simplices(features)
-    packed, strides = _pack(_corner_keys(remainder0, rank), point_image, num_images)
-    keys, entry_vertex = torch.unique(packed.reshape(-1), sorted=True, return_inverse=True)
-    entry_vertex = entry_vertex.reshape(num_points, corners)
+    packed, strides = _packed_corner_keys(remainder0, rank, point_image, num_images)
+    # One stable sort numbers the vertices (in key order) and lists each vertex's entries.
+    sorted_keys, by_vertex = torch.sort(packed.reshape(-1), stable=True)
+    first = torch.ones_like(sorted_keys, dtype=torch.bool)
+    first[1:] = sorted_keys[1:] != sorted_keys[:-1]
+    keys = sorted_keys[first]
     num_vertices = keys.numel()
+    entry_vertex = torch.empty_like(by_vertex)
+    entry_vertex[by_vertex] = torch.cumsum(first, 0) - 1
+    entry_vertex = entry_vertex.reshape(num_points, corners)
 
     # Blur neighbours along axis j: minus / plus (d+1) e_j - 1 in the plane, i.e. every
     # coordinate -1 / +1 except coordinate j at +d / -d.
@@ -425,11 +431,8 @@ def _build_lattice(features: torch.Tensor, point_image: torch.Tensor, num_images
             index = torch.searchsorted(keys, query).clamp_(max=num_vertices - 1)
             neighbours[j, side] = torch.where(keys[index] == query, index, num_vertices)
 
-    vertex_crow = torch.zeros(num_vertices + 1, dtype=torch.int64, device=device)
-    vertex_crow[1:] = torch.cumsum(
-        torch.bincount(entry_vertex.reshape(-1), minlength=num_vertices), 0
-    )
-    by_vertex = torch.argsort(entry_vertex.reshape(-1), stable=True)
+    vertex_crow = torch.full((num_vertices + 1,), by_vertex.numel(), device=device)
+    vertex_crow[:-1] = torch.nonzero(first).flatten()
     return _Lattice(num_vertices, entry_vertex, neighbours, vertex_crow, by_vertex), weights
 
 
