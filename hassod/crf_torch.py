@@ -139,11 +139,10 @@ class _Kernel:
     def splat_matrix(self) -> torch.Tensor:
         """(M, N) CSR."""
         lattice = self.lattice
-        corners = lattice.entry_vertex.shape[1]
         return _csr(
             lattice.vertex_crow,
-            torch.div(lattice.by_vertex, corners, rounding_mode="floor"),
-            self.splat_weight.reshape(-1)[lattice.by_vertex],
+            lattice.splat_points,
+            self.splat_values,
             (lattice.num_vertices, lattice.entry_vertex.shape[0]),
         )
 

@@ -57,7 +57,7 @@ def _next_power_of_two(value: int) -> int:
     return 1 << max(0, int(value) - 1).bit_length()
 
 
-class _Kernel:
+class _TritonKernel:
     """One kernel body, compiled for CUDA tensors and interpreted for CPU tensors."""
 
     def __init__(self, fn) -> None:
@@ -218,9 +218,9 @@ if triton is not None:
             result = message
         tl.store(out_ptr + offsets, result.to(out_ptr.dtype.element_ty), mask=mask)
 
-    _SPLAT = _Kernel(_splat_body)
-    _BLUR = _Kernel(_blur_body)
-    _SLICE_UPDATE = _Kernel(_slice_update_body)
+    _SPLAT = _TritonKernel(_splat_body)
+    _BLUR = _TritonKernel(_blur_body)
+    _SLICE_UPDATE = _TritonKernel(_slice_update_body)
 
 
 def column_layout(widths: list[int], num_columns: int) -> tuple[torch.Tensor, torch.Tensor]:
