@@ -62,7 +62,7 @@ from pathlib import Path
 import numpy as np
 
 from hassod._io import atomic_write_json
-from hassod.cluster import fast_cluster
+from hassod.cluster import fast_cluster, fast_cluster_batch
 from hassod.coco import LEVEL_NAMES, assemble
 from hassod.demo import write_demo_images, write_level_figures
 from hassod.discover import (
@@ -638,7 +638,7 @@ def _pipeline(
 
 
 def _crf_on_device(items: list, config: DiscoveryConfig, device: str) -> list:
-    """Cluster each image here and run the batch's CRFs together on ``device``.
+    """Cluster the batch's images here and run their CRFs together on ``device``.
 
     Returns the items with :class:`~hassod.discover.ThresholdCandidates` in the place of the
     features. Images that fail to cluster, and the whole batch if the batched CRF fails, keep
@@ -646,15 +646,7 @@ def _crf_on_device(items: list, config: DiscoveryConfig, device: str) -> list:
     """
     from hassod.batched_crf import crf_candidates_batch
 
-    clustered = []
-    for _, _, features, image_timings in items:
-        start = time.perf_counter()
-        try:
-            clusters = fast_cluster(features, config.thresholds)
-        except Exception:  # the per-image path reports it
-            clusters = None
-        image_timings["cluster"] = time.perf_counter() - start
-        clustered.append(clusters)
+    clustered = _cluster_here(items, config.thresholds)
     ready = [i for i, clusters in enumerate(clustered) if clusters is not None]
     if not ready:
         return items
@@ -684,6 +676,32 @@ def _crf_on_device(items: list, config: DiscoveryConfig, device: str) -> list:
         thresholds = tuple(float(t) for t in clustered[i].thresholds)
         out[i] = (name, image, ThresholdCandidates(thresholds, tuple(per_threshold)), image_timings)
     return out
+
+
+def _cluster_here(items: list, thresholds) -> list:
+    """Cluster the batch's feature grids in this process: all together on native threads
+    (GIL released), or one by one when that fails, so that a bad grid only loses its image
+    (None in its place; the per-image path reports it)."""
+    start = time.perf_counter()
+    try:
+        clustered = fast_cluster_batch([features for _, _, features, _ in items], thresholds)
+    except Exception:
+        clustered = None
+    if clustered is not None:
+        share = (time.perf_counter() - start) / max(len(items), 1)
+        for _, _, _, image_timings in items:
+            image_timings["cluster"] = share
+        return clustered
+    clustered = []
+    for _, _, features, image_timings in items:
+        start = time.perf_counter()
+        try:
+            clusters = fast_cluster(features, thresholds)
+        except Exception:
+            clusters = None
+        image_timings["cluster"] = time.perf_counter() - start
+        clustered.append(clusters)
+    return clustered
 
 
 def _run_backbone(model, batch, config: DiscoveryConfig, amp: str, device: str, batch_size: int):

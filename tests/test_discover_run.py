@@ -619,3 +619,27 @@ def test_batched_torch_crf_run_matches_the_native_run(reference, photos, tmp_pat
         assert mine["threshold"] == other["threshold"]
         iou = mask_utils.iou([mine["segmentation"]], [other["segmentation"]], [0])[0, 0]
         assert iou >= 0.99, (mine["image_id"], iou)
+
+
+def test_clustering_in_the_main_process_batches_and_isolates_bad_grids():
+    """The GPU-CRF path clusters a batch on native threads; one bad grid (NaN) loses only its
+    image, and every other image's clusters equal fast_cluster's."""
+    from hassod.cluster import fast_cluster
+    from hassod.discover_run import _cluster_here
+
+    rng = np.random.default_rng(0)
+    grids = [rng.normal(size=(6 + i, 7, 5)).astype(np.float32) for i in range(4)]
+    items = [(f"{i}.png", None, grid, {}) for i, grid in enumerate(grids)]
+    thresholds = (0.4, 0.2, 0.1)
+    clustered = _cluster_here(items, thresholds)
+    for grid, got, (_, _, _, timings) in zip(grids, clustered, items):
+        expected = fast_cluster(grid, thresholds)
+        assert all(np.array_equal(a, b) for a, b in zip(got.labels, expected.labels))
+        assert timings["cluster"] >= 0
+    grids[2] = grids[2].copy()
+    grids[2][0, 0, 0] = np.nan
+    items = [(f"{i}.png", None, grid, {}) for i, grid in enumerate(grids)]
+    clustered = _cluster_here(items, thresholds)
+    assert clustered[2] is None
+    assert [c is None for c in clustered] == [False, False, True, False]
+    assert np.array_equal(clustered[3].labels[0], fast_cluster(grids[3], thresholds).labels[0])
