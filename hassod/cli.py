@@ -512,9 +512,24 @@ def _crf_backend(args: argparse.Namespace) -> str:
     return "torch" if on_cuda else "native"
 
 
+def _crf_params(args: argparse.Namespace, parser: argparse.ArgumentParser):
+    """CrfParams from --crf and --crf-method; the Triton kernels need the torch backend on a
+    CUDA device (on the CPU they only run in Triton's interpreter, far too slowly)."""
+    from hassod.postprocess import CrfParams
+
+    backend = _crf_backend(args)
+    method = getattr(args, "crf_method", "spmm")
+    if method != "spmm":
+        device = getattr(args, "device", "auto")
+        if backend != "torch":
+            parser.error(f"--crf-method {method} applies to the torch CRF backend, not {backend}")
+        if device == "cpu" or not (device.startswith("cuda") or device == "auto"):
+            parser.error(f"--crf-method {method} needs a CUDA device (got --device {device})")
+    return CrfParams(backend=backend, **CRF_METHODS[method])
+
+
 def _discovery_config(args: argparse.Namespace, parser: argparse.ArgumentParser):
     from hassod.discover import DiscoveryConfig
-    from hassod.postprocess import CrfParams
 
     try:
         return DiscoveryConfig(
@@ -522,10 +537,7 @@ def _discovery_config(args: argparse.Namespace, parser: argparse.ArgumentParser)
             size=args.size,
             thresholds=tuple(getattr(args, "thresholds", None) or (0.4, 0.2, 0.1)),
             feature_transform=args.feature_transform,
-            crf=CrfParams(
-                backend=_crf_backend(args),
-                **CRF_METHODS[getattr(args, "crf_method", "spmm")],
-            ),
+            crf=_crf_params(args, parser),
             near_duplicate_iou=getattr(args, "near_duplicate_iou", None),
         )
     except ValueError as error:

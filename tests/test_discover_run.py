@@ -597,6 +597,11 @@ def test_crf_backend_option_reaches_the_config():
         crf = _discovery_config(namespace, parser).crf
         assert crf.torch_settings["method"] == method
         assert crf.torch_settings["precision"] == precision
+    # The Triton kernels: only for the torch backend on a CUDA device.
+    for crf, device in (("native", "cuda"), ("torch", "cpu"), ("auto", "cpu")):
+        namespace = argparse.Namespace(**base, crf=crf, device=device, crf_method="triton")
+        with pytest.raises(SystemExit):
+            _discovery_config(namespace, parser)
     with pytest.raises(ValueError, match="torch_method must be one of"):
         CrfParams(backend="torch", torch_method="dense")
     with pytest.raises(ValueError, match="torch_precision must be one of"):
