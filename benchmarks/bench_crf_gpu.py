@@ -165,6 +165,9 @@ SWEEP = {
         {"entry_block": 32, "num_warps": 4},
         {"entry_block": 16, "num_warps": 2},
         {"entry_block": 8, "num_warps": 2},
+        {"rows": 4, "num_warps": 4},
+        {"rows": 8, "num_warps": 4},
+        {"rows": 16, "num_warps": 4},
     ],
     "blur": [
         {"tile": 2048, "num_warps": 4},

@@ -6,7 +6,7 @@ over the (points x columns) and (vertices x columns) arrays per iteration). Thes
 same arithmetic in fewer passes and can hold the label columns in float16:
 
 * :func:`splat`: one program per lattice vertex gathers its points' rows (CSR by vertex), a
-  block of entries at a time.
+  block of entries at a time (or a tile of vertices per program, one entry each per step).
 * :func:`blur`: one pass per lattice axis, ``v + (v[minus] + v[plus]) / 2`` over a tile of
   vertices.
 * :func:`slice_update`: gathers every point's simplex corners from both kernels' lattices
@@ -114,6 +114,42 @@ if triton is not None:
             mask=column_mask,
         )
 
+    def _splat_rows_body(
+        crow_ptr,  # as in _splat_body
+        point_ptr,
+        weight_ptr,
+        src_ptr,
+        dst_ptr,
+        num_vertices,
+        num_columns,
+        ROWS: tl.constexpr,
+        COLUMN_BLOCK: tl.constexpr,
+    ):
+        # ROWS vertices per program, one entry of each per step, for as many steps as the
+        # tile's busiest vertex has entries (fewer, larger programs than _splat_body).
+        rows = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
+        columns = tl.program_id(1) * COLUMN_BLOCK + tl.arange(0, COLUMN_BLOCK)
+        row_mask = rows < num_vertices
+        column_mask = columns < num_columns
+        start = tl.load(crow_ptr + rows, mask=row_mask, other=0)
+        degree = tl.load(crow_ptr + rows + 1, mask=row_mask, other=0) - start
+        total = tl.full([ROWS, COLUMN_BLOCK], 0.0, tl.float32)
+        for step in range(0, tl.reduce(degree, 0, _MAX)):
+            live = step < degree
+            points = tl.load(point_ptr + start + step, mask=live, other=0).to(tl.int64)
+            weights = tl.load(weight_ptr + start + step, mask=live, other=0.0)
+            values = tl.load(
+                src_ptr + points[:, None] * num_columns + columns[None, :],
+                mask=live[:, None] & column_mask[None, :],
+                other=0.0,
+            )
+            total += weights[:, None] * values.to(tl.float32)
+        tl.store(
+            dst_ptr + rows[:, None] * num_columns + columns[None, :],
+            total.to(dst_ptr.dtype.element_ty),
+            mask=row_mask[:, None] & column_mask[None, :],
+        )
+
     def _blur_body(
         src_ptr,  # (M, C)
         dst_ptr,  # (M, C)
@@ -219,6 +255,7 @@ if triton is not None:
         tl.store(out_ptr + offsets, result.to(out_ptr.dtype.element_ty), mask=mask)
 
     _SPLAT = _TritonKernel(_splat_body)
+    _SPLAT_ROWS = _TritonKernel(_splat_rows_body)
     _BLUR = _TritonKernel(_blur_body)
     _SLICE_UPDATE = _TritonKernel(_slice_update_body)
 
@@ -254,20 +291,38 @@ def splat(
     out: torch.Tensor,
     *,
     entry_block: int = _ENTRY_BLOCK,
+    rows: int = 1,
     num_warps: int = 4,
 ) -> torch.Tensor:
     """``out[v] = sum of weights[e] * values[points[e]]`` over the entries e of vertex v.
 
     ``crow`` (M + 1,) int64, ``points`` (E,) int32/int64, ``weights`` (E,) float32, ``values``
-    (N, C) and ``out`` (M, C) contiguous, of a storage dtype; returns ``out``. ``entry_block``
-    (entries gathered per step, a power of two) and ``num_warps`` are launch settings
-    (benchmarks/bench_crf_gpu.py --sweep times alternatives).
+    (N, C) and ``out`` (M, C) contiguous, of a storage dtype; returns ``out``. Launch settings
+    (benchmarks/bench_crf_gpu.py --sweep times alternatives): ``rows`` = 1 gives each vertex
+    a program that gathers ``entry_block`` entries per step (a power of two); ``rows`` > 1 (a
+    power of two) gives each program that many vertices, one entry of each per step.
     """
     _require()
     num_vertices, num_columns = out.shape
     if num_vertices == 0 or num_columns == 0:
         return out
     block, column_blocks = _column_grid(num_columns)
+    if rows > 1:
+        _SPLAT_ROWS.launch(
+            (-(-num_vertices // rows), column_blocks),
+            out.device,
+            crow,
+            points,
+            weights,
+            values,
+            out,
+            num_vertices,
+            num_columns,
+            ROWS=rows,
+            COLUMN_BLOCK=block,
+            num_warps=num_warps,
+        )
+        return out
     _SPLAT.launch(
         (num_vertices, column_blocks),
         out.device,

@@ -61,10 +61,11 @@ def test_splat_equals_a_dense_product(seed):
     if seed % 2:
         point_index = point_index.to(torch.int32)
     values = torch.from_numpy(rng.random((points, columns)).astype(np.float32))
-    out = torch.full((rows, columns), float("nan"))
-    crf_triton.splat(crow, point_index, weights, values, out)
     expected = dense_of(crow, point_index, weights, (rows, points)) @ values.double()
-    torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-5)
+    for settings in ({}, {"rows": 4}, {"rows": 16}):  # per-vertex programs, vertex tiles
+        out = torch.full((rows, columns), float("nan"))
+        crf_triton.splat(crow, point_index, weights, values, out, **settings)
+        torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
@@ -293,6 +294,22 @@ def test_kernels_compile_for_hopper_with_vector_loads(storage):
         {"ENTRY_BLOCK": 16, "COLUMN_BLOCK": 128},
         4,
     )
+    splat_rows = compile_for_hopper(
+        crf_triton._SPLAT_ROWS,
+        {
+            "crow_ptr": "*i64",
+            "point_ptr": "*i32",
+            "weight_ptr": "*fp32",
+            "src_ptr": values,
+            "dst_ptr": values,
+            "num_vertices": "i32",
+            "num_columns": "i32",
+            "ROWS": "constexpr",
+            "COLUMN_BLOCK": "constexpr",
+        },
+        {"ROWS": 8, "COLUMN_BLOCK": 128},
+        4,
+    )
     blur = compile_for_hopper(
         crf_triton._BLUR,
         {
@@ -350,7 +367,7 @@ def test_kernels_compile_for_hopper_with_vector_loads(storage):
         },
         8,
     )
-    for compiled in (splat, blur, update, messages):
+    for compiled in (splat, splat_rows, blur, update, messages):
         assert compiled.asm["cubin"]
-    for compiled in (splat, blur, update):
+    for compiled in (splat, splat_rows, blur, update):
         assert "ld.global.v4.b32" in compiled.asm["ptx"]
