@@ -368,6 +368,39 @@ def test_teacher_targets_train_the_student_branch(synthetic, tmp_path):
     assert math.isfinite(metrics["total_loss"])
 
 
+def test_teacher_skipping_low_scores_gives_the_same_targets(synthetic, tmp_path):
+    """The teacher produces no detections at or below the pseudo-label score: the targets
+    above it (boxes, scores, levels from the pasted masks) are those of the full teacher."""
+    import copy
+
+    from hassod.detector.mean_teacher import skip_detections_below
+
+    trainer = _trainer(synthetic, tmp_path, tiny_config(iterations=1))
+    full = copy.deepcopy(trainer.model).eval()
+    images = [image.float() for image in trainer.batches[0]["images"]]
+    with torch.no_grad():
+        detections = full(images)
+    scores = torch.cat([d["scores"] for d in detections])
+    assert scores.numel() > 4
+    threshold = float(scores.median())  # about half of the detections go
+    skipping = copy.deepcopy(full)
+    skip_detections_below(skipping, threshold)
+    assert skipping.roi_heads.config.score_thresh == threshold
+    with torch.no_grad():
+        fewer = skipping(images)
+    sizes = [tuple(image.shape[-2:]) for image in images]
+    expected = teacher_targets(detections, sizes, score_threshold=threshold)
+    got = teacher_targets(fewer, sizes, score_threshold=threshold)
+    assert sum(d["boxes"].shape[0] for d in fewer) < scores.numel()
+    for ours, theirs in zip(got, expected):
+        assert ours["boxes"].shape[0] == theirs["boxes"].shape[0]
+        torch.testing.assert_close(ours["boxes"], theirs["boxes"])
+        torch.testing.assert_close(ours["scores"], theirs["scores"])
+        assert torch.equal(ours["levels"], theirs["levels"])
+    skip_detections_below(skipping, -1.0)  # never lowers the model's own threshold
+    assert skipping.roi_heads.config.score_thresh == threshold
+
+
 def test_interrupt_saves_a_checkpoint(synthetic, tmp_path):
     config = dataclasses.replace(tiny_config(iterations=5), checkpoint_period=100)
     trainer = _trainer(synthetic, tmp_path, config)

@@ -20,6 +20,8 @@ mode is kept because it is what prediction uses, so the teacher labels what it w
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import torch
 
@@ -42,6 +44,21 @@ def ema_update(teacher: torch.nn.Module, student: torch.nn.Module, keep_rate: fl
             value.copy_(value * keep_rate + source * (1.0 - keep_rate))
         else:
             value.copy_(source)
+
+
+def skip_detections_below(model: torch.nn.Module, score_threshold: float) -> None:
+    """In place: ``model`` (a HassodDetector) stops producing detections scoring at or below
+    ``score_threshold`` (if its own inference threshold is lower).
+
+    For the teacher, whose detections at or below the pseudo-label score are dropped anyway:
+    the boxes above it are the same (greedy NMS and the top-k never let a lower-scoring box
+    remove a higher one), and the mask head no longer runs on the up to 1000 others per image.
+    """
+    config = model.config
+    if score_threshold > config.score_thresh:
+        config = dataclasses.replace(config, score_thresh=float(score_threshold))
+        model.config = config
+        model.roi_heads.config = config
 
 
 def hierarchy_levels(masks: list[torch.Tensor], cover: float) -> list[torch.Tensor]:

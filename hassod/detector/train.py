@@ -38,7 +38,7 @@ from hassod.detector import distributed, schedule
 from hassod.detector.backbone import resolve_norm
 from hassod.detector.config import TrainConfig, config_to_dict
 from hassod.detector.data import PseudoLabels, TrainBatches, load_pseudo_labels, make_loader
-from hassod.detector.mean_teacher import ema_update, teacher_targets
+from hassod.detector.mean_teacher import ema_update, skip_detections_below, teacher_targets
 from hassod.detector.metrics import MetricsWriter
 from hassod.detector.model import HassodDetector, build_detector
 
@@ -305,6 +305,7 @@ class Trainer:
 
     def _new_teacher(self) -> HassodDetector:
         teacher = copy.deepcopy(self.model)
+        skip_detections_below(teacher, self.config.mean_teacher.score_threshold)
         teacher.eval()
         for param in teacher.parameters():
             param.requires_grad_(False)
