@@ -9,6 +9,8 @@ the teacher's masks with the coverage forest at cover 0.75 (:func:`hassod.build_
 the masks pasted as Detectron2 pastes them (:func:`hassod.detector.paste.paste_masks`) and the
 forests of all images built in one pass, on the GPU when the masks are there and the CUDA
 module is built.
+The teacher skips its detections at or below that score from the start
+(:func:`skip_detections_below`: the same targets, no masks computed for boxes then dropped).
 The masks are used for the levels only: teacher targets carry no masks, so they add nothing
 to the mask loss (the authors compute that loss and weight it by 0).
 
