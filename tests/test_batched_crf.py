@@ -28,7 +28,20 @@ def photo(name: str, height: int, width: int) -> np.ndarray:
     return np.asarray(Image.fromarray(getattr(skimage_data, name)()).resize((width, height)))
 
 
-def test_batch_matches_the_per_image_step():
+def _cuda_case(method: str):
+    import torch
+
+    return pytest.param(
+        "cuda",
+        method,
+        marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device"),
+    )
+
+
+@pytest.mark.parametrize(
+    "device, method", [("cpu", "spmm"), _cuda_case("spmm"), _cuda_case("triton")]
+)
+def test_batch_matches_the_per_image_step(device, method):
     images = [photo("astronaut", 120, 100), photo("coffee", 64, 90), photo("chelsea", 75, 75)]
     crf_images = [fixed_size(image, SIZE) for image in images]
     partitions = [
@@ -36,17 +49,18 @@ def test_batch_matches_the_per_image_step():
         for crf_image in crf_images
     ]
     partitions[2][1] = voronoi_partition(5, grid=12, seed=3)
-    crf = CrfParams(iterations=5)
+    crf = CrfParams(iterations=5, backend="torch", torch_method=method)
     filters = FilterParams(keep_iou=0.3)
     got = crf_candidates_batch(
-        crf_images, partitions, [image.shape[:2] for image in images], crf, filters, device="cpu"
+        crf_images, partitions, [image.shape[:2] for image in images], crf, filters, device=device
     )
     assert len(got) == 3
+    native = CrfParams(iterations=5)
     differing = total = 0
     for image, crf_image, labels_list, per_threshold in zip(images, crf_images, partitions, got):
         assert len(per_threshold) == 3
         for labels, candidates in zip(labels_list, per_threshold):
-            expected = crf_candidates(labels, crf_image, image.shape[:2], crf, filters)
+            expected = crf_candidates(labels, crf_image, image.shape[:2], native, filters)
             np.testing.assert_array_equal(candidates.regions, expected.regions)
             np.testing.assert_allclose(candidates.agreement, expected.agreement, atol=1e-3)
             assert candidates.masks.dtype == bool
@@ -58,7 +72,7 @@ def test_batch_matches_the_per_image_step():
     # One image per CRF batch (grouping by label count, chunking): the same results.
     alone = crf_candidates_batch(
         crf_images, partitions, [image.shape[:2] for image in images], crf, filters,
-        device="cpu", max_batch_elements=1,
+        device=device, max_batch_elements=1,
     )  # fmt: skip
     for per_threshold, per_threshold_alone in zip(got, alone):
         for together, single in zip(per_threshold, per_threshold_alone):
