@@ -115,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
         "--workers",
         type=int,
         default=None,
-        help="processes for clustering/CRF/filters (default: usable CPUs; 0: in this process)",
+        help="processes for clustering/CRF/filters (default: usable CPUs, or 0 on a CPU-only run "
+        "with two CPUs or fewer; 0: in this process)",
     )
     discover.add_argument(
         "--batch-size", type=int, default=4, help="images per backbone batch (default 4)"

@@ -102,6 +102,7 @@ __all__ = [
     "load_backbone",
     "resolve_device",
     "run_discover",
+    "default_workers",
     "usable_cpus",
     # Re-exported: the CLI, the tests and hassod.detector use them from here.
     "EXIT_INTERRUPTED",
@@ -142,7 +143,7 @@ class RunOptions:
     random_weights: bool = False
     device: str = "auto"
     amp: str = "off"
-    workers: int | None = None  # None: usable CPUs (per local rank under torchrun)
+    workers: int | None = None  # None: default_workers(device)
     batch_size: int = 4
     shard: tuple[int, int] | None = None  # None: from RANK / WORLD_SIZE, else unsharded
     limit: int | None = None
@@ -356,6 +357,19 @@ def usable_cpus() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def default_workers(device: str) -> int:
+    """Post-processing processes when ``--workers`` is not given: the usable CPUs (per local
+    rank under torchrun), except on the CPU with two CPUs or fewer, where the post-processing
+    runs in this process with the CRF on every thread: worker processes there compete with the
+    backbone (benchmarks/README.md, 2 cores: 1.09 images/s in one process, 0.92 with 2
+    workers)."""
+    local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
+    cpus = usable_cpus() // max(1, local_ranks)
+    if not device.startswith("cuda") and cpus <= 2:
+        return 0
+    return max(1, cpus)
+
+
 def resolve_device(device: str) -> str:
     """``auto`` -> ``cuda`` (``cuda:LOCAL_RANK`` under torchrun) when available, else ``cpu``."""
     import torch
@@ -428,10 +442,7 @@ def run_discover(options: RunOptions) -> RunSummary:
     device = resolve_device(options.device)
     if options.amp != "off" and not device.startswith("cuda"):
         raise UsageError("--amp bf16/fp16 needs a CUDA device (--device cuda)")
-    workers = options.workers
-    if workers is None:
-        local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
-        workers = max(1, usable_cpus() // max(1, local_ranks))
+    workers = default_workers(device) if options.workers is None else options.workers
 
     created = check_output(out, parts_dir)
     folder = WorkFolder(parts_dir)

@@ -648,3 +648,20 @@ def test_clustering_in_the_main_process_batches_and_isolates_bad_grids():
     assert clustered[2] is None
     assert [c is None for c in clustered] == [False, False, True, False]
     assert np.array_equal(clustered[3].labels[0], fast_cluster(grids[3], thresholds).labels[0])
+
+
+def test_default_workers(monkeypatch):
+    """Every usable CPU (split between torchrun's local ranks), but none on a CPU-only run
+    with two CPUs or fewer: one process with the CRF on both threads is faster there."""
+    from hassod import discover_run
+
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    for cpus, device, expected in ((2, "cpu", 0), (1, "cpu", 0), (2, "cuda", 2), (8, "cpu", 8)):
+        monkeypatch.setattr(discover_run, "usable_cpus", lambda c=cpus: c)
+        assert discover_run.default_workers(device) == expected
+    monkeypatch.setattr(discover_run, "usable_cpus", lambda: 16)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    assert discover_run.default_workers("cuda:1") == 4
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "16")
+    assert discover_run.default_workers("cuda:0") == 1
+    assert discover_run.default_workers("cpu") == 0
