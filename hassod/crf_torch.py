@@ -635,18 +635,27 @@ class CrfBatch:
         iterations: int,
     ) -> torch.Tensor:
         """Mean-field steps with the torch filters: (N, C) float32 Q after ``iterations``."""
+        # With non-negative compatibilities every message is >= 0 (all lattice weights are).
+        nonnegative = self.gaussian[1] >= 0 and self.bilateral[2] >= 0
         for _ in range(iterations):
             total = None
             for kernel in self.kernels.values():
                 filtered = kernel.filter(q, self.method)
-                total = filtered if total is None else total + filtered
+                total = filtered if total is None else total.add_(filtered)
             for s, columns in enumerate(segments):
                 sliced = total[:, columns]
-                width = columns.stop - columns.start
-                real = torch.arange(width, device=self.device)[None, :] < point_counts[:, s : s + 1]
-                top = torch.where(real, sliced, -torch.inf).amax(dim=1, keepdim=True)
-                e = clipped[:, columns] * torch.exp(torch.clamp(sliced - top, max=0.0))
-                q[:, columns] = e / e.sum(dim=1, keepdim=True)
+                if nonnegative:
+                    # Padding columns hold exactly 0 and the others >= 0, so the row's max is
+                    # the real labels' max, and every exponent is <= 0.
+                    e = sliced - sliced.amax(dim=1, keepdim=True)
+                else:
+                    width = columns.stop - columns.start
+                    counts = point_counts[:, s : s + 1]
+                    real = torch.arange(width, device=self.device)[None, :] < counts
+                    top = torch.where(real, sliced, -torch.inf).amax(dim=1, keepdim=True)
+                    e = torch.clamp(sliced - top, max=0.0)  # padding: exp(0) * 0
+                e = e.exp_().mul_(clipped[:, columns])
+                q[:, columns] = e.div_(e.sum(dim=1, keepdim=True))
         return q
 
     def _iterate_triton(

@@ -128,6 +128,20 @@ def test_identical_images_in_one_batch_give_identical_results():
     assert torch.equal(first, second)
 
 
+def test_negative_compatibilities_match_native_with_padding():
+    """Negative compatibilities make messages negative: the padded label columns (0) must not
+    take part in the row maximum (a mixed batch pads the smaller label set)."""
+    rng = np.random.default_rng(9)
+    images = [random_image(rng, 30, 26), random_image(rng, 22, 34)]
+    probs = [random_probs(rng, 6, 30, 26), random_probs(rng, 3, 22, 34)]
+    # Large enough that exp(message - 0) underflows where the max is not the real labels'.
+    kernels = {"gaussian": (3.0, -150.0), "bilateral": (20.0, 13.0, -150.0)}
+    got = CrfBatch(images, device="cpu", **kernels).infer(probs, iterations=5)
+    for image, p, q in zip(images, probs, got):
+        expected = CrfLattice(image, **kernels).infer(p, iterations=5)
+        assert np.abs(q.numpy() - expected).max() < TOLERANCE
+
+
 def test_exact_properties():
     rng = np.random.default_rng(5)
     image = random_image(rng, 36, 28)

@@ -185,6 +185,19 @@ def test_triton_with_one_kernel(kernels):
     assert float((got - expected).abs().max()) < 5e-6
 
 
+def test_triton_negative_compatibilities_with_padding():
+    """Messages far below 0: padded columns (0) must not set the row maximum."""
+    rng = np.random.default_rng(4)
+    images = [random_image(rng, 7, 8), random_image(rng, 6, 6)]
+    probs = [random_probs(rng, 5, 7, 8), random_probs(rng, 2, 6, 6)]
+    settings = {"gaussian": (2.0, -150.0), "bilateral": (8.0, 40.0, -150.0)}
+    expected = CrfBatch(images, device="cpu", **settings).infer(probs, iterations=2)
+    got = CrfBatch(images, device="cpu", method="triton", **settings).infer(probs, 2)
+    for q, ref in zip(got, expected):
+        assert bool(torch.isfinite(q).all())
+        assert float((q - ref).abs().max()) < 5e-5
+
+
 def test_triton_float16_stays_close():
     rng = np.random.default_rng(5)
     image = random_image(rng, 10, 10)
