@@ -79,7 +79,7 @@ def test_per_box_and_whole_image_paths_are_identical(seed):
         (height, width),
         threshold,
         whole_image=True,
-        chunk_bytes=3 * height * width * 4,
+        chunk_bytes=3 * height * width * 12,
     )
     assert torch.equal(chunked, whole)
 

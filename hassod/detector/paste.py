@@ -9,8 +9,8 @@ outside the mask), and the pixel is in the mask when that value is ``>= threshol
 Two ways of doing it give the same masks:
 
 * whole image (Detectron2's GPU path, the default for CUDA tensors): all masks of a chunk are
-  sampled over the whole image in one ``grid_sample``, chunks bounded by ``chunk_bytes`` of
-  float32 samples; no per-mask Python work, no host synchronisation.
+  sampled over the whole image in one ``grid_sample``, chunks bounded by ``chunk_bytes`` (grid
+  and samples); no per-mask Python work, no host synchronisation.
 * per box (the default on the CPU): each mask is sampled only over its box grown by half a
   mask cell and one pixel; further out both bilinear neighbours are zero padding, so the
   sample is exactly 0 and below any positive threshold. The masks are the same as the
@@ -29,7 +29,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-#: Float32 samples held at once by the whole-image path (Detectron2's GPU_MEM_LIMIT).
+#: Bytes a whole-image chunk may hold (Detectron2's GPU_MEM_LIMIT, which counts the samples
+#: only; here the sampling grid's two coordinates per pixel are counted too).
 CHUNK_BYTES = 1 << 30
 
 
@@ -51,7 +52,8 @@ def paste_masks(
             (> 0).
         whole_image: sample over the whole image (Detectron2's GPU path) or over each box;
             None picks the whole image for CUDA tensors.
-        chunk_bytes: bound on the float32 samples of one whole-image chunk.
+        chunk_bytes: bound on the float32 grid and samples of one whole-image chunk (12 bytes
+            per pixel and mask).
 
     Returns:
         (N, H, W) bool on the masks' device. A box of zero or negative width or height gives
@@ -87,7 +89,7 @@ def paste_masks(
     if whole_image is None:
         whole_image = device.type == "cuda"
     if whole_image:
-        per_chunk = max(1, chunk_bytes // (4 * height * width))
+        per_chunk = max(1, chunk_bytes // (12 * height * width))
         for start in range(0, count, per_chunk):
             chunk = slice(start, start + per_chunk)
             sampled = _sample(masks[chunk], boxes[chunk], 0, 0, height, width)
