@@ -104,15 +104,25 @@ def timed(function, repeats: int, device: torch.device) -> list[float]:
     return seconds
 
 
+def median_ms(function, repeats: int, device: torch.device) -> float:
+    return 1e3 * statistics.median(timed(function, repeats, device))
+
+
+def batch_columns(host_sets) -> int:
+    """Label columns of the whole batch: each set padded to its largest count, the total to a
+    multiple of 16 (the Triton path's row width)."""
+    columns = sum(max(len(sets[s]) for sets in host_sets) for s in range(len(REGIONS)))
+    return -(-columns // 16) * 16
+
+
 def iteration_breakdown(images, host_sets, device, methods, repeats) -> dict:
     """Milliseconds of each filter stage of one mean-field iteration on the whole batch (the
     three label sets' columns side by side), per kernel and method."""
 
     def ms(function) -> float:
-        return 1e3 * statistics.median(timed(function, repeats, device))
+        return median_ms(function, repeats, device)
 
-    columns = sum(max(len(sets[s]) for sets in host_sets) for s in range(len(REGIONS)))
-    columns = -(-columns // 16) * 16
+    columns = batch_columns(host_sets)
     whole = CrfBatch(images, device=device)
     num_points = int(sum(h * w for h, w in whole.shapes))
     values = torch.rand(num_points, columns, device=device)
@@ -189,8 +199,7 @@ SWEEP = {
 def sweep_launch_settings(images, host_sets, device, methods, repeats) -> dict:
     """Milliseconds of each Triton stage on the bilateral kernel (the larger lattice) of the
     whole batch, for each launch setting in SWEEP, per storage precision."""
-    columns = sum(max(len(sets[s]) for sets in host_sets) for s in range(len(REGIONS)))
-    columns = -(-columns // 16) * 16
+    columns = batch_columns(host_sets)
     batch = CrfBatch(images, device=device, method="triton")
     out = {}
     for method in ("triton", "triton-float16"):
@@ -214,7 +223,7 @@ def _sweep_one(batch: CrfBatch, columns: int, precision: str, device, repeats: i
         except Exception as error:  # one failing setting must not lose the whole report
             print(f"sweep setting failed: {error!r}")
             return float("inf")
-        return 1e3 * statistics.median(timed(function, repeats, device))
+        return median_ms(function, repeats, device)
 
     kernel = batch.kernels["bilateral"]
     lattice = kernel.lattice

@@ -506,11 +506,15 @@ def _crf_backend(args: argparse.Namespace) -> str:
     backend = getattr(args, "crf", "native")
     if backend != "auto":
         return backend
+    return "torch" if _runs_on_cuda(args) else "native"
+
+
+def _runs_on_cuda(args: argparse.Namespace) -> bool:
+    """Whether ``--device`` (auto: CUDA when available) is a CUDA device."""
     import torch
 
     device = getattr(args, "device", "auto")
-    on_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
-    return "torch" if on_cuda else "native"
+    return device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
 
 
 def _crf_params(args: argparse.Namespace, parser: argparse.ArgumentParser):
@@ -521,11 +525,11 @@ def _crf_params(args: argparse.Namespace, parser: argparse.ArgumentParser):
     backend = _crf_backend(args)
     method = getattr(args, "crf_method", "spmm")
     if method != "spmm":
-        device = getattr(args, "device", "auto")
         if backend != "torch":
             parser.error(f"--crf-method {method} applies to the torch CRF backend, not {backend}")
-        if device == "cpu" or not (device.startswith("cuda") or device == "auto"):
-            parser.error(f"--crf-method {method} needs a CUDA device (got --device {device})")
+        if not _runs_on_cuda(args):
+            device = getattr(args, "device", "auto")
+            parser.error(f"--crf-method {method} needs a CUDA device (--device {device})")
     return CrfParams(backend=backend, **CRF_METHODS[method])
 
 

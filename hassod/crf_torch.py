@@ -471,7 +471,7 @@ class CrfBatch:
             interpreted, very slowly, on the CPU).
         precision: storage type of the label columns during inference, ``"float32"``
             (default) or ``"float16"`` (``method="triton"`` only: half the memory traffic;
-            arithmetic stays float32, Q moves by about 1e-3).
+            arithmetic stays float32, Q moves by up to about 1e-2).
 
     Memory: about (N * (4 d + 10) + C * (3 N + 2 M)) * 4 bytes on the device for N pixels in
     the batch, M lattice vertices and C label columns per inference (the label sets' padded

@@ -59,17 +59,13 @@ def paste_masks(
         (N, H, W) bool on the masks' device. A box of zero or negative width or height gives
         an empty mask.
     """
-    if mask_probs.dim() == 4:
-        if mask_probs.shape[1] != 1:
-            raise ValueError(
-                f"mask_probs must be (N, M, M) or (N, 1, M, M), got {tuple(mask_probs.shape)}"
-            )
+    if mask_probs.dim() == 4 and mask_probs.shape[1] == 1:
         mask_probs = mask_probs[:, 0]
     if mask_probs.dim() != 3:
         raise ValueError(
             f"mask_probs must be (N, M, M) or (N, 1, M, M), got {tuple(mask_probs.shape)}"
         )
-    if boxes.dim() != 2 or boxes.shape != (mask_probs.shape[0], 4):
+    if boxes.shape != (mask_probs.shape[0], 4):
         raise ValueError(
             f"boxes must be ({mask_probs.shape[0]}, 4) for {mask_probs.shape[0]} masks, "
             f"got {tuple(boxes.shape)}"
