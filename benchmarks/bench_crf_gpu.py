@@ -154,9 +154,7 @@ def iteration_breakdown(images, host_sets, device, methods, repeats) -> dict:
                 )
             )
             stages[f"blurs_{method}"] = ms(
-                lambda o=out, s=scratch, n=lattice.blur_neighbours: [
-                    crf_triton.blur(o, minus, plus, s) for minus, plus in n
-                ]
+                lambda o=out, s=scratch, n=lattice.blur_neighbours: crf_triton.blur_axes(o, s, n)
             )
             stages[f"slice_{method}"] = ms(
                 lambda k=kernel, o=out, q=q: crf_triton.slice_update(
@@ -179,12 +177,15 @@ SWEEP = {
         {"rows": 8, "num_warps": 4},
         {"rows": 16, "num_warps": 4},
     ],
-    "blur": [
-        {"tile": 2048, "num_warps": 4},
-        {"tile": 1024, "num_warps": 4},
-        {"tile": 4096, "num_warps": 4},
-        {"tile": 2048, "num_warps": 8},
-        {"tile": 4096, "num_warps": 8},
+    "blur": [  # every axis of the lattice, two per launch or one
+        {"axes_per_pass": 2, "tile": 2048, "num_warps": 8},
+        {"axes_per_pass": 2, "tile": 1024, "num_warps": 4},
+        {"axes_per_pass": 2, "tile": 4096, "num_warps": 16},
+        {"axes_per_pass": 2, "tile": 2048, "num_warps": 4},
+        {"axes_per_pass": 1, "tile": 2048, "num_warps": 4},
+        {"axes_per_pass": 1, "tile": 1024, "num_warps": 4},
+        {"axes_per_pass": 1, "tile": 4096, "num_warps": 8},
+        {"axes_per_pass": 1, "tile": 2048, "num_warps": 8},
     ],
     "slice": [
         {"tile": 2048, "num_warps": None},
@@ -250,8 +251,7 @@ def _sweep_one(batch: CrfBatch, columns: int, precision: str, device, repeats: i
         )
 
     def blur(setting):
-        for minus, plus in lattice.blur_neighbours:
-            crf_triton.blur(vertex_values, minus, plus, scratch, **setting)
+        crf_triton.blur_axes(vertex_values, scratch, lattice.blur_neighbours, **setting)
 
     def slice_update(setting):
         crf_triton.slice_update(

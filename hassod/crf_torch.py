@@ -188,13 +188,12 @@ class _Kernel:
         second (M, C) buffer. Both contiguous, of a storage dtype."""
         lattice = self.lattice
         # The blurs alternate between the two buffers: start where the last one lands in out.
-        buffers = [out, scratch] if len(lattice.blur_neighbours) % 2 == 0 else [scratch, out]
+        passes = crf_triton.blur_pass_count(len(lattice.blur_neighbours))
+        start, other = (out, scratch) if passes % 2 == 0 else (scratch, out)
         crf_triton.splat(
-            lattice.vertex_crow, lattice.splat_points, self.splat_values, values, buffers[0]
+            lattice.vertex_crow, lattice.splat_points, self.splat_values, values, start
         )
-        for axis, (minus, plus) in enumerate(lattice.blur_neighbours):
-            crf_triton.blur(buffers[axis % 2], minus, plus, buffers[(axis + 1) % 2])
-        return out
+        return crf_triton.blur_axes(start, other, lattice.blur_neighbours)
 
     def filter_triton(self, values: torch.Tensor) -> torch.Tensor:
         values = values.contiguous()

@@ -83,6 +83,65 @@ def test_blur_equals_its_definition(dtype):
     torch.testing.assert_close(out.double(), expected, rtol=tolerance, atol=tolerance)
 
 
+def random_neighbours(rng, axes: int, vertices: int) -> torch.Tensor:
+    """(axes, 2, M) neighbour indices, -1 (missing) about one time in five."""
+    index = rng.integers(0, vertices, size=(axes, 2, vertices))
+    index[rng.random(index.shape) < 0.2] = -1
+    return torch.from_numpy(index).to(torch.int32)
+
+
+def blurred_plainly(values: torch.Tensor, neighbours: torch.Tensor) -> torch.Tensor:
+    """Every axis' blur in order, in float64, a missing neighbour (-1) counting 0."""
+    current = values.double()
+    for minus, plus in neighbours.long():
+        padded = torch.cat([current, torch.zeros(1, current.shape[1], dtype=torch.float64)])
+        current = padded[:-1] + 0.5 * (padded[minus] + padded[plus])
+    return current
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_blur_pair_equals_two_single_passes(seed):
+    rng = np.random.default_rng(seed)
+    vertices, columns = int(rng.integers(1, 60)), [3, 140, 16][seed]
+    values = torch.from_numpy(rng.random((vertices, columns)).astype(np.float32))
+    neighbours = random_neighbours(rng, 2, vertices)
+    middle = torch.full_like(values, float("nan"))
+    expected = torch.full_like(values, float("nan"))
+    crf_triton.blur(values, *neighbours[0], middle)
+    crf_triton.blur(middle, *neighbours[1], expected)
+    out = torch.full_like(values, float("nan"))
+    crf_triton.blur_pair(values, neighbours[0], neighbours[1], out)
+    # The same float32 expressions in the same order: equal to the last bit.
+    assert torch.equal(out, expected)
+    torch.testing.assert_close(
+        out.double(), blurred_plainly(values, neighbours), rtol=1e-6, atol=1e-6
+    )
+
+
+@pytest.mark.parametrize("axes", [1, 3, 6])
+@pytest.mark.parametrize("axes_per_pass", [1, 2])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_blur_axes_runs_every_axis_in_order(axes, axes_per_pass, dtype):
+    rng = np.random.default_rng(axes * 10 + axes_per_pass)
+    vertices, columns = 37, 24
+    values = torch.from_numpy(rng.random((vertices, columns)).astype(np.float32))
+    neighbours = random_neighbours(rng, axes, vertices)
+    first = values.to(dtype)
+    expected = blurred_plainly(first, neighbours)  # blur_axes overwrites both buffers
+    scratch = torch.full_like(first, float("nan"))
+    result = crf_triton.blur_axes(first, scratch, neighbours, axes_per_pass=axes_per_pass)
+    passes = crf_triton.blur_pass_count(axes, axes_per_pass)
+    assert result is (first if passes % 2 == 0 else scratch)
+    # Up to 2 ** 6 of growth through six blurs: compare relative to the largest value.
+    tolerance = (1e-6 if dtype == torch.float32 else 4e-3) * float(expected.abs().max())
+    torch.testing.assert_close(result.double(), expected, rtol=0, atol=tolerance)
+
+
+def test_blur_axes_per_pass_is_checked():
+    with pytest.raises(ValueError, match="axes_per_pass"):
+        crf_triton.blur_pass_count(6, 3)
+
+
 def reference_update(message, clipped, column_set, column_rank, point_image, counts):
     """The mean-field step written plainly, label set by label set and point by point."""
     q = torch.zeros_like(message, dtype=torch.float64)
@@ -338,6 +397,23 @@ def test_kernels_compile_for_hopper_with_vector_loads(storage):
         {"ROWS": 16, "COLUMN_BLOCK": 128},
         4,
     )
+    blur_pair = compile_for_hopper(
+        crf_triton._BLUR_PAIR,
+        {
+            "src_ptr": values,
+            "dst_ptr": values,
+            "minus_a_ptr": "*i32",
+            "plus_a_ptr": "*i32",
+            "minus_b_ptr": "*i32",
+            "plus_b_ptr": "*i32",
+            "num_vertices": "i32",
+            "num_columns": "i32",
+            "ROWS": "constexpr",
+            "COLUMN_BLOCK": "constexpr",
+        },
+        {"ROWS": 16, "COLUMN_BLOCK": 128},
+        4,
+    )
     slice_signature = {
         "out_ptr": values,
         "clipped_ptr": "*fp32",
@@ -380,7 +456,7 @@ def test_kernels_compile_for_hopper_with_vector_loads(storage):
         },
         8,
     )
-    for compiled in (splat, splat_rows, blur, update, messages):
+    for compiled in (splat, splat_rows, blur, blur_pair, update, messages):
         assert compiled.asm["cubin"]
-    for compiled in (splat, splat_rows, blur, update):
+    for compiled in (splat, splat_rows, blur, blur_pair, update):
         assert "ld.global.v4.b32" in compiled.asm["ptx"]
