@@ -22,8 +22,10 @@ iterations, the authors' kernels. Timed in one process, same run:
 Throughput is images/s for the three-CRF workload (median of the repeats). Also: the lattice
 build's share, peak GPU memory per method, the time of each filter stage of one iteration, and
 the agreement of each method's Q with the native CRF's on each distinct photo (IoU of Q >= 0.5
-per label, max |dQ|), and with ``--sweep`` the Triton kernels' time under several launch
-settings (tile, warps). Prints a table and writes JSON.
+per label, max |dQ|), a torch.profiler breakdown of one whole-batch CRF per method (the lattice
+build's stages, the iterations, the busiest kernels), and with ``--sweep`` the Triton
+kernels' time under several launch settings (tile, warps, blur axes per pass). Prints a table
+and writes JSON.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hassod import crf_triton
+from hassod import crf_torch, crf_triton
 from hassod.crf import CrfLattice
 from hassod.crf_torch import CrfBatch
 from hassod.postprocess import CrfParams
@@ -163,6 +165,43 @@ def iteration_breakdown(images, host_sets, device, methods, repeats) -> dict:
             )
         breakdown[name] = stages
     return breakdown
+
+
+def profile_stages(images, sets, device, method: str, iterations: int, top: int = 12) -> dict:
+    """One whole-batch CRF (lattices and inference) under torch.profiler: milliseconds of
+    hassod.crf_torch's named stages (device time on CUDA, CPU time otherwise; a stage's time
+    includes the stages inside it) and the ``top`` operations and kernels by their own time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(ProfilerActivity.CUDA)
+    with profile(activities=activities) as profiler:
+        CrfBatch(images, device=device, **METHODS[method]).infer(sets, iterations)
+        synchronize(device)
+    on_device = device.type == "cuda"
+
+    def total_ms(event) -> float:
+        return (event.device_time_total if on_device else event.cpu_time_total) / 1e3
+
+    def self_ms(event) -> float:
+        return (event.self_device_time_total if on_device else event.self_cpu_time_total) / 1e3
+
+    events = profiler.key_averages()
+    prefix = crf_torch.STAGE_PREFIX
+    stages = {
+        event.key[len(prefix) :]: round(total_ms(event), 3)
+        for event in events
+        if event.key.startswith(prefix)
+    }
+    ranked = sorted(
+        (event for event in events if not event.key.startswith(prefix)), key=self_ms, reverse=True
+    )
+    operations = [
+        {"name": event.key[:120], "calls": event.count, "ms": round(self_ms(event), 3)}
+        for event in ranked[:top]
+    ]
+    return {"clock": "device" if on_device else "cpu", "stages": stages, "top": operations}
 
 
 #: Launch settings --sweep tries for each Triton kernel (the first is the default).
@@ -408,6 +447,12 @@ def main(argv: list[str] | None = None) -> int:
 
     breakdown = iteration_breakdown(images, host_sets, device, methods, args.repeats)
     print(f"one iteration on the batch, ms: {breakdown}")
+    profiles = {}
+    for method in methods:
+        profiles[method] = profile_stages(images, device_sets, device, method, iterations)
+        print(f"profile of {method} ({profiles[method]['clock']} ms): {profiles[method]['stages']}")
+        for row in profiles[method]["top"]:
+            print(f"    {row['ms']:9.2f} ms  {row['calls']:5d} x  {row['name']}")
 
     # Native CPU, every core, lattice reuse with the label sets on parallel threads.
     def native(count: int) -> None:
@@ -453,6 +498,7 @@ def main(argv: list[str] | None = None) -> int:
         "peak_gpu_memory_gib": peak_gib,
         "agreement_with_native": agreement_of,
         "iteration_breakdown": breakdown,
+        "profile": profiles,
         "launch_sweep": {},
     }
     write_report(args.out, report)

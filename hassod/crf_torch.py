@@ -67,6 +67,9 @@ _MAX_ELEVATED = 2.0**22
 #: ``"triton"`` (:mod:`hassod.crf_triton`: gather kernels with the mean-field update fused into
 #: the slice; label columns in float32 or float16).
 METHODS = ("spmm", "gather", "hybrid", "triton")
+#: Prefix of the stage names this module gives torch.profiler (lattice, vertices, neighbours,
+#: normalisation, iterations, ...).
+STAGE_PREFIX = "hassod.crf_torch: "
 #: Storage types of the label columns (``precision``); float16 needs ``method="triton"``.
 PRECISIONS = tuple(crf_triton.STORAGE_DTYPES)
 
@@ -385,6 +388,11 @@ def _packed_corner_keys(
     return packed, strides
 
 
+def _stage(name: str):
+    """A named range for torch.profiler (benchmarks/bench_crf_gpu.py's stage breakdown)."""
+    return torch.profiler.record_function(f"{STAGE_PREFIX}{name}")
+
+
 def _csr(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, shape) -> torch.Tensor:
     # 32-bit indices where they fit (the sparse libraries' fast path).
     index_type = torch.int32 if max(col.numel(), *shape) < 2**31 else torch.int64
@@ -405,29 +413,32 @@ def _build_lattice(features: torch.Tensor, point_image: torch.Tensor, num_images
     device = features.device
     num_points, dims = features.shape
     corners = dims + 1
-    remainder0, rank, weights = _simplices(features)
-    packed, strides = _packed_corner_keys(remainder0, rank, point_image, num_images)
-    # One stable sort numbers the vertices (in key order) and lists each vertex's entries.
-    sorted_keys, by_vertex = torch.sort(packed.reshape(-1), stable=True)
-    first = torch.ones_like(sorted_keys, dtype=torch.bool)
-    first[1:] = sorted_keys[1:] != sorted_keys[:-1]
-    keys = sorted_keys[first]
-    num_vertices = keys.numel()
-    entry_vertex = torch.empty_like(by_vertex)
-    entry_vertex[by_vertex] = torch.cumsum(first, 0) - 1
-    entry_vertex = entry_vertex.reshape(num_points, corners)
+    with _stage("simplices"):
+        remainder0, rank, weights = _simplices(features)
+        packed, strides = _packed_corner_keys(remainder0, rank, point_image, num_images)
+    with _stage("vertices"):
+        # One stable sort numbers the vertices (in key order) and lists each vertex's entries.
+        sorted_keys, by_vertex = torch.sort(packed.reshape(-1), stable=True)
+        first = torch.ones_like(sorted_keys, dtype=torch.bool)
+        first[1:] = sorted_keys[1:] != sorted_keys[:-1]
+        keys = sorted_keys[first]
+        num_vertices = keys.numel()
+        entry_vertex = torch.empty_like(by_vertex)
+        entry_vertex[by_vertex] = torch.cumsum(first, 0) - 1
+        entry_vertex = entry_vertex.reshape(num_points, corners)
 
     # Blur neighbours along axis j: minus / plus (d+1) e_j - 1 in the plane, i.e. every
     # coordinate -1 / +1 except coordinate j at +d / -d.
     neighbours = torch.empty(corners, 2, num_vertices, dtype=torch.int64, device=device)
-    for j in range(corners):
-        for side, sign in enumerate((1, -1)):
-            offset = sum(-sign * s for s in strides) + (
-                sign * (dims + 1) * strides[j] if j < dims else 0
-            )
-            query = keys + offset
-            index = torch.searchsorted(keys, query).clamp_(max=num_vertices - 1)
-            neighbours[j, side] = torch.where(keys[index] == query, index, num_vertices)
+    with _stage("neighbours"):
+        for j in range(corners):
+            for side, sign in enumerate((1, -1)):
+                offset = sum(-sign * s for s in strides) + (
+                    sign * (dims + 1) * strides[j] if j < dims else 0
+                )
+                query = keys + offset
+                index = torch.searchsorted(keys, query).clamp_(max=num_vertices - 1)
+                neighbours[j, side] = torch.where(keys[index] == query, index, num_vertices)
 
     vertex_crow = torch.full((num_vertices + 1,), by_vertex.numel(), device=device)
     vertex_crow[:-1] = torch.nonzero(first).flatten()
@@ -443,14 +454,16 @@ def _build_kernel(
 ) -> _Kernel:
     """One kernel's lattice for the batch's points ``features`` (N, d), normalised
     symmetrically; ``method`` is the filter that computes the normalisation."""
-    lattice, weights = _build_lattice(features, point_image, num_images)
+    with _stage("lattice"):
+        lattice, weights = _build_lattice(features, point_image, num_images)
     dims = features.shape[1]
     # Symmetric normalisation: 1 / sqrt(filter of ones), the filter being densecrf's
     # alpha * slice(blur(splat(1))) with the plain barycentric weights.
     alpha = float(np.float32(1.0) / (np.float32(1.0) + np.float32(2.0) ** np.float32(-dims)))
     ones = torch.ones(features.shape[0], 1, dtype=torch.float32, device=features.device)
-    filtered = _Kernel(lattice, weights, weights * alpha).filter(ones, method)[:, 0]
-    norm = (1.0 / torch.sqrt(filtered.double() + 1e-20)).float()
+    with _stage("normalisation"):
+        filtered = _Kernel(lattice, weights, weights * alpha).filter(ones, method)[:, 0]
+        norm = (1.0 / torch.sqrt(filtered.double() + 1e-20)).float()
     return _Kernel(lattice, weights * norm[:, None], weights * alpha * norm[:, None] * compat)
 
 
@@ -517,9 +530,10 @@ class CrfBatch:
         if self.gaussian[1] != 0.0:
             sxy = self.gaussian[0]
             features = torch.cat([_positions(h, w, sxy, self.device) for h, w in self.shapes])
-            self.kernels["gaussian"] = _build_kernel(
-                features, point_image, len(tensors), self.gaussian[1], method
-            )
+            with _stage("gaussian kernel"):
+                self.kernels["gaussian"] = _build_kernel(
+                    features, point_image, len(tensors), self.gaussian[1], method
+                )
         if self.bilateral[2] != 0.0:
             sxy, srgb, compat = self.bilateral
             features = torch.cat(
@@ -528,9 +542,10 @@ class CrfBatch:
                     for (h, w), t in zip(self.shapes, tensors)
                 ]
             )
-            self.kernels["bilateral"] = _build_kernel(
-                features, point_image, len(tensors), compat, method
-            )
+            with _stage("bilateral kernel"):
+                self.kernels["bilateral"] = _build_kernel(
+                    features, point_image, len(tensors), compat, method
+                )
 
     @property
     def num_vertices(self) -> dict[str, int]:
@@ -607,10 +622,12 @@ class CrfBatch:
             c = clipped[:, columns]
             q[:, columns] = c / c.sum(dim=1, keepdim=True)
         if self.kernels and iterations > 0:
-            if self.method == "triton":
-                q = self._iterate_triton(q, clipped, counts, widths, iterations)
-            else:
-                q = self._iterate_torch(q, clipped, counts[self._point_image], segments, iterations)
+            with _stage("iterations"):
+                if self.method == "triton":
+                    q = self._iterate_triton(q, clipped, counts, widths, iterations)
+                else:
+                    point_counts = counts[self._point_image]
+                    q = self._iterate_torch(q, clipped, point_counts, segments, iterations)
         out = []
         for i in range(num_images):
             rows = slice(int(self._offsets[i]), int(self._offsets[i + 1]))

@@ -39,6 +39,17 @@ def test_benchmark_runs_and_writes_its_report(tmp_path, capsys):
     for result in report["results"].values():
         assert result["images_per_s"] > 0
     assert report["methods"] == ["spmm", "gather"]
+    profile = report["profile"]["spmm"]
+    assert profile["clock"] == "cpu" and profile["top"]
+    # Named stages, nested: the lattice build inside each kernel's build.
+    stages = profile["stages"]
+    assert {"bilateral kernel", "lattice", "vertices", "neighbours", "iterations"} <= set(stages)
+    assert (
+        0
+        < stages["vertices"]
+        <= stages["lattice"]
+        <= stages["bilateral kernel"] + stages["gaussian kernel"]
+    )
     for photo in report["agreement_with_native"]["spmm"].values():
         assert photo["mean_iou"] >= 0.98 and photo["max_abs_dq"] < 1e-3
     assert "images/s" in capsys.readouterr().out
