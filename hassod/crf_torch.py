@@ -702,6 +702,7 @@ class CrfBatch:
         scratch = torch.empty_like(vertex_values)
         current = q.to(storage)
         following = torch.empty_like(current)
+        clipped = crf_triton.scaled_clipped(clipped, storage)  # read once per iteration
         for iteration in range(iterations):
             for kernel, start, stop in zip(kernels, starts, starts[1:]):
                 kernel.blurred_triton(current, vertex_values[start:stop], scratch[start:stop])

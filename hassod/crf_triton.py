@@ -278,7 +278,7 @@ if triton is not None:
 
     def _slice_update_body(
         out_ptr,  # (N, C): new Q (update) or the summed messages
-        clipped_ptr,  # (N, C) float32 clipped probabilities (update only)
+        clipped_ptr,  # (N, C) clipped probabilities, any positive scale (update only)
         vertex_values_ptr,  # (M, C) blurred vertex values of every kernel, stacked
         corner_vertex_ptr,  # (N, CORNERS) int32/int64 rows of vertex_values
         corner_weight_ptr,  # (N, CORNERS) float32 slice weights
@@ -326,7 +326,7 @@ if triton is not None:
                 set_top = tl.reduce(tl.where(in_set, message, float("-inf")), 1, _MAX)
                 top = tl.where(in_set, set_top[:, None], top)
                 real = real | in_set
-            clipped = tl.load(clipped_ptr + offsets, mask=mask, other=0.0)
+            clipped = tl.load(clipped_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
             exponent = tl.minimum(message - top, 0.0)
             unnormalised = tl.where(real, clipped * tl.exp(exponent), 0.0)
             total = tl.full([ROWS, BLOCK_COLUMNS], 0.0, tl.float32)
@@ -348,6 +348,20 @@ if triton is not None:
     _BLUR = _TritonKernel(_blur_body)
     _BLUR_PAIR = _TritonKernel(_blur_pair_body)
     _SLICE_UPDATE = _TritonKernel(_slice_update_body)
+
+
+#: Clipped probabilities stored in float16 are scaled by this power of two first, so that the
+#: clip floor 1e-5 (below float16's normal range, 6.1e-5) keeps 11 significant bits.
+CLIPPED_FLOAT16_SCALE = 1024.0
+
+
+def scaled_clipped(clipped: torch.Tensor, storage: torch.dtype) -> torch.Tensor:
+    """The (N, C) float32 clipped probabilities as :func:`slice_update` reads them in
+    ``storage``: unchanged for float32, times :data:`CLIPPED_FLOAT16_SCALE` in float16 (relative
+    error 2^-11, against about 1e-2 that float16 storage of Q brings anyway)."""
+    if storage == torch.float32:
+        return clipped
+    return (clipped * CLIPPED_FLOAT16_SCALE).to(storage)
 
 
 def column_layout(widths: list[int], num_columns: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -541,7 +555,9 @@ def slice_update(
     ``vertex_values`` (M, C): the kernels' blurred vertex values stacked (one kernel's rows
     after the other's); ``corner_vertex`` (N, K) int32/int64 rows of it and ``corner_weight``
     (N, K) float32 slice weights, every kernel's simplex corners side by side (K = 3 + 6 for
-    the Gaussian and bilateral kernels of an image). ``column_set`` / ``column_rank`` (C,)
+    the Gaussian and bilateral kernels of an image). ``clipped`` (N, C) float32 or float16
+    holds the clipped probabilities times any positive power of two (the normalisation cancels
+    it: :func:`scaled_clipped` stores them in half precision). ``column_set`` / ``column_rank`` (C,)
     int32 (:func:`column_layout`), ``point_image`` (N,) int32 and ``counts`` (images, sets)
     int32 describe the label sets: columns past an image's count are padding and get 0.
     ``tile`` (elements per program, a power of two; at least one whole row) and ``num_warps``

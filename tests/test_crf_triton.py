@@ -197,6 +197,22 @@ def test_slice_update_equals_plain_slices_and_softmax(seed):
     torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-6)
     padding = expected == 0
     assert bool((out[padding] == 0).all())
+    # Half-precision clipped probabilities, scaled by a power of two that the normalisation
+    # cancels: floor values (1e-5, subnormal in float16 unscaled) included.
+    clipped[torch.from_numpy(rng.random(clipped.shape) < 0.5)] = 1e-5
+    expected = reference_update(message, clipped, column_set, column_rank, point_image, counts)
+    half = crf_triton.scaled_clipped(clipped, torch.float16)
+    assert half.dtype == torch.float16
+    assert crf_triton.scaled_clipped(clipped, torch.float32) is clipped
+    crf_triton.slice_update(out, *stacked, half, column_set, column_rank, point_image, counts)
+    torch.testing.assert_close(out.double(), expected, rtol=2e-3, atol=1e-6)
+    floor = (clipped == 1e-5) & (expected > 1e-3)
+    assert floor.any()
+    assert float(((out - expected).abs() / expected)[floor].max()) < 5e-4
+    # What the scale is for: unscaled, 1e-5 is subnormal in float16 (stored 0.14 % off).
+    unscaled = clipped.to(torch.float16)
+    crf_triton.slice_update(out, *stacked, unscaled, column_set, column_rank, point_image, counts)
+    assert float(((out - expected).abs() / expected)[floor].max()) > 1e-3
 
 
 def random_image(rng, height: int, width: int) -> np.ndarray:
