@@ -70,18 +70,26 @@ class _TritonKernel:
     """One kernel body, compiled for CUDA tensors and interpreted for CPU tensors."""
 
     def __init__(self, fn) -> None:
+        self._fn = fn
         self._compiled = JITFunction(fn)
-        # The device functions a body calls are module globals compiled with it (JITFunction);
-        # the interpreted body runs against a copy of the globals that interprets this
-        # module's ones too (Triton's own, such as the combine functions, stay as they are).
-        namespace = {
-            name: InterpretedFunction(value.fn) if _own_device_function(value) else value
-            for name, value in fn.__globals__.items()
-        }
-        interpreted = types.FunctionType(
-            fn.__code__, namespace, fn.__name__, fn.__defaults__, fn.__closure__
-        )
-        self._interpreted = InterpretedFunction(interpreted)
+        self._interpreted = None  # built on first use: only CPU tensors need it
+
+    def _interpreted_form(self):
+        if self._interpreted is None:
+            # The device functions a body calls are module globals compiled with it
+            # (JITFunction); the interpreted body runs against a copy of the globals that
+            # interprets this module's ones too (Triton's own, such as the combine functions,
+            # stay as they are).
+            fn = self._fn
+            namespace = {
+                name: InterpretedFunction(value.fn) if _own_device_function(value) else value
+                for name, value in fn.__globals__.items()
+            }
+            body = types.FunctionType(
+                fn.__code__, namespace, fn.__name__, fn.__defaults__, fn.__closure__
+            )
+            self._interpreted = InterpretedFunction(body)
+        return self._interpreted
 
     def launch(self, grid: tuple[int, ...], device: torch.device, *args, **kwargs) -> None:
         if device.type == "cuda":
@@ -89,7 +97,7 @@ class _TritonKernel:
                 self._compiled[grid](*args, **kwargs)
         else:
             kwargs.pop("num_warps", None)
-            self._interpreted[grid](*args, **kwargs)
+            self._interpreted_form()[grid](*args, **kwargs)
 
 
 if triton is not None:
