@@ -169,8 +169,10 @@ def iteration_breakdown(images, host_sets, device, methods, repeats) -> dict:
 
 def profile_stages(images, sets, device, method: str, iterations: int, top: int = 12) -> dict:
     """One whole-batch CRF (lattices and inference) under torch.profiler: milliseconds of
-    hassod.crf_torch's named stages (device time on CUDA, CPU time otherwise; a stage's time
-    includes the stages inside it) and the ``top`` operations and kernels by their own time."""
+    hassod.crf_torch's named stages, CPU time and (on CUDA) the device time the profiler
+    attributes to them (a stage's times include the stages inside it; CPU time covers device
+    work only where a step waits for it), and the ``top`` operations and kernels by their own
+    time (device time on CUDA)."""
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU]
@@ -189,11 +191,13 @@ def profile_stages(images, sets, device, method: str, iterations: int, top: int 
 
     events = profiler.key_averages()
     prefix = crf_torch.STAGE_PREFIX
-    stages = {
-        event.key[len(prefix) :]: round(total_ms(event), 3)
-        for event in events
-        if event.key.startswith(prefix)
-    }
+    stages: dict[str, dict[str, float]] = {}
+    for event in events:  # CPU ranges and, on CUDA, their device annotations share a name
+        if event.key.startswith(prefix):
+            stage = stages.setdefault(event.key[len(prefix) :], {"cpu_ms": 0.0, "device_ms": 0.0})
+            stage["cpu_ms"] = round(max(stage["cpu_ms"], event.cpu_time_total / 1e3), 3)
+            if on_device:
+                stage["device_ms"] = round(max(stage["device_ms"], total_ms(event)), 3)
     ranked = sorted(
         (event for event in events if not event.key.startswith(prefix)), key=self_ms, reverse=True
     )
