@@ -95,7 +95,8 @@ def test_cluster_output_path_that_is_a_file_is_a_usage_error(tmp_path, capsys):
 
 
 def test_cluster_missing_weights_file_fails_clearly(tmp_path, capsys):
-    code = main(["cluster", *SMALL, "--weights", str(tmp_path / "missing.pth")])
+    out = tmp_path / "out"
+    code = main(["cluster", *SMALL, "--weights", str(tmp_path / "missing.pth"), "--out", str(out)])
     assert code == 1
     assert "missing.pth" in capsys.readouterr().err
 
