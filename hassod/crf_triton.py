@@ -23,8 +23,11 @@ is checked on machines without a GPU.
 
 from __future__ import annotations
 
+import builtins
+import operator
 import types
 
+import numpy as np
 import torch
 
 try:  # Triton ships with Linux CUDA builds of torch; anything else goes without these kernels.
@@ -66,6 +69,20 @@ def _own_device_function(value) -> bool:
     return isinstance(value, JITFunction) and value.fn.__module__ == __name__
 
 
+def _interpreter_range(*bounds) -> range:
+    """``range`` for the interpreted kernels, whose loop bounds may be loaded scalars: Triton
+    3.6's interpreter converts those with ``int()`` of a 1-element array, which NumPy 2
+    refuses (3.8 squeezes it first). Compiled kernels keep the builtin."""
+    return builtins.range(*(_interpreted_int(bound) for bound in bounds))
+
+
+def _interpreted_int(value) -> int:
+    handle = getattr(value, "handle", None)  # an interpreted tensor: a numpy array inside
+    if handle is not None:
+        return int(np.asarray(handle.data).reshape(-1)[0])
+    return operator.index(getattr(value, "value", value))  # ints and constexprs
+
+
 class _TritonKernel:
     """One kernel body, compiled for CUDA tensors and interpreted for CPU tensors."""
 
@@ -85,6 +102,7 @@ class _TritonKernel:
                 name: InterpretedFunction(value.fn) if _own_device_function(value) else value
                 for name, value in fn.__globals__.items()
             }
+            namespace["range"] = _interpreter_range
             body = types.FunctionType(
                 fn.__code__, namespace, fn.__name__, fn.__defaults__, fn.__closure__
             )
