@@ -343,6 +343,22 @@ def test_gpu_triton_matches_native_on_photos(precision):
         assert max(deltas) < 5e-5
 
 
+@needs_gpu
+def test_gpu_blur_pairs_equal_single_axis_passes_on_a_photo_lattice():
+    """The compiled paired blur against the compiled single passes on a real lattice (the
+    same float32 expressions: equal up to the compiler's contraction choices)."""
+    image = gpu_photos()[0]
+    kernel = CrfBatch([image], device="cuda", method="triton").kernels["bilateral"]
+    neighbours = kernel.lattice.blur_neighbours
+    values = torch.rand(kernel.num_vertices, 90, device="cuda")
+    results = []
+    for axes_per_pass in (1, 2):
+        first, scratch = values.clone(), torch.empty_like(values)
+        blurred = crf_triton.blur_axes(first, scratch, neighbours, axes_per_pass=axes_per_pass)
+        results.append(blurred.clone())
+    torch.testing.assert_close(results[1], results[0], rtol=1e-6, atol=1e-6)
+
+
 def compile_for_hopper(kernel, signature: dict, constants: dict, num_warps: int):
     """Compile a kernel to sm_90 machine code with Triton's own ptxas (no GPU needed), with
     the alignment Triton's launcher sees at run time (pointers and the row width by 16)."""
