@@ -51,8 +51,11 @@ _TILE = 2048
 _COLUMN_BLOCK = 128
 # Entries of a vertex gathered per step of the splat.
 _ENTRY_BLOCK = 16
-#: Lattice axes per blur launch (1 or 2): two halve the blur's (vertices x columns) traffic,
-#: re-reading the neighbours' rows from cache instead.
+#: Lattice axes per blur launch (1 or 2). Two halve the blur's (vertices x columns) traffic
+#: to memory but read 9 rows per vertex through the cache instead of 2 x 3 (10 rows moved per
+#: two axes instead of 8): better where memory bandwidth limits the blur, worse where the
+#: cache's does. A default from that count, not a measurement: bench_crf_gpu.py --sweep
+#: times both on the GPU.
 BLUR_AXES_PER_PASS = 2
 
 
