@@ -566,6 +566,10 @@ class CrfBatch:
 
         Returns:
             The same nesting with (K, H_i, W_i) float32 Q tensors on this batch's device.
+
+        Raises:
+            FloatingPointError: the messages overflowed (absurd compatibilities, or float16
+                storage), so Q would hold NaN.
         """
         probs = list(probs)
         if len(probs) != len(self.shapes):
@@ -628,6 +632,15 @@ class CrfBatch:
                 else:
                     point_counts = counts[self._point_image]
                     q = self._iterate_torch(q, clipped, point_counts, segments, iterations)
+            if not bool(torch.isfinite(q).all()):
+                advice = (
+                    "use precision='float32'"
+                    if self.precision != "float32"
+                    else "check the kernels' compatibilities"
+                )
+                raise FloatingPointError(
+                    f"the CRF's messages overflowed ({self.precision} storage); {advice}"
+                )
         out = []
         for i in range(num_images):
             rows = slice(int(self._offsets[i]), int(self._offsets[i + 1]))
@@ -720,10 +733,6 @@ class CrfBatch:
                 counts,
             )
             current, following = following, current
-        if not bool(torch.isfinite(q).all()):
-            raise FloatingPointError(
-                f"the CRF overflowed in {self.precision} storage; use precision='float32'"
-            )
         return q
 
     def __repr__(self) -> str:

@@ -356,7 +356,10 @@ if triton is not None:
                 top = tl.where(in_set, set_top[:, None], top)
                 real = real | in_set
             clipped = tl.load(clipped_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
-            exponent = tl.minimum(message - top, 0.0)
+            # <= 0 on the real columns; padding clamped. Not tl.minimum, which drops NaN: an
+            # inf or NaN message must make the set's Q NaN, as the other paths do.
+            difference = message - top
+            exponent = tl.where(difference > 0.0, 0.0, difference)
             unnormalised = tl.where(real, clipped * tl.exp(exponent), 0.0)
             total = tl.full([ROWS, BLOCK_COLUMNS], 0.0, tl.float32)
             for label_set in tl.static_range(NUM_SETS):
@@ -529,8 +532,11 @@ def blur_pair(
     return _launch_blur(_BLUR_PAIR, values, out, neighbours, tile, num_warps)
 
 
-def blur_pass_count(num_axes: int, axes_per_pass: int = BLUR_AXES_PER_PASS) -> int:
-    """Kernel launches (buffer swaps) :func:`blur_axes` makes for ``num_axes`` axes."""
+def blur_pass_count(num_axes: int, axes_per_pass: int | None = None) -> int:
+    """Kernel launches (buffer swaps) :func:`blur_axes` makes for ``num_axes`` axes
+    (``axes_per_pass`` None: :data:`BLUR_AXES_PER_PASS`, read at the call)."""
+    if axes_per_pass is None:
+        axes_per_pass = BLUR_AXES_PER_PASS
     if axes_per_pass not in (1, 2):
         raise ValueError(f"axes_per_pass must be 1 or 2, got {axes_per_pass!r}")
     return -(-num_axes // axes_per_pass)
@@ -541,7 +547,7 @@ def blur_axes(
     scratch: torch.Tensor,
     neighbours: torch.Tensor,
     *,
-    axes_per_pass: int = BLUR_AXES_PER_PASS,
+    axes_per_pass: int | None = None,
     tile: int = _TILE,
     num_warps: int | None = None,
 ) -> torch.Tensor:
@@ -549,7 +555,10 @@ def blur_axes(
     alternating between ``values`` and ``scratch`` (both overwritten); returns the one that
     holds the result (``values`` when :func:`blur_pass_count` is even). ``axes_per_pass`` 2
     fuses consecutive axes into one :func:`blur_pair` launch (a last odd axis runs alone).
-    ``num_warps`` None keeps each kernel's default."""
+    ``axes_per_pass`` None reads :data:`BLUR_AXES_PER_PASS`; ``num_warps`` None keeps each
+    kernel's default."""
+    if axes_per_pass is None:
+        axes_per_pass = BLUR_AXES_PER_PASS
     buffers = (values, scratch)
     launch = {"tile": tile} if num_warps is None else {"tile": tile, "num_warps": num_warps}
     passes = blur_pass_count(len(neighbours), axes_per_pass)

@@ -215,6 +215,52 @@ def test_slice_update_equals_plain_slices_and_softmax(seed):
     assert float(((out - expected).abs() / expected)[floor].max()) > 1e-3
 
 
+def test_slice_update_turns_non_finite_messages_into_nan_like_the_other_paths():
+    """An inf or NaN message must not vanish in the max / clamp (Triton's min and max drop
+    NaN): the point's label set comes out NaN, as the plain formula gives, and the rest is
+    untouched."""
+    rng = np.random.default_rng(3)
+    num_points, widths = 12, [4, 3]
+    num_columns = sum(widths)
+    column_set, column_rank = crf_triton.column_layout(widths, num_columns)
+    point_image = torch.zeros(num_points, dtype=torch.int32)
+    counts = torch.tensor([widths], dtype=torch.int32)
+    vertex_values = torch.from_numpy(rng.random((6, num_columns)).astype(np.float32))
+    vertex_values[2, 1] = float("inf")  # set 0, label 1
+    vertex_values[4, 5] = float("nan")  # set 1, label 1
+    corner_vertex = torch.from_numpy(rng.integers(0, 6, size=(num_points, 3))).to(torch.int32)
+    weights = torch.from_numpy(rng.random((num_points, 3)).astype(np.float32)) + 0.1
+    clipped = torch.from_numpy(rng.random((num_points, num_columns)).astype(np.float32)) + 1e-5
+    message = (weights.double()[:, :, None] * vertex_values.double()[corner_vertex.long()]).sum(1)
+    expected = reference_update(message, clipped, column_set, column_rank, point_image, counts)
+    out = torch.empty(num_points, num_columns)
+    crf_triton.slice_update(
+        out, vertex_values, corner_vertex, weights, clipped, column_set, column_rank,
+        point_image, counts,
+    )  # fmt: skip
+    assert torch.isnan(expected).any() and torch.isfinite(expected).any()
+    assert torch.equal(torch.isnan(out), torch.isnan(expected))
+    finite = torch.isfinite(expected)
+    torch.testing.assert_close(out.double()[finite], expected[finite], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"method": "triton", "precision": "float32"},
+        {"method": "triton", "precision": "float16"},
+        {"method": "spmm"},
+    ],
+)
+def test_batch_refuses_to_return_non_finite_q(settings):
+    image = random_image(np.random.default_rng(4), 12, 12)
+    probs = random_probs(np.random.default_rng(5), 3, 12, 12)
+    kernels = {"gaussian": (2.0, 3e38), "bilateral": (8.0, 40.0, 3e38)}  # messages overflow
+    batch = CrfBatch([image], device="cpu", **settings, **kernels)
+    with pytest.raises(FloatingPointError, match="overflowed"):
+        batch.infer([probs], iterations=2)
+
+
 def random_image(rng, height: int, width: int) -> np.ndarray:
     coarse = rng.integers(0, 256, size=(height // 4 + 1, width // 4 + 1, 3))
     image = np.repeat(np.repeat(coarse, 4, axis=0), 4, axis=1)[:height, :width]
