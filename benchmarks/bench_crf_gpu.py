@@ -34,6 +34,7 @@ import argparse
 import statistics
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import numpy as np
@@ -115,6 +116,28 @@ def batch_columns(host_sets) -> int:
     multiple of 16 (the Triton path's row width)."""
     columns = sum(max(len(sets[s]) for sets in host_sets) for s in range(len(REGIONS)))
     return -(-columns // 16) * 16
+
+
+def photo_agreement(method: str, distinct, sets_of, native_q, device, iterations) -> dict:
+    """Per distinct photo: IoU of the masks (Q >= 0.5) and max |dQ| of ``method`` against the
+    native CRF's Q ``native_q``."""
+    per_photo = {}
+    for name, image in distinct:
+        on_device = [torch.from_numpy(p).to(device) for p in sets_of[name]]
+        batch = CrfBatch([image], device=device, **METHODS[method])
+        got = batch.infer([on_device], iterations)[0]
+        ious, deltas = [], []
+        for q, ref in zip(got, native_q[name]):
+            iou, delta = agreement(q.cpu().numpy(), ref)
+            ious.append(iou)
+            deltas.append(delta)
+        all_ious = np.concatenate(ious)
+        per_photo[name] = {
+            "mean_iou": float(all_ious.mean()),
+            "min_iou": float(all_ious.min()),
+            "max_abs_dq": max(deltas),
+        }
+    return per_photo
 
 
 def iteration_breakdown(images, host_sets, device, methods, repeats) -> dict:
@@ -276,8 +299,9 @@ def _sweep_one(batch: CrfBatch, columns: int, precision: str, device, repeats: i
     values = torch.rand(num_points, columns, device=device).to(storage)
     vertex_values = torch.rand(lattice.num_vertices, columns, device=device).to(storage)
     scratch = torch.empty_like(vertex_values)
-    q = torch.empty(num_points, columns, device=device)
-    clipped = torch.rand(num_points, columns, device=device) + 1e-5
+    # As the iterations run it: Q and the clipped probabilities in the storage type.
+    q = torch.empty(num_points, columns, device=device, dtype=storage)
+    clipped = crf_triton.scaled_clipped(torch.rand(num_points, columns, device=device), storage)
     widths = [columns // 3, columns // 3, columns - 2 * (columns // 3)]
     column_set, column_rank = (t.to(device) for t in crf_triton.column_layout(widths, columns))
     counts = torch.tensor([widths] * len(batch.shapes), dtype=torch.int32, device=device)
@@ -384,24 +408,31 @@ def main(argv: list[str] | None = None) -> int:
     native_q = {
         name: CrfLattice(image).infer_many(sets_of[name], iterations) for name, image in distinct
     }
+    failures: dict[str, list[str]] = {}
+
+    def attempt(method: str, what: str, function):
+        """function(), or None with the error recorded: one method failing (the Triton kernels'
+        first run on a GPU, say) must not lose the other methods' figures."""
+        try:
+            return function()
+        except Exception as error:
+            traceback.print_exc()
+            failures.setdefault(method, []).append(f"{what}: {error!r}")
+            print(f"{method}: {what} failed ({error!r}); the method is left out from here")
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            return None
+
     agreement_of = {}
-    for method in methods:
-        per_photo = {}
-        for name, image in distinct:
-            on_device = [torch.from_numpy(p).to(device) for p in sets_of[name]]
-            batch = CrfBatch([image], device=device, **METHODS[method])
-            got = batch.infer([on_device], iterations)[0]
-            ious, deltas = [], []
-            for q, ref in zip(got, native_q[name]):
-                iou, delta = agreement(q.cpu().numpy(), ref)
-                ious.append(iou)
-                deltas.append(delta)
-            all_ious = np.concatenate(ious)
-            per_photo[name] = {
-                "mean_iou": float(all_ious.mean()),
-                "min_iou": float(all_ious.min()),
-                "max_abs_dq": max(deltas),
-            }
+    for method in list(methods):
+        per_photo = attempt(
+            method,
+            "agreement",
+            lambda m=method: photo_agreement(m, distinct, sets_of, native_q, device, iterations),
+        )
+        if per_photo is None:
+            methods.remove(method)
+            continue
         agreement_of[method] = per_photo
         worst = {
             "mean_iou": min(p["mean_iou"] for p in per_photo.values()),
@@ -420,6 +451,12 @@ def main(argv: list[str] | None = None) -> int:
     peak_gib = {}
     n = args.images
     kind = device.type
+
+    def time_case(case) -> dict:
+        gpu_batch(*case)  # warm-up (allocator, cuSPARSE handles, Triton's cache)
+        seconds = timed(lambda: gpu_batch(*case), args.repeats, device)
+        return {"seconds": seconds, "images_per_s": args.images / statistics.median(seconds)}
+
     for method in methods:
         cases = {f"{kind} {method}, batch {n}": (method, n, False)}
         if method in ("spmm", "triton"):
@@ -429,33 +466,53 @@ def main(argv: list[str] | None = None) -> int:
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(device)
         for name, case in cases.items():
-            gpu_batch(*case)  # warm-up (allocator, cuSPARSE handles, Triton's cache)
-            seconds = timed(lambda c=case: gpu_batch(*c), args.repeats, device)
-            results[name] = {
-                "seconds": seconds,
-                "images_per_s": args.images / statistics.median(seconds),
-            }
-            print(f"{name}: {results[name]['images_per_s']:.1f} images/s")
+            result = attempt(method, name, lambda c=case: time_case(c))
+            if result is not None:
+                results[name] = result
+                print(f"{name}: {result['images_per_s']:.1f} images/s")
         if kind == "cuda":
             peak_gib[method] = torch.cuda.max_memory_allocated(device) / 2**30
 
     # Lattice build alone (whole batch).
     for method in {METHODS[m]["method"] for m in methods} & {"spmm", "triton"}:
-        build = timed(
-            lambda m=method: CrfBatch(images, device=device, method=m), args.repeats, device
+        build = attempt(
+            method,
+            "lattice build",
+            lambda m=method: timed(
+                lambda: CrfBatch(images, device=device, method=m), args.repeats, device
+            ),
         )
-        results[f"{kind} lattice build only ({method}), batch {n}"] = {
-            "seconds": build,
-            "images_per_s": args.images / statistics.median(build),
-        }
+        if build is not None:
+            results[f"{kind} lattice build only ({method}), batch {n}"] = {
+                "seconds": build,
+                "images_per_s": args.images / statistics.median(build),
+            }
 
-    breakdown = iteration_breakdown(images, host_sets, device, methods, args.repeats)
+    breakdown: dict = {}
+    for method in methods:
+        stages = attempt(
+            method,
+            "iteration breakdown",
+            lambda m=method: iteration_breakdown(images, host_sets, device, [m], args.repeats),
+        )
+        for key, value in (stages or {}).items():
+            if isinstance(value, dict):
+                breakdown.setdefault(key, {}).update(value)
+            else:
+                breakdown[key] = value
     print(f"one iteration on the batch, ms: {breakdown}")
     profiles = {}
     for method in methods:
-        profiles[method] = profile_stages(images, device_sets, device, method, iterations)
-        print(f"profile of {method} ({profiles[method]['clock']} ms): {profiles[method]['stages']}")
-        for row in profiles[method]["top"]:
+        profile = attempt(
+            method,
+            "profile",
+            lambda m=method: profile_stages(images, device_sets, device, m, iterations),
+        )
+        if profile is None:
+            continue
+        profiles[method] = profile
+        print(f"profile of {method} ({profile['clock']} ms): {profile['stages']}")
+        for row in profile["top"]:
             print(f"    {row['ms']:9.2f} ms  {row['calls']:5d} x  {row['name']}")
 
     # Native CPU, every core, lattice reuse with the label sets on parallel threads.
@@ -486,6 +543,8 @@ def main(argv: list[str] | None = None) -> int:
         rate = result["images_per_s"]
         print(f"{name:40s} {rate:10.1f} {rate / reference_rate:13.1f}")
     print(f"peak GPU memory, GiB: {peak_gib}")
+    if failures:
+        print(f"FAILED parts (left out of the figures above): {failures}")
 
     report = {
         "benchmark": "crf_gpu",
@@ -503,6 +562,7 @@ def main(argv: list[str] | None = None) -> int:
         "agreement_with_native": agreement_of,
         "iteration_breakdown": breakdown,
         "profile": profiles,
+        "failures": failures,
         "launch_sweep": {},
     }
     write_report(args.out, report)
@@ -514,7 +574,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         write_report(args.out, report)
         print(f"wrote {args.out} with the launch sweep")
-    return 0
+    return 1 if failures else 0
 
 
 if __name__ == "__main__":

@@ -54,7 +54,7 @@ amp_args=()
 if [ "$AMP" = off ]; then amp_args=(--no-amp); fi
 echo "== paper configuration: $IMAGES synthetic ${SIZE}px images, batch $BATCH (micro-batches tried: $MICRO), Mean Teacher $MT_BATCH, AMP $AMP, $WORKERS workers, $DEVICE"
 # shellcheck disable=SC2086  # MICRO and MT_BATCH are lists
-timeout 240 "$PYTHON" benchmarks/bench_detector.py --preset paper --norm bn --device "$DEVICE" \
+timeout --foreground 240 "$PYTHON" benchmarks/bench_detector.py --preset paper --norm bn --device "$DEVICE" \
   --synthetic "$IMAGES" --size "$SIZE" --batch-size "$BATCH" --micro-batch $MICRO \
   --mean-teacher --mean-teacher-batch $MT_BATCH --iterations "$ITERS" --warmup "$WARMUP" \
   --workers "$WORKERS" --inference 16 "${amp_args[@]}" --out "$results/detector_gpu.json"

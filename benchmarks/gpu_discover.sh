@@ -56,7 +56,7 @@ if [ -n "$CRF" ]; then
   read -r -a crf_args <<<"--crf-backend $CRF"
 fi
 # shellcheck disable=SC2086  # AMP is a list
-timeout 270 "$PYTHON" benchmarks/bench_discover.py --synthetic "$IMAGES" --backbone "$BACKBONE" \
+timeout --foreground 270 "$PYTHON" benchmarks/bench_discover.py --synthetic "$IMAGES" --backbone "$BACKBONE" \
   --random-weights --feature-transform center --size "$SIZE" --device "$DEVICE" \
   --batch-size "$BATCH" --amp $AMP --workers "$WORKERS" "${crf_args[@]}" \
   --out "$results/discover_gpu.json"

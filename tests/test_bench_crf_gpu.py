@@ -83,3 +83,30 @@ def test_benchmark_runs_the_triton_kernels(tmp_path):
         assert len(rows) >= 2 and all(0 < row["ms"] < float("inf") for row in rows), stage
     for photo in report["agreement_with_native"]["triton"].values():
         assert photo["mean_iou"] >= 0.98 and photo["max_abs_dq"] < 1e-3
+
+
+def test_a_failing_method_keeps_the_others_figures(tmp_path, monkeypatch):
+    """The Triton kernels' first GPU run may fail: the report still carries the other
+    methods' figures and names what failed (exit code 1)."""
+    from hassod import crf_triton
+
+    if not crf_triton.available():
+        pytest.skip(crf_triton.IMPORT_ERROR)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("simulated kernel failure")
+
+    monkeypatch.setattr(crf_triton, "splat", broken)
+    out = tmp_path / "crf_gpu.json"
+    argv = [
+        "--device", "cpu", "--images", "2", "--size", "8", "--photos", "1", "--chunk", "1",
+        "--repeats", "1", "--cpu-images", "1", "--pydensecrf-images", "1", "--iterations", "1",
+        "--methods", "spmm,triton", "--out", str(out),
+    ]  # fmt: skip
+    assert main(argv) == 1
+    report = json.loads(out.read_text())
+    assert report["methods"] == ["spmm"]
+    assert "cpu spmm, batch 2" in report["results"]
+    assert not any("triton" in name for name in report["results"])
+    assert "simulated kernel failure" in report["failures"]["triton"][0]
+    assert set(report["agreement_with_native"]) == {"spmm"}

@@ -46,11 +46,32 @@ def test_benchmark_runs_and_writes_its_report(tmp_path, capsys):
         assert all(seconds > 0 for stage, seconds in run["stage_s"].items() if stage != "encode")
         assert run["images_per_s"] > 0
         assert run["bottleneck"] in ("decode", "backbone", "post-processing")
+        assert run["crf_fallbacks"] == 0
     assert report["paper"]["seconds_per_image_one_worker"] == 13.8
     assert "cpu" in report["machine"]
     printed = capsys.readouterr().out
     assert "crf+filters" in printed and "images/s" in printed
     assert not list(out.parent.glob(".*.tmp"))  # written atomically, nothing left behind
+
+
+def test_a_gpu_crf_falling_back_to_the_cpu_is_counted(tmp_path, monkeypatch):
+    import hassod.batched_crf
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("simulated device failure")
+
+    monkeypatch.setattr(hassod.batched_crf, "crf_candidates_batch", broken)
+    out = tmp_path / "discover.json"
+    argv = [
+        "--synthetic", "2", "--backbone", "vit_small_patch14_dinov2", "--random-weights",
+        "--size", "112", "--feature-transform", "center", "--device", "cpu",
+        "--batch-size", "2", "--amp", "off", "--workers", "0", "--crf-backend", "torch",
+        "--no-warmup", "--out", str(out),
+    ]  # fmt: skip
+    assert main(argv) == 0
+    (run,) = json.loads(out.read_text())["runs"]
+    assert run["images"] == 2 and run["crf_fallbacks"] == 1
+    assert "simulated device failure" in run["crf_fallback_reasons"][0]
 
 
 def test_crf_backend_names_map_to_crf_params():
