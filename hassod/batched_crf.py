@@ -86,6 +86,10 @@ def crf_candidates_batch(
         except torch.OutOfMemoryError:
             if len(chunk) == 1:
                 raise
+            found = None
+        if found is None:
+            # Outside the except block: its traceback held the failed attempt's frames, and
+            # with them its tensors, which the halves need freed.
             torch.cuda.empty_cache()
             run(chunk[: len(chunk) // 2])
             run(chunk[len(chunk) // 2 :])

@@ -126,3 +126,35 @@ def test_a_batch_that_runs_out_of_memory_is_split(monkeypatch):
     for single, batched in zip(got, expected):
         np.testing.assert_array_equal(single[0].regions, batched[0].regions)
         np.testing.assert_array_equal(single[0].masks, batched[0].masks)
+
+
+def test_a_failed_attempts_memory_is_released_before_the_halves_run(monkeypatch):
+    """The retry must not run inside the except block, whose traceback keeps the failed
+    attempt's frames (and on a GPU their tensors) alive."""
+    import gc
+    import weakref
+
+    import torch
+
+    from hassod import batched_crf
+
+    images = [fixed_size(photo(name, 40, 40), 32) for name in ("astronaut", "coffee")]
+    partitions = [[voronoi_partition(3 + i, grid=6, seed=i)] for i in range(2)]
+    real = batched_crf._chunk_candidates
+    held = []
+
+    class Buffer:  # stands for the attempt's device tensors
+        pass
+
+    def small_memory(chunk_images, *args):
+        if len(chunk_images) > 1:
+            buffer = Buffer()  # a local of the failing frame, as the CRF's tensors are
+            held.append(weakref.ref(buffer))
+            raise torch.OutOfMemoryError("pretend the device is full")
+        gc.collect()
+        assert held[0]() is None, "the failed attempt's memory is still referenced"
+        return real(chunk_images, *args)
+
+    monkeypatch.setattr(batched_crf, "_chunk_candidates", small_memory)
+    got = crf_candidates_batch(images, partitions, [(40, 40)] * 2, device="cpu")
+    assert len(got) == 2 and len(held) == 1
