@@ -728,9 +728,9 @@ def _run_backbone(model, batch, config: DiscoveryConfig, amp: str, device: str, 
         else contextlib.nullcontext()
     )
 
-    def features_of(tensors: list) -> np.ndarray:
+    def features_of(tensors: list, pad: bool = True) -> np.ndarray:
         stacked = torch.stack(tensors)
-        if device.startswith("cuda") and len(tensors) < batch_size:
+        if pad and device.startswith("cuda") and len(tensors) < batch_size:
             # The same batch shape every time: GPU kernels may pick another algorithm for
             # another batch size, and results must not depend on how images were batched.
             padding = stacked.new_zeros((batch_size - len(tensors), *stacked.shape[1:]))
@@ -741,13 +741,26 @@ def _run_backbone(model, batch, config: DiscoveryConfig, amp: str, device: str, 
         return keys.float().cpu().numpy()
 
     start = time.perf_counter()
+    grids, failure = None, None
     try:
         grids = list(features_of([tensor for _, _, tensor, _ in batch]))
-    except Exception:  # e.g. out of memory for the batch: one image at a time
+    except Exception as error:  # e.g. out of memory for the batch: one image at a time
+        failure = describe_error(error)
+    if grids is None:
+        # Outside the except block, whose traceback holds the failed attempt's tensors, and
+        # unpadded, as padding would rebuild the batch shape that failed (so these images'
+        # features may differ from a full batch's in the last bits).
+        warnings.warn(
+            f"a backbone batch failed on {device} ({failure}); its images run one at a time",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        if device.startswith("cuda"):
+            torch.cuda.empty_cache()
         grids = []
         for _, _, tensor, _ in batch:
             try:
-                grids.append(features_of([tensor])[0])
+                grids.append(features_of([tensor], pad=False)[0])
             except Exception as error:
                 grids.append(f"backbone failed: {describe_error(error)}")
     share = (time.perf_counter() - start) / len(batch)

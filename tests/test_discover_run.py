@@ -670,3 +670,38 @@ def test_default_workers(monkeypatch):
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "16")
     assert discover_run.default_workers("cuda:0") == 1
     assert discover_run.default_workers("cpu") == 0
+
+
+def test_a_backbone_batch_out_of_memory_retries_each_image_unpadded(monkeypatch):
+    """On a GPU a failed batch is retried one image at a time, without the padding that
+    would rebuild the shape that failed, and after the failed attempt's memory is freed."""
+    import gc
+    import weakref
+
+    import torch
+
+    import hassod.features as features
+
+    batch_size, seen, alive_at_retry, first_attempt = 4, [], [], []
+
+    def attention_keys(model, stacked):
+        seen.append(int(stacked.shape[0]))
+        activations = torch.empty(stacked.shape[0], 1000)  # stands for the device tensors
+        if not first_attempt:
+            first_attempt.append(weakref.ref(activations))
+        else:
+            gc.collect()
+            alive_at_retry.append(first_attempt[0]() is not None)
+        if stacked.shape[0] > 1:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return torch.zeros(stacked.shape[0], 2, 2, 8)
+
+    monkeypatch.setattr(features, "attention_keys", attention_keys)
+    batch = [(f"img{i}", None, torch.zeros(3, 16, 16), {}) for i in range(batch_size)]
+    with pytest.warns(RuntimeWarning, match="one at a time"):
+        out = list(
+            discover_run._run_backbone(None, batch, DiscoveryConfig(), "off", "cuda", batch_size)
+        )
+    assert seen == [batch_size, 1, 1, 1, 1]
+    assert alive_at_retry == [False] * batch_size
+    assert all(not isinstance(grid, str) for _, _, grid, _ in out)
