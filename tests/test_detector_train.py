@@ -473,3 +473,24 @@ def test_only_rank_zero_reports_the_training_summary():
     assert is_main_process({})
     assert is_main_process({"RANK": "0"})
     assert not is_main_process({"RANK": "1"})
+
+
+def test_cuda_rng_state_is_this_devices_only_and_old_lists_resume(monkeypatch):
+    """A checkpoint keeps the current device's CUDA RNG state, so a resume that sees fewer
+    GPUs works; checkpoints holding every device's state restore the current device's."""
+    from hassod.detector import checkpoint as ckpt
+
+    restored = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda: torch.full((4,), 7, dtype=torch.uint8))
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state: restored.append(state))
+    state = ckpt.rng_state()
+    assert torch.equal(state["cuda"], torch.full((4,), 7, dtype=torch.uint8))
+    ckpt.set_rng_state(state)
+    assert torch.equal(restored[-1], state["cuda"])
+    old = dict(state, cuda=[torch.zeros(4, dtype=torch.uint8), torch.ones(4, dtype=torch.uint8)])
+    for device, expected in ((1, 1), (3, 0)):  # device 3: saved where fewer were visible
+        monkeypatch.setattr(torch.cuda, "current_device", lambda d=device: d)
+        ckpt.set_rng_state(old)
+        assert torch.equal(restored[-1], torch.full((4,), expected, dtype=torch.uint8))

@@ -21,11 +21,13 @@ LAST = "last_checkpoint"
 
 
 def rng_state() -> dict:
-    """torch (CPU and every CUDA device) and Python ``random`` RNG states. (The data pipeline
-    draws from generators keyed by iteration, not from global RNGs, so it needs no state.)"""
+    """torch (CPU and this process's CUDA device) and Python ``random`` RNG states. (The data
+    pipeline draws from generators keyed by iteration, not from global RNGs, so it needs no
+    state.) Only the current device's CUDA state: a resume may see fewer GPUs, and each
+    process of a distributed run keeps its own state (train.py gathers them per rank)."""
     state = {"torch": torch.get_rng_state(), "python": list(_listify(random.getstate()))}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        state["cuda"] = torch.cuda.get_rng_state()
     return state
 
 
@@ -33,7 +35,11 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     random.setstate(_tuplify(state["python"]))
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        cuda = state["cuda"]
+        if isinstance(cuda, (list, tuple)):  # older checkpoints: every visible device's state
+            index = torch.cuda.current_device()
+            cuda = cuda[index] if index < len(cuda) else cuda[0]
+        torch.cuda.set_rng_state(cuda)
 
 
 def _listify(value):
