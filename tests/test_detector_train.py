@@ -18,7 +18,7 @@ from detector_checks import states_equal, tiny_config
 
 import hassod
 from hassod.detector import checkpoint as ckpt
-from hassod.detector import schedule
+from hassod.detector import distributed, schedule
 from hassod.detector.data import load_pseudo_labels
 from hassod.detector.mean_teacher import ema_update, teacher_targets
 from hassod.detector.synthetic import write_dataset
@@ -246,7 +246,6 @@ def test_resume_reproduces_training_bit_for_bit(synthetic, tmp_path):
 
 
 def test_each_process_resumes_its_own_rng_stream(synthetic, tmp_path, monkeypatch):
-    from hassod.detector import distributed
 
     config = tiny_config(iterations=2)
     trainer, result = _run_to_end(synthetic, tmp_path, config)
@@ -494,3 +493,32 @@ def test_cuda_rng_state_is_this_devices_only_and_old_lists_resume(monkeypatch):
         monkeypatch.setattr(torch.cuda, "current_device", lambda d=device: d)
         ckpt.set_rng_state(old)
         assert torch.equal(restored[-1], torch.full((4,), expected, dtype=torch.uint8))
+
+
+def _all_true_in_process(rank: int, init_file: str, flags: list, results) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        info = distributed.DistInfo(rank=rank, world_size=2, local_rank=rank, enabled=True)
+        results[rank] = distributed.all_true(flags[rank], info, torch.device("cpu"))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("flags", [[True, False], [True, True]])
+def test_skipping_a_step_is_decided_by_every_process(tmp_path, flags):
+    """all_true over two processes (gloo): one non-finite loss makes both skip."""
+    import torch.multiprocessing as mp
+
+    with mp.Manager() as manager:
+        results = manager.dict()
+        mp.spawn(
+            _all_true_in_process,
+            args=(str(tmp_path / "init"), flags, results),
+            nprocs=2,
+            join=True,
+        )
+        assert dict(results) == {0: all(flags), 1: all(flags)}
+    single = distributed.DistInfo()
+    assert distributed.all_true(False, single, "cpu") is False

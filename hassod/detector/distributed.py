@@ -76,6 +76,16 @@ def all_reduce_mean(values: dict, info: DistInfo, device) -> dict:
     return dict(zip(keys, tensor.tolist()))
 
 
+def all_true(flag: bool, info: DistInfo, device) -> bool:
+    """Whether ``flag`` holds in every process: decisions that change the model (skipping a
+    step) must be the same everywhere, or the replicas drift apart."""
+    if not info.enabled or info.world_size == 1:
+        return flag
+    tensor = torch.tensor([1 if flag else 0], dtype=torch.int32, device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MIN)
+    return bool(tensor.item())
+
+
 def all_gather_objects(value, info: DistInfo) -> list:
     """``value`` of every process, in rank order (``[value]`` without a process group)."""
     if not info.enabled or info.world_size == 1:

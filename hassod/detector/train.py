@@ -413,7 +413,9 @@ class Trainer:
                 sums[name] = sums.get(name, 0.0) + float(value.detach()) * teacher_share
         metrics.update(sums)
         metrics["total_loss"] = total_value
-        if not math.isfinite(total_value):
+        # Every process skips, or none: the gradients were averaged over all of them, and a
+        # step taken on some replicas only (or a loss scale updated there) splits the model.
+        if not distributed.all_true(math.isfinite(total_value), self.dist, self.device):
             self.optimizer.zero_grad(set_to_none=True)
             metrics["grad_norm"] = float("nan")
             warnings.warn(f"iteration {iteration}: non-finite loss, step skipped", stacklevel=2)
