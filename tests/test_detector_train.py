@@ -246,7 +246,6 @@ def test_resume_reproduces_training_bit_for_bit(synthetic, tmp_path):
 
 
 def test_each_process_resumes_its_own_rng_stream(synthetic, tmp_path, monkeypatch):
-
     config = tiny_config(iterations=2)
     trainer, result = _run_to_end(synthetic, tmp_path, config)
     payload = ckpt.load_checkpoint(result.checkpoint)
