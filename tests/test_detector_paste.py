@@ -117,3 +117,41 @@ def test_cuda_equals_cpu():
     cpu = paste_masks(probs, boxes, (90, 130))
     gpu = paste_masks(probs.cuda(), boxes.cuda(), (90, 130))
     assert gpu.is_cuda and torch.equal(gpu.cpu(), cpu)
+
+
+def test_whole_image_chunks_stay_within_chunk_bytes():
+    """The documented bound (12 bytes per pixel and mask: the float32 sampling grid and the
+    samples) holds for the live tensors at every step, tracked with a dispatch mode."""
+    import weakref
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class LiveBytes(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.live: dict[int, int] = {}
+            self.peak = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for tensor in out if isinstance(out, (tuple, list)) else [out]:
+                if isinstance(tensor, torch.Tensor):
+                    storage = tensor.untyped_storage()
+                    key = storage.data_ptr()
+                    if key and key not in self.live:
+                        self.live[key] = storage.nbytes()
+                        weakref.finalize(tensor, self.live.pop, key, None)
+            self.peak = max(self.peak, sum(self.live.values()))
+            return out
+
+    height = width = 300
+    count = 10
+    probs = torch.rand(count, 1, 28, 28)
+    boxes = torch.tensor([[50.0, 60.0, 250.0, 280.0]]).repeat(count, 1)
+    boxes[3] = torch.tensor([80.0, 80.0, 80.0, 120.0])  # degenerate: infinite coordinates
+    chunk = 12 * height * width * 5  # two chunks of 5 masks
+    with LiveBytes() as tracker:
+        pasted = paste_masks(probs, boxes, (height, width), whole_image=True, chunk_bytes=chunk)
+    output = count * height * width  # the (n, H, W) bool result
+    assert tracker.peak - output <= 1.05 * chunk
+    assert not pasted[3].any()

@@ -88,8 +88,10 @@ def paste_masks(
         per_chunk = max(1, chunk_bytes // (12 * height * width))
         for start in range(0, count, per_chunk):
             chunk = slice(start, start + per_chunk)
-            sampled = _sample(masks[chunk], boxes[chunk], 0, 0, height, width)
-            out[chunk] = (sampled >= threshold) & _proper(boxes[chunk])[:, None, None]
+            # One statement: no chunk's samples outlive it into the next chunk's peak.
+            out[chunk] = (_sample(masks[chunk], boxes[chunk], 0, 0, height, width) >= threshold) & (
+                _proper(boxes[chunk])[:, None, None]
+            )
         return out
     cells = masks.shape[-1], masks.shape[-2]  # (M_x, M_y)
     for index, (x0, y0, x1, y1) in enumerate(boxes.tolist()):
@@ -122,8 +124,14 @@ def _sample(masks: torch.Tensor, boxes: torch.Tensor, top: int, left: int, botto
     x0, y0, x1, y1 = torch.split(boxes, 1, dim=1)
     centres_y = torch.arange(top, bottom, device=device, dtype=torch.float32) + 0.5
     centres_x = torch.arange(left, right, device=device, dtype=torch.float32) + 0.5
-    grid_y = (centres_y - y0) / (y1 - y0) * 2 - 1  # (n, h)
-    grid_x = (centres_x - x0) / (x1 - x0) * 2 - 1  # (n, w)
+    # Degenerate boxes (x1 == x0) give infinite coordinates; their masks are discarded. Made
+    # finite before the (n, h, w, 2) grid exists, which then is the only full-size copy.
+    grid_y = torch.nan_to_num(
+        (centres_y - y0) / (y1 - y0) * 2 - 1, nan=2.0, posinf=2.0, neginf=-2.0
+    )
+    grid_x = torch.nan_to_num(
+        (centres_x - x0) / (x1 - x0) * 2 - 1, nan=2.0, posinf=2.0, neginf=-2.0
+    )
     count, rows, columns = masks.shape[0], grid_y.shape[1], grid_x.shape[1]
     grid = torch.stack(
         [
@@ -132,8 +140,6 @@ def _sample(masks: torch.Tensor, boxes: torch.Tensor, top: int, left: int, botto
         ],
         dim=3,
     )
-    # Degenerate boxes (x1 == x0) give infinite coordinates; their masks are discarded.
-    grid = torch.nan_to_num(grid, nan=2.0, posinf=2.0, neginf=-2.0)
     return F.grid_sample(masks, grid, mode="bilinear", padding_mode="zeros", align_corners=False)[
         :, 0
     ]
