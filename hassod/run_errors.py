@@ -22,8 +22,12 @@ class RunError(Exception):
     """A failure that is not the input's fault, e.g. weights that cannot be loaded (exit 1)."""
 
 
-class Interrupted(Exception):
-    """SIGINT / SIGTERM during a run; the finished images are saved (exit code 130)."""
+class Interrupted(BaseException):
+    """SIGINT / SIGTERM during a run; the finished images are saved (exit code 130).
+
+    A BaseException, like KeyboardInterrupt: the signal handler raises it wherever the main
+    thread is, and the ``except Exception`` that turn a failed batch into a retry must not
+    swallow it (torchrun and Slurm stop processes with SIGTERM, then SIGKILL)."""
 
 
 def describe_error(error: BaseException) -> str:

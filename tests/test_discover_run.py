@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -705,3 +706,29 @@ def test_a_backbone_batch_out_of_memory_retries_each_image_unpadded(monkeypatch)
     assert seen == [batch_size, 1, 1, 1, 1]
     assert alive_at_retry == [False] * batch_size
     assert all(not isinstance(grid, str) for _, _, grid, _ in out)
+
+
+@pytest.mark.parametrize("where", ["backbone", "batched CRF"])
+def test_a_signal_during_a_retried_step_is_not_taken_for_a_failed_batch(monkeypatch, where):
+    """SIGTERM (raised as Interrupted by the run's handler) inside a step whose failures are
+    retried must stop the run, not become a warning and a retry."""
+    import torch
+
+    import hassod.batched_crf
+    import hassod.features as features
+
+    def interrupted(*args, **kwargs):
+        raise discover_run.Interrupted("signal 15")
+
+    if where == "backbone":
+        monkeypatch.setattr(features, "attention_keys", interrupted)
+        batch = [("img0", None, torch.zeros(3, 16, 16), {})]
+        with pytest.raises(discover_run.Interrupted):
+            list(discover_run._run_backbone(None, batch, DiscoveryConfig(), "off", "cpu", 1))
+    else:
+        monkeypatch.setattr(hassod.batched_crf, "crf_candidates_batch", interrupted)
+        clusters = SimpleNamespace(labels=[np.zeros((2, 2), np.int32)], thresholds=(0.4,))
+        monkeypatch.setattr(discover_run, "_cluster_here", lambda items, thresholds: [clusters])
+        items = [("img0", np.zeros((8, 8, 3), np.uint8), np.zeros((2, 2, 4), np.float32), {})]
+        with pytest.raises(discover_run.Interrupted):
+            discover_run._crf_on_device(items, DiscoveryConfig(), "cpu")
