@@ -715,6 +715,21 @@ def _cluster_here(items: list, thresholds) -> list:
     return clustered
 
 
+def _stop_on_device_fault(error: Exception, device: str) -> None:
+    """Raise :class:`RunError` for a GPU fault other than running out of memory (an illegal
+    address, an ECC or driver error): the device stays unusable, so every later image would
+    fail too. Exit 1; the finished images are kept and a rerun resumes."""
+    import torch
+
+    if isinstance(error, torch.OutOfMemoryError):
+        return
+    if isinstance(error, getattr(torch, "AcceleratorError", ())) or "CUDA error" in str(error):
+        raise RunError(
+            f"the GPU failed ({describe_error(error)}); finished images are saved, rerun the "
+            "same command to resume"
+        ) from error
+
+
 def _run_backbone(model, batch, config: DiscoveryConfig, amp: str, device: str, batch_size: int):
     """Yield ``(name, image, features or failure reason, timings)`` for one batch."""
     import torch
@@ -745,6 +760,7 @@ def _run_backbone(model, batch, config: DiscoveryConfig, amp: str, device: str, 
     try:
         grids = list(features_of([tensor for _, _, tensor, _ in batch]))
     except Exception as error:  # e.g. out of memory for the batch: one image at a time
+        _stop_on_device_fault(error, device)
         failure = describe_error(error)
     if grids is None:
         # Outside the except block, whose traceback holds the failed attempt's tensors, and
@@ -762,6 +778,7 @@ def _run_backbone(model, batch, config: DiscoveryConfig, amp: str, device: str, 
             try:
                 grids.append(features_of([tensor], pad=False)[0])
             except Exception as error:
+                _stop_on_device_fault(error, device)
                 grids.append(f"backbone failed: {describe_error(error)}")
     share = (time.perf_counter() - start) / len(batch)
     for (name, image, _, image_timings), grid in zip(batch, grids):

@@ -732,3 +732,19 @@ def test_a_signal_during_a_retried_step_is_not_taken_for_a_failed_batch(monkeypa
         items = [("img0", np.zeros((8, 8, 3), np.uint8), np.zeros((2, 2, 4), np.float32), {})]
         with pytest.raises(discover_run.Interrupted):
             discover_run._crf_on_device(items, DiscoveryConfig(), "cpu")
+
+
+def test_a_gpu_fault_in_the_backbone_stops_the_run(monkeypatch):
+    """An illegal memory access leaves the device unusable: a RunError (exit 1, the run
+    resumable), not every later image recorded as failed."""
+    import torch
+
+    import hassod.features as features
+
+    def fault(model, stacked):
+        raise torch.AcceleratorError("CUDA error: an illegal memory access was encountered")
+
+    monkeypatch.setattr(features, "attention_keys", fault)
+    batch = [(f"img{i}", None, torch.zeros(3, 16, 16), {}) for i in range(2)]
+    with pytest.raises(discover_run.RunError, match="rerun"):
+        list(discover_run._run_backbone(None, batch, DiscoveryConfig(), "off", "cuda", 2))
