@@ -382,6 +382,20 @@ def resolve_device(device: str) -> str:
         raise UsageError("--device cuda: no CUDA device is available (use --device cpu)")
     if not (device == "cpu" or device.startswith("cuda")):
         raise UsageError(f"--device must be cpu, cuda or auto, got {device!r}")
+    if device.startswith("cuda:"):
+        try:
+            index = int(device.split(":", 1)[1])
+        except ValueError:
+            raise UsageError(
+                f"--device must be cpu, cuda, cuda:N or auto, got {device!r}"
+            ) from None
+        visible = torch.cuda.device_count()
+        if index >= visible:
+            if visible == 1 and "LOCAL_RANK" in os.environ:
+                # Launchers that give each process its own GPU (CUDA_VISIBLE_DEVICES per
+                # rank: Slurm --gpu-bind, Ray) still number the ranks.
+                return "cuda:0"
+            raise UsageError(f"--device {device}: only {visible} CUDA device(s) are visible")
     return device
 
 

@@ -748,3 +748,22 @@ def test_a_gpu_fault_in_the_backbone_stops_the_run(monkeypatch):
     batch = [(f"img{i}", None, torch.zeros(3, 16, 16), {}) for i in range(2)]
     with pytest.raises(discover_run.RunError, match="rerun"):
         list(discover_run._run_backbone(None, batch, DiscoveryConfig(), "off", "cuda", 2))
+
+
+def test_device_index_is_checked_against_the_visible_gpus(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert discover_run.resolve_device("auto") == "cuda"
+    assert discover_run.resolve_device("cuda:1") == "cuda:1"
+    with pytest.raises(discover_run.UsageError, match="only 2 CUDA"):
+        discover_run.resolve_device("cuda:7")
+    with pytest.raises(discover_run.UsageError, match="cuda:N"):
+        discover_run.resolve_device("cuda:x")
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    with pytest.raises(discover_run.UsageError, match="only 2 CUDA"):
+        discover_run.resolve_device("cuda")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)  # one GPU per process
+    assert discover_run.resolve_device("auto") == "cuda:0"
