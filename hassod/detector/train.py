@@ -199,7 +199,9 @@ class Trainer:
         device = resolve_device(device)
         self.dist = distributed.init_distributed(device.type, distributed_mode)
         if device.type == "cuda" and self.dist.enabled and device.index is None:
-            device = torch.device("cuda", self.dist.local_rank)
+            # One GPU visible per process (CUDA_VISIBLE_DEVICES per rank): it is cuda:0.
+            local = self.dist.local_rank if torch.cuda.device_count() > 1 else 0
+            device = torch.device("cuda", local)
         if device.type == "cuda":
             # set_device needs an index ("cuda" alone is refused by recent torch).
             if device.index is None:
