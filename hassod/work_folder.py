@@ -21,6 +21,7 @@ import hashlib
 import json
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -121,13 +122,16 @@ class WorkFolder:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._lock_handle = None
+        self._next_chunk: int | None = None  # found once, then counted here (no re-listing)
 
     @property
     def manifest_path(self) -> Path:
         return self.path / MANIFEST
 
     def chunk_paths(self) -> list[Path]:
-        return sorted(self.path.glob("chunk-*.json"))
+        """The chunk files in the order they were written (by number: chunk-1000000 comes
+        after chunk-999999, which a sort by name would put after it)."""
+        return sorted(self.path.glob("chunk-*.json"), key=_chunk_number)
 
     def lock(self) -> None:
         """Hold an exclusive lock for the run; another run on the same folder is refused."""
@@ -175,12 +179,15 @@ class WorkFolder:
         for path in [*self.chunk_paths(), self.manifest_path]:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
+        self._next_chunk = None
 
     def write_chunk(self, entries: list, failed: list[dict]) -> Path:
-        existing = self.chunk_paths()
-        index = int(existing[-1].stem.split("-")[1]) + 1 if existing else 0
-        path = self.path / f"chunk-{index:06d}.json"
+        if self._next_chunk is None:
+            existing = self.chunk_paths()
+            self._next_chunk = _chunk_number(existing[-1]) + 1 if existing else 0
+        path = self.path / f"chunk-{self._next_chunk:06d}.json"
         atomic_write_json(path, {"format": FORMAT_VERSION, "entries": entries, "failed": failed})
+        self._next_chunk += 1
         return path
 
     def load(self) -> tuple[dict[str, tuple[dict, list]], dict[str, dict]]:
@@ -209,6 +216,10 @@ class WorkFolder:
         return entries, failures
 
 
+def _chunk_number(path: Path) -> int:
+    return int(path.stem.split("-", 1)[1])
+
+
 def check_output(out: Path, parts_dir: Path) -> bool:
     """Make sure ``out`` and its work folder can be written; returns whether it created it."""
     if out.is_dir():
@@ -217,9 +228,10 @@ def check_output(out: Path, parts_dir: Path) -> bool:
     try:
         parts_dir.mkdir(parents=True, exist_ok=True)
         for folder in {out.parent, parts_dir}:
-            probe = folder / f".hassod_write_test.{os.getpid()}"
-            probe.write_bytes(b"")
-            probe.unlink()
+            # A unique name: ranks on different nodes may share a folder and a process id.
+            handle, probe = tempfile.mkstemp(prefix=".hassod_write_test.", dir=folder)
+            os.close(handle)
+            os.unlink(probe)
     except OSError as error:
         raise UsageError(f"output {out} is not writable: {error}") from None
     return created

@@ -767,3 +767,25 @@ def test_device_index_is_checked_against_the_visible_gpus(monkeypatch):
         discover_run.resolve_device("cuda")
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)  # one GPU per process
     assert discover_run.resolve_device("auto") == "cuda:0"
+
+
+def test_chunks_past_a_million_keep_their_order_and_numbering(tmp_path):
+    """chunk-1000000 sorts after chunk-999999 (a sort by name put it first, and every later
+    chunk overwrote it), and the next number is found once, not by listing per chunk."""
+    from hassod.work_folder import WorkFolder
+
+    folder = WorkFolder(tmp_path)
+    for index in (999_998, 999_999):
+        (tmp_path / f"chunk-{index:06d}.json").write_text("{}")
+    written = [folder.write_chunk([], []) for _ in range(3)]
+    assert [path.name for path in written] == [
+        "chunk-1000000.json",
+        "chunk-1000001.json",
+        "chunk-1000002.json",
+    ]
+    assert [path.name for path in folder.chunk_paths()][-4:] == [
+        "chunk-999999.json",
+        *[path.name for path in written],
+    ]
+    folder.clear()
+    assert folder.write_chunk([], []).name == "chunk-000000.json"
