@@ -131,7 +131,8 @@ class WorkFolder:
     def chunk_paths(self) -> list[Path]:
         """The chunk files in the order they were written (by number: chunk-1000000 comes
         after chunk-999999, which a sort by name would put after it)."""
-        return sorted(self.path.glob("chunk-*.json"), key=_chunk_number)
+        numbered = [path for path in self.path.glob("chunk-*.json") if _is_chunk_name(path)]
+        return sorted(numbered, key=_chunk_number)
 
     def lock(self) -> None:
         """Hold an exclusive lock for the run; another run on the same folder is refused."""
@@ -214,6 +215,12 @@ class WorkFolder:
                 if failure["file_name"] not in entries:
                     failures[failure["file_name"]] = failure
         return entries, failures
+
+
+def _is_chunk_name(path: Path) -> bool:
+    """``chunk-<digits>.json``: other files that match the glob are not this run's."""
+    number = path.stem.split("-", 1)[1]
+    return number.isascii() and number.isdigit()
 
 
 def _chunk_number(path: Path) -> int:

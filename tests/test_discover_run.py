@@ -777,6 +777,7 @@ def test_chunks_past_a_million_keep_their_order_and_numbering(tmp_path):
     folder = WorkFolder(tmp_path)
     for index in (999_998, 999_999):
         (tmp_path / f"chunk-{index:06d}.json").write_text("{}")
+    (tmp_path / "chunk-notes.json").write_text("{}")  # not a chunk: left alone
     written = [folder.write_chunk([], []) for _ in range(3)]
     assert [path.name for path in written] == [
         "chunk-1000000.json",
