@@ -38,7 +38,8 @@ def list_images(images_dir: str | Path, exclude: Sequence[Path] = ()) -> list[st
     """Relative POSIX paths of the image files under ``images_dir``, sorted.
 
     Recursive, following symbolic links (each real folder visited once), skipping hidden
-    files and folders (names starting with ``.``) and the folders in ``exclude``.
+    files and folders (names starting with ``.``) and the folders in ``exclude``. Files whose
+    names are not valid UTF-8 are skipped with a warning: COCO JSON cannot hold their names.
     """
     root = Path(images_dir)
     excluded = {os.path.realpath(path) for path in exclude}
@@ -56,7 +57,28 @@ def list_images(images_dir: str | Path, exclude: Sequence[Path] = ()) -> list[st
             if name.startswith(".") or os.path.splitext(name)[1].lower() not in IMAGE_EXTENSIONS:
                 continue
             names.append((relative / name).as_posix())
-    return sorted(names)
+    unnamable = [name for name in names if not _is_utf8(name)]
+    if unnamable:
+        import warnings
+
+        examples = ", ".join(
+            os.fsencode(name).decode("utf-8", "backslashreplace") for name in unnamable[:3]
+        )
+        warnings.warn(
+            f"skipped {len(unnamable)} image file(s) whose names are not valid UTF-8 (COCO JSON "
+            f"cannot hold them; rename them to include them), e.g. {examples}",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    return sorted(name for name in names if _is_utf8(name))
+
+
+def _is_utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:  # undecodable bytes, kept by os as surrogate escapes
+        return False
+    return True
 
 
 def check_ids(names: Sequence[str]) -> None:

@@ -180,7 +180,7 @@ def level_figure(
         image = np.asarray(
             Image.fromarray(image).resize((panel_width, panel_height), Image.BILINEAR)
         )
-    areas = masks.reshape(len(masks), -1).sum(axis=1)
+    areas = masks.sum(axis=(1, 2))  # (0,) for an image without masks
     order = np.lexsort((-areas, levels))  # by level, then largest first
     pictures, captions = [image], ["input"]
     for depth in panels:

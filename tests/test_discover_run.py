@@ -363,6 +363,16 @@ def test_listing_is_recursive_sorted_and_case_insensitive(messy):
     assert not any(name.endswith((".txt", ".json")) for name in names)
 
 
+def test_files_named_in_bytes_that_are_not_utf8_are_skipped_with_a_warning(tmp_path):
+    Image.new("RGB", (8, 8)).save(tmp_path / "good.jpg")
+    (tmp_path / "good.jpg").rename(tmp_path / "kept.jpg")
+    with open(os.path.join(os.fsencode(tmp_path), b"bad\xffname.jpg"), "wb") as handle:
+        handle.write((tmp_path / "kept.jpg").read_bytes())
+    with pytest.warns(RuntimeWarning, match=r"not valid UTF-8.*bad\\xffname.jpg"):
+        names = discover_run.list_images(tmp_path)
+    assert names == ["kept.jpg"]
+
+
 def test_read_image_converts_every_mode_to_rgb(messy):
     from hassod.discover import UnreadableImage, read_image
 

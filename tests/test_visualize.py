@@ -41,3 +41,12 @@ def test_partition_figure_has_one_panel_per_threshold_plus_input():
     image = np.full((90, 120, 3), 128, dtype=np.uint8)
     figure = partition_figure(image, result, panel_height=60)
     assert figure.size == (3 * 80, 60 + 22)
+
+
+def test_level_figure_of_an_image_without_masks():
+    """discover keeps images with no masks (tiny or empty ones): show and report draw them."""
+    from hassod.visualize import level_figure
+
+    image = np.full((1, 1, 3), 200, np.uint8)
+    figure = level_figure(image, np.zeros((0, 1, 1), bool), np.zeros(0, np.int64), legend=[])
+    assert figure.size[0] > 0 and figure.size[1] > 0
