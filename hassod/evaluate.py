@@ -68,6 +68,7 @@ from hassod.labels import (
     LEVEL_NAMES,
     InputError,
     Labels,
+    check_annotation_fields,
     level_of,
     load_labels,
     match_image,
@@ -192,6 +193,7 @@ def load_ground_truth(
         if things_only and int(annotation.get("category_id", 1)) >= stuff_min_id:
             dropped += 1
             continue
+        check_annotation_fields(annotation, where)
         image = images[annotation["image_id"]]
         folded = {
             key: value

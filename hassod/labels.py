@@ -23,7 +23,9 @@ Per-annotation fields, with the rule used when one is missing:
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -36,6 +38,7 @@ __all__ = [
     "LEVEL_NAMES",
     "InputError",
     "Labels",
+    "check_annotation_fields",
     "decode_masks",
     "level_of",
     "load_labels",
@@ -147,7 +150,79 @@ def load_labels(source, what: str = "labels") -> Labels:
                 f"{where} refers to image_id {annotation['image_id']!r}, which is not in the "
                 "file's 'images'"
             )
+        check_annotation_fields(annotation, where)
     return Labels(annotations=annotations, images=images, source=name)
+
+
+def _finite_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_annotation_fields(annotation: dict, where: str) -> None:
+    """Types and values of the fields the tools read, so that a bad file fails here with its
+    place named (exit 2) rather than deep in pycocotools (a traceback, or a hang on a
+    corrupt RLE string) or silently (a NaN box shifts the metrics)."""
+    score = annotation.get("score")
+    if score is not None and not _finite_number(score):
+        raise InputError(f"{where}: 'score' must be a finite number, got {score!r}")
+    for key in ("hier_level", "level"):
+        level = annotation.get(key)
+        if level is not None and not (
+            _finite_number(level) and float(level).is_integer() and level >= 0
+        ):
+            raise InputError(f"{where}: {key!r} must be an integer >= 0, got {level!r}")
+    bbox = annotation.get("bbox")
+    if bbox is not None and not (
+        isinstance(bbox, list)
+        and len(bbox) == 4
+        and all(_finite_number(v) for v in bbox)
+        and bbox[2] >= 0
+        and bbox[3] >= 0
+    ):
+        raise InputError(f"{where}: 'bbox' must be [x, y, width, height] finite, got {bbox!r}")
+    segmentation = annotation.get("segmentation")
+    if segmentation is None or segmentation == []:
+        return
+    if isinstance(segmentation, dict):
+        size, counts = segmentation.get("size"), segmentation.get("counts")
+        if not (
+            isinstance(size, list)
+            and len(size) == 2
+            and all(isinstance(v, int) and v >= 0 for v in size)
+        ):
+            raise InputError(f"{where}: RLE 'size' must be [height, width], got {size!r}")
+        if isinstance(counts, str):
+            if not _RLE_CHARACTERS.fullmatch(counts):
+                raise InputError(f"{where}: RLE 'counts' is not a COCO compressed RLE string")
+        elif not (
+            isinstance(counts, list)
+            and all(isinstance(v, int) and v >= 0 for v in counts)
+            and sum(counts) == size[0] * size[1]
+        ):
+            raise InputError(
+                f"{where}: uncompressed RLE 'counts' must be run lengths adding up to "
+                "height x width"
+            )
+    elif isinstance(segmentation, list):
+        for polygon in segmentation:
+            if not (
+                isinstance(polygon, list)
+                and len(polygon) >= 6
+                and len(polygon) % 2 == 0
+                and all(_finite_number(v) for v in polygon)
+            ):
+                raise InputError(
+                    f"{where}: a polygon must be a list of at least 3 finite x, y pairs"
+                )
+    else:
+        raise InputError(
+            f"{where}: 'segmentation' must be an RLE object or a list of polygons, got "
+            f"{type(segmentation).__name__}"
+        )
+
+
+# Characters of COCO's compressed RLE: 6-bit groups stored as chr(48 + value), 48..111.
+_RLE_CHARACTERS = re.compile(r"[0-o]*")
 
 
 def _checked_images(images, where: str) -> list[dict]:

@@ -536,3 +536,31 @@ def test_evaluate_command_input_errors_exit_2(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["evaluate", "--pred", "x.json", "--gt", "y.json", "--iou-type", "keypoints"])
     assert exit_info.value.code == 2
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("bbox", [float("nan")] * 4, "'bbox' must be"),
+        ("bbox", [1, 2], "'bbox' must be"),
+        ("bbox", [0, 0, -3, 4], "'bbox' must be"),
+        ("score", "high", "'score' must be a finite number"),
+        ("score", float("inf"), "'score' must be a finite number"),
+        ("hier_level", "banana", "'hier_level' must be an integer"),
+        ("hier_level", 1.5, "'hier_level' must be an integer"),
+        ("segmentation", [[1, 2, 3]], "a polygon must be"),
+        ("segmentation", {"size": [4, 4], "counts": "garbage!!"}, "compressed RLE"),
+        ("segmentation", {"size": [4, 4], "counts": [3, 4]}, "add.*up to"),
+        ("segmentation", {"size": [4], "counts": "04"}, "RLE 'size'"),
+        ("segmentation", "polygon", "must be an RLE object or a list"),
+    ],
+)
+def test_bad_annotation_fields_are_refused_with_their_place(field, value, message):
+    """Checked before pycocotools sees them: a corrupt RLE string made it loop for good, a NaN
+    box changed the metrics silently, a string score or level gave a traceback."""
+    from hassod.labels import load_labels
+
+    good = {"image_id": 1, "bbox": [0, 0, 2, 2], "score": 0.5, "hier_level": 1}
+    load_labels([good])  # the unchanged annotation passes
+    with pytest.raises(InputError, match=f"annotation 0: .*{message}"):
+        load_labels([{**good, field: value}])
