@@ -279,7 +279,7 @@ def run_evaluate_command(args: argparse.Namespace, parser: argparse.ArgumentPars
     from hassod.evaluate import InputError, evaluate, format_breakdown, format_metrics
 
     if args.out is not None:
-        _writable_dir(args.out.parent if str(args.out.parent) else Path("."), parser)
+        _writable_file(args.out, parser)
     try:
         result = evaluate(
             args.pred,
@@ -360,7 +360,7 @@ def run_show_command(args: argparse.Namespace, parser: argparse.ArgumentParser) 
         parser.error(f"--panel-height must be >= 16, got {args.panel_height}")
     if not args.image.is_file():
         parser.error(f"image not found: {args.image}")
-    _writable_dir(args.out.parent if str(args.out.parent) else Path("."), parser)
+    _writable_file(args.out, parser)
     try:
         labels = load_labels(args.labels, "labels")
         named = None
@@ -553,6 +553,8 @@ def run_discover_command(args: argparse.Namespace, parser: argparse.ArgumentPars
     from hassod import discover_run
 
     config = _discovery_config(args, parser)
+    if not args.out.name:
+        parser.error(f"--out {str(args.out)!r} is not a file name (e.g. pseudo.json)")
     if args.near_duplicate_iou is not None and not 0.0 < args.near_duplicate_iou <= 1.0:
         parser.error(f"--near-duplicate-iou must be in (0, 1], got {args.near_duplicate_iou}")
     try:
@@ -717,6 +719,17 @@ def _read_image(path: str | None, parser: argparse.ArgumentParser):
     except (UnidentifiedImageError, OSError) as error:
         parser.error(f"cannot read image {file}: {error}")
     return np.asarray(image), file.stem
+
+
+def _writable_file(path: Path, parser: argparse.ArgumentParser) -> Path:
+    """An output file's path: a name that is not a folder, in a writable folder (checked
+    before the work, not after it)."""
+    if not path.name:
+        parser.error(f"--out {str(path)!r} is not a file name")
+    if path.is_dir():
+        parser.error(f"--out {path} is a folder; give a file name inside it")
+    _writable_dir(path.parent if str(path.parent) else Path("."), parser)
+    return path
 
 
 def _writable_dir(path: Path, parser: argparse.ArgumentParser) -> Path:

@@ -438,6 +438,8 @@ def run_discover(options: RunOptions) -> RunSummary:
     if options.weights is not None and options.random_weights:
         raise UsageError("pass either --weights or --random-weights, not both")
     shard = options.shard if options.shard is not None else shard_from_env()
+    if images_dir.is_file():
+        raise UsageError(f"{images_dir} is a file; give the folder of images it is in")
     if not images_dir.is_dir():
         raise UsageError(f"images folder not found: {images_dir}")
     json_path, parts_dir = output_paths(out, shard)

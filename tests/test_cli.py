@@ -106,3 +106,27 @@ def test_console_entry_point_runs():
         [sys.executable, "-m", "hassod", "--help"], capture_output=True, text=True, check=True
     )
     assert "cluster" in completed.stdout
+
+
+def test_output_paths_are_checked_before_the_work(tmp_path, capsys):
+    """A folder or an empty name as --out is a usage error up front (evaluate and show used
+    to fail after their work; discover gave a traceback for --out '')."""
+    folder = tmp_path / "existing"
+    folder.mkdir()
+    image = tmp_path / "image.png"
+    Image.new("RGB", (8, 8)).save(image)
+    labels = tmp_path / "labels.json"
+    labels.write_text('{"images": [{"id": 1, "file_name": "image.png"}], "annotations": []}')
+    for argv in (
+        ["evaluate", "--pred", str(labels), "--gt", str(labels), "--out", str(folder)],
+        ["show", str(image), "--labels", str(labels), "--out", str(folder)],
+        ["discover", str(tmp_path), "--out", "", "--random-weights"],
+        ["discover", str(image), "--out", str(tmp_path / "p.json"), "--random-weights"],
+    ):
+        try:
+            code = main(argv)
+        except SystemExit as exit_info:  # argparse's usage errors
+            code = exit_info.code
+        assert code == 2, argv
+    err = capsys.readouterr().err
+    assert "is a folder" in err and "not a file name" in err and "is a file" in err
