@@ -88,6 +88,7 @@ from hassod.work_folder import (
     WorkFolder,
     check_output,
     file_sha256,
+    file_stamp,
     prepare_manifest,
     run_info,
 )
@@ -489,8 +490,22 @@ def run_discover(options: RunOptions) -> RunSummary:
         manifest = prepare_manifest(folder, info, options.restart)
         info["date_created"] = manifest["date_created"]
 
-        entries, failures = folder.load()
-        todo = [name for name in names if name not in entries]
+        entries, failures, stamps = folder.load_with_stamps()
+        # An image replaced under the same name since it was processed is done again.
+        changed = [
+            name
+            for name in names
+            if name in entries and name in stamps and stamps[name] != file_stamp(images_dir / name)
+        ]
+        if changed:
+            warnings.warn(
+                f"{len(changed)} image(s) changed since they were processed (e.g. "
+                f"{changed[0]!r}): they are processed again",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        redo = set(changed)
+        todo = [name for name in names if name not in entries or name in redo]
         manifest["completed"] = None
         folder.write_manifest(manifest)
 
@@ -567,14 +582,16 @@ def _pipeline(
     max_in_flight = 2 * max(workers, 1) + batch_size
     buffer_entries: list = []
     buffer_failed: list[dict] = []
+    buffer_stamps: dict[str, list] = {}
     last_flush = time.monotonic()
 
     def flush() -> None:
         nonlocal last_flush
         if buffer_entries or buffer_failed:
-            folder.write_chunk(list(buffer_entries), list(buffer_failed))
+            folder.write_chunk(list(buffer_entries), list(buffer_failed), dict(buffer_stamps))
             buffer_entries.clear()
             buffer_failed.clear()
+            buffer_stamps.clear()
         last_flush = time.monotonic()
 
     progress = tqdm(
@@ -587,6 +604,9 @@ def _pipeline(
             _add_timings(timings, result.timings)
             if result.reason is None:
                 buffer_entries.append([result.image, result.annotations])
+                stamp = file_stamp(images_dir / result.file_name)
+                if stamp is not None:
+                    buffer_stamps[result.file_name] = stamp
                 counts["processed"] += 1
             else:
                 buffer_failed.append({"file_name": result.file_name, "reason": result.reason})

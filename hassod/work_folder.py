@@ -182,12 +182,19 @@ class WorkFolder:
                 path.unlink()
         self._next_chunk = None
 
-    def write_chunk(self, entries: list, failed: list[dict]) -> Path:
+    def write_chunk(
+        self, entries: list, failed: list[dict], stamps: dict[str, list] | None = None
+    ) -> Path:
+        """``stamps``: file name -> [size, mtime_ns] of the images the entries came from (so
+        that a resume can tell an image replaced under the same name)."""
         if self._next_chunk is None:
             existing = self.chunk_paths()
             self._next_chunk = _chunk_number(existing[-1]) + 1 if existing else 0
         path = self.path / f"chunk-{self._next_chunk:06d}.json"
-        atomic_write_json(path, {"format": FORMAT_VERSION, "entries": entries, "failed": failed})
+        chunk = {"format": FORMAT_VERSION, "entries": entries, "failed": failed}
+        if stamps:
+            chunk["stamps"] = stamps
+        atomic_write_json(path, chunk)
         self._next_chunk += 1
         return path
 
@@ -198,23 +205,41 @@ class WorkFolder:
         be read (only possible through outside damage: chunks are written atomically) is
         reported on stderr and ignored, so its images are processed again.
         """
+        entries, failures, _ = self.load_with_stamps()
+        return entries, failures
+
+    def load_with_stamps(self) -> tuple[dict, dict, dict[str, list]]:
+        """:meth:`load` and the entries' file stamps (chunks written before stamps: none)."""
         entries: dict[str, tuple[dict, list]] = {}
         failures: dict[str, dict] = {}
+        stamps: dict[str, list] = {}
         for path in self.chunk_paths():
             try:
                 chunk = json.loads(path.read_text(encoding="utf-8"))
                 chunk_entries = [(image, list(records)) for image, records in chunk["entries"]]
                 chunk_failed = list(chunk["failed"])
+                chunk_stamps = dict(chunk.get("stamps", {}))
             except (OSError, ValueError, KeyError, TypeError) as error:
                 print(f"hassod: ignoring unreadable chunk {path}: {error}", file=sys.stderr)
                 continue
             for image, records in chunk_entries:
                 entries[image["file_name"]] = (image, records)
                 failures.pop(image["file_name"], None)
+                stamps.pop(image["file_name"], None)
+            stamps.update(chunk_stamps)
             for failure in chunk_failed:
                 if failure["file_name"] not in entries:
                     failures[failure["file_name"]] = failure
-        return entries, failures
+        return entries, failures, stamps
+
+
+def file_stamp(path: Path) -> list[int] | None:
+    """[size, mtime_ns] of a file, None if it cannot be read."""
+    try:
+        status = os.stat(path)
+    except OSError:
+        return None
+    return [status.st_size, status.st_mtime_ns]
 
 
 def _is_chunk_name(path: Path) -> bool:

@@ -800,3 +800,22 @@ def test_chunks_past_a_million_keep_their_order_and_numbering(tmp_path):
     ]
     folder.clear()
     assert folder.write_chunk([], []).name == "chunk-000000.json"
+
+
+def test_an_image_replaced_under_its_name_is_processed_again(photos, tmp_path, capsys):
+    images = tmp_path / "images"
+    images.mkdir()
+    for path in sorted(photos.glob("*.png"))[:2]:
+        (images / path.name).write_bytes(path.read_bytes())
+    out = tmp_path / "p.json"
+    assert _discover(images, out) == 0
+    name = sorted(images.iterdir())[0].name
+    _photo("coffee", 77, 55).save(images / name)
+    capsys.readouterr()
+    with pytest.warns(RuntimeWarning, match="1 image.*changed since they were processed"):
+        assert _discover(images, out) == 0
+    assert "1 images processed" in capsys.readouterr().out
+    record = next(i for i in json.loads(out.read_text())["images"] if i["file_name"] == name)
+    assert (record["width"], record["height"]) == (77, 55)
+    assert _discover(images, out) == 0  # nothing changed since: nothing redone
+    assert "0 images processed" in capsys.readouterr().out
