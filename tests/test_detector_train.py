@@ -521,3 +521,10 @@ def test_skipping_a_step_is_decided_by_every_process(tmp_path, flags):
         assert dict(results) == {0: all(flags), 1: all(flags)}
     single = distributed.DistInfo()
     assert distributed.all_true(False, single, "cpu") is False
+
+
+def test_a_damaged_checkpoint_is_named_and_explained(tmp_path):
+    damaged = tmp_path / "bad.pth"
+    damaged.write_bytes(os.urandom(256))
+    with pytest.raises(ValueError, match=r"cannot read checkpoint .*bad.pth \(not a checkpoint"):
+        ckpt.load_checkpoint(damaged)

@@ -113,7 +113,11 @@ def load_checkpoint(path, map_location="cpu") -> dict:
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # noqa: BLE001 - truncated or foreign files alike
-        raise ValueError(f"cannot read checkpoint {path}: {error}") from error
+        # torch's own messages can be bare (a corrupt pickle says only a number): name the type.
+        raise ValueError(
+            f"cannot read checkpoint {path} (not a checkpoint, or damaged): "
+            f"{type(error).__name__}: {error}"
+        ) from error
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ValueError(f"{path} is not a hassod detector checkpoint (format {FORMAT})")
     payload["config"] = config_from_dict(payload["config"])
