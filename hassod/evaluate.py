@@ -195,6 +195,15 @@ def load_ground_truth(
             continue
         check_annotation_fields(annotation, where)
         image = images[annotation["image_id"]]
+        segmentation = annotation.get("segmentation")
+        if isinstance(segmentation, dict) and segmentation.get("size") != [
+            image["height"],
+            image["width"],
+        ]:
+            raise InputError(
+                f"{where}: mask size {segmentation.get('size')} differs from its image's "
+                f"[height, width] {[image['height'], image['width']]}"
+            )
         folded = {
             key: value
             for key, value in annotation.items()

@@ -564,3 +564,23 @@ def test_bad_annotation_fields_are_refused_with_their_place(field, value, messag
     load_labels([good])  # the unchanged annotation passes
     with pytest.raises(InputError, match=f"annotation 0: .*{message}"):
         load_labels([{**good, field: value}])
+
+
+def test_ground_truth_masks_must_match_their_images_size():
+    from hassod.evaluate import load_ground_truth
+
+    gt = {
+        "images": [{"id": 1, "width": 4, "height": 3, "file_name": "a.png"}],
+        "annotations": [
+            {
+                "image_id": 1,
+                "segmentation": {"size": [3, 4], "counts": "0<"},
+                "area": 12.0,
+                "bbox": [0, 0, 4, 3],
+            }
+        ],
+    }
+    load_ground_truth(gt)
+    gt["annotations"][0]["segmentation"]["size"] = [4, 3]
+    with pytest.raises(InputError, match=r"mask size \[4, 3\] differs"):
+        load_ground_truth(gt)
