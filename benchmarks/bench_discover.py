@@ -278,6 +278,7 @@ def main(argv: list[str] | None = None) -> int:
             for crf in backends:
                 run_config(warm_dir, work, args, args.amp[0], crf, 0, f"warmup {crf}")
         runs = []
+        machine = describe_machine() | describe_torch(args.device)
 
         def report_so_far() -> dict:  # written after every run: a time limit loses nothing
             report = {
@@ -292,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
                 "batch_size": args.batch_size,
                 "runs": runs,
                 "paper": PAPER,
-                "machine": describe_machine() | describe_torch(args.device),
+                "machine": machine,
                 "seconds": time.perf_counter() - started,
             }
             write_report(args.out, report)

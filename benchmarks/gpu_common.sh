@@ -30,3 +30,14 @@ if missing:
     sys.exit(f"missing Python packages: {', '.join(missing)} (carry wheels in .whl/, see the header)")
 PY
 }
+
+# build_if_missing: build hassod's CPU module in place when it does not import (a bare copy of
+# the working tree; gpu_all.sh builds with CUDA first, so this is for the scripts run alone).
+build_if_missing() {
+  if ! "$PYTHON" -c "import hassod._C" 2>/dev/null; then
+    echo "== build (CPU module, in place)"
+    local start=$SECONDS
+    HASSOD_CUDA=0 "$PYTHON" -m pip install -e . --no-build-isolation --no-deps -q
+    echo "built in $((SECONDS - start)) s"
+  fi
+}

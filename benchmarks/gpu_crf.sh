@@ -25,12 +25,7 @@ results=${OUT:-benchmarks/results}
 mkdir -p "$results"
 source "$(dirname "$0")/gpu_common.sh"
 require_modules torch skimage scipy PIL pydensecrf
-if ! "$PYTHON" -c "import hassod._C" 2>/dev/null; then
-  echo "== build (CPU module, in place)"
-  start=$SECONDS
-  HASSOD_CUDA=0 "$PYTHON" -m pip install -e . --no-build-isolation --no-deps -q
-  echo "built in $((SECONDS - start)) s"
-fi
+build_if_missing
 
 echo "== tests/test_crf_torch.py tests/test_crf_triton.py tests/test_batched_crf.py"
 tests_ok=1

@@ -43,12 +43,7 @@ mkdir -p "$results"
 source "$(dirname "$0")/gpu_common.sh"
 require_modules torch torchvision scipy PIL tqdm pycocotools
 
-if ! "$PYTHON" -c "import hassod._C" 2>/dev/null; then
-  echo "== build (CPU module, in place)"
-  start=$SECONDS
-  HASSOD_CUDA=0 "$PYTHON" -m pip install -e . --no-build-isolation --no-deps -q
-  echo "built in $((SECONDS - start)) s"
-fi
+build_if_missing
 
 amp_args=()
 if [ "$AMP" = off ]; then amp_args=(--no-amp); fi

@@ -43,12 +43,7 @@ mkdir -p "$results"
 source "$(dirname "$0")/gpu_common.sh"
 require_modules torch timm scipy PIL tqdm skimage pycocotools pydensecrf
 
-if ! "$PYTHON" -c "import hassod._C" 2>/dev/null; then
-  echo "== build (CPU module, in place)"
-  start=$SECONDS
-  HASSOD_CUDA=0 "$PYTHON" -m pip install -e . --no-build-isolation --no-deps -q
-  echo "built in $((SECONDS - start)) s"
-fi
+build_if_missing
 
 echo "== benchmark: $IMAGES synthetic images, $BACKBONE (random) at $SIZE, $DEVICE, batch $BATCH, amp: $AMP, $WORKERS workers"
 crf_args=()

@@ -442,23 +442,10 @@ def splat(
     num_vertices, num_columns = out.shape
     if num_vertices == 0 or num_columns == 0:
         return out
-    block, column_blocks = _column_grid(num_columns)
     if rows > 1:
-        _SPLAT_ROWS.launch(
-            (-(-num_vertices // rows), column_blocks),
-            out.device,
-            crow,
-            points,
-            weights,
-            values,
-            out,
-            num_vertices,
-            num_columns,
-            ROWS=rows,
-            COLUMN_BLOCK=block,
-            num_warps=num_warps,
-        )
-        return out
+        tensors = (crow, points, weights, values, out)
+        return _launch_row_tiles(_SPLAT_ROWS, tensors, out, rows, num_warps)
+    block, column_blocks = _column_grid(num_columns)
     _SPLAT.launch(
         (num_vertices, column_blocks),
         out.device,
@@ -475,6 +462,24 @@ def splat(
     return out
 
 
+def _launch_row_tiles(kernel, tensors, out: torch.Tensor, rows: int, num_warps: int):
+    """Launch ``kernel(*tensors, num_rows, num_columns, ROWS, COLUMN_BLOCK)`` with one program
+    per ``rows`` rows and column block of ``out`` (M, C); returns ``out``."""
+    num_rows, num_columns = out.shape
+    block, column_blocks = _column_grid(num_columns)
+    kernel.launch(
+        (-(-num_rows // rows), column_blocks),
+        out.device,
+        *tensors,
+        num_rows,
+        num_columns,
+        ROWS=rows,
+        COLUMN_BLOCK=block,
+        num_warps=num_warps,
+    )
+    return out
+
+
 def _launch_blur(
     kernel, values: torch.Tensor, out: torch.Tensor, neighbours, tile: int, num_warps: int
 ) -> torch.Tensor:
@@ -483,21 +488,8 @@ def _launch_blur(
     num_vertices, num_columns = values.shape
     if num_vertices == 0 or num_columns == 0:
         return out
-    block, column_blocks = _column_grid(num_columns)
-    rows = max(1, tile // block)
-    kernel.launch(
-        (-(-num_vertices // rows), column_blocks),
-        out.device,
-        values,
-        out,
-        *neighbours,
-        num_vertices,
-        num_columns,
-        ROWS=rows,
-        COLUMN_BLOCK=block,
-        num_warps=num_warps,
-    )
-    return out
+    rows = max(1, tile // _column_grid(num_columns)[0])
+    return _launch_row_tiles(kernel, (values, out, *neighbours), out, rows, num_warps)
 
 
 def blur(
@@ -535,11 +527,15 @@ def blur_pair(
 def blur_pass_count(num_axes: int, axes_per_pass: int | None = None) -> int:
     """Kernel launches (buffer swaps) :func:`blur_axes` makes for ``num_axes`` axes
     (``axes_per_pass`` None: :data:`BLUR_AXES_PER_PASS`, read at the call)."""
-    if axes_per_pass is None:
-        axes_per_pass = BLUR_AXES_PER_PASS
-    if axes_per_pass not in (1, 2):
-        raise ValueError(f"axes_per_pass must be 1 or 2, got {axes_per_pass!r}")
-    return -(-num_axes // axes_per_pass)
+    return -(-num_axes // _axes_per_pass(axes_per_pass))
+
+
+def _axes_per_pass(value: int | None) -> int:
+    """``value`` checked, None meaning :data:`BLUR_AXES_PER_PASS` (read at the call)."""
+    value = BLUR_AXES_PER_PASS if value is None else value
+    if value not in (1, 2):
+        raise ValueError(f"axes_per_pass must be 1 or 2, got {value!r}")
+    return value
 
 
 def blur_axes(
@@ -557,8 +553,7 @@ def blur_axes(
     fuses consecutive axes into one :func:`blur_pair` launch (a last odd axis runs alone).
     ``axes_per_pass`` None reads :data:`BLUR_AXES_PER_PASS`; ``num_warps`` None keeps each
     kernel's default."""
-    if axes_per_pass is None:
-        axes_per_pass = BLUR_AXES_PER_PASS
+    axes_per_pass = _axes_per_pass(axes_per_pass)
     buffers = (values, scratch)
     launch = {"tile": tile} if num_warps is None else {"tile": tile, "num_warps": num_warps}
     passes = blur_pass_count(len(neighbours), axes_per_pass)

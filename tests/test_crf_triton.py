@@ -424,6 +424,15 @@ def compile_for_hopper(kernel, signature: dict, constants: dict, num_warps: int)
     )
 
 
+# The trailing arguments of the kernels tiled by rows (crf_triton._launch_row_tiles).
+ROW_TILE_ARGUMENTS = {
+    "num_vertices": "i32",
+    "num_columns": "i32",
+    "ROWS": "constexpr",
+    "COLUMN_BLOCK": "constexpr",
+}
+
+
 @pytest.mark.parametrize("storage", ["fp32", "fp16"])
 def test_kernels_compile_for_hopper_with_vector_loads(storage):
     """What the GPU will run compiles here: every kernel down to a cubin, the label rows read
@@ -452,10 +461,7 @@ def test_kernels_compile_for_hopper_with_vector_loads(storage):
             "weight_ptr": "*fp32",
             "src_ptr": values,
             "dst_ptr": values,
-            "num_vertices": "i32",
-            "num_columns": "i32",
-            "ROWS": "constexpr",
-            "COLUMN_BLOCK": "constexpr",
+            **ROW_TILE_ARGUMENTS,
         },
         {"ROWS": 8, "COLUMN_BLOCK": 128},
         4,
@@ -467,10 +473,7 @@ def test_kernels_compile_for_hopper_with_vector_loads(storage):
             "dst_ptr": values,
             "minus_ptr": "*i32",
             "plus_ptr": "*i32",
-            "num_vertices": "i32",
-            "num_columns": "i32",
-            "ROWS": "constexpr",
-            "COLUMN_BLOCK": "constexpr",
+            **ROW_TILE_ARGUMENTS,
         },
         {"ROWS": 16, "COLUMN_BLOCK": 128},
         4,
@@ -484,10 +487,7 @@ def test_kernels_compile_for_hopper_with_vector_loads(storage):
             "plus_a_ptr": "*i32",
             "minus_b_ptr": "*i32",
             "plus_b_ptr": "*i32",
-            "num_vertices": "i32",
-            "num_columns": "i32",
-            "ROWS": "constexpr",
-            "COLUMN_BLOCK": "constexpr",
+            **ROW_TILE_ARGUMENTS,
         },
         {"ROWS": 16, "COLUMN_BLOCK": 128},
         4,
