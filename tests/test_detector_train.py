@@ -528,3 +528,10 @@ def test_a_damaged_checkpoint_is_named_and_explained(tmp_path):
     damaged.write_bytes(os.urandom(256))
     with pytest.raises(ValueError, match=r"cannot read checkpoint .*bad.pth \(not a checkpoint"):
         ckpt.load_checkpoint(damaged)
+
+
+def test_a_rank_that_sees_one_gpu_uses_it():
+    from hassod.detector.train import rank_gpu
+
+    assert rank_gpu(3, 8) == 3
+    assert rank_gpu(3, 1) == 0  # CUDA_VISIBLE_DEVICES gave this process its own GPU

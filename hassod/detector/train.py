@@ -45,6 +45,12 @@ from hassod.detector.model import HassodDetector, build_detector
 CHECKPOINT_DIR = "checkpoints"
 
 
+def rank_gpu(local_rank: int, visible: int) -> int:
+    """The GPU index of a process under torchrun: its local rank, or 0 when it sees a single
+    GPU (launchers that give each process its own through CUDA_VISIBLE_DEVICES)."""
+    return local_rank if visible > 1 else 0
+
+
 class Interrupted(RuntimeError):
     """Training stopped on a signal; a checkpoint of the last finished iteration was saved."""
 
@@ -199,9 +205,7 @@ class Trainer:
         device = resolve_device(device)
         self.dist = distributed.init_distributed(device.type, distributed_mode)
         if device.type == "cuda" and self.dist.enabled and device.index is None:
-            # One GPU visible per process (CUDA_VISIBLE_DEVICES per rank): it is cuda:0.
-            local = self.dist.local_rank if torch.cuda.device_count() > 1 else 0
-            device = torch.device("cuda", local)
+            device = torch.device("cuda", rank_gpu(self.dist.local_rank, torch.cuda.device_count()))
         if device.type == "cuda":
             # set_device needs an index ("cuda" alone is refused by recent torch).
             if device.index is None:
