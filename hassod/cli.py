@@ -491,6 +491,13 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
         choices=["auto", "none", "remove-key-bias", "center"],
         help="key transform (auto: none for DINO v1, center for other backbones)",
     )
+    parser.add_argument(
+        "--pos-embed-resize",
+        default="auto",
+        choices=["auto", "dino", "size"],
+        help="how the position table is resized to the input's token grid (auto: DINO v1's own "
+        "way, scale (grid+0.1)/old, for DINO v1 backbones; an explicit size for the others)",
+    )
 
 
 #: ``--crf-method`` choices -> CrfParams fields of the torch backend.
@@ -542,6 +549,7 @@ def _discovery_config(args: argparse.Namespace, parser: argparse.ArgumentParser)
             size=args.size,
             thresholds=tuple(getattr(args, "thresholds", None) or (0.4, 0.2, 0.1)),
             feature_transform=args.feature_transform,
+            pos_embed_resize=getattr(args, "pos_embed_resize", "auto"),
             crf=_crf_params(args, parser),
             near_duplicate_iou=getattr(args, "near_duplicate_iou", None),
         )

@@ -18,6 +18,7 @@ import numpy as np
 from hassod.cluster import DEFAULT_THRESHOLDS, check_thresholds, fast_cluster
 from hassod.coco import image_record, mask_annotations
 from hassod.ensemble import EnsembleResult, ensemble
+from hassod.features import POS_EMBED_RESIZES, default_pos_embed_resize
 from hassod.hierarchy import PSEUDO_LABEL_COVER
 from hassod.postprocess import (
     CrfCandidates,
@@ -43,12 +44,17 @@ class DiscoveryConfig:
     setting) and centres them per image for every other backbone: raw DINOv2 keys share a large
     constant term that merges each image into one region (DESIGN.md 2b), and on the shared COCO
     photos centring gave the most regions of the three choices.
+
+    ``pos_embed_resize``: how the backbone's position table is resized to the input's token
+    grid (:data:`hassod.features.POS_EMBED_RESIZES`); ``"auto"`` is DINO v1's own way for DINO
+    v1 backbones (the authors' features) and an explicit size for the others.
     """
 
     backbone: str = DEFAULT_BACKBONE
     size: int = DEFAULT_SIZE
     thresholds: tuple[float, ...] = DEFAULT_THRESHOLDS
     feature_transform: str = "auto"
+    pos_embed_resize: str = "auto"
     crf: CrfParams = field(default_factory=CrfParams)
     filters: FilterParams = field(default_factory=FilterParams)
     cover: float = PSEUDO_LABEL_COVER
@@ -60,6 +66,8 @@ class DiscoveryConfig:
             raise ValueError(f"size must be a positive integer, got {self.size!r}")
         if self.feature_transform not in ("auto", "none", "remove-key-bias", "center"):
             raise ValueError(f"unknown feature_transform {self.feature_transform!r}")
+        if self.pos_embed_resize not in ("auto", *POS_EMBED_RESIZES):
+            raise ValueError(f"unknown pos_embed_resize {self.pos_embed_resize!r}")
 
     @property
     def resolved_transform(self) -> str:
@@ -67,11 +75,18 @@ class DiscoveryConfig:
             return self.feature_transform
         return "none" if self.backbone.endswith(".dino") else "center"
 
+    @property
+    def resolved_pos_embed_resize(self) -> str:
+        if self.pos_embed_resize != "auto":
+            return self.pos_embed_resize
+        return default_pos_embed_resize(self.backbone)
+
     def as_dict(self) -> dict:
         """JSON-ready parameters (for the output's ``info``)."""
         values = asdict(self)
         values["thresholds"] = list(self.thresholds)
         values["feature_transform"] = self.resolved_transform
+        values["pos_embed_resize"] = self.resolved_pos_embed_resize
         return values
 
 

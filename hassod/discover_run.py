@@ -400,7 +400,13 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def load_backbone(backbone: str, weights: Path | None, random_weights: bool, img_size: int):
+def load_backbone(
+    backbone: str,
+    weights: Path | None,
+    random_weights: bool,
+    img_size: int,
+    pos_embed_resize: str | None = None,
+):
     """``(model, weights source, sha256 or None)``; :class:`RunError` when loading fails."""
     import torch
 
@@ -410,9 +416,16 @@ def load_backbone(backbone: str, weights: Path | None, random_weights: bool, img
         if random_weights:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(RANDOM_WEIGHTS_SEED)
-                model = load_vit(backbone, random_weights=True, img_size=img_size)
+                model = load_vit(
+                    backbone,
+                    random_weights=True,
+                    img_size=img_size,
+                    pos_embed_resize=pos_embed_resize,
+                )
             return model, f"random (seed {RANDOM_WEIGHTS_SEED})", None
-        model = load_vit(backbone, weights=weights, img_size=img_size)
+        model = load_vit(
+            backbone, weights=weights, img_size=img_size, pos_embed_resize=pos_embed_resize
+        )
     except (FileNotFoundError, ValueError, RuntimeError, OSError) as error:
         raise RunError(str(error)) from error
     if weights is None:
@@ -467,7 +480,11 @@ def run_discover(options: RunOptions) -> RunSummary:
     try:
         try:
             model, source, sha256 = load_backbone(
-                config.backbone, options.weights, options.random_weights, config.size
+                config.backbone,
+                options.weights,
+                options.random_weights,
+                config.size,
+                config.resolved_pos_embed_resize,
             )
         except RunError:
             if created:  # leave no empty work folder behind

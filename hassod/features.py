@@ -15,11 +15,20 @@ This module imports torch, timm and PIL inside its functions, so ``import hassod
 ``hassod/__init__.py`` does not import this module.
 
 Position embeddings: whenever the token grid differs from the one a position table was trained
-for, the table is resized bicubically with ``antialias=False`` (the way DINO, DINOv2 and Hugging
-Face resize it), not with timm's default ``antialias=True``, which changes the kernel even when
-upsampling (see ``../shared/weights/README.md``). An exact match with the original models needs the
-model built for the size it is run at (``load_vit(img_size=...)``); other sizes resize the
-model's own table once more.
+for, the table is resized bicubically with ``antialias=False`` (not timm's default
+``antialias=True``, which changes the kernel even when upsampling; see
+``../shared/weights/README.md``), in one of two ways (:data:`POS_EMBED_RESIZES`):
+
+* ``"dino"``, DINO v1's ``interpolate_pos_encoding`` (the authors' ``hac/dino.py``): a scale
+  factor of (new grid + 0.1) / old grid, which PyTorch uses as given, so the table is sampled at
+  ``(i + 0.5) * old / (new + 0.1) - 0.5``, not at ``(i + 0.5) * old / new - 0.5``. The default
+  for DINO v1 backbones (timm names ending in ``.dino``): the paper's keys. The two ways differ
+  by about 1 % in the keys, enough to change greedy merges (DESIGN.md section 2).
+* ``"size"``, an explicit output size (Hugging Face Dinov2 and the ONNX graph the shared DINOv2
+  weights come from): the default for every other backbone.
+
+An exact match with the original models needs the model built for the size it is run at
+(``load_vit(img_size=...)``); other sizes resize the model's own table once more.
 """
 
 from __future__ import annotations
@@ -39,6 +48,10 @@ if TYPE_CHECKING:
 DEFAULT_MODEL = "vit_base_patch8_224.dino"
 #: Input side length of the paper's stage 1 (DESIGN.md section 1).
 DEFAULT_INPUT_SIZE = 480
+#: How a position table is resized to another token grid (see the module docstring).
+POS_EMBED_RESIZES = ("dino", "size")
+# DINO v1's offset: "we add a small number to avoid floating point error in the interpolation".
+_DINO_GRID_OFFSET = 0.1
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -70,6 +83,7 @@ def load_vit(
     random_weights: bool = False,
     img_size: int = DEFAULT_INPUT_SIZE,
     device: str | torch.device = "cpu",
+    pos_embed_resize: str | None = None,
 ) -> torch.nn.Module:
     """Build a frozen timm ViT in eval mode, ready for :func:`attention_keys`.
 
@@ -81,16 +95,20 @@ def load_vit(
             original DINO release (``dino_vitbase8_pretrain.pth``, timm-compatible key names).
             ``module.``/``backbone.`` prefixes and classifier/projection-head keys are dropped;
             every backbone key must then match (missing or unexpected keys raise). ``pos_embed``
-            is resized to the model's grid (bicubic, ``antialias=False``) when it differs.
+            is resized to the model's grid when it differs (``pos_embed_resize``).
             None: timm's pretrained download (needs the network or a filled cache).
         random_weights: keep timm's random initialisation; for smoke tests only.
         img_size: input side the model is built for; its token grid is ``img_size // patch``.
             ``dynamic_img_size`` is on as well, so any multiple of the patch size runs.
         device: where the model lives.
+        pos_embed_resize: how position tables are resized to another grid, here and in
+            :func:`attention_keys` (:data:`POS_EMBED_RESIZES`); None:
+            :func:`default_pos_embed_resize` of ``name``.
 
     Returns:
         The model, in eval mode with ``requires_grad`` off. ``model.hassod_weights`` records
-        where the weights came from (a path, ``"timm-pretrained"`` or ``"random"``).
+        where the weights came from (a path, ``"timm-pretrained"`` or ``"random"``),
+        ``model.hassod_pos_embed_resize`` how its position table is resized.
 
     Raises:
         FileNotFoundError: ``weights`` names no file.
@@ -104,6 +122,12 @@ def load_vit(
         raise ValueError("pass either weights or random_weights=True, not both")
     if not isinstance(img_size, int) or isinstance(img_size, bool) or img_size <= 0:
         raise ValueError(f"img_size must be a positive integer, got {img_size!r}")
+    if pos_embed_resize is None:
+        pos_embed_resize = default_pos_embed_resize(name)
+    if pos_embed_resize not in POS_EMBED_RESIZES:
+        raise ValueError(
+            f"pos_embed_resize must be one of {POS_EMBED_RESIZES}, got {pos_embed_resize!r}"
+        )
 
     state_dict: Mapping[str, Any] | None = None
     source = "random"
@@ -123,6 +147,7 @@ def load_vit(
     except TypeError as error:  # a non-ViT family that takes no img_size / dynamic_img_size
         raise ValueError(f"timm model {name!r} is not a supported ViT: {error}") from error
     _check_supported(model, name)
+    model.hassod_pos_embed_resize = pos_embed_resize
     if weights is None and not random_weights:
         state_dict, source = _timm_pretrained_state_dict(name), "timm-pretrained"
     if state_dict is not None:
@@ -130,6 +155,47 @@ def load_vit(
     model.eval().requires_grad_(False)
     model.hassod_weights = source
     return model.to(device)
+
+
+def default_pos_embed_resize(name: str) -> str:
+    """``"dino"`` for DINO v1 backbones (timm names ending in ``.dino``), else ``"size"``."""
+    return "dino" if name.endswith(".dino") else "size"
+
+
+def resize_pos_embed(
+    pos_embed: torch.Tensor,
+    new_size: tuple[int, int] | list[int],
+    old_size: tuple[int, int] | list[int],
+    num_prefix_tokens: int,
+    how: str = "size",
+) -> torch.Tensor:
+    """(1, P + old_h * old_w, D) position table -> (1, P + new_h * new_w, D), bicubic without
+    antialiasing, the P prefix rows kept; ``how`` as in :data:`POS_EMBED_RESIZES`."""
+    import torch
+    import torch.nn.functional as F
+
+    if how not in POS_EMBED_RESIZES:
+        raise ValueError(f"how must be one of {POS_EMBED_RESIZES}, got {how!r}")
+    new_h, new_w = (int(v) for v in new_size)
+    old_h, old_w = (int(v) for v in old_size)
+    if (new_h, new_w) == (old_h, old_w):
+        return pos_embed
+    prefix, grid = pos_embed[:, :num_prefix_tokens], pos_embed[:, num_prefix_tokens:]
+    dim = grid.shape[-1]
+    # float32: bicubic interpolation of float16 tensors is not supported on every device.
+    grid = grid.float().reshape(1, old_h, old_w, dim).permute(0, 3, 1, 2)
+    if how == "dino":
+        scale = ((new_h + _DINO_GRID_OFFSET) / old_h, (new_w + _DINO_GRID_OFFSET) / old_w)
+        grid = F.interpolate(grid, scale_factor=scale, mode="bicubic", align_corners=False)
+    else:
+        grid = F.interpolate(grid, size=(new_h, new_w), mode="bicubic", align_corners=False)
+    if tuple(grid.shape[-2:]) != (new_h, new_w):  # the offset keeps floor(old * scale) = new
+        raise ValueError(
+            f"resizing a {old_h}x{old_w} position table the DINO way gave "
+            f"{tuple(grid.shape[-2:])}, not {new_h}x{new_w}"
+        )
+    grid = grid.permute(0, 2, 3, 1).reshape(1, new_h * new_w, dim).to(pos_embed.dtype)
+    return torch.cat([prefix, grid], dim=1)
 
 
 def load_backbone_state_dict(
@@ -251,8 +317,6 @@ def _backbone_state_dict(checkpoint: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _fit_pos_embed(model: torch.nn.Module, pos_embed: torch.Tensor, name: str) -> torch.Tensor:
-    from timm.layers import resample_abs_pos_embed
-
     target = model.pos_embed
     if tuple(pos_embed.shape) == tuple(target.shape):
         return pos_embed
@@ -270,14 +334,25 @@ def _fit_pos_embed(model: torch.nn.Module, pos_embed: torch.Tensor, name: str) -
             f"be resized to {tuple(target.shape)} ({num_prefix} prefix tokens + a square grid "
             "of the same width expected)"
         )
-    # float32: bicubic interpolation of float16 tensors is not supported on every device.
-    return resample_abs_pos_embed(
+    return resize_pos_embed(
         pos_embed.float(),
         new_size=list(model.patch_embed.grid_size),
         old_size=[side, side],
         num_prefix_tokens=num_prefix,
-        antialias=False,
+        how=_pos_embed_resize_of(model, name),
     )
+
+
+def _pos_embed_resize_of(model: torch.nn.Module, name: str) -> str:
+    """The model's resize (set by :func:`load_vit`), else the default for its name."""
+    return getattr(model, "hassod_pos_embed_resize", None) or default_pos_embed_resize(name)
+
+
+def _timm_name(model: torch.nn.Module) -> str:
+    """``architecture.tag`` from a timm model's pretrained config (``""`` without one)."""
+    config = getattr(model, "pretrained_cfg", None) or {}
+    architecture, tag = config.get("architecture") or "", config.get("tag")
+    return f"{architecture}.{tag}" if tag else architecture
 
 
 def _check_supported(model: torch.nn.Module, name: str) -> None:
@@ -459,8 +534,9 @@ def attention_keys(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor
     The ``k`` third of ``blocks[-1].attn.qkv``'s output (all heads concatenated, before any
     ``k_norm``), prefix tokens (CLS and registers, ``model.num_prefix_tokens``) removed. The
     forward pass stops right after that projection: the rest of the last block, the final norm
-    and the head never run. Position embeddings are resized with ``antialias=False`` when the
-    grid differs from the model's (see the module docstring).
+    and the head never run. Position embeddings are resized (``model.hassod_pos_embed_resize``,
+    else the default for the model's timm name) when the grid differs from the model's (see the
+    module docstring).
 
     Args:
         model: a timm ViT, e.g. from :func:`load_vit`.
@@ -475,7 +551,6 @@ def attention_keys(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor
         ValueError: wrong rank, channel count, or a side that is not a multiple of the patch size.
     """
     import torch
-    from timm.layers import resample_abs_pos_embed
 
     _check_supported(model, type(model).__name__)
     patch = patch_size(model)
@@ -515,12 +590,12 @@ def attention_keys(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor
         ]
         pos_embed = getattr(model, "pos_embed", None)
         if pos_embed is not None:
-            pos_embed = resample_abs_pos_embed(
+            pos_embed = resize_pos_embed(
                 pos_embed,
                 new_size=[grid_h, grid_w],
                 old_size=list(embed.grid_size),
                 num_prefix_tokens=_pos_embed_prefix_tokens(model),
-                antialias=False,
+                how=_pos_embed_resize_of(model, _timm_name(model)),
             )
         if pos_embed is not None and getattr(model, "no_embed_class", False):
             tokens = torch.cat([*prefix, tokens + pos_embed], dim=1)

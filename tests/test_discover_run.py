@@ -573,6 +573,34 @@ def test_an_image_merged_into_one_region_gives_no_masks_not_an_error():
     assert annotations == []
 
 
+def test_pos_embed_resize_option_reaches_the_config_and_the_model():
+    """auto: DINO's own resize for DINO v1 backbones, an explicit size for others; the choice is
+    recorded in the info and given to the backbone loader."""
+    import argparse
+
+    from hassod.cli import _discovery_config
+    from hassod.discover_run import load_backbone
+
+    parser = argparse.ArgumentParser()
+    for backbone, choice, expected in (
+        ("vit_base_patch8_224.dino", "auto", "dino"),
+        ("vit_small_patch14_dinov2", "auto", "size"),
+        ("vit_base_patch8_224.dino", "size", "size"),
+        ("vit_small_patch14_dinov2", "dino", "dino"),
+    ):
+        namespace = argparse.Namespace(
+            backbone=backbone, size=112, thresholds=None, feature_transform="auto",
+            near_duplicate_iou=None, crf="native", pos_embed_resize=choice,
+        )  # fmt: skip
+        config = _discovery_config(namespace, parser)
+        assert config.resolved_pos_embed_resize == expected
+        assert config.as_dict()["pos_embed_resize"] == expected
+    with pytest.raises(ValueError, match="pos_embed_resize"):
+        DiscoveryConfig(pos_embed_resize="bilinear")
+    model, _, _ = load_backbone("vit_tiny_patch16_224", None, True, 64, "dino")
+    assert model.hassod_pos_embed_resize == "dino"
+
+
 def test_crf_backend_option_reaches_the_config():
     """`--crf pydensecrf` selects the reference CRF; the default is the native one."""
     import argparse

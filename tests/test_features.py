@@ -319,6 +319,121 @@ def test_load_vit_drops_mask_token_and_resizes_pos_embed(tiny_state_dict):
     assert not torch.allclose(model.pos_embed, antialiased)
 
 
+def dino_interpolate_pos_encoding(pos_embed: torch.Tensor, grid: int) -> torch.Tensor:
+    """DINO v1's VisionTransformer.interpolate_pos_encoding (the authors' hac/dino.py), square
+    grids, transcribed step by step."""
+    import math
+
+    n = pos_embed.shape[1] - 1
+    if grid * grid == n:
+        return pos_embed
+    side = int(math.sqrt(n))
+    patches = pos_embed[:, 1:].reshape(1, side, side, -1).permute(0, 3, 1, 2)
+    w0 = h0 = grid + 0.1
+    patches = torch.nn.functional.interpolate(
+        patches, scale_factor=(w0 / math.sqrt(n), h0 / math.sqrt(n)), mode="bicubic"
+    )
+    assert int(w0) == patches.shape[-2] and int(h0) == patches.shape[-1]
+    patches = patches.permute(0, 2, 3, 1).reshape(1, -1, pos_embed.shape[-1])
+    return torch.cat([pos_embed[:, :1], patches], dim=1)
+
+
+@pytest.mark.parametrize(("old", "new"), [(28, 60), (14, 34), (14, 6), (37, 34), (5, 5)])
+def test_resize_pos_embed_dino_equals_dinos_interpolation(old, new):
+    torch.manual_seed(old * 100 + new)
+    table = torch.randn(1, 1 + old * old, 8)
+    resized = features.resize_pos_embed(table, [new, new], [old, old], 1, how="dino")
+    torch.testing.assert_close(resized, dino_interpolate_pos_encoding(table, new), rtol=0, atol=0)
+    by_size = features.resize_pos_embed(table, [new, new], [old, old], 1, how="size")
+    assert torch.equal(resized, by_size) == (old == new)
+
+
+def cubic_convolution_1d(values: np.ndarray, positions: np.ndarray, a: float = -0.75):
+    """Keys' cubic convolution (PyTorch's bicubic, a = -0.75) of ``values`` at source
+    coordinates ``positions``, border taps clamped: the plain reference."""
+
+    def weight(s: float) -> float:
+        s = abs(s)
+        if s <= 1:
+            return (a + 2) * s**3 - (a + 3) * s**2 + 1
+        return a * s**3 - 5 * a * s**2 + 8 * a * s - 4 * a if s < 2 else 0.0
+
+    out = []
+    for x in positions:
+        x0 = int(np.floor(x))
+        out.append(
+            sum(
+                weight(x - tap) * values[min(max(tap, 0), len(values) - 1)]
+                for tap in range(x0 - 1, x0 + 3)
+            )
+        )
+    return np.array(out)
+
+
+@pytest.mark.parametrize("how", ["size", "dino"])
+def test_resize_pos_embed_sampling_positions(how):
+    """Output row i samples the source at (i + 0.5) * old / new - 0.5, or with new + 0.1 in
+    place of new for DINO's way (a table that varies along rows only, checked row by row)."""
+    old, new = 28, 60
+    rng = np.random.default_rng(5)
+    profile = rng.normal(size=old)
+    table = np.concatenate([[0.0], np.repeat(profile, old)]).reshape(1, -1, 1)
+    out = features.resize_pos_embed(torch.tensor(table).float(), [new, new], [old, old], 1, how)
+    sampled = out[0, 1:, 0].reshape(new, new).double().numpy()
+    denominator = new + 0.1 if how == "dino" else new
+    positions = (np.arange(new) + 0.5) * old / denominator - 0.5
+    expected = cubic_convolution_1d(profile, positions)
+    np.testing.assert_allclose(sampled, np.repeat(expected[:, None], new, 1), atol=2e-5)
+    other = (np.arange(new) + 0.5) * old / (new if how == "dino" else new + 0.1) - 0.5
+    assert np.abs(sampled[:, 0] - cubic_convolution_1d(profile, other)).max() > 1e-2
+
+
+def test_resize_pos_embed_rejects_unknown_way():
+    with pytest.raises(ValueError, match="how must be one of"):
+        features.resize_pos_embed(torch.zeros(1, 5, 2), [3, 3], [2, 2], 1, how="timm")
+
+
+def test_load_vit_resizes_dino_v1_tables_the_dino_way():
+    """The paper's backbone family (names ending in .dino) gets DINO's resize by default,
+    others the explicit size; pos_embed_resize overrides the choice."""
+    name = "vit_small_patch16_224.dino"
+    torch.manual_seed(3)
+    state = features.load_vit(name, random_weights=True, img_size=224).state_dict()
+    table = state["pos_embed"]
+    model = features.load_vit(name, state, img_size=64)
+    assert model.hassod_pos_embed_resize == "dino"
+    torch.testing.assert_close(
+        model.pos_embed, dino_interpolate_pos_encoding(table, 4), rtol=0, atol=0
+    )
+    by_size = features.load_vit(name, state, img_size=64, pos_embed_resize="size")
+    expected = features.resize_pos_embed(table, [4, 4], [14, 14], 1, how="size")
+    torch.testing.assert_close(by_size.pos_embed, expected, rtol=0, atol=0)
+    assert not torch.allclose(by_size.pos_embed, model.pos_embed)
+    assert features.load_vit(TINY, random_weights=True).hassod_pos_embed_resize == "size"
+    with pytest.raises(ValueError, match="pos_embed_resize must be one of"):
+        features.load_vit(TINY, random_weights=True, pos_embed_resize="bilinear")
+
+
+def test_attention_keys_resizes_a_dino_model_the_dino_way():
+    """Running at another grid than the model's resizes its table the model's way."""
+    torch.manual_seed(4)
+    model = features.load_vit("vit_small_patch16_224.dino", random_weights=True, img_size=64)
+    images = torch.randn(1, 3, 96, 96)
+    keys = features.attention_keys(model, images)
+    resized = features.resize_pos_embed(model.pos_embed, [6, 6], [4, 4], 1, how="dino")
+    original = model.pos_embed.data.clone()
+    try:
+        model.pos_embed.data = resized  # a model built for the 6x6 grid with the same table
+        model.patch_embed.grid_size = (6, 6)
+        expected = features.attention_keys(model, images)
+    finally:
+        model.pos_embed.data = original
+        model.patch_embed.grid_size = (4, 4)
+    torch.testing.assert_close(keys, expected, rtol=0, atol=0)
+    model.hassod_pos_embed_resize = "size"
+    assert not torch.allclose(features.attention_keys(model, images), expected)
+
+
 def test_load_vit_missing_file(tmp_path):
     path = tmp_path / "nope" / "dino_vitbase8_pretrain.pth"
     with pytest.raises(FileNotFoundError, match="dino_vitbase8_pretrain.pth"):
