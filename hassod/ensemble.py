@@ -42,7 +42,7 @@ def ensemble(
     """
     ordered = sorted(per_threshold, key=lambda item: item[0])
     height, width = size
-    pieces = [np.asarray(masks, dtype=bool).reshape(-1, height, width) for _, masks, _ in ordered]
+    pieces = [_checked_masks(theta, masks, scores, size) for theta, masks, scores in ordered]
     masks = np.concatenate(pieces) if pieces else np.zeros((0, height, width), dtype=bool)
     thresholds = np.concatenate(
         [
@@ -65,3 +65,24 @@ def ensemble(
         parent=hierarchy.parent,
         level=hierarchy.level,
     )
+
+
+def _checked_masks(theta: float, masks, scores, size: tuple[int, int]) -> np.ndarray:
+    """One threshold's masks as (M, H, W) bool, refused unless they are (M, H, W) of ``size``
+    (or one (H, W) mask) with one score each."""
+    masks = np.asarray(masks, dtype=bool)
+    if masks.size == 0 and np.ndim(scores) == 1 and len(scores) == 0:
+        return np.zeros((0, *size), dtype=bool)
+    if masks.ndim == 2:
+        masks = masks[None]
+    if masks.ndim != 3 or tuple(masks.shape[1:]) != tuple(size):
+        raise ValueError(
+            f"threshold {theta}: masks must have shape (M, {size[0]}, {size[1]}), got "
+            f"{tuple(masks.shape)}"
+        )
+    if np.ndim(scores) != 1 or len(scores) != len(masks):
+        raise ValueError(
+            f"threshold {theta}: one score per mask expected ({len(masks)}), got shape "
+            f"{np.shape(scores)}"
+        )
+    return masks

@@ -328,7 +328,10 @@ def to_rle(annotation: dict, height: int, width: int, where: str = "annotation")
     elif annotation.get("bbox"):
         x, y, w, h = (float(v) for v in annotation["bbox"])
         box = np.zeros((height, width), dtype=np.uint8, order="F")
-        box[max(round(y), 0) : round(y + h), max(round(x), 0) : round(x + w)] = 1
+        # Clamped at both ends: a negative end would wrap around and paint the wrong side.
+        top, bottom = (min(max(round(v), 0), height) for v in (y, y + h))
+        left, right = (min(max(round(v), 0), width) for v in (x, x + w))
+        box[top:bottom, left:right] = 1
         rle = mask_utils.encode(box)
     else:
         raise InputError(f"{where}: no usable 'segmentation' or 'bbox'")

@@ -402,3 +402,14 @@ def test_duplicates_across_thresholds_are_removed_exactly_once(case):
     np.testing.assert_array_equal(reference.level, result.level)
     total = sum(len(indices) for indices in picks.values())
     assert reference.duplicates_removed == total - len(expected)
+
+
+def test_ensemble_refuses_masks_of_another_shape_or_unpaired_scores():
+    """Masks with the right pixel count but another shape used to be reshaped silently."""
+    masks = np.zeros((2, 4, 6), dtype=bool)
+    with pytest.raises(ValueError, match=r"masks must have shape \(M, 6, 4\)"):
+        ensemble([(0.1, masks, np.ones(2))], (6, 4))
+    with pytest.raises(ValueError, match="one score per mask"):
+        ensemble([(0.1, masks, np.ones(3))], (4, 6))
+    empty = ensemble([(0.1, [], []), (0.2, masks, np.ones(2))], (4, 6))
+    assert empty.masks.shape == (1, 4, 6)  # the two empty masks are one exact duplicate

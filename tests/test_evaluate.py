@@ -584,3 +584,24 @@ def test_ground_truth_masks_must_match_their_images_size():
     gt["annotations"][0]["segmentation"]["size"] = [4, 3]
     with pytest.raises(InputError, match=r"mask size \[4, 3\] differs"):
         load_ground_truth(gt)
+
+
+@pytest.mark.parametrize(
+    "box",
+    [[10, -50, 20, 30], [-40, 10, 20, 30], [90, 95, 40, 40], [-5, -5, 200, 200], [3, 4, 5, 6]],
+)
+def test_box_only_annotations_become_the_box_clipped_to_the_image(box):
+    """A box partly or wholly outside the image covers exactly its pixels inside it (no
+    wrap-around of negative ends)."""
+    from hassod.labels import to_rle
+
+    height, width = 100, 100
+    x, y, w, h = box
+    expected = np.zeros((height, width), dtype=bool)
+    for row in range(height):  # the plain reference: pixel by pixel
+        for column in range(width):
+            expected[row, column] = round(y) <= row < round(y + h) and (
+                round(x) <= column < round(x + w)
+            )
+    mask = mask_utils.decode(to_rle({"bbox": box}, height, width)).astype(bool)
+    np.testing.assert_array_equal(mask, expected)
