@@ -184,6 +184,19 @@ def test_cascade_stages_match_at_rising_iou():
     assert labels == [[1, 1, 1, 0], [0, 1, 1, 0], [0, 0, 1, 0]]
 
 
+def test_a_zero_area_target_matches_nothing_not_even_itself():
+    """Detectron2's pairwise_iou gives 0 where the union is empty; torchvision's box_iou gives
+    NaN, which the matcher took for a match (a foreground proposal with NaN targets)."""
+    config = tiny_config().model
+    heads = CascadeRoIHeads(config, config.fpn_channels)
+    gt = torch.tensor([[0.0, 0.0, 100.0, 100.0], [50.0, 20.0, 50.0, 20.0]])
+    proposals = [torch.cat([torch.tensor([[0.0, 0.0, 100.0, 90.0]]), gt])]
+    targets = [{"boxes": gt, "levels": torch.tensor([0, 0])}]
+    for stage in range(3):
+        matched, labels = heads.match(proposals, targets, stage)
+        assert labels[0].tolist() == [1, 1, 0] and matched[0].tolist()[:2] == [0, 0]
+
+
 def test_level_focal_loss_matches_hand_computation():
     logits = torch.tensor([[2.0, -1.0, 0.5], [-0.3, 0.8, -2.0]])
     levels = torch.tensor([0, 2])

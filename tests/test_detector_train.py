@@ -435,6 +435,62 @@ def test_ddp_code_path_with_one_gloo_process(synthetic, tmp_path, monkeypatch):
     assert result.iterations_done == 2 and result.checkpoint.name == "model_final.pth"
 
 
+def test_chunks_split_evenly_in_order():
+    from hassod.detector.train import _chunks
+
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        count, parts = int(rng.integers(0, 20)), int(rng.integers(1, 8))
+        items = list(range(count))
+        pieces = _chunks(items, parts)
+        assert len(pieces) == parts and sum(pieces, []) == items
+        sizes = [len(piece) for piece in pieces]
+        assert max(sizes) - min(sizes) <= 1
+        assert count < parts or min(sizes) > 0
+
+
+def test_ddp_micro_batches_sync_once_and_survive_more_teacher_images(
+    synthetic, tmp_path, monkeypatch
+):
+    """Mean Teacher under DDP with micro-batches: 2 labeled images (4 views) and 6 teacher
+    images in 3 parts. Every part trains the pseudo-label branch (a part without one left the
+    mask head's gradients missing and DDP raised on the next step), and gradients are
+    all-reduced once per step, in the last part (forward and backward of the others run under
+    no_sync)."""
+    for name, value in (("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0")):
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    config = tiny_config(iterations=0, mean_teacher=2)
+    teacher = dataclasses.replace(
+        config.mean_teacher, labeled_batch=2, unlabeled_batch=6, score_threshold=0.0
+    )
+    config = dataclasses.replace(config, micro_batch=2, mean_teacher=teacher)
+    trainer = _trainer(synthetic, tmp_path, config, distributed_mode=True)
+    reduced_in, current = [], {}
+
+    def count_reductions(state, bucket):
+        reduced_in.append(current["last"])
+        future = torch.futures.Future()
+        future.set_result(bucket.buffer())
+        return future
+
+    accumulating = trainer._accumulating
+
+    def tracing(last):
+        current["last"] = last
+        return accumulating(last)
+
+    try:
+        trainer.wrapped.register_comm_hook(None, count_reductions)
+        trainer._accumulating = tracing
+        for iteration in range(2):
+            metrics = trainer.step(iteration, trainer.batches[iteration])
+            assert math.isfinite(metrics["total_loss"])
+    finally:
+        trainer.close()
+    assert reduced_in and all(reduced_in)  # never inside an earlier part
+
+
 def test_train_function_writes_logs_and_final_checkpoint(synthetic, tmp_path):
     config = dataclasses.replace(tiny_config(iterations=3), amp=True)  # AMP is ignored on CPU
     result = train(config, *synthetic, tmp_path, device="cpu", progress=False)

@@ -155,7 +155,9 @@ class CascadeRoIHeads(nn.Module):
                 matched.append(zeros)
                 labels.append(zeros.clone())
                 continue
-            index = self.matchers[stage](box_iou(gt, boxes))
+            # A zero-area box has IoU 0/0 with itself: 0 as in Detectron2's pairwise_iou (NaN
+            # would count as a match, with NaN regression targets).
+            index = self.matchers[stage](torch.nan_to_num(box_iou(gt, boxes), nan=0.0))
             labels.append((index >= 0).to(torch.int64))
             matched.append(index.clamp(min=0))
         return matched, labels

@@ -20,6 +20,7 @@ iteration, and RNG states are restored).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import math
@@ -146,12 +147,12 @@ def clip_gradients_per_parameter(params, max_norm: float) -> torch.Tensor:
 
 
 def _chunks(items: list, parts: int) -> list[list]:
-    size = math.ceil(len(items) / parts) if items else 0
-    return (
-        [items[i * size : (i + 1) * size] for i in range(parts)]
-        if size
-        else [[] for _ in range(parts)]
-    )
+    """``items`` in ``parts`` consecutive pieces whose sizes differ by at most one (none empty
+    while there are at least ``parts`` items: under DDP a part with no pseudo-label image would
+    leave the mask head without gradients and the reducer waiting)."""
+    size, extra = divmod(len(items), parts)
+    bounds = [i * size + min(i, extra) for i in range(parts + 1)]
+    return [items[start:stop] for start, stop in zip(bounds, bounds[1:])]
 
 
 def _to_device(images, targets, device):
@@ -345,13 +346,12 @@ class Trainer:
         micro = self.config.micro_batch
         return max(1, math.ceil(count / micro)) if micro else 1
 
-    def _backward(self, loss: torch.Tensor, last: bool) -> None:
-        scaled = self.scaler.scale(loss)
+    def _accumulating(self, last: bool):
+        """No gradient all-reduce for a micro-batch part other than the last. DDP decides in
+        the forward pass, so the part's forward and backward both run inside."""
         if self.dist.enabled and not last:
-            with self.wrapped.no_sync():
-                scaled.backward()
-        else:
-            scaled.backward()
+            return self.wrapped.no_sync()
+        return contextlib.nullcontext()
 
     def _autocast(self):
         return torch.autocast(
@@ -393,24 +393,25 @@ class Trainer:
             part_teacher = [
                 image.to(self.device, non_blocking=True) for image in teacher_parts[index]
             ]
-            with self._autocast():
-                pseudo, taught_losses = self.wrapped(
-                    part_images,
-                    part_targets,
-                    part_teacher,
-                    taught_parts[index],
-                    drop_loss=drop_loss,
-                )
-            share = len(part_images) / max(len(images), 1)
-            teacher_share = len(part_teacher) / max(len(teacher_images), 1)
-            loss = sum(pseudo.values()) * (pseudo_weight * share) if pseudo else 0.0
-            if taught_losses:
-                loss = loss + sum(
-                    value for key, value in taught_losses.items() if key != "loss_mask"
-                ) * (teacher_weight * teacher_share)
-            if not torch.is_tensor(loss):
-                continue
-            self._backward(loss, last=index == parts - 1)
+            with self._accumulating(last=index == parts - 1):
+                with self._autocast():
+                    pseudo, taught_losses = self.wrapped(
+                        part_images,
+                        part_targets,
+                        part_teacher,
+                        taught_parts[index],
+                        drop_loss=drop_loss,
+                    )
+                share = len(part_images) / max(len(images), 1)
+                teacher_share = len(part_teacher) / max(len(teacher_images), 1)
+                loss = sum(pseudo.values()) * (pseudo_weight * share) if pseudo else 0.0
+                if taught_losses:
+                    loss = loss + sum(
+                        value for key, value in taught_losses.items() if key != "loss_mask"
+                    ) * (teacher_weight * teacher_share)
+                if not torch.is_tensor(loss):
+                    continue
+                self.scaler.scale(loss).backward()
             total_value += float(loss.detach())
             for key, value in pseudo.items():
                 sums[key] = sums.get(key, 0.0) + float(value.detach()) * share
