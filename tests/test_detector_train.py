@@ -435,6 +435,32 @@ def test_ddp_code_path_with_one_gloo_process(synthetic, tmp_path, monkeypatch):
     assert result.iterations_done == 2 and result.checkpoint.name == "model_final.pth"
 
 
+def test_mean_teacher_starts_without_burn_in_momentum(synthetic, tmp_path):
+    """At the phase switch the SGD momentum is dropped (the authors' Mean Teacher is a new run
+    that loads only the weights): the first Mean Teacher step's momentum buffer is that step's
+    own gradient plus weight decay, as a fresh optimizer's is."""
+    config = tiny_config(iterations=2, mean_teacher=1)
+    trainer = _trainer(synthetic, tmp_path, config)
+    for iteration in range(2):
+        trainer.step(iteration, trainer.batches[iteration])
+    assert trainer.optimizer.state  # burn-in's momentum
+    before = {
+        p: p.detach().clone() for group in trainer.optimizer.param_groups for p in group["params"]
+    }
+    metrics = trainer.step(2, trainer.batches[2])
+    assert math.isfinite(metrics["total_loss"])
+    checked = 0
+    for group in trainer.optimizer.param_groups:
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            expected = p.grad + group["weight_decay"] * before[p]
+            buffer = trainer.optimizer.state[p]["momentum_buffer"]
+            torch.testing.assert_close(buffer, expected, rtol=1e-6, atol=1e-8)
+            checked += 1
+    assert checked > 10
+
+
 def test_chunks_split_evenly_in_order():
     from hassod.detector.train import _chunks
 

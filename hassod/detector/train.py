@@ -8,7 +8,8 @@ One :class:`Trainer` runs iterations ``[start, config.total_iterations)``:
   the student, then updated as its EMA before each step; its detections (score > 0.7) on weak
   views, with levels from the coverage forest (cover 0.75), supervise the student's strong
   views; the loss is ``w_pseudo * L(pseudo-labels) + w_teacher * L(teacher targets, no mask)``
-  with the cosine weights and LR of :mod:`hassod.detector.schedule`.
+  with the cosine weights and LR of :mod:`hassod.detector.schedule`; the optimizer's momentum
+  starts afresh, as in the authors' separate Mean Teacher job.
 
 SGD with momentum, weight decay (none on normalisation weights), per-parameter gradient-norm
 clipping (Detectron2's, as the authors), fp16 AMP with a GradScaler on CUDA, micro-batches
@@ -371,6 +372,10 @@ class Trainer:
         metrics = {"lr": lr, "pseudo_weight": pseudo_weight, "teacher_weight": teacher_weight}
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
+        if iteration == config.iterations:
+            # Mean Teacher starts without burn-in's momentum, as the authors' separate job
+            # (a new Detectron2 run that loads only the weights) does.
+            self.optimizer.state.clear()
         if iteration < config.iterations:
             images, targets = batch["images"], batch["targets"]
             teacher_images, taught = [], []
