@@ -101,6 +101,9 @@ class DataConfig:
     copy_paste_min_ratio: float = 0.3
     copy_paste_max_ratio: float = 1.0
     num_workers: int = 4
+    # Each process's batch of one orientation (Detectron2's ASPECT_RATIO_GROUPING, which the
+    # authors' loaders require): less padding, and copy-paste pairs images of one shape.
+    aspect_ratio_grouping: bool = True
 
     def __post_init__(self):
         if not self.min_sizes or min(self.min_sizes) < 1:

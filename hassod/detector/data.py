@@ -25,6 +25,7 @@ import torch
 
 from hassod.detector import augment
 from hassod.detector.config import TrainConfig
+from hassod.detector.sampling import GroupedStream, ShuffledStream
 
 NUM_LEVELS = 3
 _STREAM_PSEUDO, _STREAM_UNLABELED = 0, 1
@@ -240,9 +241,11 @@ class TrainBatches(torch.utils.data.Dataset):
     set serves both streams (as the authors' config), shuffled independently.
 
     Images are assigned to iterations through a per-epoch permutation drawn from
-    ``(seed, stream, epoch)``; every augmentation draws from ``(seed, stream, iteration, rank,
-    slot)``. An unreadable image is replaced by the next one of the permutation and listed in
-    ``skipped`` as ``(file_name, reason)``.
+    ``(seed, stream, epoch)``, grouped by orientation so that each process's batch is all
+    landscape or all portrait (``config.data.aspect_ratio_grouping``, on by default as in the
+    authors' loaders; :mod:`hassod.detector.sampling`); every augmentation draws from ``(seed,
+    stream, iteration, rank, slot)``. An unreadable image is replaced by the next one of the
+    stream of the same orientation and listed in ``skipped`` as ``(file_name, reason)``.
     """
 
     def __init__(
@@ -260,30 +263,41 @@ class TrainBatches(torch.utils.data.Dataset):
             self.unlabeled_per_rank = _share(
                 mean_teacher.unlabeled_batch, world_size, "unlabeled_batch"
             )
-        self._permutations: dict = {}
+        self._streams: dict = {}
         self._bad: dict[int, str] = {}
+        self._landscape = np.array([e.width > e.height for e in labels.entries], dtype=bool)
 
     def __len__(self) -> int:
         return self.config.total_iterations
 
     # ---------------------------------------------------------------- sampling
-    def _permutation(self, stream: int, epoch: int) -> np.ndarray:
-        key = (stream, epoch)
-        if key not in self._permutations:
-            if len(self._permutations) > 4:
-                self._permutations.clear()
-            rng = np.random.default_rng([self.config.seed, stream, epoch])
-            self._permutations[key] = rng.permutation(len(self.labels))
-        return self._permutations[key]
+    def _stream(self, stream: int, per_rank: int):
+        """``stream``'s image order for batches of ``per_rank`` images per process."""
+        key = (stream, per_rank)
+        if key not in self._streams:
+            shuffled = ShuffledStream(len(self.labels), self.config.seed, stream)
+            if self.config.data.aspect_ratio_grouping:
+                self._streams[key] = GroupedStream(shuffled, self._landscape, per_rank)
+            else:
+                self._streams[key] = shuffled
+        return self._streams[key]
 
-    def _read(self, stream: int, number: int, skipped: list) -> dict:
-        """The ``number``-th image of ``stream``'s endless shuffled sequence (skipping bad ones)."""
+    def _read(self, stream: int, per_rank: int, number: int, skipped: list) -> dict:
+        """The ``number``-th image of ``stream``'s endless sequence. A bad one is replaced by the
+        next of the same orientation (grouping on), or of any once none of that one is left."""
+        order = self._stream(stream, per_rank)
         count = len(self.labels)
-        for attempt in range(count):
-            position = number + attempt
-            index = int(self._permutation(stream, position // count)[position % count])
+        wanted = None
+        if self.config.data.aspect_ratio_grouping:
+            wanted = bool(self._landscape[order.index_at(number)])
+        for attempt in range(4 * count):  # every image comes up within about two epochs
+            index = order.index_at(number + attempt)
             if index in self._bad:
                 continue
+            if wanted is not None and self._landscape[index] != wanted:
+                if any(i not in self._bad for i in np.flatnonzero(self._landscape == wanted)):
+                    continue
+                wanted = None  # every image of that orientation is bad
             try:
                 return read_sample(self.labels, index)
             except ImageReadError as error:
@@ -317,7 +331,7 @@ class TrainBatches(torch.utils.data.Dataset):
         skipped: list = []
         samples = []
         for slot, number in enumerate(self._numbers(iteration, self.per_rank)):
-            sample = self._read(_STREAM_PSEUDO, number, skipped)
+            sample = self._read(_STREAM_PSEUDO, self.per_rank, number, skipped)
             samples.append(self._geometric(sample, self._rng(_STREAM_PSEUDO, iteration, slot)))
         samples = self._copy_paste(samples, self._rng(_STREAM_PSEUDO, iteration, _PASTE_SLOT))
         images, targets = zip(*(augment.finalize(sample) for sample in samples))
@@ -350,7 +364,8 @@ class TrainBatches(torch.utils.data.Dataset):
         weak_images, weak_targets, strong_images, strong_targets = [], [], [], []
         for slot, number in enumerate(self._numbers(step, self.labeled_per_rank)):
             rng = self._rng(_STREAM_PSEUDO, iteration, slot)
-            sample = self._geometric(self._read(_STREAM_PSEUDO, number, skipped), rng)
+            sample = self._read(_STREAM_PSEUDO, self.labeled_per_rank, number, skipped)
+            sample = self._geometric(sample, rng)
             image, target = augment.finalize(sample)
             weak_images.append(image)
             weak_targets.append(target)
@@ -359,7 +374,8 @@ class TrainBatches(torch.utils.data.Dataset):
         unlabeled_weak, unlabeled_strong = [], []
         for slot, number in enumerate(self._numbers(step, self.unlabeled_per_rank)):
             rng = self._rng(_STREAM_UNLABELED, iteration, slot)
-            sample = self._geometric(self._read(_STREAM_UNLABELED, number, skipped), rng)
+            sample = self._read(_STREAM_UNLABELED, self.unlabeled_per_rank, number, skipped)
+            sample = self._geometric(sample, rng)
             unlabeled_weak.append(sample["image"])
             unlabeled_strong.append(augment.strong_photometric(sample["image"], rng))
         return {
