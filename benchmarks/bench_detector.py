@@ -33,7 +33,7 @@ from machine import describe_machine  # noqa: E402
 from hassod.detector.config import preset  # noqa: E402
 from hassod.detector.data import load_pseudo_labels, make_loader  # noqa: E402
 from hassod.detector.synthetic import write_dataset  # noqa: E402
-from hassod.detector.train import Trainer  # noqa: E402
+from hassod.detector.training import Trainer  # noqa: E402
 
 
 def _sync(device: torch.device) -> None:

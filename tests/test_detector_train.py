@@ -22,7 +22,7 @@ from hassod.detector import distributed, schedule
 from hassod.detector.data import load_pseudo_labels
 from hassod.detector.mean_teacher import ema_update, teacher_targets
 from hassod.detector.synthetic import write_dataset
-from hassod.detector.train import Interrupted, Trainer, train
+from hassod.detector.training import Interrupted, Trainer, train
 
 
 @pytest.fixture(scope="module")
@@ -175,7 +175,7 @@ def test_hierarchy_levels_of_a_batch_equal_each_image_alone():
 
 
 def test_gradients_are_clipped_per_parameter():
-    from hassod.detector.train import clip_gradients_per_parameter
+    from hassod.detector.training import clip_gradients_per_parameter
 
     big = torch.nn.Parameter(torch.zeros(2))
     small = torch.nn.Parameter(torch.zeros(2))
@@ -462,7 +462,7 @@ def test_mean_teacher_starts_without_burn_in_momentum(synthetic, tmp_path):
 
 
 def test_chunks_split_evenly_in_order():
-    from hassod.detector.train import _chunks
+    from hassod.detector.training import _chunks
 
     rng = np.random.default_rng(0)
     for _ in range(200):
@@ -613,7 +613,18 @@ def test_a_damaged_checkpoint_is_named_and_explained(tmp_path):
 
 
 def test_a_rank_that_sees_one_gpu_uses_it():
-    from hassod.detector.train import rank_gpu
+    from hassod.detector.training import rank_gpu
 
     assert rank_gpu(3, 8) == 3
     assert rank_gpu(3, 1) == 0  # CUDA_VISIBLE_DEVICES gave this process its own GPU
+
+
+def test_package_exports_the_train_function_not_a_module():
+    """`from hassod.detector import train` (README) gives the function, whatever was imported
+    before (a submodule of that name used to shadow it)."""
+    import hassod.detector.training  # noqa: F401  (imported first on purpose)
+    from hassod.detector import Predictor, cpu_small_config, filter_levels, paper_config, train
+
+    assert callable(train) and train.__name__ == "train" and train.__module__.endswith("training")
+    assert callable(Predictor) and callable(filter_levels)
+    assert paper_config().iterations > cpu_small_config().iterations

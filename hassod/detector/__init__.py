@@ -5,7 +5,7 @@ Importing this package is light (no torch): the pieces load when used.
 - :mod:`hassod.detector.config` -- settings dataclasses, the paper's defaults and a CPU preset
 - :mod:`hassod.detector.model` -- :func:`build_detector` (torchvision parts + cascade + level head)
 - :mod:`hassod.detector.data` -- pseudo-label JSON -> training batches (resize, flip, copy-paste)
-- :mod:`hassod.detector.train` -- :func:`train` (burn-in, then Mean Teacher), checkpoints, logs
+- :mod:`hassod.detector.training` -- :func:`train` (burn-in, then Mean Teacher), checkpoints, logs
 - :mod:`hassod.detector.predict` -- :class:`Predictor` and :func:`predict_images` (COCO results)
 """
 
@@ -19,7 +19,7 @@ _LAZY = {
     "paper_config": "hassod.detector.config",
     "cpu_small_config": "hassod.detector.config",
     "build_detector": "hassod.detector.model",
-    "train": "hassod.detector.train",
+    "train": "hassod.detector.training",
     "Predictor": "hassod.detector.predict",
     "predict_images": "hassod.detector.predict",
     "filter_levels": "hassod.detector.predict",

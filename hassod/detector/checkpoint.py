@@ -24,7 +24,7 @@ def rng_state() -> dict:
     """torch (CPU and this process's CUDA device) and Python ``random`` RNG states. (The data
     pipeline draws from generators keyed by iteration, not from global RNGs, so it needs no
     state.) Only the current device's CUDA state: a resume may see fewer GPUs, and each
-    process of a distributed run keeps its own state (train.py gathers them per rank)."""
+    process of a distributed run keeps its own state (training.py gathers them per rank)."""
     state = {"torch": torch.get_rng_state(), "python": list(_listify(random.getstate()))}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state()

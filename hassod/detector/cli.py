@@ -160,7 +160,7 @@ def run_train_command(args, parser) -> int:
     import warnings
 
     from hassod.detector.data import DataError
-    from hassod.detector.train import Interrupted, train
+    from hassod.detector.training import Interrupted, train
 
     def show_warning(message, category, filename, lineno, file=None, line=None):
         print(f"hassod train: warning: {message}", file=sys.stderr)

@@ -30,7 +30,7 @@ from hassod.coco import CATEGORY, LEVEL_NAMES, image_id_for
 from hassod.detector import augment
 from hassod.detector.checkpoint import detector_from_checkpoint
 from hassod.detector.paste import paste_masks
-from hassod.detector.train import resolve_device
+from hassod.detector.training import resolve_device
 
 ALL_LEVELS = frozenset(range(len(LEVEL_NAMES)))
 _PASTE_CHUNK = 64  # masks pasted at full resolution at a time (bounds memory)
