@@ -225,6 +225,7 @@ def load_backbone_state_dict(
             f"weights do not fit timm model {name!r} (wrong architecture or checkpoint?): "
             f"{len(missing)} missing keys {_preview(missing)}, "
             f"{len(unexpected)} unexpected keys {_preview(unexpected)}"
+            f"{_backbone_hint(state_dict)}"
         )
     mismatched = [
         f"{key}: file {tuple(value.shape)} vs model {tuple(expected[key].shape)}"
@@ -235,10 +236,35 @@ def load_backbone_state_dict(
         raise ValueError(
             f"weights do not fit timm model {name!r} (wrong architecture?): "
             f"{len(mismatched)} tensors differ in shape: {_preview(mismatched)}"
+            f"{_backbone_hint(state_dict)}"
         )
     if state_dict.get("pos_embed") is not None:  # the one tensor whose shape may differ
         state_dict["pos_embed"] = _fit_pos_embed(model, state_dict["pos_embed"], name)
     model.load_state_dict(state_dict, strict=True)  # casts float16 files to the model's dtype
+
+
+_VIT_SIZES = {192: "tiny", 384: "small", 768: "base", 1024: "large", 1536: "giant"}
+
+
+def _backbone_hint(state_dict: Mapping[str, Any]) -> str:
+    """ "; the file looks like ... (--backbone NAME)" from a ViT state dict's shapes, or ""."""
+    projection = state_dict.get("patch_embed.proj.weight")
+    if projection is None or getattr(projection, "ndim", 0) != 4:
+        return ""
+    width, patch = int(projection.shape[0]), int(projection.shape[-1])
+    blocks = len({key.split(".")[1] for key in state_dict if key.startswith("blocks.")})
+    layer_scale = any(".ls1." in key for key in state_dict)
+    registers = int(state_dict["reg_token"].shape[1]) if "reg_token" in state_dict else 0
+    looks = f"a ViT of width {width}, patch {patch}, {blocks} blocks"
+    size = _VIT_SIZES.get(width)
+    if size is None:
+        return f"; the file looks like {looks}: pick the timm model of that shape with --backbone"
+    if layer_scale or patch == 14:  # DINOv2's family
+        tag = f"_reg{registers}" if registers else ""
+        suggestion = f"vit_{size}_patch{patch}{tag}_dinov2"
+    else:
+        suggestion = f"vit_{size}_patch{patch}_224.dino"
+    return f"; the file looks like {looks}: try --backbone {suggestion}"
 
 
 def _read_checkpoint(path: Path) -> Mapping[str, Any]:
@@ -270,9 +296,22 @@ def _read_checkpoint(path: Path) -> Mapping[str, Any]:
     return checkpoint
 
 
+_NO_PRETRAINED_ADVICE = (
+    "Pass a local weights file instead (--weights PATH on the command line, "
+    "load_vit(weights=PATH) in Python). Random weights (--random-weights, random_weights=True) "
+    "exist only for smoke tests: random features give meaningless pseudo-labels."
+)
+
+
 def _timm_pretrained_state_dict(name: str) -> Mapping[str, Any]:
     import timm
 
+    unreachable = _download_unreachable(name)
+    if unreachable:
+        raise RuntimeError(
+            f"could not get pretrained weights for timm model {name!r}: they are not in the "
+            f"local cache and {unreachable}. {_NO_PRETRAINED_ADVICE}"
+        )
     try:
         # Built at timm's own input size so timm does not resize pos_embed itself (it would
         # use antialias=True); load_backbone_state_dict resizes it the DINO way.
@@ -280,11 +319,60 @@ def _timm_pretrained_state_dict(name: str) -> Mapping[str, Any]:
     except Exception as error:  # offline: OSError, URLError, hub errors, ... all mean the same
         raise RuntimeError(
             f"could not get pretrained weights for timm model {name!r} ({type(error).__name__}: "
-            f"{error}). Pass a local weights file instead (load_vit(weights=PATH), "
-            "--weights PATH on the command line). random_weights=True exists only for smoke "
-            "tests: random features give meaningless pseudo-labels."
+            f"{error}). {_NO_PRETRAINED_ADVICE}"
         ) from error
     return source.state_dict()
+
+
+def _download_unreachable(name: str, timeout: float = 5.0) -> str | None:
+    """Why timm cannot download ``name``'s weights now ("host ... cannot be reached"), found in
+    seconds: offline, huggingface_hub retries for about a minute before it gives up. None when
+    the weights are cached, a proxy or offline mode is configured, or the host answers."""
+    import os
+    import socket
+    from urllib.parse import urlparse
+
+    from timm.models import get_pretrained_cfg
+
+    config = get_pretrained_cfg(name)
+    if config is None or any(
+        os.environ.get(key) for key in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy")
+    ):
+        return None  # timm reports unknown names itself; proxies cannot be probed directly
+    if config.hf_hub_id:
+        if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+            return None  # the hub library reads its cache and says what is missing
+        if _in_hub_cache(config.hf_hub_id):
+            return None
+        url = os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
+    elif config.url:
+        import torch
+
+        cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(config.url).path).name
+        if cached.is_file():
+            return None
+        url = config.url
+    else:
+        return None
+    parsed = urlparse(url)
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    try:
+        socket.create_connection((parsed.hostname, port), timeout=timeout).close()
+    except OSError as error:
+        return f"{parsed.hostname} cannot be reached ({error})"
+    return None
+
+
+def _in_hub_cache(repo: str) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return False
+    repo = repo.split("@")[0]  # timm's "repo@revision" form
+    return any(
+        isinstance(try_to_load_from_cache(repo, filename), str)
+        for filename in ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin")
+    )
 
 
 def _backbone_state_dict(checkpoint: Mapping[str, Any]) -> dict[str, Any]:

@@ -482,10 +482,92 @@ def test_load_vit_offline_without_weights(monkeypatch):
         return original(name, pretrained=pretrained, **kwargs)
 
     monkeypatch.setattr(timm, "create_model", offline_create_model)
+    monkeypatch.setattr(features, "_download_unreachable", lambda name: None)
     with pytest.raises(RuntimeError, match="--weights") as info:
         features.load_vit(TINY)
-    assert "random_weights=True" in str(info.value)
+    assert "random_weights=True" in str(info.value) and "--random-weights" in str(info.value)
     assert "smoke tests" in str(info.value)
+
+
+def _no_download(monkeypatch):
+    """timm.create_model that fails the test if asked for pretrained weights."""
+    original = timm.create_model
+
+    def create_model(name, pretrained=False, **kwargs):
+        assert not pretrained, "the download was attempted"
+        return original(name, pretrained=pretrained, **kwargs)
+
+    monkeypatch.setattr(timm, "create_model", create_model)
+
+
+def test_load_vit_offline_fails_at_once_without_trying_the_hub(monkeypatch):
+    """huggingface_hub retries an unreachable host for about a minute: a host that cannot be
+    reached, with nothing cached, stops before any download is tried."""
+    import socket
+
+    calls = []
+
+    def unreachable(address, timeout=None):
+        calls.append(address)
+        raise socket.gaierror(-2, "Name or service not known")
+
+    for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "HF_HUB_OFFLINE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.delenv("HF_ENDPOINT", raising=False)
+    monkeypatch.setattr(features, "_in_hub_cache", lambda repo: False)
+    monkeypatch.setattr(socket, "create_connection", unreachable)
+    _no_download(monkeypatch)
+    with pytest.raises(RuntimeError, match="huggingface.co cannot be reached") as info:
+        features.load_vit(TINY)
+    assert "--weights PATH" in str(info.value) and calls == [("huggingface.co", 443)]
+    monkeypatch.setenv("HF_ENDPOINT", "http://mirror.example:8080")
+    assert "mirror.example cannot" in features._download_unreachable(TINY)
+    assert calls[-1] == ("mirror.example", 8080)
+
+
+def test_download_check_steps_aside_when_it_cannot_judge(monkeypatch):
+    """Cached weights, a proxy, offline mode, a host that answers: timm is left to do its job."""
+    import socket
+
+    class Answer:
+        def close(self):
+            pass
+
+    for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "HF_HUB_OFFLINE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(features, "_in_hub_cache", lambda repo: False)
+    monkeypatch.setattr(socket, "create_connection", lambda address, timeout=None: Answer())
+    assert features._download_unreachable(TINY) is None
+
+    def unreachable(address, timeout=None):
+        raise OSError("unreachable")
+
+    monkeypatch.setattr(socket, "create_connection", unreachable)
+    assert features._download_unreachable(TINY) is not None
+    monkeypatch.setattr(features, "_in_hub_cache", lambda repo: True)
+    assert features._download_unreachable(TINY) is None
+    monkeypatch.setattr(features, "_in_hub_cache", lambda repo: False)
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy:3128")
+    assert features._download_unreachable(TINY) is None
+    monkeypatch.delenv("HTTPS_PROXY")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert features._download_unreachable(TINY) is None
+
+
+@pytest.mark.parametrize(
+    ("source", "target", "suggested"),
+    [
+        ("vit_small_patch14_dinov2", TINY, "vit_small_patch14_dinov2"),
+        ("vit_small_patch16_224.dino", TINY, "vit_small_patch16_224.dino"),
+        ("vit_small_patch14_reg4_dinov2", "vit_small_patch14_dinov2", "vit_small_patch14_reg4"),
+    ],
+)
+def test_weights_of_another_architecture_suggest_the_backbone(source, target, suggested):
+    torch.manual_seed(0)
+    state = features.load_vit(source, random_weights=True, img_size=56).state_dict()
+    with pytest.raises(ValueError, match="do not fit") as info:
+        features.load_vit(target, state, img_size=56)
+    assert f"try --backbone {suggested}" in str(info.value)
 
 
 def test_load_vit_argument_errors(tiny_state_dict):
