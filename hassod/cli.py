@@ -193,6 +193,8 @@ def main(argv: list[str] | None = None) -> int:
     detector_cli.add_predict_parser(commands)
 
     args = parser.parse_args(argv)
+    # Errors found after parsing show the subcommand's usage, not the list of commands.
+    parser = commands.choices[args.command]
     if args.command == "train":
         return detector_cli.run_train_command(args, parser)
     if args.command == "predict":

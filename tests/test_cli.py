@@ -130,3 +130,15 @@ def test_output_paths_are_checked_before_the_work(tmp_path, capsys):
         assert code == 2, argv
     err = capsys.readouterr().err
     assert "is a folder" in err and "not a file name" in err and "is a file" in err
+
+
+def test_errors_after_parsing_show_the_subcommands_usage(tmp_path, capsys):
+    from hassod.cli import main
+
+    (tmp_path / "labels.json").write_text('{"images": [], "annotations": []}')
+    with pytest.raises(SystemExit) as exit_info:
+        main(["show", str(tmp_path / "x.png"), "--labels", str(tmp_path / "labels.json"),
+              "--levels", "wholes"])  # fmt: skip
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "usage: hassod show" in err and "--levels" in err

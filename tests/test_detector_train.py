@@ -343,7 +343,7 @@ def test_mean_teacher_starts_from_a_burn_in_checkpoint(synthetic, tmp_path, caps
     final = ckpt.load_checkpoint(out / "checkpoints" / "model_final.pth")
     assert final["iteration"] == 1 and final["teacher"] is not None
     assert main([*command, "--resume"]) == 0
-    assert "trained iterations 1..1" in capsys.readouterr().out
+    assert "nothing to train" in capsys.readouterr().out
     missing = ["--init-from", str(tmp_path / "none.pth")]
     assert main([*command[:-2], *missing]) == 2
 
@@ -628,3 +628,17 @@ def test_package_exports_the_train_function_not_a_module():
     assert callable(train) and train.__name__ == "train" and train.__module__.endswith("training")
     assert callable(Predictor) and callable(filter_levels)
     assert paper_config().iterations > cpu_small_config().iterations
+
+
+def test_resuming_a_finished_run_says_so(synthetic, tmp_path, capsys):
+    from hassod.cli import main
+
+    json_path, images = synthetic
+    run = ["train", str(json_path), str(images), "--out", str(tmp_path / "run")]
+    options = "--preset cpu-small --quiet --device cpu --iterations 1 --batch-size 2".split()
+    options += ["--mean-teacher-iterations", "0"]
+    assert main([*run, *options]) == 0
+    assert "trained iterations 0..1" in capsys.readouterr().out
+    assert main([*run, "--resume", "--quiet", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "nothing to train" in out and "finished its 1 iterations" in out and "nan" not in out

@@ -191,14 +191,7 @@ def run_train_command(args, parser) -> int:
         warnings.showwarning = previous_showwarning
     if not is_main_process():
         return EXIT_OK  # rank 0 reports for every process
-    skipped = len(result.skipped_images)
-    print(
-        f"trained iterations {result.start_iteration}..{result.iterations_done} in "
-        f"{result.seconds:.0f} s ({result.iterations_per_second:.2f} it/s); "
-        f"final loss {result.last_losses.get('total_loss', float('nan')):.4f}; "
-        f"checkpoint {result.checkpoint}"
-        + (f"; {skipped} unreadable images skipped" if skipped else "")
-    )
+    print(train_summary(result))
     for name, reason in sorted(result.skipped_images.items()):
         print(f"hassod train: skipped {name}: {reason}", file=sys.stderr)
     return EXIT_OK
@@ -233,3 +226,20 @@ def run_predict_command(args, parser) -> int:
         return EXIT_RUN_ERROR
     print(summary.format())
     return EXIT_OK
+
+
+def train_summary(result) -> str:
+    """The line ``hassod train`` ends with (a :class:`~hassod.detector.training.TrainResult`)."""
+    skipped = len(result.skipped_images)
+    if result.start_iteration >= result.iterations_done:  # resumed a finished run
+        return (
+            f"nothing to train: the run had already finished its {result.iterations_done} "
+            f"iterations; checkpoint {result.checkpoint}"
+        )
+    return (
+        f"trained iterations {result.start_iteration}..{result.iterations_done} in "
+        f"{result.seconds:.0f} s ({result.iterations_per_second:.2f} it/s); "
+        f"final loss {result.last_losses.get('total_loss', float('nan')):.4f}; "
+        f"checkpoint {result.checkpoint}"
+        + (f"; {skipped} unreadable images skipped" if skipped else "")
+    )
