@@ -425,6 +425,7 @@ def _add_report_parser(commands) -> None:
         help="gallery of the first N images by file name (default 50; 0: all); the statistics "
         "and evaluation cover all",
     )
+    report.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def run_report_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -447,6 +448,7 @@ def run_report_command(args: argparse.Namespace, parser: argparse.ArgumentParser
             max_masks=args.max_masks or None,
             limit=args.limit or None,
             panels=panels,
+            progress=not args.quiet,
         )
     except InputError as error:
         print(f"hassod report: error: {error}", file=sys.stderr)

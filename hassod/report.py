@@ -196,6 +196,7 @@ def write_report(
     max_masks: int | None = 100,
     limit: int | None = 50,
     panels: Sequence[int] = (0, 1, 2),
+    progress: bool = False,
 ) -> ReportSummary:
     """Write ``out_dir/index.html`` and its files (figures/, photos/, overlays/, *.png).
 
@@ -215,6 +216,7 @@ def write_report(
         limit: the gallery shows the first ``limit`` images by file name (None: all); the
             histograms and evaluation cover all images.
         panels: levels with a panel in the figures.
+        progress: a progress bar (stderr) over the gallery's images.
 
     Every file is written through a temporary file and a rename; ``index.html`` last.
     """
@@ -265,7 +267,12 @@ def write_report(
     _histograms(out_dir, level_counts, counts)
 
     gallery, missing = [], []
-    for number, record in enumerate(records[:limit] if limit is not None else records):
+    shown = records[:limit] if limit is not None else records
+    if progress:
+        from tqdm import tqdm
+
+        shown = tqdm(shown, desc="report", unit="img")
+    for number, record in enumerate(shown):
         file_name = str(record.get("file_name", record["id"]))
         path = _find_image(images_dir, file_name)
         if path is None:

@@ -296,7 +296,9 @@ def test_report_page_files_tree_and_evaluation(scene, capsys):
     out = scene["dir"] / "report"
     args = ["report", str(scene["images"]), "--labels", str(scene["labels"]), "--out", str(out)]
     assert main([*args, "--gt", str(gt_for(scene)), "--things-only"]) == 0
-    assert "1 images, 6 masks, gallery of 1, with evaluation" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "1 images, 6 masks, gallery of 1, with evaluation" in captured.out
+    assert "report: 100%" in captured.err  # the gallery's progress bar
     index = out / "index.html"
     page = read_page(index)
     assert_links_exist(index, page)
@@ -320,6 +322,8 @@ def test_report_page_files_tree_and_evaluation(scene, capsys):
     html = index.read_text(encoding="utf-8")
     assert "By merge threshold and level" in html and "threshold 0.4" in html
     assert not list(out.rglob(".*tmp"))
+    assert main([*args, "--quiet"]) == 0
+    assert "report:" not in capsys.readouterr().err
 
 
 def test_report_results_list_tree_from_coverage_and_missing_images(scene):
