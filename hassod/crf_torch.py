@@ -354,7 +354,8 @@ def _packed_corner_keys(
     one int64 (mixed radix, the first coordinate most significant, with room for the blur
     neighbours), so that sorting the packed keys sorts (image, key) lexicographically.
 
-    Returns the packed keys (N, d+1) and the radix stride of each coordinate.
+    Returns the packed keys (N, d+1), the radix stride of each coordinate, and the size of
+    the key space (every key and every blur neighbour's key lies in [0, size)).
     """
     dims = remainder0.shape[1]
     corners = dims + 1
@@ -385,7 +386,7 @@ def _packed_corner_keys(
     above = by_rank.flip(1).cumsum(1).flip(1)  # above[:, k]: strides of ranks >= k
     r = torch.arange(corners, device=device)
     packed = base[:, None] + r * sum(strides) - corners * above[:, dims + 1 - r]
-    return packed, strides
+    return packed, strides, total * num_images
 
 
 def _stage(name: str):
@@ -415,13 +416,16 @@ def _build_lattice(features: torch.Tensor, point_image: torch.Tensor, num_images
     corners = dims + 1
     with _stage("simplices"):
         remainder0, rank, weights = _simplices(features)
-        packed, strides = _packed_corner_keys(remainder0, rank, point_image, num_images)
+        packed, strides, key_space = _packed_corner_keys(remainder0, rank, point_image, num_images)
     with _stage("vertices"):
+        if key_space < 2**31:  # half the radix passes (the gaussian kernel's keys, typically)
+            packed = packed.to(torch.int32)
         # One stable sort numbers the vertices (in key order) and lists each vertex's entries.
         sorted_keys, by_vertex = torch.sort(packed.reshape(-1), stable=True)
         first = torch.ones_like(sorted_keys, dtype=torch.bool)
         first[1:] = sorted_keys[1:] != sorted_keys[:-1]
-        keys = sorted_keys[first]
+        vertex_starts = torch.nonzero(first).flatten()
+        keys = sorted_keys[vertex_starts]
         num_vertices = keys.numel()
         entry_vertex = torch.empty_like(by_vertex)
         entry_vertex[by_vertex] = torch.cumsum(first, 0) - 1
@@ -441,7 +445,7 @@ def _build_lattice(features: torch.Tensor, point_image: torch.Tensor, num_images
                 neighbours[j, side] = torch.where(keys[index] == query, index, num_vertices)
 
     vertex_crow = torch.full((num_vertices + 1,), by_vertex.numel(), device=device)
-    vertex_crow[:-1] = torch.nonzero(first).flatten()
+    vertex_crow[:-1] = vertex_starts
     return _Lattice(num_vertices, entry_vertex, neighbours, vertex_crow, by_vertex), weights
 
 

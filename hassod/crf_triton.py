@@ -144,7 +144,9 @@ if triton is not None:
         column_mask = columns < num_columns
         start = tl.load(crow_ptr + vertex)
         end = tl.load(crow_ptr + vertex + 1)
-        total = tl.full([COLUMN_BLOCK], 0.0, tl.float32)
+        # Accumulated per entry slot and reduced once after the loop: a reduction across the
+        # slots inside the loop would cost barriers (the slots span warps) on every step.
+        total = tl.full([ENTRY_BLOCK, COLUMN_BLOCK], 0.0, tl.float32)
         for first in range(start, end, ENTRY_BLOCK):
             entries = first + tl.arange(0, ENTRY_BLOCK)
             entry_mask = entries < end
@@ -155,10 +157,10 @@ if triton is not None:
                 mask=entry_mask[:, None] & column_mask[None, :],
                 other=0.0,
             ).to(tl.float32)
-            total += tl.reduce(weights[:, None] * values, 0, _SUM)
+            total += weights[:, None] * values
         tl.store(
             dst_ptr + vertex * num_columns + columns,
-            total.to(dst_ptr.dtype.element_ty),
+            tl.reduce(total, 0, _SUM).to(dst_ptr.dtype.element_ty),
             mask=column_mask,
         )
 
