@@ -608,8 +608,9 @@ class CrfBatch:
         starts = np.concatenate([[0], np.cumsum(widths)]).astype(np.int64)
         num_points = int(self._offsets[-1])
         num_columns = int(starts[-1])
-        if self.method == "triton":  # rows of whole 16-column groups: aligned vector loads
-            num_columns = -(-num_columns // 16) * 16
+        if self.method == "triton":  # rows of whole 16-byte groups: aligned vector loads
+            group = 16 // crf_triton.STORAGE_DTYPES[self.precision].itemsize
+            num_columns = -(-num_columns // group) * group
         clipped = torch.zeros(num_points, num_columns, dtype=torch.float32, device=self.device)
         for i in range(num_images):
             rows = slice(int(self._offsets[i]), int(self._offsets[i + 1]))

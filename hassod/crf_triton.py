@@ -135,10 +135,12 @@ if triton is not None:
         weight_ptr,  # (E,) float32
         src_ptr,  # (N, C) point values
         dst_ptr,  # (M, C) vertex values
-        num_columns,
+        num_column_groups,
+        COLUMN_GROUP: tl.constexpr,
         ENTRY_BLOCK: tl.constexpr,
         COLUMN_BLOCK: tl.constexpr,
     ):
+        num_columns = num_column_groups * COLUMN_GROUP  # rows start 16-byte aligned
         vertex = tl.program_id(0).to(tl.int64)
         columns = tl.program_id(1) * COLUMN_BLOCK + tl.arange(0, COLUMN_BLOCK)
         column_mask = columns < num_columns
@@ -171,12 +173,14 @@ if triton is not None:
         src_ptr,
         dst_ptr,
         num_vertices,
-        num_columns,
+        num_column_groups,
+        COLUMN_GROUP: tl.constexpr,
         ROWS: tl.constexpr,
         COLUMN_BLOCK: tl.constexpr,
     ):
         # ROWS vertices per program, one entry of each per step, for as many steps as the
         # tile's busiest vertex has entries (fewer, larger programs than _splat_body).
+        num_columns = num_column_groups * COLUMN_GROUP  # rows start 16-byte aligned
         rows = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
         columns = tl.program_id(1) * COLUMN_BLOCK + tl.arange(0, COLUMN_BLOCK)
         row_mask = rows < num_vertices
@@ -249,10 +253,12 @@ if triton is not None:
         minus_ptr,  # (M,) int32/int64 neighbour index, -1 where missing
         plus_ptr,  # (M,)
         num_vertices,
-        num_columns,
+        num_column_groups,
+        COLUMN_GROUP: tl.constexpr,
         ROWS: tl.constexpr,
         COLUMN_BLOCK: tl.constexpr,
     ):
+        num_columns = num_column_groups * COLUMN_GROUP  # rows start 16-byte aligned
         rows, columns, row_mask, column_mask = _row_tile(
             num_vertices, num_columns, ROWS, COLUMN_BLOCK
         )
@@ -269,13 +275,15 @@ if triton is not None:
         minus_b_ptr,  # (M,) second axis' neighbours
         plus_b_ptr,
         num_vertices,
-        num_columns,
+        num_column_groups,
+        COLUMN_GROUP: tl.constexpr,
         ROWS: tl.constexpr,
         COLUMN_BLOCK: tl.constexpr,
     ):
         # Two blur passes in one: axis a's blur at the vertex and at its two axis-b neighbours
         # (recomputed from src, the neighbours' rows mostly in cache), then axis b's. Half
         # the (M, C) reads and writes of two single passes; the same float32 expressions.
+        num_columns = num_column_groups * COLUMN_GROUP  # rows start 16-byte aligned
         rows, columns, row_mask, column_mask = _row_tile(
             num_vertices, num_columns, ROWS, COLUMN_BLOCK
         )
@@ -318,13 +326,15 @@ if triton is not None:
         point_image_ptr,  # (N,) int32
         counts_ptr,  # (images, NUM_SETS) int32: labels of each image's sets
         num_points,
-        num_columns,
+        num_column_groups,
+        COLUMN_GROUP: tl.constexpr,
         CORNERS: tl.constexpr,
         NUM_SETS: tl.constexpr,
         UPDATE: tl.constexpr,
         ROWS: tl.constexpr,
         BLOCK_COLUMNS: tl.constexpr,
     ):
+        num_columns = num_column_groups * COLUMN_GROUP  # rows start 16-byte aligned
         rows = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
         columns = tl.arange(0, BLOCK_COLUMNS)
         row_mask = rows < num_points
@@ -416,6 +426,19 @@ def _require() -> None:
         raise RuntimeError(IMPORT_ERROR)
 
 
+def column_group(num_columns: int, *arrays: torch.Tensor) -> int:
+    """The kernels' ``COLUMN_GROUP``: the largest power of two that divides ``num_columns``
+    and fits 16 bytes of the narrowest of ``arrays`` (the (rows, C) arrays a kernel reads and
+    writes). The kernels get the row width as groups times this constant, so the compiler
+    knows every row starts 16-byte aligned and loads rows 16 bytes at a time: rows padded to
+    4 float32 or 8 float16 columns are enough (Triton's launcher marks integers divisible by
+    16 only, which would take padding to 16 columns, 8 to 12 % more traffic at ~84 labels)."""
+    group = 16 // min(array.element_size() for array in arrays)
+    while num_columns % group:
+        group //= 2
+    return group
+
+
 def _column_grid(num_columns: int) -> tuple[int, int]:
     block = min(_next_power_of_two(num_columns), _COLUMN_BLOCK)
     return block, -(-num_columns // block)
@@ -448,6 +471,7 @@ def splat(
         tensors = (crow, points, weights, values, out)
         return _launch_row_tiles(_SPLAT_ROWS, tensors, out, rows, num_warps)
     block, column_blocks = _column_grid(num_columns)
+    group = column_group(num_columns, values, out)
     _SPLAT.launch(
         (num_vertices, column_blocks),
         out.device,
@@ -456,7 +480,8 @@ def splat(
         weights,
         values,
         out,
-        num_columns,
+        num_columns // group,
+        COLUMN_GROUP=group,
         ENTRY_BLOCK=entry_block,
         COLUMN_BLOCK=block,
         num_warps=num_warps,
@@ -465,16 +490,19 @@ def splat(
 
 
 def _launch_row_tiles(kernel, tensors, out: torch.Tensor, rows: int, num_warps: int):
-    """Launch ``kernel(*tensors, num_rows, num_columns, ROWS, COLUMN_BLOCK)`` with one program
-    per ``rows`` rows and column block of ``out`` (M, C); returns ``out``."""
+    """Launch ``kernel(*tensors, num_rows, num_column_groups, COLUMN_GROUP, ROWS,
+    COLUMN_BLOCK)`` with one program per ``rows`` rows and column block of ``out`` (M, C);
+    returns ``out``."""
     num_rows, num_columns = out.shape
     block, column_blocks = _column_grid(num_columns)
+    group = column_group(num_columns, *(t for t in tensors if t.dim() == 2))
     kernel.launch(
         (-(-num_rows // rows), column_blocks),
         out.device,
         *tensors,
         num_rows,
-        num_columns,
+        num_columns // group,
+        COLUMN_GROUP=group,
         ROWS=rows,
         COLUMN_BLOCK=block,
         num_warps=num_warps,
@@ -608,6 +636,7 @@ def slice_update(
     if num_points == 0 or num_columns == 0:
         return out
     update = clipped is not None
+    group = column_group(num_columns, out, vertex_values, *((clipped,) if update else ()))
     if update:
         num_sets = int(counts.shape[1])
     else:  # unused pointers: any tensor of the right device
@@ -632,7 +661,8 @@ def slice_update(
         point_image,
         counts,
         num_points,
-        num_columns,
+        num_columns // group,
+        COLUMN_GROUP=group,
         CORNERS=int(corner_vertex.shape[1]),
         NUM_SETS=num_sets,
         UPDATE=update,

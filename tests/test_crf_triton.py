@@ -407,7 +407,9 @@ def test_gpu_blur_pairs_equal_single_axis_passes_on_a_photo_lattice():
 
 def compile_for_hopper(kernel, signature: dict, constants: dict, num_warps: int):
     """Compile a kernel to sm_90 machine code with Triton's own ptxas (no GPU needed), with
-    the alignment Triton's launcher sees at run time (pointers and the row width by 16)."""
+    the alignment Triton's launcher sees at run time: pointers by 16, the row width's group
+    count not at all (e.g. 84 columns are 21 groups of 4 float32), so vector loads must come
+    from COLUMN_GROUP alone."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -416,7 +418,7 @@ def compile_for_hopper(kernel, signature: dict, constants: dict, num_warps: int)
     aligned = {
         (i,): [["tt.divisibility", 16]]
         for i, name in enumerate(fn.arg_names)
-        if signature.get(name, "").startswith("*") or name == "num_columns"
+        if signature.get(name, "").startswith("*")
     }
     source = ASTSource(fn=fn, signature=signature, constexprs=constants, attrs=aligned)
     return triton.compile(
@@ -427,7 +429,8 @@ def compile_for_hopper(kernel, signature: dict, constants: dict, num_warps: int)
 # The trailing arguments of the kernels tiled by rows (crf_triton._launch_row_tiles).
 ROW_TILE_ARGUMENTS = {
     "num_vertices": "i32",
-    "num_columns": "i32",
+    "num_column_groups": "i32",
+    "COLUMN_GROUP": "constexpr",
     "ROWS": "constexpr",
     "COLUMN_BLOCK": "constexpr",
 }
@@ -438,6 +441,7 @@ def test_kernels_compile_for_hopper_with_vector_loads(storage):
     """What the GPU will run compiles here: every kernel down to a cubin, the label rows read
     16 bytes at a time (the bandwidth the design counts on)."""
     values = f"*{storage}"
+    group = 4 if storage == "fp32" else 8  # 16 bytes (crf_triton.column_group)
     splat = compile_for_hopper(
         crf_triton._SPLAT,
         {
@@ -446,11 +450,12 @@ def test_kernels_compile_for_hopper_with_vector_loads(storage):
             "weight_ptr": "*fp32",
             "src_ptr": values,
             "dst_ptr": values,
-            "num_columns": "i32",
+            "num_column_groups": "i32",
+            "COLUMN_GROUP": "constexpr",
             "ENTRY_BLOCK": "constexpr",
             "COLUMN_BLOCK": "constexpr",
         },
-        {"ENTRY_BLOCK": 16, "COLUMN_BLOCK": 128},
+        {"COLUMN_GROUP": group, "ENTRY_BLOCK": 16, "COLUMN_BLOCK": 128},
         4,
     )
     splat_rows = compile_for_hopper(
@@ -463,7 +468,7 @@ def test_kernels_compile_for_hopper_with_vector_loads(storage):
             "dst_ptr": values,
             **ROW_TILE_ARGUMENTS,
         },
-        {"ROWS": 8, "COLUMN_BLOCK": 128},
+        {"COLUMN_GROUP": group, "ROWS": 8, "COLUMN_BLOCK": 128},
         4,
     )
     blur = compile_for_hopper(
@@ -475,7 +480,7 @@ def test_kernels_compile_for_hopper_with_vector_loads(storage):
             "plus_ptr": "*i32",
             **ROW_TILE_ARGUMENTS,
         },
-        {"ROWS": 16, "COLUMN_BLOCK": 128},
+        {"COLUMN_GROUP": group, "ROWS": 16, "COLUMN_BLOCK": 128},
         4,
     )
     blur_pair = compile_for_hopper(
@@ -489,7 +494,7 @@ def test_kernels_compile_for_hopper_with_vector_loads(storage):
             "plus_b_ptr": "*i32",
             **ROW_TILE_ARGUMENTS,
         },
-        {"ROWS": 16, "COLUMN_BLOCK": 128},
+        {"COLUMN_GROUP": group, "ROWS": 16, "COLUMN_BLOCK": 128},
         4,
     )
     slice_signature = {
@@ -503,7 +508,8 @@ def test_kernels_compile_for_hopper_with_vector_loads(storage):
         "point_image_ptr": "*i32",
         "counts_ptr": "*i32",
         "num_points": "i32",
-        "num_columns": "i32",
+        "num_column_groups": "i32",
+        "COLUMN_GROUP": "constexpr",
         "CORNERS": "constexpr",
         "NUM_SETS": "constexpr",
         "UPDATE": "constexpr",
@@ -514,6 +520,7 @@ def test_kernels_compile_for_hopper_with_vector_loads(storage):
         crf_triton._SLICE_UPDATE,
         slice_signature,
         {
+            "COLUMN_GROUP": group,
             "CORNERS": 9,
             "NUM_SETS": 3,
             "UPDATE": True,
@@ -526,6 +533,7 @@ def test_kernels_compile_for_hopper_with_vector_loads(storage):
         crf_triton._SLICE_UPDATE,
         slice_signature,
         {
+            "COLUMN_GROUP": 1,
             "CORNERS": 6,
             "NUM_SETS": 1,
             "UPDATE": False,
@@ -538,3 +546,12 @@ def test_kernels_compile_for_hopper_with_vector_loads(storage):
         assert compiled.asm["cubin"]
     for compiled in (splat, splat_rows, blur, blur_pair, update):
         assert "ld.global.v4.b32" in compiled.asm["ptx"]
+    # ... because of COLUMN_GROUP: with groups of one column the same rows load piecemeal.
+    ungrouped = compile_for_hopper(
+        crf_triton._BLUR,
+        {"src_ptr": values, "dst_ptr": values, "minus_ptr": "*i32", "plus_ptr": "*i32",
+         **ROW_TILE_ARGUMENTS},
+        {"COLUMN_GROUP": 1, "ROWS": 16, "COLUMN_BLOCK": 128},
+        4,
+    )  # fmt: skip
+    assert "ld.global.v4.b32" not in ungrouped.asm["ptx"]
