@@ -453,7 +453,7 @@ def splat(
     *,
     entry_block: int = _ENTRY_BLOCK,
     rows: int = 1,
-    num_warps: int = 4,
+    num_warps: int | None = None,
 ) -> torch.Tensor:
     """``out[v] = sum of weights[e] * values[points[e]]`` over the entries e of vertex v.
 
@@ -462,15 +462,19 @@ def splat(
     (benchmarks/bench_crf_gpu.py --sweep times alternatives): ``rows`` = 1 gives each vertex
     a program that gathers ``entry_block`` entries per step (a power of two); ``rows`` > 1 (a
     power of two) gives each program that many vertices, one entry of each per step.
+    ``num_warps`` None: 4, fewer for tiles of under 512 elements (a warp per 128; the
+    normalisation's single column takes one).
     """
     _require()
     num_vertices, num_columns = out.shape
     if num_vertices == 0 or num_columns == 0:
         return out
+    block, column_blocks = _column_grid(num_columns)
+    if num_warps is None:
+        num_warps = min(4, max(1, max(rows, entry_block) * block // 128))
     if rows > 1:
         tensors = (crow, points, weights, values, out)
         return _launch_row_tiles(_SPLAT_ROWS, tensors, out, rows, num_warps)
-    block, column_blocks = _column_grid(num_columns)
     group = column_group(num_columns, values, out)
     _SPLAT.launch(
         (num_vertices, column_blocks),
