@@ -321,13 +321,7 @@ def _simplices(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torc
     remainder0 = rounded * float(corners)
     shift = rounded.sum(dim=1).to(torch.int64)
     offset = elevated - remainder0
-    # Rank of each coordinate's offset (ties go to the later coordinate).
-    rank = torch.zeros(num_points, corners, dtype=torch.int64, device=features.device)
-    for i in range(dims):
-        for j in range(i + 1, corners):
-            later = (offset[:, i] < offset[:, j]).to(torch.int64)
-            rank[:, i] += later
-            rank[:, j] += 1 - later
+    rank = _ranks(offset)
     # Back onto the plane when the rounded coordinates do not sum to zero.
     rank += shift[:, None]
     below = rank < 0
@@ -345,6 +339,17 @@ def _simplices(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torc
     bary.scatter_add_(1, dims - rank + 1, -values)
     bary[:, 0] = bary[:, 0] + (1.0 + bary[:, corners])
     return remainder0[:, :dims].to(torch.int64), rank, bary[:, :corners].contiguous()
+
+
+def _ranks(offset: torch.Tensor) -> torch.Tensor:
+    """(N, d+1) int64 rank of each coordinate's offset, ties going to the later coordinate:
+    densecrf compares every pair i < j once (offset_i < offset_j ranks i up, else j). In one
+    broadcast, i counts the later j with a larger offset and the earlier j with one at least as
+    large: a few passes over (N, d+1, d+1) instead of six per pair over (N, d+1) columns."""
+    corners = offset.shape[1]
+    mine, theirs = offset[:, :, None], offset[:, None, :]
+    later = torch.ones(corners, corners, dtype=torch.bool, device=offset.device).triu(1)
+    return ((later & (theirs > mine)) | (later.T & (theirs >= mine))).sum(dim=2)
 
 
 def _packed_corner_keys(

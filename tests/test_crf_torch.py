@@ -91,6 +91,31 @@ def test_matches_native_on_random_cases(seed):
     assert np.abs(got.numpy() - expected).max() < TOLERANCE
 
 
+def densecrf_ranks(offset: np.ndarray) -> np.ndarray:
+    """densecrf's ranking, pair by pair: for i < j, offset_i < offset_j ranks i up, else j."""
+    count, corners = offset.shape
+    rank = np.zeros((count, corners), dtype=np.int64)
+    for n in range(count):
+        for i in range(corners):
+            for j in range(i + 1, corners):
+                if offset[n, i] < offset[n, j]:
+                    rank[n, i] += 1
+                else:
+                    rank[n, j] += 1
+    return rank
+
+
+@pytest.mark.parametrize("corners", [3, 6])
+def test_ranks_equal_densecrfs_pairwise_ranking_with_ties(corners):
+    from hassod.crf_torch import _ranks
+
+    rng = np.random.default_rng(corners)
+    offset = np.round(rng.normal(0, 1, (4000, corners)) * 2) / 2  # frequent ties
+    assert (np.diff(np.sort(offset, axis=1), axis=1) == 0).any()
+    got = _ranks(torch.from_numpy(offset).float()).numpy()
+    np.testing.assert_array_equal(got, densecrf_ranks(offset))
+
+
 def test_batch_of_mixed_sizes_and_label_sets_equals_each_image_alone():
     """Images of different sizes and label counts share one batch (padded columns, disjoint
     lattices): each image's Q equals the native CRF's on that image alone."""
