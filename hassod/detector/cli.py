@@ -24,7 +24,8 @@ _TRAIN_EXIT_CODES = """exit codes:
 _PREDICT_EXIT_CODES = """exit codes:
   0    success (unreadable images are skipped and listed on stderr)
   1    run-time failure
-  2    bad arguments or input: missing images or checkpoint, unknown level"""
+  2    bad arguments or input: missing images or checkpoint, unknown level, an image that
+       --image-ids does not list (checked before the model loads)"""
 
 
 def add_train_parser(commands) -> None:
@@ -86,7 +87,9 @@ def add_predict_parser(commands) -> None:
             "Detect objects with their whole/part/subpart level in an image or every image "
             "under a folder, with a `hassod train` checkpoint, and write COCO results JSON "
             "(bbox, RLE segmentation, score, hier_level, level_scores). Image ids follow "
-            "`hassod discover` (hashed relative file names)."
+            "`hassod discover` (hashed relative file names); to score the results with "
+            "`hassod evaluate --gt GT.json`, give --image-ids GT.json so that they carry the "
+            "ground truth's ids."
         ),
         epilog=_PREDICT_EXIT_CODES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -96,6 +99,15 @@ def add_predict_parser(commands) -> None:
     predict.add_argument("--out", type=Path, required=True, help="output JSON")
     predict.add_argument(
         "--levels", default="whole,part,subpart", help="levels to keep (default all three)"
+    )
+    predict.add_argument(
+        "--image-ids",
+        type=Path,
+        metavar="JSON",
+        help="COCO JSON (e.g. the ground truth) whose 'images' give each image's id, matched by "
+        "file name (a record's file_name may be any tail of the image's path); every image "
+        "must be listed there (exit 2 otherwise). Default: hashed relative file names, as "
+        "`hassod discover`",
     )
     predict.add_argument(
         "--weights",
@@ -217,6 +229,7 @@ def run_predict_command(args, parser) -> int:
             args.checkpoint,
             args.out,
             levels=levels,
+            image_ids=args.image_ids,
             progress=not args.quiet,
             device=args.device,
             weights=args.weights,
