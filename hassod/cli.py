@@ -270,7 +270,18 @@ def _add_evaluate_parser(commands) -> None:
         action="store_true",
         help="also labels per image, AR and AP by merge threshold and by level (paper Table 2)",
     )
+    _add_only_gt_images_argument(evaluate)
     evaluate.add_argument("--out", type=Path, help="also write the metrics as JSON here")
+
+
+def _add_only_gt_images_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--only-gt-images",
+        action="store_true",
+        help="leave out predictions on images the ground truth does not have (e.g. discovery "
+        "on a folder larger than the annotated subset) and say how many; without it they are "
+        "refused, as COCOeval needs results on its images only",
+    )
 
 
 def run_evaluate_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -288,6 +299,7 @@ def run_evaluate_command(args: argparse.Namespace, parser: argparse.ArgumentPars
             things_only=args.things_only,
             stuff_min_id=args.stuff_min_id,
             breakdown=args.breakdown,
+            only_gt_images=args.only_gt_images,
         )
     except InputError as error:
         print(f"hassod evaluate: error: {error}", file=sys.stderr)
@@ -416,6 +428,7 @@ def _add_report_parser(commands) -> None:
         action="store_true",
         help=f"evaluate without ground truth of category_id >= {STUFF_MIN_ID} (stuff)",
     )
+    _add_only_gt_images_argument(report)
     report.add_argument(
         "--limit",
         type=int,
@@ -441,6 +454,7 @@ def run_report_command(args: argparse.Namespace, parser: argparse.ArgumentParser
             gt=args.gt,
             images=args.images_json,
             things_only=args.things_only,
+            only_gt_images=args.only_gt_images,
             score_threshold=args.score_threshold,
             max_masks=args.max_masks or None,
             limit=args.limit or None,

@@ -45,7 +45,10 @@ Inputs and how they are handled:
 - Predictions: a COCO results list (``image_id``, ``bbox`` / ``segmentation``, ``score``) or a
   pseudo-label / COCO dict (``annotations``). A dict's images are matched to the ground truth's
   by file name (:func:`hassod.labels.match_image`), a results list's ``image_id`` must be a
-  ground-truth image id. Missing ``score`` = 1.0 (:func:`hassod.labels.score_of`).
+  ground-truth image id. Predictions on images the ground truth lacks are refused (COCOeval
+  needs results on its images only), or with ``only_gt_images`` left out and counted
+  (``counts["dropped_images"]``, ``counts["dropped_predictions"]``). Missing ``score`` = 1.0
+  (:func:`hassod.labels.score_of`).
   Box evaluation uses ``bbox`` (from the mask when absent), mask evaluation ``segmentation``
   only, so a detection's area for the small/medium/large ranges is its box area for boxes and
   its mask area for masks (as Detectron2's COCO evaluator does).
@@ -65,13 +68,14 @@ from collections.abc import Sequence
 import numpy as np
 
 from hassod.labels import (
+    HASHED_IDS_HINT,
     LEVEL_NAMES,
     InputError,
     Labels,
     check_annotation_fields,
+    find_image,
     level_of,
     load_labels,
-    match_image,
     read_json,
     score_of,
     threshold_of,
@@ -107,6 +111,7 @@ def evaluate(
     things_only: bool = False,
     stuff_min_id: int = STUFF_MIN_ID,
     breakdown: bool = False,
+    only_gt_images: bool = False,
 ) -> dict:
     """Class-agnostic AR / AP of predictions against ground truth (see the module docstring).
 
@@ -118,6 +123,9 @@ def evaluate(
         stuff_min_id: the first "stuff" category id (COCO panoptic: 92).
         breakdown: also evaluate subsets of the predictions by ``threshold`` and by level (the
             paper's Table 2): rows in ``result["breakdown"]``.
+        only_gt_images: leave out predictions on images the ground truth does not have (e.g.
+            discovery on a folder larger than the annotated subset) instead of refusing them;
+            how many is in ``result["counts"]``.
 
     Returns:
         ``{"settings": {...}, "counts": {...}, "bbox": {metric: value}, "segm": {...},
@@ -126,12 +134,17 @@ def evaluate(
 
     Raises:
         InputError: missing or malformed files, predictions of images the ground truth does not
-            have, an unknown IoU type, masks whose size differs from their image's.
+            have (unless ``only_gt_images``; always when none of them has), an unknown IoU
+            type, masks whose size differs from their image's.
     """
     iou_types = _checked_iou_types(iou_types)
     dataset, counts = load_ground_truth(gt, things_only, stuff_min_id)
     labels = pred if isinstance(pred, Labels) else load_labels(pred, "predictions")
-    records = prediction_records(labels, dataset)
+    to_gt = _gt_image_ids(labels, dataset, only_gt_images)
+    records = _records(labels, dataset, to_gt)
+    predicted_images = {annotation["image_id"] for annotation in labels.annotations}
+    counts["dropped_images"] = len(predicted_images - to_gt.keys())
+    counts["dropped_predictions"] = len(labels.annotations) - len(records)
     gt_coco = _coco(dataset)
     result = {
         "settings": {
@@ -140,6 +153,7 @@ def evaluate(
             "class_agnostic": True,
             "things_only": bool(things_only),
             "stuff_min_id": int(stuff_min_id),
+            "only_gt_images": bool(only_gt_images),
             "predictions": labels.source,
             "ground_truth": str(gt) if isinstance(gt, (str, os.PathLike)) else "in memory",
         },
@@ -232,39 +246,78 @@ def load_ground_truth(
     return dataset, counts
 
 
-def prediction_records(labels: Labels, dataset: dict) -> list[dict]:
+def prediction_records(labels: Labels, dataset: dict, only_gt_images: bool = False) -> list[dict]:
     """Predictions as single-category records on the ground truth's image ids.
 
     Each record keeps ``image_id`` (the ground truth's), ``category_id`` 1, ``score``,
     ``level``, ``threshold``, ``bbox`` and a compressed-RLE ``segmentation`` (None for
-    box-only predictions).
+    box-only predictions). Predictions on images the ground truth lacks are refused, or left
+    out with ``only_gt_images`` (see :func:`evaluate`).
     """
+    return _records(labels, dataset, _gt_image_ids(labels, dataset, only_gt_images))
+
+
+def _gt_image_ids(labels: Labels, dataset: dict, only_gt_images: bool) -> dict:
+    """{prediction image id: ground-truth image id} for the predicted images the ground truth
+    has. The others are an error unless ``only_gt_images``; none at all is always one."""
+    predicted = {annotation["image_id"] for annotation in labels.annotations}
+    if labels.images is None:  # a results list: its ids must be the ground truth's
+        known = {image["id"] for image in dataset["images"]}
+        to_gt = {image_id: image_id for image_id in predicted if image_id in known}
+        unknown = sorted(predicted - known, key=str)
+    else:  # a dict: match its images to the ground truth's by file name
+        to_gt, unknown = {}, []
+        for image in labels.images:
+            if image["id"] in predicted:
+                match = _gt_image_named(labels, dataset, image.get("file_name", ""))
+                if match is None:
+                    unknown.append(image.get("file_name", ""))
+                else:
+                    to_gt[image["id"]] = match["id"]
+    if unknown and (not only_gt_images or not to_gt):
+        raise InputError(_unknown_images_message(labels, dataset, unknown, len(predicted), to_gt))
+    return to_gt
+
+
+def _gt_image_named(labels: Labels, dataset: dict, file_name: str) -> dict | None:
+    try:
+        return find_image(dataset["images"], file_name, "the ground truth")
+    except InputError as error:  # several ground-truth images with that name
+        raise InputError(f"predictions {labels.source}: {error}") from None
+
+
+def _unknown_images_message(
+    labels: Labels, dataset: dict, unknown: list, predicted: int, to_gt: dict
+) -> str:
+    shown = ", ".join(map(repr, unknown[:5])) + (" ..." if len(unknown) > 5 else "")
+    share = f"{len(unknown)} of the {predicted}" if to_gt else f"all {predicted}"
+    if labels.images is None:
+        text = (
+            f"{len(unknown)} image ids are not in the ground truth: {shown} ({share} predicted "
+            f"images). {HASHED_IDS_HINT}"
+        )
+    else:
+        text = (
+            f"no image named {shown} in the ground truth ({len(dataset['images'])} images; "
+            f"{share} predicted images, matched by file name)"
+        )
+    if to_gt:  # leaving the others out still evaluates something
+        text += (
+            ". To evaluate only the images the ground truth has, leaving out the predictions "
+            "on the others, pass --only-gt-images (Python: only_gt_images=True)"
+        )
+    return f"predictions {labels.source}: {text}"
+
+
+def _records(labels: Labels, dataset: dict, to_gt: dict) -> list[dict]:
+    """Single-category records of the predictions on the images in ``to_gt``."""
     from pycocotools import mask as mask_utils
 
     gt_images = {image["id"]: image for image in dataset["images"]}
-    if labels.images is not None:  # a dict: match its images to the ground truth's by name
-        used = {a["image_id"] for a in labels.annotations}
-        to_gt = {}
-        for image in labels.images:
-            if image["id"] in used:
-                try:
-                    match = match_image(
-                        dataset["images"], image.get("file_name", ""), "the ground truth"
-                    )
-                except InputError as error:
-                    raise InputError(f"predictions {labels.source}: {error}") from None
-                to_gt[image["id"]] = match["id"]
-    else:
-        unknown = sorted({a["image_id"] for a in labels.annotations} - gt_images.keys(), key=str)
-        if unknown:
-            shown = ", ".join(map(repr, unknown[:5])) + (" ..." if len(unknown) > 5 else "")
-            raise InputError(
-                f"predictions {labels.source}: {len(unknown)} image ids are not in the ground "
-                f"truth: {shown}"
-            )
-        to_gt = {image_id: image_id for image_id in gt_images}
     records = []
     for index, annotation in enumerate(labels.annotations):
+        if annotation["image_id"] not in to_gt:
+            continue  # an image the ground truth lacks (only_gt_images)
         image = gt_images[to_gt[annotation["image_id"]]]
         where = f"predictions {labels.source}: annotation {index}"
         segmentation = None
@@ -406,12 +459,26 @@ def format_metrics(result: dict) -> str:
         f"class-agnostic, {counts['images']} images, {counts['objects']} objects"
         f" ({counts['crowd']} crowd regions ignored"
         + (f", {counts['dropped_stuff']} stuff regions dropped" if settings["things_only"] else "")
-        + f"), {counts['predictions']} predictions; AR_s/m/l and AP at {MAX_DETS[-1]} detections"
+        + f"), {counts['predictions']} predictions"
+        + _dropped_note(result)
+        + f"; AR_s/m/l and AP at {MAX_DETS[-1]} detections"
     )
     rows = [["", *METRICS]]
     for iou_type in settings["iou_types"]:
         rows.append([IOU_TYPE_NAMES[iou_type], *(_percent(result[iou_type][m]) for m in METRICS)])
     return header + "\n" + _table(rows)
+
+
+def _dropped_note(result: dict) -> str:
+    """How much --only-gt-images left out (nothing for results of older versions)."""
+    if not result["settings"].get("only_gt_images"):
+        return ""
+    counts = result["counts"]
+    images = counts["dropped_images"]
+    return (
+        f" ({counts['dropped_predictions']} more on {images} image{'' if images == 1 else 's'} "
+        "not in the ground truth left out)"
+    )
 
 
 def format_breakdown(result: dict) -> str:

@@ -35,6 +35,7 @@ import numpy as np
 from hassod.coco import LEVEL_NAMES
 
 __all__ = [
+    "HASHED_IDS_HINT",
     "LEVEL_NAMES",
     "InputError",
     "Labels",
@@ -55,6 +56,14 @@ __all__ = [
 
 class InputError(ValueError):
     """A labels, predictions or ground-truth input that cannot be used, with the reason."""
+
+
+#: What to do when a results list's image ids are not a dataset JSON's (said where that shows).
+HASHED_IDS_HINT = (
+    "`hassod predict` numbers images by hashed file names unless it is given --image-ids: "
+    "rerun it with --image-ids GT.json (the ground truth, or the dataset JSON used here) so "
+    "that its results carry that JSON's image ids"
+)
 
 
 def read_json(path: str | os.PathLike, what: str = "labels"):

@@ -358,6 +358,37 @@ def test_report_errors(scene, capsys):
     assert "not valid JSON" in capsys.readouterr().err
 
 
+def test_report_only_gt_images_evaluates_the_annotated_images(scene, capsys):
+    """Labels of a folder larger than the ground truth: refused, or evaluated without them."""
+    extra = scene["images"] / "extra.png"
+    Image.fromarray(np.full((HEIGHT, WIDTH, 3), GREY, dtype=np.uint8)).save(extra)
+    coco = json.loads(scene["labels"].read_text())
+    gt = {**coco, "annotations": [dict(a, category_id=1) for a in coco["annotations"]]}
+    (scene["dir"] / "gt.json").write_text(json.dumps(gt))
+    other = dict(coco["images"][0], id=1, file_name="extra.png")
+    coco["images"].append(other)
+    coco["annotations"].append(dict(coco["annotations"][0], id=100, image_id=1))
+    (scene["dir"] / "both.json").write_text(json.dumps(coco))
+    out = scene["dir"] / "report"
+    args = ["report", str(scene["images"]), "--labels", str(scene["dir"] / "both.json")]
+    args += ["--out", str(out), "--gt", str(scene["dir"] / "gt.json")]
+    assert main(args) == 2
+    assert "pass --only-gt-images" in capsys.readouterr().err
+    assert main([*args, "--only-gt-images"]) == 0
+    assert "2 images, 7 masks, gallery of 2, with evaluation" in capsys.readouterr().out
+    counts = json.loads((out / "metrics.json").read_text())["counts"]
+    assert counts["dropped_images"] == 1 and counts["predictions"] == 6
+
+
+def test_report_results_list_with_other_ids_says_how_to_fix(scene, capsys):
+    results = [{"image_id": 123, "bbox": [1, 1, 5, 5], "score": 0.5}]
+    (scene["dir"] / "results.json").write_text(json.dumps(results))
+    args = ["report", str(scene["images"]), "--labels", str(scene["dir"] / "results.json")]
+    args += ["--out", str(scene["dir"] / "report"), "--images", str(scene["labels"])]
+    assert main(args) == 2
+    assert "rerun it with --image-ids GT.json" in capsys.readouterr().err
+
+
 def _chromium() -> str | None:
     for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
         path = shutil.which(name)
