@@ -384,6 +384,9 @@ def run_show_command(args: argparse.Namespace, parser: argparse.ArgumentParser) 
         within = f"labels {labels.source}" if labels.images is not None else str(args.images_json)
         record = match_image(image_names(labels, named), args.image, within)
         annotations = labels.by_image().get(record["id"], [])
+        if not annotations and labels.is_results_list:
+            warning = _unmatched_results_warning(labels, named, record, args.images_json)
+            print(f"hassod show: warning: {warning}", file=sys.stderr)
         pixels = read_labelled_image(args.image, record, annotations)
         item = image_masks(pixels, annotations, args.score_threshold, args.max_masks or None)
     except InputError as error:
@@ -396,6 +399,32 @@ def run_show_command(args: argparse.Namespace, parser: argparse.ArgumentParser) 
         f"{item.total} masks of {record.get('file_name')}"
     )
     return 0
+
+
+def _unmatched_results_warning(labels, images: list, record: dict, images_json: Path) -> str:
+    """Why a results list has nothing for the shown image (a dataset JSON lists every image, so
+    there an image without masks is simply one; a results list only lists detections)."""
+    from hassod.labels import HASHED_IDS_HINT
+
+    shown = f"nothing is drawn for {record.get('file_name')!r} (id {record['id']!r})"
+    if not labels.annotations:
+        return f"labels {labels.source} hold no results: {shown}"
+    ids = labels.by_image().keys()
+    matching = len(ids & {image["id"] for image in images})
+    if not matching:
+        return (
+            f"none of the {len(ids)} image ids in labels {labels.source} is an image of "
+            f"{images_json}: the ids do not match, so {shown}. {HASHED_IDS_HINT}"
+        )
+    others = (
+        f"{matching} other images of {images_json} have"
+        if matching > 1
+        else (f"1 other image of {images_json} has")
+    )
+    return (
+        f"labels {labels.source} have no result for this image, though {others} some: "
+        f"{shown}. If it should have detections, they carry another image id"
+    )
 
 
 def _add_report_parser(commands) -> None:

@@ -215,6 +215,33 @@ def test_show_results_list_with_images_json_and_default_level(scene, capsys):
     assert not (panels[2][40, 60] == panels[1][40, 60]).all()
 
 
+def test_show_warns_when_a_results_list_has_nothing_for_the_image(scene, capsys):
+    """0 masks drawn because the ids differ (e.g. `hassod predict` without --image-ids) is
+    said on stderr, with the fix; an image of a dataset JSON without masks is not."""
+    image = scene["images"] / "scene.png"
+    out = scene["dir"] / "fig.png"
+    hashed = [{"image_id": 424242, "bbox": [1, 1, 5, 5], "score": 0.5}]
+    (scene["dir"] / "results.json").write_text(json.dumps(hashed))
+    args = ["show", str(image), "--labels", str(scene["dir"] / "results.json"), "--out", str(out)]
+    assert main([*args, "--images", str(scene["labels"])]) == 0
+    captured = capsys.readouterr()
+    assert "0 of 0 masks" in captured.out
+    assert "hassod show: warning: none of the 1 image ids" in captured.err
+    assert "rerun it with --image-ids GT.json" in captured.err
+    # Other images of the images JSON have results, this one none.
+    images = {"images": [*scene["coco"]["images"], {"id": 424242, "file_name": "other.png"}]}
+    (scene["dir"] / "images.json").write_text(json.dumps(images))
+    assert main([*args, "--images", str(scene["dir"] / "images.json")]) == 0
+    assert "no result for this image, though 1 other image" in capsys.readouterr().err
+    empty = {**scene["coco"], "annotations": []}  # a dataset JSON: the image has no masks
+    (scene["dir"] / "empty.json").write_text(json.dumps(empty))
+    assert (
+        main(["show", str(image), "--labels", str(scene["dir"] / "empty.json"), "--out", str(out)])
+        == 0
+    )
+    assert capsys.readouterr().err == ""
+
+
 def test_show_errors(scene, capsys):
     other = scene["images"] / "other.png"
     Image.fromarray(np.zeros((10, 10, 3), dtype=np.uint8)).save(other)
