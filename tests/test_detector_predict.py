@@ -231,3 +231,19 @@ def test_predict_cli_image_ids_errors_exit_2(checkpoint_path, images_dir, tmp_pa
     missing = str(tmp_path / "none.json")
     assert main(["predict", str(images_dir), *common, "--image-ids", missing]) == 2
     assert "--image-ids file not found" in capsys.readouterr().err
+
+
+def test_predict_help_gives_the_test_sizes_the_code_uses(checkpoint_path, capsys):
+    from hassod.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["predict", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default 800)" not in text and "(default 1333)" not in text
+    assert "default: the checkpoint's test_min_size" in text
+    assert "default: the checkpoint's test_max_size" in text
+    # ... which is what a Predictor without sizes uses (this checkpoint: 96 / 96).
+    predictor = Predictor(checkpoint_path, device="cpu")
+    data = tiny_config().data
+    assert (predictor.min_size, predictor.max_size) == (data.test_min_size, data.test_max_size)
+    assert Predictor(checkpoint_path, device="cpu", min_size=64).min_size == 64

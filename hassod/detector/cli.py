@@ -118,8 +118,18 @@ def add_predict_parser(commands) -> None:
     )
     predict.add_argument("--score-threshold", type=float, help="minimum score (default 0)")
     predict.add_argument("--max-detections", type=int, help="per image (default 1000)")
-    predict.add_argument("--min-size", type=int, help="test short side (default 800)")
-    predict.add_argument("--max-size", type=int, help="test long side cap (default 1333)")
+    predict.add_argument(
+        "--min-size",
+        type=int,
+        help="test short side in pixels (default: the checkpoint's test_min_size: 800 for the "
+        "paper preset, 128 for cpu-small)",
+    )
+    predict.add_argument(
+        "--max-size",
+        type=int,
+        help="test long side cap in pixels (default: the checkpoint's test_max_size: 1333 for "
+        "the paper preset, 160 for cpu-small)",
+    )
     predict.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     predict.add_argument("--quiet", action="store_true", help="no progress bar")
 

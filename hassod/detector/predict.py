@@ -1,9 +1,10 @@
 """``hassod predict``: a trained checkpoint -> detections with masks and levels (COCO results).
 
-Each image is resized (short side ``test_min_size``, long side at most ``test_max_size``,
-800 / 1333 by default), run through the detector (stage-averaged scores, up to 1000
-detections), and the detections are mapped back to the original image: boxes rescaled, the
-28x28 mask probabilities pasted at full resolution and thresholded at 0.5, then RLE-encoded.
+Each image is resized (short side ``test_min_size``, long side at most ``test_max_size``: the
+checkpoint's settings, 800 / 1333 in the paper preset, 128 / 160 in cpu-small), run through the
+detector (stage-averaged scores, up to 1000 detections), and the detections are mapped back to
+the original image: boxes rescaled, the 28x28 mask probabilities pasted at full resolution and
+thresholded at 0.5, then RLE-encoded.
 
 A detection is a COCO result dict::
 
@@ -86,7 +87,8 @@ class Predictor:
             ``teacher`` (its EMA) or ``auto`` (the teacher when present, else the student).
         score_threshold: keep detections scoring above it (default: the model's, 0.0).
         max_detections: at most this many per image (default: the model's, 1000).
-        min_size, max_size: test resize (default: the training config's 800 / 1333).
+        min_size, max_size: test resize (default: the checkpoint's ``data.test_min_size`` /
+            ``test_max_size``; 800 / 1333 in the paper preset).
         mask_threshold: a pixel is in a mask where its pasted probability is >= this (0.5;
             Detectron2's paste, :func:`hassod.detector.paste.paste_masks`).
     """
