@@ -240,7 +240,10 @@ def _add_evaluate_parser(commands) -> None:
             "AR@10, AR@100, AR@1000, AR small/medium/large and AP, AP50, AP75 (at 1000), for "
             "boxes and masks (the paper's Tables 1 and 9). PRED is a COCO results list or a "
             "pseudo-label / COCO JSON (its images matched to the ground truth's by file name); "
-            "a missing score counts as 1.0. Crowd regions are ignore regions."
+            "a missing score counts as 1.0. Crowd regions are ignore regions. The printed "
+            "tables are in percent; --out writes fractions in [0, 1]. '-' (null in the JSON) "
+            "marks a metric with nothing to evaluate: no ground-truth objects in its area "
+            "range, e.g. AR_s when no object is small."
         ),
         epilog=_EXIT_CODES_INSPECT,
         formatter_class=argparse.RawDescriptionHelpFormatter,

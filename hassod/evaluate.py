@@ -451,8 +451,24 @@ def _percent(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f}"
 
 
+UNDEFINED_NOTE = (
+    "-: nothing to evaluate (no ground-truth objects in that area range, e.g. AR_s without "
+    "small objects; null in the JSON)"
+)
+
+
+def _notes(rows: list[list[str]], unit: str) -> str:
+    """The unit line under a table, and what '-' means when the table has one."""
+    has_dash = any(cell == "-" for row in rows[1:] for cell in row[1:])
+    return unit + ("\n" + UNDEFINED_NOTE if has_dash else "")
+
+
 def format_metrics(result: dict) -> str:
-    """The main table (paper Tables 1 and 9): one row per IoU type, values in percent."""
+    """The main table (paper Tables 1 and 9): one row per IoU type, values in percent.
+
+    The first line is the summary (counts); the lines under the table give the unit (the
+    result dict and ``--out`` JSON hold fractions) and what "-" means when one is shown.
+    """
     counts = result["counts"]
     settings = result["settings"]
     header = (
@@ -463,10 +479,11 @@ def format_metrics(result: dict) -> str:
         + _dropped_note(result)
         + f"; AR_s/m/l and AP at {MAX_DETS[-1]} detections"
     )
-    rows = [["", *METRICS]]
+    rows = [["(%)", *METRICS]]
     for iou_type in settings["iou_types"]:
         rows.append([IOU_TYPE_NAMES[iou_type], *(_percent(result[iou_type][m]) for m in METRICS)])
-    return header + "\n" + _table(rows)
+    unit = "values in % (the --out JSON holds fractions in [0, 1])"
+    return header + "\n" + _table(rows) + "\n" + _notes(rows, unit)
 
 
 def _dropped_note(result: dict) -> str:
@@ -482,7 +499,8 @@ def _dropped_note(result: dict) -> str:
 
 
 def format_breakdown(result: dict) -> str:
-    """The breakdown table (paper Table 2): labels per image, AR and AP per subset."""
+    """The breakdown table (paper Table 2): labels per image, AR and AP (in percent) per
+    subset, with the unit line (and the meaning of "-") under it."""
     iou_types = result["settings"]["iou_types"]
     header = ["subset", "labels/img"]
     for iou_type in iou_types:
@@ -494,7 +512,8 @@ def format_breakdown(result: dict) -> str:
         for iou_type in iou_types:
             cells += [_percent(row[iou_type][metric]) for metric in BREAKDOWN_METRICS]
         rows.append(cells)
-    return _table(rows)
+    unit = "AR and AP in %; labels/img: predictions per ground-truth image"
+    return _table(rows) + "\n" + _notes(rows, unit)
 
 
 def _table(rows: list[list[str]]) -> str:

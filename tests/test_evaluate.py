@@ -356,6 +356,21 @@ def test_undefined_area_range_is_none_and_printed_as_dash():
     assert " - " in format_metrics(result)
 
 
+def test_printed_tables_give_their_unit_and_explain_the_dash():
+    """The tables print percent, the result (and --out JSON) fractions: both said."""
+    gt = dataset([[(0, 0, 50, 50)]])  # medium only: AR_s and AR_l undefined
+    result = evaluate(results_from_boxes(gt, [[(0, 0, 50, 50)]]), gt, breakdown=True)
+    text = format_metrics(result)
+    header, box_row = text.splitlines()[1:3]
+    assert header.startswith("(%)") and box_row.split()[1] == "100.0"
+    assert "values in % (the --out JSON holds fractions in [0, 1])" in text
+    assert "-: nothing to evaluate (no ground-truth objects in that area range" in text
+    assert "AR and AP in %" in format_breakdown(result)
+    everything = dataset([[(0, 0, 16, 16), (50, 0, 50, 50), (120, 0, 120, 120)]])
+    defined = evaluate(results_from_boxes(everything, [[(0, 0, 16, 16)]]), everything)
+    assert "nothing to evaluate" not in format_metrics(defined)  # no dash, no note
+
+
 def test_crowd_regions_are_ignored():
     """Crowd GT counts in no recall denominator; detections on it are no false positives."""
     boxes = [[(10, 10, 60, 60), (150, 20, 100, 100)]]
