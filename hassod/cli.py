@@ -275,6 +275,7 @@ def _add_evaluate_parser(commands) -> None:
     )
     _add_only_gt_images_argument(evaluate)
     evaluate.add_argument("--out", type=Path, help="also write the metrics as JSON here")
+    evaluate.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def _add_only_gt_images_argument(parser: argparse.ArgumentParser) -> None:
@@ -303,6 +304,7 @@ def run_evaluate_command(args: argparse.Namespace, parser: argparse.ArgumentPars
             stuff_min_id=args.stuff_min_id,
             breakdown=args.breakdown,
             only_gt_images=args.only_gt_images,
+            progress=not args.quiet,
         )
     except InputError as error:
         print(f"hassod evaluate: error: {error}", file=sys.stderr)

@@ -60,6 +60,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import io
 import math
 import os
@@ -112,6 +113,7 @@ def evaluate(
     stuff_min_id: int = STUFF_MIN_ID,
     breakdown: bool = False,
     only_gt_images: bool = False,
+    progress: bool = False,
 ) -> dict:
     """Class-agnostic AR / AP of predictions against ground truth (see the module docstring).
 
@@ -126,6 +128,8 @@ def evaluate(
         only_gt_images: leave out predictions on images the ground truth does not have (e.g.
             discovery on a folder larger than the annotated subset) instead of refusing them;
             how many is in ``result["counts"]``.
+        progress: progress bars on stderr (tqdm) for the long loops: reading the predictions
+            (per mask) and each COCOeval run (per image), with its stage in the description.
 
     Returns:
         ``{"settings": {...}, "counts": {...}, "bbox": {metric: value}, "segm": {...},
@@ -141,7 +145,7 @@ def evaluate(
     dataset, counts = load_ground_truth(gt, things_only, stuff_min_id)
     labels = pred if isinstance(pred, Labels) else load_labels(pred, "predictions")
     to_gt = _gt_image_ids(labels, dataset, only_gt_images)
-    records = _records(labels, dataset, to_gt)
+    records = _records(labels, dataset, to_gt, progress)
     predicted_images = {annotation["image_id"] for annotation in labels.annotations}
     counts["dropped_images"] = len(predicted_images - to_gt.keys())
     counts["dropped_predictions"] = len(labels.annotations) - len(records)
@@ -160,10 +164,18 @@ def evaluate(
         "counts": {**counts, "predictions": len(records)},
     }
     for iou_type in iou_types:
-        result[iou_type] = summarize(_run_cocoeval(gt_coco, records, iou_type))
+        result[iou_type] = summarize(_run_cocoeval(gt_coco, records, iou_type, progress))
     if breakdown:
-        result["breakdown"] = _breakdown(gt_coco, records, iou_types, len(dataset["images"]))
+        num_images = len(dataset["images"])
+        result["breakdown"] = _breakdown(gt_coco, records, iou_types, num_images, progress)
     return result
+
+
+def _bar(enabled: bool, total: int | None, description: str, unit: str):
+    """A tqdm bar on stderr that clears itself when done (the tables follow on stdout)."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=description, unit=unit, disable=not enabled, leave=False)
 
 
 def _checked_iou_types(iou_types: Sequence[str]) -> tuple[str, ...]:
@@ -309,38 +321,42 @@ def _unknown_images_message(
     return f"predictions {labels.source}: {text}"
 
 
-def _records(labels: Labels, dataset: dict, to_gt: dict) -> list[dict]:
+def _records(labels: Labels, dataset: dict, to_gt: dict, progress: bool = False) -> list[dict]:
     """Single-category records of the predictions on the images in ``to_gt``."""
-    from pycocotools import mask as mask_utils
-
     gt_images = {image["id"]: image for image in dataset["images"]}
     records = []
-    for index, annotation in enumerate(labels.annotations):
-        if annotation["image_id"] not in to_gt:
-            continue  # an image the ground truth lacks (only_gt_images)
-        image = gt_images[to_gt[annotation["image_id"]]]
-        where = f"predictions {labels.source}: annotation {index}"
-        segmentation = None
-        if annotation.get("segmentation"):
-            segmentation = to_rle(annotation, image["height"], image["width"], where)
-        bbox = annotation.get("bbox")
-        if not bbox:
-            bbox = [float(v) for v in mask_utils.toBbox(segmentation)]
-        score = score_of(annotation)
-        if not math.isfinite(score):
-            raise InputError(f"{where}: score {score!r} is not a finite number")
-        records.append(
-            {
-                "image_id": image["id"],
-                "category_id": 1,
-                "score": score,
-                "level": level_of(annotation),
-                "threshold": threshold_of(annotation),
-                "bbox": [float(v) for v in bbox],
-                "segmentation": segmentation,
-            }
-        )
+    with _bar(progress, len(labels.annotations), "reading predictions", "mask") as bar:
+        for index, annotation in enumerate(labels.annotations):
+            bar.update()
+            if annotation["image_id"] in to_gt:  # else an image the ground truth lacks
+                image = gt_images[to_gt[annotation["image_id"]]]
+                where = f"predictions {labels.source}: annotation {index}"
+                records.append(_record(annotation, image, where))
     return records
+
+
+def _record(annotation: dict, image: dict, where: str) -> dict:
+    """One prediction as a single-category record on its ground-truth ``image``."""
+    from pycocotools import mask as mask_utils
+
+    segmentation = None
+    if annotation.get("segmentation"):
+        segmentation = to_rle(annotation, image["height"], image["width"], where)
+    bbox = annotation.get("bbox")
+    if not bbox:
+        bbox = [float(v) for v in mask_utils.toBbox(segmentation)]
+    score = score_of(annotation)
+    if not math.isfinite(score):
+        raise InputError(f"{where}: score {score!r} is not a finite number")
+    return {
+        "image_id": image["id"],
+        "category_id": 1,
+        "score": score,
+        "level": level_of(annotation),
+        "threshold": threshold_of(annotation),
+        "bbox": [float(v) for v in bbox],
+        "segmentation": segmentation,
+    }
 
 
 def _coco(dataset: dict):
@@ -353,10 +369,38 @@ def _coco(dataset: dict):
     return coco
 
 
-def _run_cocoeval(gt_coco, records: Sequence[dict], iou_type: str):
-    """COCOeval, class-agnostic, maxDets 10/100/1000, evaluated and accumulated."""
-    from pycocotools.cocoeval import COCOeval
+def _run_cocoeval(
+    gt_coco, records: Sequence[dict], iou_type: str, progress: bool = False, label: str = ""
+):
+    """COCOeval, class-agnostic, maxDets 10/100/1000, evaluated and accumulated.
 
+    With ``progress``, a bar counts evaluate()'s steps (per image: its IoUs, then its matching
+    per area range), its description the stage; ``label`` names the run (a breakdown subset).
+    """
+    name = " ".join(filter(None, [label, IOU_TYPE_NAMES[iou_type]]))
+    with _bar(progress, None, f"{name}: loading results", "step") as bar:
+        results = _cocoeval_results(records, iou_type)
+        with contextlib.redirect_stdout(io.StringIO()):
+            if results:
+                detections = gt_coco.loadRes(results)
+            else:  # loadRes cannot take an empty list
+                detections = _coco(
+                    {"images": gt_coco.dataset["images"], "annotations": [], "categories": []}
+                )
+            evaluation = _ticking_cocoeval()(gt_coco, detections, iou_type)
+            evaluation.bar = bar
+            evaluation.params.useCats = 0
+            evaluation.params.maxDets = list(MAX_DETS)
+            bar.reset(len(evaluation.params.imgIds) * (1 + len(evaluation.params.areaRng)))
+            bar.set_description_str(f"{name}: IoUs and matching")
+            evaluation.evaluate()
+            bar.set_description_str(f"{name}: accumulating")
+            evaluation.accumulate()
+    return evaluation
+
+
+def _cocoeval_results(records: Sequence[dict], iou_type: str) -> list[dict]:
+    """The records as COCO results with one geometry (copied: loadRes adds fields)."""
     geometry = "bbox" if iou_type == "bbox" else "segmentation"
     results = []
     for record in records:
@@ -370,19 +414,27 @@ def _run_cocoeval(gt_coco, records: Sequence[dict], iou_type: str):
                 geometry: copy.deepcopy(record[geometry]),
             }
         )
-    with contextlib.redirect_stdout(io.StringIO()):
-        if results:
-            detections = gt_coco.loadRes(results)
-        else:  # loadRes cannot take an empty list
-            detections = _coco(
-                {"images": gt_coco.dataset["images"], "annotations": [], "categories": []}
-            )
-        evaluation = COCOeval(gt_coco, detections, iou_type)
-        evaluation.params.useCats = 0
-        evaluation.params.maxDets = list(MAX_DETS)
-        evaluation.evaluate()
-        evaluation.accumulate()
-    return evaluation
+    return results
+
+
+@functools.cache
+def _ticking_cocoeval() -> type:
+    """COCOeval that ticks ``self.bar`` once per image in computeIoU and once per image and
+    area range in evaluateImg: evaluate()'s loops, the long part on big inputs."""
+    from pycocotools.cocoeval import COCOeval
+
+    class TickingCOCOeval(COCOeval):
+        bar = None
+
+        def computeIoU(self, imgId, catId):  # pycocotools' names and signatures
+            self.bar.update()
+            return super().computeIoU(imgId, catId)
+
+        def evaluateImg(self, imgId, catId, aRng, maxDet):
+            self.bar.update()
+            return super().evaluateImg(imgId, catId, aRng, maxDet)
+
+    return TickingCOCOeval
 
 
 def summarize(evaluation) -> dict:
@@ -416,7 +468,7 @@ def _mean_defined(values: np.ndarray) -> float | None:
     return float(np.mean(defined)) if defined.size else None
 
 
-def _breakdown(gt_coco, records, iou_types, num_images: int) -> list[dict]:
+def _breakdown(gt_coco, records, iou_types, num_images: int, progress: bool = False) -> list[dict]:
     """Rows by merge threshold, the whole set, then by level (the paper's Table 2).
 
     Labels per image = predictions in the subset / ground-truth images.
@@ -442,7 +494,8 @@ def _breakdown(gt_coco, records, iou_types, num_images: int) -> list[dict]:
             "labels_per_image": len(subset) / num_images,
         }
         for iou_type in iou_types:
-            row[iou_type] = summarize(_run_cocoeval(gt_coco, subset, iou_type))
+            label = name if group == "all" else f"{group} {name}"
+            row[iou_type] = summarize(_run_cocoeval(gt_coco, subset, iou_type, progress, label))
         rows.append(row)
     return rows
 

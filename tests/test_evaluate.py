@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import io
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+import tqdm
 from pycocotools import mask as mask_utils
 
 from hassod.cli import main
@@ -614,6 +616,31 @@ def test_evaluate_command_input_errors_exit_2(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["evaluate", "--pred", "x.json", "--gt", "y.json", "--iou-type", "keypoints"])
     assert exit_info.value.code == 2
+
+
+def test_evaluate_command_shows_progress_on_stderr_unless_quiet(tmp_path, capsys, monkeypatch):
+    # Draw every step, not 10 times a second: the bars clear themselves when done.
+    monkeypatch.setattr(
+        tqdm.tqdm, "__init__", functools.partialmethod(tqdm.tqdm.__init__, mininterval=0)
+    )
+    gt = dataset([[(10, 10, 60, 60)], [(20, 20, 40, 40)]])
+    results = results_from_boxes(gt, [[(10, 10, 60, 60)], [(20, 20, 40, 40)]])
+    for result, threshold in zip(results, (0.4, 0.2)):
+        result["threshold"] = threshold
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    (tmp_path / "pred.json").write_text(json.dumps(results))
+    args = ["evaluate", "--pred", str(tmp_path / "pred.json"), "--gt", str(tmp_path / "gt.json")]
+    assert main([*args, "--breakdown"]) == 0
+    captured = capsys.readouterr()
+    assert "reading predictions" in captured.err and "2/2" in captured.err  # per prediction
+    # Each COCOeval run: per image its IoUs, then its matching in 4 area ranges: 2 x 5 steps.
+    for run in ("box", "mask", "threshold 0.4 box", "ensemble mask"):
+        assert f"{run}: IoUs and matching: 100%" in captured.err, run
+        assert f"{run}: accumulating" in captured.err, run
+    assert "10/10" in captured.err
+    assert "IoUs" not in captured.out and "AR@100" in captured.out  # the tables stay clean
+    assert main([*args, "--breakdown", "--quiet"]) == 0
+    assert capsys.readouterr().err == ""
 
 
 @pytest.mark.parametrize(
