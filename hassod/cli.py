@@ -242,7 +242,10 @@ def _add_evaluate_parser(commands) -> None:
             "AR@10, AR@100, AR@1000, AR small/medium/large and AP, AP50, AP75 (at 1000), for "
             "boxes and masks (the paper's Tables 1 and 9). PRED is a COCO results list or a "
             "pseudo-label / COCO JSON (its images matched to the ground truth's by file name); "
-            "a missing score counts as 1.0. Crowd regions are ignore regions."
+            "a missing score counts as 1.0. Crowd regions are ignore regions. The printed "
+            "tables are in percent; --out writes fractions in [0, 1]. '-' (null in the JSON) "
+            "marks a metric with nothing to evaluate: no ground-truth objects in its area "
+            "range, e.g. AR_s when no object is small."
         ),
         epilog=_EXIT_CODES_INSPECT,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -272,7 +275,19 @@ def _add_evaluate_parser(commands) -> None:
         action="store_true",
         help="also labels per image, AR and AP by merge threshold and by level (paper Table 2)",
     )
+    _add_only_gt_images_argument(evaluate)
     evaluate.add_argument("--out", type=Path, help="also write the metrics as JSON here")
+    evaluate.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _add_only_gt_images_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--only-gt-images",
+        action="store_true",
+        help="leave out predictions on images the ground truth does not have (e.g. discovery "
+        "on a folder larger than the annotated subset) and say how many; without it they are "
+        "refused, as COCOeval needs results on its images only",
+    )
 
 
 def run_evaluate_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -290,6 +305,8 @@ def run_evaluate_command(args: argparse.Namespace, parser: argparse.ArgumentPars
             things_only=args.things_only,
             stuff_min_id=args.stuff_min_id,
             breakdown=args.breakdown,
+            only_gt_images=args.only_gt_images,
+            progress=not args.quiet,
         )
     except InputError as error:
         print(f"hassod evaluate: error: {error}", file=sys.stderr)
@@ -374,6 +391,9 @@ def run_show_command(args: argparse.Namespace, parser: argparse.ArgumentParser) 
         within = f"labels {labels.source}" if labels.images is not None else str(args.images_json)
         record = match_image(image_names(labels, named), args.image, within)
         annotations = labels.by_image().get(record["id"], [])
+        if not annotations and labels.is_results_list:
+            warning = _unmatched_results_warning(labels, named, record, args.images_json)
+            print(f"hassod show: warning: {warning}", file=sys.stderr)
         pixels = read_labelled_image(args.image, record, annotations)
         item = image_masks(pixels, annotations, args.score_threshold, args.max_masks or None)
     except InputError as error:
@@ -386,6 +406,32 @@ def run_show_command(args: argparse.Namespace, parser: argparse.ArgumentParser) 
         f"{item.total} masks of {record.get('file_name')}"
     )
     return 0
+
+
+def _unmatched_results_warning(labels, images: list, record: dict, images_json: Path) -> str:
+    """Why a results list has nothing for the shown image (a dataset JSON lists every image, so
+    there an image without masks is simply one; a results list only lists detections)."""
+    from hassod.labels import HASHED_IDS_HINT
+
+    shown = f"nothing is drawn for {record.get('file_name')!r} (id {record['id']!r})"
+    if not labels.annotations:
+        return f"labels {labels.source} hold no results: {shown}"
+    ids = labels.by_image().keys()
+    matching = len(ids & {image["id"] for image in images})
+    if not matching:
+        return (
+            f"none of the {len(ids)} image ids in labels {labels.source} is an image of "
+            f"{images_json}: the ids do not match, so {shown}. {HASHED_IDS_HINT}"
+        )
+    others = (
+        f"{matching} other images of {images_json} have"
+        if matching > 1
+        else (f"1 other image of {images_json} has")
+    )
+    return (
+        f"labels {labels.source} have no result for this image, though {others} some: "
+        f"{shown}. If it should have detections, they carry another image id"
+    )
 
 
 def _add_report_parser(commands) -> None:
@@ -418,6 +464,7 @@ def _add_report_parser(commands) -> None:
         action="store_true",
         help=f"evaluate without ground truth of category_id >= {STUFF_MIN_ID} (stuff)",
     )
+    _add_only_gt_images_argument(report)
     report.add_argument(
         "--limit",
         type=int,
@@ -444,6 +491,7 @@ def run_report_command(args: argparse.Namespace, parser: argparse.ArgumentParser
             gt=args.gt,
             images=args.images_json,
             things_only=args.things_only,
+            only_gt_images=args.only_gt_images,
             score_threshold=args.score_threshold,
             max_masks=args.max_masks or None,
             limit=args.limit or None,

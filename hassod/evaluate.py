@@ -45,7 +45,10 @@ Inputs and how they are handled:
 - Predictions: a COCO results list (``image_id``, ``bbox`` / ``segmentation``, ``score``) or a
   pseudo-label / COCO dict (``annotations``). A dict's images are matched to the ground truth's
   by file name (:func:`hassod.labels.match_image`), a results list's ``image_id`` must be a
-  ground-truth image id. Missing ``score`` = 1.0 (:func:`hassod.labels.score_of`).
+  ground-truth image id. Predictions on images the ground truth lacks are refused (COCOeval
+  needs results on its images only), or with ``only_gt_images`` left out and counted
+  (``counts["dropped_images"]``, ``counts["dropped_predictions"]``). Missing ``score`` = 1.0
+  (:func:`hassod.labels.score_of`).
   Box evaluation uses ``bbox`` (from the mask when absent), mask evaluation ``segmentation``
   only, so a detection's area for the small/medium/large ranges is its box area for boxes and
   its mask area for masks (as Detectron2's COCO evaluator does).
@@ -57,6 +60,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import io
 import math
 import os
@@ -65,13 +69,14 @@ from collections.abc import Sequence
 import numpy as np
 
 from hassod.labels import (
+    HASHED_IDS_HINT,
     LEVEL_NAMES,
     InputError,
     Labels,
     check_annotation_fields,
+    find_image,
     level_of,
     load_labels,
-    match_image,
     read_json,
     score_of,
     threshold_of,
@@ -107,6 +112,8 @@ def evaluate(
     things_only: bool = False,
     stuff_min_id: int = STUFF_MIN_ID,
     breakdown: bool = False,
+    only_gt_images: bool = False,
+    progress: bool = False,
 ) -> dict:
     """Class-agnostic AR / AP of predictions against ground truth (see the module docstring).
 
@@ -118,6 +125,11 @@ def evaluate(
         stuff_min_id: the first "stuff" category id (COCO panoptic: 92).
         breakdown: also evaluate subsets of the predictions by ``threshold`` and by level (the
             paper's Table 2): rows in ``result["breakdown"]``.
+        only_gt_images: leave out predictions on images the ground truth does not have (e.g.
+            discovery on a folder larger than the annotated subset) instead of refusing them;
+            how many is in ``result["counts"]``.
+        progress: progress bars on stderr (tqdm) for the long loops: reading the predictions
+            (per mask) and each COCOeval run (per image), with its stage in the description.
 
     Returns:
         ``{"settings": {...}, "counts": {...}, "bbox": {metric: value}, "segm": {...},
@@ -126,12 +138,17 @@ def evaluate(
 
     Raises:
         InputError: missing or malformed files, predictions of images the ground truth does not
-            have, an unknown IoU type, masks whose size differs from their image's.
+            have (unless ``only_gt_images``; always when none of them has), an unknown IoU
+            type, masks whose size differs from their image's.
     """
     iou_types = _checked_iou_types(iou_types)
     dataset, counts = load_ground_truth(gt, things_only, stuff_min_id)
     labels = pred if isinstance(pred, Labels) else load_labels(pred, "predictions")
-    records = prediction_records(labels, dataset)
+    to_gt = _gt_image_ids(labels, dataset, only_gt_images)
+    records = _records(labels, dataset, to_gt, progress)
+    predicted_images = {annotation["image_id"] for annotation in labels.annotations}
+    counts["dropped_images"] = len(predicted_images - to_gt.keys())
+    counts["dropped_predictions"] = len(labels.annotations) - len(records)
     gt_coco = _coco(dataset)
     result = {
         "settings": {
@@ -140,16 +157,25 @@ def evaluate(
             "class_agnostic": True,
             "things_only": bool(things_only),
             "stuff_min_id": int(stuff_min_id),
+            "only_gt_images": bool(only_gt_images),
             "predictions": labels.source,
             "ground_truth": str(gt) if isinstance(gt, (str, os.PathLike)) else "in memory",
         },
         "counts": {**counts, "predictions": len(records)},
     }
     for iou_type in iou_types:
-        result[iou_type] = summarize(_run_cocoeval(gt_coco, records, iou_type))
+        result[iou_type] = summarize(_run_cocoeval(gt_coco, records, iou_type, progress))
     if breakdown:
-        result["breakdown"] = _breakdown(gt_coco, records, iou_types, len(dataset["images"]))
+        num_images = len(dataset["images"])
+        result["breakdown"] = _breakdown(gt_coco, records, iou_types, num_images, progress)
     return result
+
+
+def _bar(enabled: bool, total: int | None, description: str, unit: str):
+    """A tqdm bar on stderr that clears itself when done (the tables follow on stdout)."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=description, unit=unit, disable=not enabled, leave=False)
 
 
 def _checked_iou_types(iou_types: Sequence[str]) -> tuple[str, ...]:
@@ -232,62 +258,105 @@ def load_ground_truth(
     return dataset, counts
 
 
-def prediction_records(labels: Labels, dataset: dict) -> list[dict]:
+def prediction_records(labels: Labels, dataset: dict, only_gt_images: bool = False) -> list[dict]:
     """Predictions as single-category records on the ground truth's image ids.
 
     Each record keeps ``image_id`` (the ground truth's), ``category_id`` 1, ``score``,
     ``level``, ``threshold``, ``bbox`` and a compressed-RLE ``segmentation`` (None for
-    box-only predictions).
+    box-only predictions). Predictions on images the ground truth lacks are refused, or left
+    out with ``only_gt_images`` (see :func:`evaluate`).
     """
+    return _records(labels, dataset, _gt_image_ids(labels, dataset, only_gt_images))
+
+
+def _gt_image_ids(labels: Labels, dataset: dict, only_gt_images: bool) -> dict:
+    """{prediction image id: ground-truth image id} for the predicted images the ground truth
+    has. The others are an error unless ``only_gt_images``; none at all is always one."""
+    predicted = {annotation["image_id"] for annotation in labels.annotations}
+    if labels.images is None:  # a results list: its ids must be the ground truth's
+        known = {image["id"] for image in dataset["images"]}
+        to_gt = {image_id: image_id for image_id in predicted if image_id in known}
+        unknown = sorted(predicted - known, key=str)
+    else:  # a dict: match its images to the ground truth's by file name
+        to_gt, unknown = {}, []
+        for image in labels.images:
+            if image["id"] in predicted:
+                match = _gt_image_named(labels, dataset, image.get("file_name", ""))
+                if match is None:
+                    unknown.append(image.get("file_name", ""))
+                else:
+                    to_gt[image["id"]] = match["id"]
+    if unknown and (not only_gt_images or not to_gt):
+        raise InputError(_unknown_images_message(labels, dataset, unknown, len(predicted), to_gt))
+    return to_gt
+
+
+def _gt_image_named(labels: Labels, dataset: dict, file_name: str) -> dict | None:
+    try:
+        return find_image(dataset["images"], file_name, "the ground truth")
+    except InputError as error:  # several ground-truth images with that name
+        raise InputError(f"predictions {labels.source}: {error}") from None
+
+
+def _unknown_images_message(
+    labels: Labels, dataset: dict, unknown: list, predicted: int, to_gt: dict
+) -> str:
+    shown = ", ".join(map(repr, unknown[:5])) + (" ..." if len(unknown) > 5 else "")
+    share = f"{len(unknown)} of the {predicted}" if to_gt else f"all {predicted}"
+    if labels.images is None:
+        text = (
+            f"{len(unknown)} image ids are not in the ground truth: {shown} ({share} predicted "
+            f"images). {HASHED_IDS_HINT}"
+        )
+    else:
+        text = (
+            f"no image named {shown} in the ground truth ({len(dataset['images'])} images; "
+            f"{share} predicted images, matched by file name)"
+        )
+    if to_gt:  # leaving the others out still evaluates something
+        text += (
+            ". To evaluate only the images the ground truth has, leaving out the predictions "
+            "on the others, pass --only-gt-images (Python: only_gt_images=True)"
+        )
+    return f"predictions {labels.source}: {text}"
+
+
+def _records(labels: Labels, dataset: dict, to_gt: dict, progress: bool = False) -> list[dict]:
+    """Single-category records of the predictions on the images in ``to_gt``."""
+    gt_images = {image["id"]: image for image in dataset["images"]}
+    records = []
+    with _bar(progress, len(labels.annotations), "reading predictions", "mask") as bar:
+        for index, annotation in enumerate(labels.annotations):
+            bar.update()
+            if annotation["image_id"] in to_gt:  # else an image the ground truth lacks
+                image = gt_images[to_gt[annotation["image_id"]]]
+                where = f"predictions {labels.source}: annotation {index}"
+                records.append(_record(annotation, image, where))
+    return records
+
+
+def _record(annotation: dict, image: dict, where: str) -> dict:
+    """One prediction as a single-category record on its ground-truth ``image``."""
     from pycocotools import mask as mask_utils
 
-    gt_images = {image["id"]: image for image in dataset["images"]}
-    if labels.images is not None:  # a dict: match its images to the ground truth's by name
-        used = {a["image_id"] for a in labels.annotations}
-        to_gt = {}
-        for image in labels.images:
-            if image["id"] in used:
-                try:
-                    match = match_image(
-                        dataset["images"], image.get("file_name", ""), "the ground truth"
-                    )
-                except InputError as error:
-                    raise InputError(f"predictions {labels.source}: {error}") from None
-                to_gt[image["id"]] = match["id"]
-    else:
-        unknown = sorted({a["image_id"] for a in labels.annotations} - gt_images.keys(), key=str)
-        if unknown:
-            shown = ", ".join(map(repr, unknown[:5])) + (" ..." if len(unknown) > 5 else "")
-            raise InputError(
-                f"predictions {labels.source}: {len(unknown)} image ids are not in the ground "
-                f"truth: {shown}"
-            )
-        to_gt = {image_id: image_id for image_id in gt_images}
-    records = []
-    for index, annotation in enumerate(labels.annotations):
-        image = gt_images[to_gt[annotation["image_id"]]]
-        where = f"predictions {labels.source}: annotation {index}"
-        segmentation = None
-        if annotation.get("segmentation"):
-            segmentation = to_rle(annotation, image["height"], image["width"], where)
-        bbox = annotation.get("bbox")
-        if not bbox:
-            bbox = [float(v) for v in mask_utils.toBbox(segmentation)]
-        score = score_of(annotation)
-        if not math.isfinite(score):
-            raise InputError(f"{where}: score {score!r} is not a finite number")
-        records.append(
-            {
-                "image_id": image["id"],
-                "category_id": 1,
-                "score": score,
-                "level": level_of(annotation),
-                "threshold": threshold_of(annotation),
-                "bbox": [float(v) for v in bbox],
-                "segmentation": segmentation,
-            }
-        )
-    return records
+    segmentation = None
+    if annotation.get("segmentation"):
+        segmentation = to_rle(annotation, image["height"], image["width"], where)
+    bbox = annotation.get("bbox")
+    if not bbox:
+        bbox = [float(v) for v in mask_utils.toBbox(segmentation)]
+    score = score_of(annotation)
+    if not math.isfinite(score):
+        raise InputError(f"{where}: score {score!r} is not a finite number")
+    return {
+        "image_id": image["id"],
+        "category_id": 1,
+        "score": score,
+        "level": level_of(annotation),
+        "threshold": threshold_of(annotation),
+        "bbox": [float(v) for v in bbox],
+        "segmentation": segmentation,
+    }
 
 
 def _coco(dataset: dict):
@@ -300,10 +369,38 @@ def _coco(dataset: dict):
     return coco
 
 
-def _run_cocoeval(gt_coco, records: Sequence[dict], iou_type: str):
-    """COCOeval, class-agnostic, maxDets 10/100/1000, evaluated and accumulated."""
-    from pycocotools.cocoeval import COCOeval
+def _run_cocoeval(
+    gt_coco, records: Sequence[dict], iou_type: str, progress: bool = False, label: str = ""
+):
+    """COCOeval, class-agnostic, maxDets 10/100/1000, evaluated and accumulated.
 
+    With ``progress``, a bar counts evaluate()'s steps (per image: its IoUs, then its matching
+    per area range), its description the stage; ``label`` names the run (a breakdown subset).
+    """
+    name = " ".join(filter(None, [label, IOU_TYPE_NAMES[iou_type]]))
+    with _bar(progress, None, f"{name}: loading results", "step") as bar:
+        results = _cocoeval_results(records, iou_type)
+        with contextlib.redirect_stdout(io.StringIO()):
+            if results:
+                detections = gt_coco.loadRes(results)
+            else:  # loadRes cannot take an empty list
+                detections = _coco(
+                    {"images": gt_coco.dataset["images"], "annotations": [], "categories": []}
+                )
+            evaluation = _ticking_cocoeval()(gt_coco, detections, iou_type)
+            evaluation.bar = bar
+            evaluation.params.useCats = 0
+            evaluation.params.maxDets = list(MAX_DETS)
+            bar.reset(len(evaluation.params.imgIds) * (1 + len(evaluation.params.areaRng)))
+            bar.set_description_str(f"{name}: IoUs and matching")
+            evaluation.evaluate()
+            bar.set_description_str(f"{name}: accumulating")
+            evaluation.accumulate()
+    return evaluation
+
+
+def _cocoeval_results(records: Sequence[dict], iou_type: str) -> list[dict]:
+    """The records as COCO results with one geometry (copied: loadRes adds fields)."""
     geometry = "bbox" if iou_type == "bbox" else "segmentation"
     results = []
     for record in records:
@@ -317,19 +414,27 @@ def _run_cocoeval(gt_coco, records: Sequence[dict], iou_type: str):
                 geometry: copy.deepcopy(record[geometry]),
             }
         )
-    with contextlib.redirect_stdout(io.StringIO()):
-        if results:
-            detections = gt_coco.loadRes(results)
-        else:  # loadRes cannot take an empty list
-            detections = _coco(
-                {"images": gt_coco.dataset["images"], "annotations": [], "categories": []}
-            )
-        evaluation = COCOeval(gt_coco, detections, iou_type)
-        evaluation.params.useCats = 0
-        evaluation.params.maxDets = list(MAX_DETS)
-        evaluation.evaluate()
-        evaluation.accumulate()
-    return evaluation
+    return results
+
+
+@functools.cache
+def _ticking_cocoeval() -> type:
+    """COCOeval that ticks ``self.bar`` once per image in computeIoU and once per image and
+    area range in evaluateImg: evaluate()'s loops, the long part on big inputs."""
+    from pycocotools.cocoeval import COCOeval
+
+    class TickingCOCOeval(COCOeval):
+        bar = None
+
+        def computeIoU(self, imgId, catId):  # pycocotools' names and signatures
+            self.bar.update()
+            return super().computeIoU(imgId, catId)
+
+        def evaluateImg(self, imgId, catId, aRng, maxDet):
+            self.bar.update()
+            return super().evaluateImg(imgId, catId, aRng, maxDet)
+
+    return TickingCOCOeval
 
 
 def summarize(evaluation) -> dict:
@@ -363,7 +468,7 @@ def _mean_defined(values: np.ndarray) -> float | None:
     return float(np.mean(defined)) if defined.size else None
 
 
-def _breakdown(gt_coco, records, iou_types, num_images: int) -> list[dict]:
+def _breakdown(gt_coco, records, iou_types, num_images: int, progress: bool = False) -> list[dict]:
     """Rows by merge threshold, the whole set, then by level (the paper's Table 2).
 
     Labels per image = predictions in the subset / ground-truth images.
@@ -389,7 +494,8 @@ def _breakdown(gt_coco, records, iou_types, num_images: int) -> list[dict]:
             "labels_per_image": len(subset) / num_images,
         }
         for iou_type in iou_types:
-            row[iou_type] = summarize(_run_cocoeval(gt_coco, subset, iou_type))
+            label = name if group == "all" else f"{group} {name}"
+            row[iou_type] = summarize(_run_cocoeval(gt_coco, subset, iou_type, progress, label))
         rows.append(row)
     return rows
 
@@ -398,24 +504,56 @@ def _percent(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f}"
 
 
+UNDEFINED_NOTE = (
+    "-: nothing to evaluate (no ground-truth objects in that area range, e.g. AR_s without "
+    "small objects; null in the JSON)"
+)
+
+
+def _notes(rows: list[list[str]], unit: str) -> str:
+    """The unit line under a table, and what '-' means when the table has one."""
+    has_dash = any(cell == "-" for row in rows[1:] for cell in row[1:])
+    return unit + ("\n" + UNDEFINED_NOTE if has_dash else "")
+
+
 def format_metrics(result: dict) -> str:
-    """The main table (paper Tables 1 and 9): one row per IoU type, values in percent."""
+    """The main table (paper Tables 1 and 9): one row per IoU type, values in percent.
+
+    The first line is the summary (counts); the lines under the table give the unit (the
+    result dict and ``--out`` JSON hold fractions) and what "-" means when one is shown.
+    """
     counts = result["counts"]
     settings = result["settings"]
     header = (
         f"class-agnostic, {counts['images']} images, {counts['objects']} objects"
         f" ({counts['crowd']} crowd regions ignored"
         + (f", {counts['dropped_stuff']} stuff regions dropped" if settings["things_only"] else "")
-        + f"), {counts['predictions']} predictions; AR_s/m/l and AP at {MAX_DETS[-1]} detections"
+        + f"), {counts['predictions']} predictions"
+        + _dropped_note(result)
+        + f"; AR_s/m/l and AP at {MAX_DETS[-1]} detections"
     )
-    rows = [["", *METRICS]]
+    rows = [["(%)", *METRICS]]
     for iou_type in settings["iou_types"]:
         rows.append([IOU_TYPE_NAMES[iou_type], *(_percent(result[iou_type][m]) for m in METRICS)])
-    return header + "\n" + _table(rows)
+    unit = "values in % (the --out JSON holds fractions in [0, 1])"
+    return header + "\n" + _table(rows) + "\n" + _notes(rows, unit)
+
+
+def _dropped_note(result: dict) -> str:
+    """How much --only-gt-images left out (nothing for results of older versions)."""
+    if not result["settings"].get("only_gt_images"):
+        return ""
+    counts = result["counts"]
+    images = counts["dropped_images"]
+    return (
+        f" ({counts['dropped_predictions']} more on {images} image{'' if images == 1 else 's'} "
+        "not in the ground truth left out)"
+    )
 
 
 def format_breakdown(result: dict) -> str:
-    """The breakdown table (paper Table 2): labels per image, AR and AP per subset."""
+    """The breakdown table (paper Table 2): labels per image, AR and AP (in percent) per
+    subset, with the unit line (and the meaning of "-") under it."""
     iou_types = result["settings"]["iou_types"]
     header = ["subset", "labels/img"]
     for iou_type in iou_types:
@@ -427,7 +565,8 @@ def format_breakdown(result: dict) -> str:
         for iou_type in iou_types:
             cells += [_percent(row[iou_type][metric]) for metric in BREAKDOWN_METRICS]
         rows.append(cells)
-    return _table(rows)
+    unit = "AR and AP in %; labels/img: predictions per ground-truth image"
+    return _table(rows) + "\n" + _notes(rows, unit)
 
 
 def _table(rows: list[list[str]]) -> str:

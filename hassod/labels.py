@@ -35,11 +35,13 @@ import numpy as np
 from hassod.coco import LEVEL_NAMES
 
 __all__ = [
+    "HASHED_IDS_HINT",
     "LEVEL_NAMES",
     "InputError",
     "Labels",
     "check_annotation_fields",
     "decode_masks",
+    "find_image",
     "level_of",
     "load_labels",
     "mask_tree",
@@ -54,6 +56,14 @@ __all__ = [
 
 class InputError(ValueError):
     """A labels, predictions or ground-truth input that cannot be used, with the reason."""
+
+
+#: What to do when a results list's image ids are not a dataset JSON's (said where that shows).
+HASHED_IDS_HINT = (
+    "`hassod predict` numbers images by hashed file names unless it is given --image-ids: "
+    "rerun it with --image-ids GT.json (the ground truth, or the dataset JSON used here) so "
+    "that its results carry that JSON's image ids"
+)
 
 
 def read_json(path: str | os.PathLike, what: str = "labels"):
@@ -280,6 +290,16 @@ def match_image(images: Sequence[dict], file_name: str | os.PathLike, within: st
         InputError: no match, or several records with the base name; ``within`` names the
             list searched ("labels pseudo.json").
     """
+    record = find_image(images, file_name, within)
+    if record is None:
+        base = PurePosixPath(Path(file_name).as_posix()).name
+        raise InputError(f"no image named {base!r} in {within} ({len(images)} images)")
+    return record
+
+
+def find_image(images: Sequence[dict], file_name: str | os.PathLike, within: str) -> dict | None:
+    """:func:`match_image`, but None when no record matches (still an error when the base
+    name is ambiguous: that is a question the caller cannot answer by leaving it out)."""
     parts = PurePosixPath(Path(file_name).as_posix()).parts
     best, best_length = None, -1
     for image in images:
@@ -293,13 +313,11 @@ def match_image(images: Sequence[dict], file_name: str | os.PathLike, within: st
         return best
     base = parts[-1] if parts else ""
     same_base = [i for i in images if PurePosixPath(i.get("file_name") or "").name == base]
-    if len(same_base) == 1:
-        return same_base[0]
     if len(same_base) > 1:
         raise InputError(
             f"{len(same_base)} images in {within} are named {base!r}: give more of the path"
         )
-    raise InputError(f"no image named {base!r} in {within} ({len(images)} images)")
+    return same_base[0] if same_base else None
 
 
 def to_rle(annotation: dict, height: int, width: int, where: str = "annotation") -> dict:

@@ -26,6 +26,7 @@ from PIL import Image
 
 from hassod._io import atomic_write
 from hassod.labels import (
+    HASHED_IDS_HINT,
     LEVEL_NAMES,
     InputError,
     Labels,
@@ -192,6 +193,7 @@ def write_report(
     gt=None,
     images=None,
     things_only: bool = False,
+    only_gt_images: bool = False,
     score_threshold: float | None = None,
     max_masks: int | None = 100,
     limit: int | None = 50,
@@ -211,6 +213,8 @@ def write_report(
         images: for a results list: the dataset JSON (path or dict) naming its images;
             default ``gt``.
         things_only: evaluation without stuff categories (see :func:`hassod.evaluate.evaluate`).
+        only_gt_images: evaluation without the labels of images the ground truth lacks (see
+            :func:`hassod.evaluate.evaluate`; the pictures and statistics keep them).
         score_threshold: show masks with score >= this.
         max_masks: show at most this many masks per image (the best scores).
         limit: the gallery shows the first ``limit`` images by file name (None: all); the
@@ -243,7 +247,7 @@ def write_report(
         if unknown:
             raise InputError(
                 f"labels {labels.source}: {len(unknown)} image ids are not in the images JSON, "
-                f"e.g. {unknown[0]!r}"
+                f"e.g. {unknown[0]!r}. {HASHED_IDS_HINT}"
             )
     out_dir.mkdir(parents=True, exist_ok=True)
 
@@ -253,7 +257,9 @@ def write_report(
 
         from hassod.evaluate import evaluate
 
-        evaluation = evaluate(labels, gt, things_only=things_only, breakdown=True)
+        evaluation = evaluate(
+            labels, gt, things_only=things_only, breakdown=True, only_gt_images=only_gt_images
+        )
         text = json.dumps(evaluation, indent=2)
         atomic_write(
             out_dir / "metrics.json", lambda path: path.write_text(text, "utf-8"), parents=True

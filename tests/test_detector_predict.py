@@ -143,3 +143,108 @@ def test_predict_cli(checkpoint_path, images_dir, tmp_path, capsys):
     assert exit_info.value.code == 2
     missing = ["--checkpoint", str(tmp_path / "none.pth"), "--out", str(out), "--quiet"]
     assert main(["predict", str(images_dir), *missing]) == 2
+
+
+def gt_of(records) -> dict:
+    """A ground truth naming images (file_name, id, size) and one box per image."""
+    images = [
+        {"id": image_id, "file_name": name, "width": width, "height": height}
+        for name, image_id, (height, width) in records
+    ]
+    annotations = [
+        {
+            "id": n + 1,
+            "image_id": i["id"],
+            "category_id": 1,
+            "segmentation": [[5, 5, 25, 5, 25, 25, 5, 25]],
+            "bbox": [5, 5, 20, 20],
+            "area": 400,
+        }
+        for n, i in enumerate(images)
+    ]
+    return {"images": images, "annotations": annotations, "categories": [{"id": 1}]}
+
+
+def test_predict_image_ids_from_ground_truth_score_with_evaluate(
+    checkpoint_path, images_dir, tmp_path, capsys
+):
+    from hassod.cli import main
+
+    # "b.jpg" without its folder: a record's file name may be any tail of the image's path.
+    gt = gt_of([("a.png", 101, (70, 90)), ("b.jpg", 202, (64, 64))])
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    (images_dir / "broken.png").rename(tmp_path / "broken.png")  # not in the ground truth
+    try:
+        out = tmp_path / "preds.json"
+        common = ["--checkpoint", str(checkpoint_path), "--device", "cpu", "--quiet"]
+        args = [
+            str(images_dir),
+            *common,
+            "--out",
+            str(out),
+            "--image-ids",
+            str(tmp_path / "gt.json"),
+        ]
+        assert main(["predict", *args]) == 0
+    finally:
+        (tmp_path / "broken.png").rename(images_dir / "broken.png")
+    results = json.loads(out.read_text())
+    assert results and {r["image_id"] for r in results} <= {101, 202}
+    capsys.readouterr()
+    evaluate = ["evaluate", "--pred", str(out), "--gt", str(tmp_path / "gt.json"), "--quiet"]
+    assert main(evaluate) == 0
+    assert "AR@100" in capsys.readouterr().out
+
+
+def test_predict_images_refuses_images_the_image_ids_json_lacks(
+    checkpoint_path, images_dir, tmp_path
+):
+    from hassod.labels import InputError
+
+    out = tmp_path / "preds.json"
+    gt = gt_of([("a.png", 101, (70, 90))])
+    with pytest.raises(InputError, match=r"2 of 3 images are not in .*broken.png, sub/b.jpg"):
+        predict_images(images_dir, checkpoint_path, out, image_ids=gt, device="cpu")
+    ambiguous = gt_of([("x/b.jpg", 1, (64, 64)), ("y/b.jpg", 2, (64, 64))])
+    with pytest.raises(InputError, match="2 images in --image-ids .* are named 'b.jpg'"):
+        predict_images(images_dir / "sub" / "b.jpg", checkpoint_path, out, image_ids=ambiguous)
+    twins = tmp_path / "twins"
+    for name in ("x/c.png", "y/c.png"):  # checked before any image is read
+        (twins / name).parent.mkdir(parents=True)
+        (twins / name).write_bytes(b"")
+    with pytest.raises(
+        InputError, match="images x/c.png and y/c.png both match the record 'c.png'"
+    ):
+        predict_images(twins, checkpoint_path, out, image_ids=gt_of([("c.png", 1, (8, 8))]))
+    assert not out.exists()  # each refused before any work
+
+
+def test_predict_cli_image_ids_errors_exit_2(checkpoint_path, images_dir, tmp_path, capsys):
+    from hassod.cli import main
+
+    common = ["--checkpoint", str(checkpoint_path), "--out", str(tmp_path / "p.json"), "--quiet"]
+    (tmp_path / "gt.json").write_text(json.dumps(gt_of([("a.png", 101, (70, 90))])))
+    assert (
+        main(["predict", str(images_dir), *common, "--image-ids", str(tmp_path / "gt.json")]) == 2
+    )
+    error = capsys.readouterr().err
+    assert "are not in its 'images'" in error and "leave out --image-ids" in error
+    missing = str(tmp_path / "none.json")
+    assert main(["predict", str(images_dir), *common, "--image-ids", missing]) == 2
+    assert "--image-ids file not found" in capsys.readouterr().err
+
+
+def test_predict_help_gives_the_test_sizes_the_code_uses(checkpoint_path, capsys):
+    from hassod.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["predict", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default 800)" not in text and "(default 1333)" not in text
+    assert "default: the checkpoint's test_min_size" in text
+    assert "default: the checkpoint's test_max_size" in text
+    # ... which is what a Predictor without sizes uses (this checkpoint: 96 / 96).
+    predictor = Predictor(checkpoint_path, device="cpu")
+    data = tiny_config().data
+    assert (predictor.min_size, predictor.max_size) == (data.test_min_size, data.test_max_size)
+    assert Predictor(checkpoint_path, device="cpu", min_size=64).min_size == 64

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import io
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+import tqdm
 from pycocotools import mask as mask_utils
 
 from hassod.cli import main
@@ -212,6 +214,8 @@ def test_matches_direct_cocoeval_on_coco_sample(sample_gt, seed):
         "objects": 47,
         "crowd": 3,
         "dropped_stuff": 0,
+        "dropped_images": 0,
+        "dropped_predictions": 0,
         "predictions": len(predictions),
     }
     assert_matches_direct(result, renumbered(sample_gt), predictions)
@@ -354,6 +358,21 @@ def test_undefined_area_range_is_none_and_printed_as_dash():
     assert " - " in format_metrics(result)
 
 
+def test_printed_tables_give_their_unit_and_explain_the_dash():
+    """The tables print percent, the result (and --out JSON) fractions: both said."""
+    gt = dataset([[(0, 0, 50, 50)]])  # medium only: AR_s and AR_l undefined
+    result = evaluate(results_from_boxes(gt, [[(0, 0, 50, 50)]]), gt, breakdown=True)
+    text = format_metrics(result)
+    header, box_row = text.splitlines()[1:3]
+    assert header.startswith("(%)") and box_row.split()[1] == "100.0"
+    assert "values in % (the --out JSON holds fractions in [0, 1])" in text
+    assert "-: nothing to evaluate (no ground-truth objects in that area range" in text
+    assert "AR and AP in %" in format_breakdown(result)
+    everything = dataset([[(0, 0, 16, 16), (50, 0, 50, 50), (120, 0, 120, 120)]])
+    defined = evaluate(results_from_boxes(everything, [[(0, 0, 16, 16)]]), everything)
+    assert "nothing to evaluate" not in format_metrics(defined)  # no dash, no note
+
+
 def test_crowd_regions_are_ignored():
     """Crowd GT counts in no recall denominator; detections on it are no false positives."""
     boxes = [[(10, 10, 60, 60), (150, 20, 100, 100)]]
@@ -489,6 +508,67 @@ def test_errors_are_clear(tmp_path):
     assert evaluate(box_only, gt_path, iou_types=["bbox"])["bbox"]["AR@100"] == 1.0
 
 
+def test_results_with_hashed_file_name_ids_are_refused_with_the_fix():
+    """`hassod predict` without --image-ids numbers images by hashed file names."""
+    gt = dataset([[(10, 10, 60, 60)], [(20, 20, 40, 40)]])
+    hashed = results_from_boxes(gt, [[(10, 10, 60, 60)], [(20, 20, 40, 40)]])
+    for result, image in zip(hashed, gt["images"]):
+        result["image_id"] = image_id_for(image["file_name"])
+    for only_gt_images in (False, True):  # nothing would be left to evaluate
+        with pytest.raises(InputError, match="all 2 predicted images") as error:
+            evaluate(hashed, gt, only_gt_images=only_gt_images)
+        assert "rerun it with --image-ids GT.json" in str(error.value)
+        assert "--only-gt-images" not in str(error.value)
+
+
+def pseudo_labels_with_an_extra_image(gt: dict) -> dict:
+    """Pseudo-labels matching the GT's first image's boxes, plus two on an image not in it."""
+    images = [{"id": 5, "file_name": "img0.png"}, {"id": 6, "file_name": "extra.png"}]
+    annotations = [
+        {"image_id": 5, "bbox": a["bbox"], "segmentation": a["segmentation"], "score": 0.9}
+        for a in gt["annotations"]
+        if a["image_id"] == gt["images"][0]["id"]
+    ]
+    annotations += [{"image_id": 6, "bbox": [0, 0, 9, 9], "score": 1.0}] * 2
+    return {"images": images, "annotations": annotations}
+
+
+def test_only_gt_images_leaves_out_predictions_on_other_images():
+    gt = dataset([[(10, 10, 60, 60), (100, 20, 50, 50)]])
+    pseudo = pseudo_labels_with_an_extra_image(gt)
+    with pytest.raises(InputError, match="no image named 'extra.png'") as error:
+        evaluate(pseudo, gt)
+    assert "1 of the 2 predicted images" in str(error.value)
+    assert "pass --only-gt-images" in str(error.value)
+    result = evaluate(pseudo, gt, only_gt_images=True)
+    expected = evaluate({**pseudo, "annotations": pseudo["annotations"][:2]}, gt)
+    assert result["segm"] == expected["segm"] and result["segm"]["AR@100"] == 1.0
+    counts = result["counts"]
+    assert counts["predictions"] == 2
+    assert counts["dropped_images"] == 1 and counts["dropped_predictions"] == 2
+    assert "(2 more on 1 image not in the ground truth left out)" in format_metrics(result)
+    # A results list: the same for ids the ground truth lacks.
+    results = results_from_boxes(gt, [[(10, 10, 60, 60)]])
+    stray = [dict(results[0], image_id=999)]
+    with pytest.raises(InputError, match="1 image ids are not in the ground truth: 999"):
+        evaluate(results + stray, gt)
+    kept = evaluate(results + stray, gt, only_gt_images=True)
+    assert kept["counts"]["dropped_predictions"] == 1
+    assert kept["bbox"] == evaluate(results, gt)["bbox"]
+
+
+def test_evaluate_command_only_gt_images(tmp_path, capsys):
+    gt = dataset([[(10, 10, 60, 60)]])
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    (tmp_path / "pseudo.json").write_text(json.dumps(pseudo_labels_with_an_extra_image(gt)))
+    args = ["evaluate", "--pred", str(tmp_path / "pseudo.json"), "--gt", str(tmp_path / "gt.json")]
+    assert main(args) == 2
+    assert "pass --only-gt-images" in capsys.readouterr().err
+    assert main([*args, "--only-gt-images", "--out", str(tmp_path / "m.json")]) == 0
+    assert "2 more on 1 image not in the ground truth left out" in capsys.readouterr().out
+    assert json.loads((tmp_path / "m.json").read_text())["counts"]["dropped_images"] == 1
+
+
 # ---------------------------------------------------------------------------------------------
 # The command
 # ---------------------------------------------------------------------------------------------
@@ -536,6 +616,31 @@ def test_evaluate_command_input_errors_exit_2(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["evaluate", "--pred", "x.json", "--gt", "y.json", "--iou-type", "keypoints"])
     assert exit_info.value.code == 2
+
+
+def test_evaluate_command_shows_progress_on_stderr_unless_quiet(tmp_path, capsys, monkeypatch):
+    # Draw every step, not 10 times a second: the bars clear themselves when done.
+    monkeypatch.setattr(
+        tqdm.tqdm, "__init__", functools.partialmethod(tqdm.tqdm.__init__, mininterval=0)
+    )
+    gt = dataset([[(10, 10, 60, 60)], [(20, 20, 40, 40)]])
+    results = results_from_boxes(gt, [[(10, 10, 60, 60)], [(20, 20, 40, 40)]])
+    for result, threshold in zip(results, (0.4, 0.2)):
+        result["threshold"] = threshold
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    (tmp_path / "pred.json").write_text(json.dumps(results))
+    args = ["evaluate", "--pred", str(tmp_path / "pred.json"), "--gt", str(tmp_path / "gt.json")]
+    assert main([*args, "--breakdown"]) == 0
+    captured = capsys.readouterr()
+    assert "reading predictions" in captured.err and "2/2" in captured.err  # per prediction
+    # Each COCOeval run: per image its IoUs, then its matching in 4 area ranges: 2 x 5 steps.
+    for run in ("box", "mask", "threshold 0.4 box", "ensemble mask"):
+        assert f"{run}: IoUs and matching: 100%" in captured.err, run
+        assert f"{run}: accumulating" in captured.err, run
+    assert "10/10" in captured.err
+    assert "IoUs" not in captured.out and "AR@100" in captured.out  # the tables stay clean
+    assert main([*args, "--breakdown", "--quiet"]) == 0
+    assert capsys.readouterr().err == ""
 
 
 @pytest.mark.parametrize(

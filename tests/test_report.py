@@ -215,6 +215,33 @@ def test_show_results_list_with_images_json_and_default_level(scene, capsys):
     assert not (panels[2][40, 60] == panels[1][40, 60]).all()
 
 
+def test_show_warns_when_a_results_list_has_nothing_for_the_image(scene, capsys):
+    """0 masks drawn because the ids differ (e.g. `hassod predict` without --image-ids) is
+    said on stderr, with the fix; an image of a dataset JSON without masks is not."""
+    image = scene["images"] / "scene.png"
+    out = scene["dir"] / "fig.png"
+    hashed = [{"image_id": 424242, "bbox": [1, 1, 5, 5], "score": 0.5}]
+    (scene["dir"] / "results.json").write_text(json.dumps(hashed))
+    args = ["show", str(image), "--labels", str(scene["dir"] / "results.json"), "--out", str(out)]
+    assert main([*args, "--images", str(scene["labels"])]) == 0
+    captured = capsys.readouterr()
+    assert "0 of 0 masks" in captured.out
+    assert "hassod show: warning: none of the 1 image ids" in captured.err
+    assert "rerun it with --image-ids GT.json" in captured.err
+    # Other images of the images JSON have results, this one none.
+    images = {"images": [*scene["coco"]["images"], {"id": 424242, "file_name": "other.png"}]}
+    (scene["dir"] / "images.json").write_text(json.dumps(images))
+    assert main([*args, "--images", str(scene["dir"] / "images.json")]) == 0
+    assert "no result for this image, though 1 other image" in capsys.readouterr().err
+    empty = {**scene["coco"], "annotations": []}  # a dataset JSON: the image has no masks
+    (scene["dir"] / "empty.json").write_text(json.dumps(empty))
+    assert (
+        main(["show", str(image), "--labels", str(scene["dir"] / "empty.json"), "--out", str(out)])
+        == 0
+    )
+    assert capsys.readouterr().err == ""
+
+
 def test_show_errors(scene, capsys):
     other = scene["images"] / "other.png"
     Image.fromarray(np.zeros((10, 10, 3), dtype=np.uint8)).save(other)
@@ -360,6 +387,37 @@ def test_report_errors(scene, capsys):
     args = ["report", str(scene["images"]), "--labels", str(bad), "--out", str(out)]
     assert main(args) == 2
     assert "not valid JSON" in capsys.readouterr().err
+
+
+def test_report_only_gt_images_evaluates_the_annotated_images(scene, capsys):
+    """Labels of a folder larger than the ground truth: refused, or evaluated without them."""
+    extra = scene["images"] / "extra.png"
+    Image.fromarray(np.full((HEIGHT, WIDTH, 3), GREY, dtype=np.uint8)).save(extra)
+    coco = json.loads(scene["labels"].read_text())
+    gt = {**coco, "annotations": [dict(a, category_id=1) for a in coco["annotations"]]}
+    (scene["dir"] / "gt.json").write_text(json.dumps(gt))
+    other = dict(coco["images"][0], id=1, file_name="extra.png")
+    coco["images"].append(other)
+    coco["annotations"].append(dict(coco["annotations"][0], id=100, image_id=1))
+    (scene["dir"] / "both.json").write_text(json.dumps(coco))
+    out = scene["dir"] / "report"
+    args = ["report", str(scene["images"]), "--labels", str(scene["dir"] / "both.json")]
+    args += ["--out", str(out), "--gt", str(scene["dir"] / "gt.json")]
+    assert main(args) == 2
+    assert "pass --only-gt-images" in capsys.readouterr().err
+    assert main([*args, "--only-gt-images"]) == 0
+    assert "2 images, 7 masks, gallery of 2, with evaluation" in capsys.readouterr().out
+    counts = json.loads((out / "metrics.json").read_text())["counts"]
+    assert counts["dropped_images"] == 1 and counts["predictions"] == 6
+
+
+def test_report_results_list_with_other_ids_says_how_to_fix(scene, capsys):
+    results = [{"image_id": 123, "bbox": [1, 1, 5, 5], "score": 0.5}]
+    (scene["dir"] / "results.json").write_text(json.dumps(results))
+    args = ["report", str(scene["images"]), "--labels", str(scene["dir"] / "results.json")]
+    args += ["--out", str(scene["dir"] / "report"), "--images", str(scene["labels"])]
+    assert main(args) == 2
+    assert "rerun it with --image-ids GT.json" in capsys.readouterr().err
 
 
 def _chromium() -> str | None:

@@ -24,7 +24,8 @@ _TRAIN_EXIT_CODES = """exit codes:
 _PREDICT_EXIT_CODES = """exit codes:
   0    success (unreadable images are skipped and listed on stderr)
   1    run-time failure
-  2    bad arguments or input: missing images or checkpoint, unknown level"""
+  2    bad arguments or input: missing images or checkpoint, unknown level, an image that
+       --image-ids does not list (checked before the model loads)"""
 
 
 def add_train_parser(commands) -> None:
@@ -86,7 +87,9 @@ def add_predict_parser(commands) -> None:
             "Detect objects with their whole/part/subpart level in an image or every image "
             "under a folder, with a `hassod train` checkpoint, and write COCO results JSON "
             "(bbox, RLE segmentation, score, hier_level, level_scores). Image ids follow "
-            "`hassod discover` (hashed relative file names)."
+            "`hassod discover` (hashed relative file names); to score the results with "
+            "`hassod evaluate --gt GT.json`, give --image-ids GT.json so that they carry the "
+            "ground truth's ids."
         ),
         epilog=_PREDICT_EXIT_CODES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -98,6 +101,15 @@ def add_predict_parser(commands) -> None:
         "--levels", default="whole,part,subpart", help="levels to keep (default all three)"
     )
     predict.add_argument(
+        "--image-ids",
+        type=Path,
+        metavar="JSON",
+        help="COCO JSON (e.g. the ground truth) whose 'images' give each image's id, matched by "
+        "file name (a record's file_name may be any tail of the image's path); every image "
+        "must be listed there (exit 2 otherwise). Default: hashed relative file names, as "
+        "`hassod discover`",
+    )
+    predict.add_argument(
         "--weights",
         default="student",
         choices=["student", "teacher", "auto"],
@@ -106,8 +118,18 @@ def add_predict_parser(commands) -> None:
     )
     predict.add_argument("--score-threshold", type=float, help="minimum score (default 0)")
     predict.add_argument("--max-detections", type=int, help="per image (default 1000)")
-    predict.add_argument("--min-size", type=int, help="test short side (default 800)")
-    predict.add_argument("--max-size", type=int, help="test long side cap (default 1333)")
+    predict.add_argument(
+        "--min-size",
+        type=int,
+        help="test short side in pixels (default: the checkpoint's test_min_size: 800 for the "
+        "paper preset, 128 for cpu-small)",
+    )
+    predict.add_argument(
+        "--max-size",
+        type=int,
+        help="test long side cap in pixels (default: the checkpoint's test_max_size: 1333 for "
+        "the paper preset, 160 for cpu-small)",
+    )
     predict.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     predict.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -210,6 +232,7 @@ def run_predict_command(args, parser) -> int:
             args.checkpoint,
             args.out,
             levels=levels,
+            image_ids=args.image_ids,
             progress=not args.quiet,
             device=args.device,
             weights=args.weights,

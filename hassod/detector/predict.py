@@ -1,9 +1,10 @@
 """``hassod predict``: a trained checkpoint -> detections with masks and levels (COCO results).
 
-Each image is resized (short side ``test_min_size``, long side at most ``test_max_size``,
-800 / 1333 by default), run through the detector (stage-averaged scores, up to 1000
-detections), and the detections are mapped back to the original image: boxes rescaled, the
-28x28 mask probabilities pasted at full resolution and thresholded at 0.5, then RLE-encoded.
+Each image is resized (short side ``test_min_size``, long side at most ``test_max_size``: the
+checkpoint's settings, 800 / 1333 in the paper preset, 128 / 160 in cpu-small), run through the
+detector (stage-averaged scores, up to 1000 detections), and the detections are mapped back to
+the original image: boxes rescaled, the 28x28 mask probabilities pasted at full resolution and
+thresholded at 0.5, then RLE-encoded.
 
 A detection is a COCO result dict::
 
@@ -18,8 +19,9 @@ keeps the chosen levels (``whole``, ``part``, ``subpart`` or 0, 1, 2).
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -85,7 +87,8 @@ class Predictor:
             ``teacher`` (its EMA) or ``auto`` (the teacher when present, else the student).
         score_threshold: keep detections scoring above it (default: the model's, 0.0).
         max_detections: at most this many per image (default: the model's, 1000).
-        min_size, max_size: test resize (default: the training config's 800 / 1333).
+        min_size, max_size: test resize (default: the checkpoint's ``data.test_min_size`` /
+            ``test_max_size``; 800 / 1333 in the paper preset).
         mask_threshold: a pixel is in a mask where its pasted probability is >= this (0.5;
             Detectron2's paste, :func:`hassod.detector.paste.paste_masks`).
     """
@@ -220,6 +223,7 @@ def predict_images(
     out,
     *,
     levels=None,
+    image_ids=None,
     progress: bool = False,
     **predictor_options,
 ) -> PredictSummary:
@@ -227,8 +231,15 @@ def predict_images(
 
     Image ids are :func:`hassod.coco.image_id_for` of the path relative to the folder (for a
     single file: its name), the rule ``hassod discover`` uses, so the results pair with a
-    pseudo-label or ground-truth JSON made from the same folder. Unreadable images are skipped
-    and listed in the summary. The output is written atomically.
+    pseudo-label JSON made from the same folder. With ``image_ids`` (a COCO JSON path or dict,
+    e.g. the ground truth) each image takes the id of its record there instead, matched by file
+    name (:func:`image_ids_from`), so the results pair with that JSON (``hassod evaluate``).
+    Unreadable images are skipped and listed in the summary. The output is written atomically.
+
+    Raises:
+        FileNotFoundError: no images.
+        ValueError: a bad level, or (:class:`hassod.labels.InputError`) an ``image_ids`` JSON
+            that is unreadable or does not list every image; checked before the model loads.
     """
     from hassod.discover import UnreadableImage, read_image
     from hassod.discover_run import atomic_write_json, list_images
@@ -243,6 +254,10 @@ def predict_images(
     else:
         raise FileNotFoundError(f"images not found: {images}")
     chosen = parse_levels(levels)
+    if image_ids is None:
+        ids = {name: image_id_for(name) for name in names}
+    else:
+        ids = image_ids_from(image_ids, names, root)
     predictor = Predictor(checkpoint, **predictor_options)
     results, failed = [], []
     iterator = names
@@ -256,7 +271,7 @@ def predict_images(
         except UnreadableImage as error:
             failed.append({"file_name": name, "reason": str(error)})
             continue
-        results.extend(predictor(image, chosen, image_id=image_id_for(name)))
+        results.extend(predictor(image, chosen, image_id=ids[name]))
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out, results)
     per_level = {name: 0 for name in LEVEL_NAMES}
@@ -265,3 +280,75 @@ def predict_images(
     for item in failed:
         print(f"hassod predict: skipped {item['file_name']}: {item['reason']}", file=sys.stderr)
     return PredictSummary(out, len(names) - len(failed), len(results), failed, per_level)
+
+
+def image_ids_from(dataset, names: Sequence[str], root: str | os.PathLike = ".") -> dict[str, int]:
+    """Each image's id from a COCO JSON's ``images`` records, matched by file name.
+
+    Args:
+        dataset: a COCO JSON path or parsed dict with an ``images`` list (e.g. the ground truth).
+        names: image paths relative to ``root`` (as :func:`predict_images` lists them).
+        root: their folder; the absolute path is matched, so a record's ``file_name`` may be
+            any tail of it ("x.jpg", "val2017/x.jpg"; :func:`hassod.labels.match_image`).
+
+    Returns:
+        ``{name: id}``.
+
+    Raises:
+        InputError: an unreadable JSON, an image without a record (its id would be missing
+            from that JSON, so ``hassod evaluate`` could not score it), two images matching
+            one record (their detections would be pooled), a record without an integer id.
+    """
+    from hassod.labels import InputError, find_image
+
+    source, records = _image_records(dataset)
+    ids, owners, unmatched = {}, {}, []
+    for name in names:
+        record = find_image(records, os.path.abspath(Path(root) / name), f"--image-ids {source}")
+        if record is None:
+            unmatched.append(name)
+            continue
+        image_id = _record_id(record, source)
+        if image_id in owners:
+            raise InputError(
+                f"--image-ids {source}: images {owners[image_id]} and {name} both match the "
+                f"record {record.get('file_name')!r}: predict on files with distinct names"
+            )
+        owners[image_id], ids[name] = name, image_id
+    if unmatched:
+        shown = ", ".join(unmatched[:5]) + (" ..." if len(unmatched) > 5 else "")
+        raise InputError(
+            f"--image-ids {source}: {len(unmatched)} of {len(names)} images are not in its "
+            f"'images' (matched by file name), so they would have no id there: {shown}. "
+            "Predict on that JSON's images only (a folder or file of them), or leave out "
+            "--image-ids (ids: hashed file names)"
+        )
+    return ids
+
+
+def _image_records(dataset) -> tuple[str, list]:
+    """(name for messages, ``images`` list) of a COCO JSON path or dict."""
+    from hassod.labels import InputError, read_json
+
+    if isinstance(dataset, (str, os.PathLike)):
+        source, data = str(dataset), read_json(dataset, "--image-ids")
+    else:
+        source, data = "in-memory image ids", dataset
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list) or not data["images"]:
+        raise InputError(
+            f"--image-ids {source}: expected a COCO JSON with a non-empty 'images' list"
+        )
+    return source, data["images"]
+
+
+def _record_id(record: dict, source: str) -> int:
+    # COCO results need integer image ids (pycocotools' loadRes, hassod evaluate's matching).
+    image_id = record.get("id")
+    if not isinstance(image_id, int) or isinstance(image_id, bool):
+        from hassod.labels import InputError
+
+        raise InputError(
+            f"--image-ids {source}: the record of {record.get('file_name')!r} has no integer "
+            f"'id' (got {image_id!r})"
+        )
+    return image_id
