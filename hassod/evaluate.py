@@ -143,6 +143,8 @@ def evaluate(
     """
     iou_types = _checked_iou_types(iou_types)
     dataset, counts = load_ground_truth(gt, things_only, stuff_min_id)
+    if "segm" in iou_types:
+        _require_gt_masks(dataset, gt)
     labels = pred if isinstance(pred, Labels) else load_labels(pred, "predictions")
     to_gt = _gt_image_ids(labels, dataset, only_gt_images)
     records = _records(labels, dataset, to_gt, progress)
@@ -169,6 +171,19 @@ def evaluate(
         num_images = len(dataset["images"])
         result["breakdown"] = _breakdown(gt_coco, records, iou_types, num_images, progress)
     return result
+
+
+def _require_gt_masks(dataset: dict, gt) -> None:
+    """Mask recall needs every ground-truth object's mask (pycocotools stops with a KeyError)."""
+    boxes_only = [a for a in dataset["annotations"] if not a.get("segmentation")]
+    if boxes_only:
+        name = str(gt) if isinstance(gt, (str, os.PathLike)) else "in-memory ground truth"
+        raise InputError(
+            f"ground truth {name}: {len(boxes_only)} of {len(dataset['annotations'])} objects "
+            f"have no 'segmentation' (e.g. one on image id {boxes_only[0]['image_id']!r}), so mask "
+            "recall cannot "
+            "be measured; evaluate boxes only (--iou-type bbox, iou_types=['bbox'])"
+        )
 
 
 def _bar(enabled: bool, total: int | None, description: str, unit: str):

@@ -710,3 +710,28 @@ def test_box_only_annotations_become_the_box_clipped_to_the_image(box):
             )
     mask = mask_utils.decode(to_rle({"bbox": box}, height, width)).astype(bool)
     np.testing.assert_array_equal(mask, expected)
+
+
+def test_box_only_ground_truth_refuses_mask_recall_and_gives_box_recall():
+    """pycocotools stopped with KeyError 'segmentation'; now the message names the way out."""
+    from hassod.evaluate import evaluate
+    from hassod.labels import InputError
+
+    mask = np.zeros((50, 60), dtype=np.uint8, order="F")
+    mask[10:30, 10:40] = 1
+    rle = mask_utils.encode(mask)
+    rle["counts"] = rle["counts"].decode("ascii")
+    gt = {
+        "images": [{"id": 7, "file_name": "a.png", "width": 60, "height": 50}],
+        "annotations": [
+            {"id": 1, "image_id": 7, "category_id": 1, "bbox": [10, 10, 30, 20], "iscrowd": 0}
+        ],
+        "categories": [{"id": 1, "name": "thing"}],
+    }
+    predictions = [
+        {"image_id": 7, "category_id": 1, "score": 0.9, "segmentation": rle,
+         "bbox": [10.0, 10.0, 30.0, 20.0]}
+    ]  # fmt: skip
+    with pytest.raises(InputError, match=r"no 'segmentation'.*--iou-type bbox"):
+        evaluate(predictions, gt)
+    assert evaluate(predictions, gt, iou_types=["bbox"])["bbox"]["AR@100"] == 1.0
