@@ -242,6 +242,10 @@ SWEEP = {
         {"rows": 4, "num_warps": 4},
         {"rows": 8, "num_warps": 4},
         {"rows": 16, "num_warps": 4},
+        # by degree (crf_triton.splat_plan): light vertices in unrolled tiles, heavy ones alone
+        {"by_degree": True, "light_rows": 16, "num_warps": 4},
+        {"by_degree": True, "light_rows": 32, "num_warps": 4},
+        {"by_degree": True, "light_rows": 8, "num_warps": 4},
     ],
     "blur": [  # every axis of the lattice, two per launch or one
         {"axes_per_pass": 2, "tile": 2048, "num_warps": 8},
@@ -308,12 +312,15 @@ def _sweep_one(batch: CrfBatch, columns: int, precision: str, device, repeats: i
     point_image = batch._point_image.to(torch.int32)
 
     def splat(setting):
+        setting = dict(setting)
+        plan = lattice.splat_plan if setting.pop("by_degree", False) else None
         crf_triton.splat(
             lattice.vertex_crow,
             lattice.splat_points,
             kernel.splat_values,
             values,
             vertex_values,
+            plan=plan,
             **setting,
         )
 

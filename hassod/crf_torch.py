@@ -121,6 +121,11 @@ class _Lattice:
         return points.to(_index_dtype(self.entry_vertex.shape[0])).contiguous()
 
     @cached_property
+    def splat_plan(self) -> crf_triton.SplatPlan:
+        """The vertices split by degree for the Triton splat (:func:`crf_triton.splat_plan`)."""
+        return crf_triton.splat_plan(self.vertex_crow)
+
+    @cached_property
     def corner_vertex(self) -> torch.Tensor:
         """(N, d+1) entry_vertex as int32 where the vertices allow (the slice's gathers)."""
         return self.entry_vertex.to(_index_dtype(self.num_vertices)).contiguous()
@@ -193,8 +198,9 @@ class _Kernel:
         # The blurs alternate between the two buffers: start where the last one lands in out.
         passes = crf_triton.blur_pass_count(len(lattice.blur_neighbours))
         start, other = (out, scratch) if passes % 2 == 0 else (scratch, out)
+        plan = lattice.splat_plan if crf_triton.SPLAT_BY_DEGREE else None
         crf_triton.splat(
-            lattice.vertex_crow, lattice.splat_points, self.splat_values, values, start
+            lattice.vertex_crow, lattice.splat_points, self.splat_values, values, start, plan=plan
         )
         return crf_triton.blur_axes(start, other, lattice.blur_neighbours)
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 import builtins
 import operator
 import types
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -135,13 +136,18 @@ if triton is not None:
         weight_ptr,  # (E,) float32
         src_ptr,  # (N, C) point values
         dst_ptr,  # (M, C) vertex values
+        order_ptr,  # (programs,) the vertex of each program (ORDERED only)
         num_column_groups,
         COLUMN_GROUP: tl.constexpr,
+        ORDERED: tl.constexpr,
         ENTRY_BLOCK: tl.constexpr,
         COLUMN_BLOCK: tl.constexpr,
     ):
         num_columns = num_column_groups * COLUMN_GROUP  # rows start 16-byte aligned
-        vertex = tl.program_id(0).to(tl.int64)
+        if ORDERED:
+            vertex = tl.load(order_ptr + tl.program_id(0)).to(tl.int64)
+        else:
+            vertex = tl.program_id(0).to(tl.int64)
         columns = tl.program_id(1) * COLUMN_BLOCK + tl.arange(0, COLUMN_BLOCK)
         column_mask = columns < num_columns
         start = tl.load(crow_ptr + vertex)
@@ -202,6 +208,47 @@ if triton is not None:
             dst_ptr + rows[:, None] * num_columns + columns[None, :],
             total.to(dst_ptr.dtype.element_ty),
             mask=row_mask[:, None] & column_mask[None, :],
+        )
+
+    def _splat_light_body(
+        crow_ptr,  # as in _splat_body
+        point_ptr,
+        weight_ptr,
+        src_ptr,
+        dst_ptr,
+        order_ptr,  # (num_rows,) vertices of degree <= MAX_DEGREE, in the order to run them
+        num_rows,
+        num_column_groups,
+        COLUMN_GROUP: tl.constexpr,
+        ROWS: tl.constexpr,
+        MAX_DEGREE: tl.constexpr,
+        COLUMN_BLOCK: tl.constexpr,
+    ):
+        # ROWS light vertices per program, their entries in MAX_DEGREE unrolled steps: every
+        # gather is issued without a loop-carried bound (most vertices have 1 to 4 entries).
+        num_columns = num_column_groups * COLUMN_GROUP  # rows start 16-byte aligned
+        slots = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
+        slot_mask = slots < num_rows
+        rows = tl.load(order_ptr + slots, mask=slot_mask, other=0).to(tl.int64)
+        columns = tl.program_id(1) * COLUMN_BLOCK + tl.arange(0, COLUMN_BLOCK)
+        column_mask = columns < num_columns
+        start = tl.load(crow_ptr + rows, mask=slot_mask, other=0)
+        degree = tl.load(crow_ptr + rows + 1, mask=slot_mask, other=0) - start
+        total = tl.full([ROWS, COLUMN_BLOCK], 0.0, tl.float32)
+        for step in tl.static_range(MAX_DEGREE):
+            live = step < degree
+            points = tl.load(point_ptr + start + step, mask=live, other=0).to(tl.int64)
+            weights = tl.load(weight_ptr + start + step, mask=live, other=0.0)
+            values = tl.load(
+                src_ptr + points[:, None] * num_columns + columns[None, :],
+                mask=live[:, None] & column_mask[None, :],
+                other=0.0,
+            )
+            total += weights[:, None] * values.to(tl.float32)
+        tl.store(
+            dst_ptr + rows[:, None] * num_columns + columns[None, :],
+            total.to(dst_ptr.dtype.element_ty),
+            mask=slot_mask[:, None] & column_mask[None, :],
         )
 
     def _axis_blur_body(
@@ -389,6 +436,7 @@ if triton is not None:
 
     _SPLAT = _TritonKernel(_splat_body)
     _SPLAT_ROWS = _TritonKernel(_splat_rows_body)
+    _SPLAT_LIGHT = _TritonKernel(_splat_light_body)
     _BLUR = _TritonKernel(_blur_body)
     _BLUR_PAIR = _TritonKernel(_blur_pair_body)
     _SLICE_UPDATE = _TritonKernel(_slice_update_body)
@@ -444,6 +492,41 @@ def _column_grid(num_columns: int) -> tuple[int, int]:
     return block, -(-num_columns // block)
 
 
+@dataclass(frozen=True)
+class SplatPlan:
+    """Vertices of a lattice split by degree for :func:`splat` (see :func:`splat_plan`)."""
+
+    light: torch.Tensor  # vertices of degree <= max_light, by window, busiest first
+    heavy: torch.Tensor  # the others, busiest first
+    max_light: int
+
+
+def splat_plan(crow: torch.Tensor, max_light: int = 16, window: int = 1024) -> SplatPlan:
+    """Split the vertices of the CSR ``crow`` (M + 1,) for the splat: the light ones (degree
+    <= ``max_light``; most of a bilateral lattice's, which has a median degree of 2 but
+    vertices with thousands of points) run ``light_rows`` to a program in unrolled steps; the
+    heavy ones one to a program, the busiest first so that they do not finish last. Light
+    vertices keep their order at the scale of ``window`` vertices (neighbouring vertices share
+    points, which the cache then serves) and are sorted by degree within each window, so that
+    a program's rows need similar steps."""
+    degree = crow[1:] - crow[:-1]
+    vertices = torch.arange(degree.numel(), device=crow.device)
+    light = degree <= max_light
+    light_vertices = vertices[light]
+    key = (light_vertices // window) * (max_light + 1) + (max_light - degree[light])
+    light_order = light_vertices[torch.sort(key, stable=True).indices]
+    heavy_vertices = vertices[~light]
+    heavy_order = heavy_vertices[torch.sort(-degree[~light], stable=True).indices]
+    index = torch.int32 if degree.numel() < 2**31 else torch.int64
+    return SplatPlan(light_order.to(index), heavy_order.to(index), max_light)
+
+
+#: Whether :class:`hassod.crf_torch.CrfBatch` splats by degree (:func:`splat_plan`) or one
+#: program per vertex. The per-vertex default is what ran first; bench_crf_gpu.py --sweep
+#: times both on the GPU.
+SPLAT_BY_DEGREE = False
+
+
 def splat(
     crow: torch.Tensor,
     points: torch.Tensor,
@@ -454,6 +537,8 @@ def splat(
     entry_block: int = _ENTRY_BLOCK,
     rows: int = 1,
     num_warps: int | None = None,
+    plan: SplatPlan | None = None,
+    light_rows: int = 16,
 ) -> torch.Tensor:
     """``out[v] = sum of weights[e] * values[points[e]]`` over the entries e of vertex v.
 
@@ -463,7 +548,9 @@ def splat(
     a program that gathers ``entry_block`` entries per step (a power of two); ``rows`` > 1 (a
     power of two) gives each program that many vertices, one entry of each per step.
     ``num_warps`` None: 4, fewer for tiles of under 512 elements (a warp per 128; the
-    normalisation's single column takes one).
+    normalisation's single column takes one). ``plan`` (:func:`splat_plan` of ``crow``): the
+    light vertices ``light_rows`` (a power of two) to a program, then the heavy ones as with
+    ``rows`` = 1; ``rows`` is then ignored.
     """
     _require()
     num_vertices, num_columns = out.shape
@@ -472,25 +559,49 @@ def splat(
     block, column_blocks = _column_grid(num_columns)
     if num_warps is None:
         num_warps = min(4, max(1, max(rows, entry_block) * block // 128))
-    if rows > 1:
-        tensors = (crow, points, weights, values, out)
-        return _launch_row_tiles(_SPLAT_ROWS, tensors, out, rows, num_warps)
     group = column_group(num_columns, values, out)
+    tensors = (crow, points, weights, values, out)
+    if plan is not None:
+        count = plan.light.numel()
+        if count:
+            _SPLAT_LIGHT.launch(
+                (-(-count // light_rows), column_blocks),
+                out.device,
+                *tensors,
+                plan.light,
+                count,
+                num_columns // group,
+                COLUMN_GROUP=group,
+                ROWS=light_rows,
+                MAX_DEGREE=plan.max_light,
+                COLUMN_BLOCK=block,
+                num_warps=num_warps,
+            )
+        if plan.heavy.numel():
+            _launch_splat(tensors, plan.heavy, plan.heavy.numel(), group, block, column_blocks,
+                          entry_block, num_warps)  # fmt: skip
+        return out
+    if rows > 1:
+        return _launch_row_tiles(_SPLAT_ROWS, tensors, out, rows, num_warps)
+    _launch_splat(tensors, None, num_vertices, group, block, column_blocks, entry_block, num_warps)
+    return out
+
+
+def _launch_splat(tensors, order, programs, group, block, column_blocks, entry_block, num_warps):
+    """One program per vertex (of ``order``, or every vertex in turn when it is None)."""
+    out = tensors[-1]
     _SPLAT.launch(
-        (num_vertices, column_blocks),
+        (programs, column_blocks),
         out.device,
-        crow,
-        points,
-        weights,
-        values,
-        out,
-        num_columns // group,
+        *tensors,
+        tensors[0] if order is None else order,  # unused pointer when not ORDERED
+        out.shape[1] // group,
         COLUMN_GROUP=group,
+        ORDERED=order is not None,
         ENTRY_BLOCK=entry_block,
         COLUMN_BLOCK=block,
         num_warps=num_warps,
     )
-    return out
 
 
 def _launch_row_tiles(kernel, tensors, out: torch.Tensor, rows: int, num_warps: int):

@@ -62,10 +62,29 @@ def test_splat_equals_a_dense_product(seed):
         point_index = point_index.to(torch.int32)
     values = torch.from_numpy(rng.random((points, columns)).astype(np.float32))
     expected = dense_of(crow, point_index, weights, (rows, points)) @ values.double()
-    for settings in ({}, {"rows": 4}, {"rows": 16}):  # per-vertex programs, vertex tiles
+    # per-vertex programs, vertex tiles, and by degree (light ones up to 8 entries in tiles,
+    # 4 to a tile; heavy ones per vertex; windows of 4 vertices)
+    plan = crf_triton.splat_plan(crow, max_light=8, window=4)
+    for settings in ({}, {"rows": 4}, {"rows": 16}, {"plan": plan, "light_rows": 4}):
         out = torch.full((rows, columns), float("nan"))
         crf_triton.splat(crow, point_index, weights, values, out, **settings)
         torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_splat_plan_splits_by_degree_and_keeps_windows():
+    rng = np.random.default_rng(11)
+    degrees = rng.integers(0, 30, size=200)
+    crow = torch.from_numpy(np.concatenate([[0], np.cumsum(degrees)]))
+    plan = crf_triton.splat_plan(crow, max_light=16, window=50)
+    light, heavy = plan.light.long().numpy(), plan.heavy.long().numpy()
+    assert sorted([*light, *heavy]) == list(range(200))  # every vertex once
+    assert (degrees[light] <= 16).all() and (degrees[heavy] > 16).all()
+    assert (np.diff(degrees[heavy]) <= 0).all()  # busiest first
+    windows = light // 50
+    assert (np.diff(windows) >= 0).all()  # window by window, in order
+    for window in np.unique(windows):  # busiest first within each
+        assert (np.diff(degrees[light[windows == window]]) <= 0).all()
+    assert plan.light.dtype == plan.heavy.dtype == torch.int32
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
@@ -295,6 +314,19 @@ def test_triton_batch_equals_the_sparse_product_path():
             torch.testing.assert_close(q.sum(dim=0), torch.ones_like(q[0]), atol=1e-5, rtol=0)
 
 
+def test_splat_by_degree_gives_the_same_batch(monkeypatch):
+    rng = np.random.default_rng(12)
+    images = [random_image(rng, 10, 12), random_image(rng, 9, 7)]
+    probs = [[random_probs(rng, 4, *image.shape[:2])] for image in images]
+    expected = CrfBatch(images, device="cpu", method="triton", **SMALL_KERNELS).infer(probs, 2)
+    monkeypatch.setattr(crf_triton, "SPLAT_BY_DEGREE", True)
+    batch = CrfBatch(images, device="cpu", method="triton", **SMALL_KERNELS)
+    plan = batch.kernels["bilateral"].lattice.splat_plan
+    assert plan.light.numel() + plan.heavy.numel() == batch.num_vertices["bilateral"]
+    for got, ref in zip(batch.infer(probs, 2), expected):
+        assert float((got[0] - ref[0]).abs().max()) < 5e-6
+
+
 @pytest.mark.parametrize("kernels", [{"gaussian": None}, {"bilateral": None}])
 def test_triton_with_one_kernel(kernels):
     rng = np.random.default_rng(3)
@@ -390,6 +422,20 @@ def test_gpu_triton_matches_native_on_photos(precision):
 
 
 @needs_gpu
+def test_gpu_splat_by_degree_equals_per_vertex_splat_on_a_photo_lattice():
+    image = gpu_photos()[0]
+    kernel = CrfBatch([image], device="cuda", method="triton").kernels["bilateral"]
+    lattice = kernel.lattice
+    values = torch.rand(lattice.entry_vertex.shape[0], 90, device="cuda")
+    results = []
+    for plan in (None, lattice.splat_plan):
+        out = torch.empty(kernel.num_vertices, 90, device="cuda")
+        arrays = (lattice.vertex_crow, lattice.splat_points, kernel.splat_values, values, out)
+        results.append(crf_triton.splat(*arrays, plan=plan))
+    torch.testing.assert_close(results[1], results[0], rtol=1e-5, atol=1e-5)
+
+
+@needs_gpu
 def test_gpu_blur_pairs_equal_single_axis_passes_on_a_photo_lattice():
     """The compiled paired blur against the compiled single passes on a real lattice (the
     same float32 expressions: equal up to the compiler's contraction choices)."""
@@ -450,12 +496,33 @@ def test_kernels_compile_for_hopper_with_vector_loads(storage):
             "weight_ptr": "*fp32",
             "src_ptr": values,
             "dst_ptr": values,
+            "order_ptr": "*i32",
             "num_column_groups": "i32",
             "COLUMN_GROUP": "constexpr",
+            "ORDERED": "constexpr",
             "ENTRY_BLOCK": "constexpr",
             "COLUMN_BLOCK": "constexpr",
         },
-        {"COLUMN_GROUP": group, "ENTRY_BLOCK": 16, "COLUMN_BLOCK": 128},
+        {"COLUMN_GROUP": group, "ORDERED": True, "ENTRY_BLOCK": 16, "COLUMN_BLOCK": 128},
+        4,
+    )
+    splat_light = compile_for_hopper(
+        crf_triton._SPLAT_LIGHT,
+        {
+            "crow_ptr": "*i64",
+            "point_ptr": "*i32",
+            "weight_ptr": "*fp32",
+            "src_ptr": values,
+            "dst_ptr": values,
+            "order_ptr": "*i32",
+            "num_rows": "i32",
+            "num_column_groups": "i32",
+            "COLUMN_GROUP": "constexpr",
+            "ROWS": "constexpr",
+            "MAX_DEGREE": "constexpr",
+            "COLUMN_BLOCK": "constexpr",
+        },
+        {"COLUMN_GROUP": group, "ROWS": 16, "MAX_DEGREE": 16, "COLUMN_BLOCK": 128},
         4,
     )
     splat_rows = compile_for_hopper(
@@ -542,9 +609,9 @@ def test_kernels_compile_for_hopper_with_vector_loads(storage):
         },
         8,
     )
-    for compiled in (splat, splat_rows, blur, blur_pair, update, messages):
+    for compiled in (splat, splat_light, splat_rows, blur, blur_pair, update, messages):
         assert compiled.asm["cubin"]
-    for compiled in (splat, splat_rows, blur, blur_pair, update):
+    for compiled in (splat, splat_light, splat_rows, blur, blur_pair, update):
         assert "ld.global.v4.b32" in compiled.asm["ptx"]
     # ... because of COLUMN_GROUP: with groups of one column the same rows load piecemeal.
     ungrouped = compile_for_hopper(
