@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import warnings
 
 import numpy as np
@@ -298,3 +299,15 @@ def _run_lengths(mask):
         run += 1
     counts.append(run)
     return counts
+
+
+def test_loader_workers_are_capped_at_the_usable_cpus(synthetic, monkeypatch):
+    from hassod.detector import data as data_module
+
+    labels = load_pseudo_labels(*synthetic)
+    batches = TrainBatches(labels, tiny_config(iterations=2))
+    monkeypatch.setattr(data_module, "usable_cpus", lambda: 2)
+    assert data_module.make_loader(batches, 0, 2, num_workers=4).num_workers == 2
+    assert data_module.make_loader(batches, 0, 2, num_workers=1).num_workers == 1
+    assert data_module.make_loader(batches, 0, 2, num_workers=0).num_workers == 0
+    assert 1 <= data_module.usable_cpus() <= (os.cpu_count() or 1)

@@ -396,10 +396,22 @@ def _identity(item):
     return item
 
 
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask where the system has one)."""
+    import os
+
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
+
+
 def make_loader(
     batches: TrainBatches, start: int, stop: int, num_workers: int, pin_memory: bool = False
 ):
-    """A DataLoader over iterations ``start .. stop-1`` in order (workers prefetch ahead)."""
+    """A DataLoader over iterations ``start .. stop-1`` in order (workers prefetch ahead), with
+    at most as many workers as this process may use CPUs (more only contend, and torch warns;
+    the batches do not depend on the count)."""
+    num_workers = min(num_workers, usable_cpus())
     return torch.utils.data.DataLoader(
         batches,
         sampler=range(start, stop),
