@@ -75,31 +75,38 @@ def test_grouped_stream_checks_its_arguments():
         ShuffledStream(0, 0, 0)
 
 
-@pytest.fixture(scope="module")
-def mixed(tmp_path_factory):
-    """Nine photos: five landscape (64 x 48), four portrait (48 x 64), one square object each."""
+def write_photos(root, shapes, broken=()):
+    """Random photos of the given (width, height) shapes with one square object each, and
+    their pseudo-label JSON; the indices in ``broken`` are written as unreadable files."""
     from PIL import Image
 
     from hassod import coco
 
-    root = tmp_path_factory.mktemp("mixed")
-    (root / "images").mkdir()
+    (root / "images").mkdir(parents=True)
     rng = np.random.default_rng(1)
     entries = []
-    for index in range(9):
-        width, height = (64, 48) if index < 5 else (48, 64)
+    for index, (width, height) in enumerate(shapes):
         name = f"photo_{index}.png"
-        image = rng.integers(0, 255, (height, width, 3), dtype=np.uint8)
-        Image.fromarray(image).save(root / "images" / name)
+        if index in broken:
+            (root / "images" / name).write_bytes(b"\x89PNG\r\n\x1a\n broken")
+        else:
+            image = rng.integers(0, 255, (height, width, 3), dtype=np.uint8)
+            Image.fromarray(image).save(root / "images" / name)
         mask = np.zeros((1, height, width), dtype=bool)
-        mask[0, 8:30, 8:30] = True
+        mask[0, 4:20, 4:20] = True
         records = coco.mask_annotations(
             mask, np.zeros(1, int), np.full(1, -1), np.full(1, 0.4), np.ones(1)
         )
         entries.append((coco.image_record(name, width, height), records))
-    document = coco.assemble(entries, info={})
-    (root / "pseudo.json").write_text(json.dumps(document))
+    (root / "pseudo.json").write_text(json.dumps(coco.assemble(entries, info={})))
     return root / "pseudo.json", root / "images"
+
+
+@pytest.fixture(scope="module")
+def mixed(tmp_path_factory):
+    """Nine photos: five landscape (64 x 48), four portrait (48 x 64)."""
+    shapes = [(64, 48)] * 5 + [(48, 64)] * 4
+    return write_photos(tmp_path_factory.mktemp("mixed"), shapes)
 
 
 def _orientations(images) -> set:
@@ -148,3 +155,29 @@ def test_a_bad_image_is_replaced_by_one_of_the_same_orientation(mixed, tmp_path)
         assert len(_orientations(batch["images"])) == 1
         skipped += batch["skipped"]
     assert [name for name, _ in skipped] == ["photo_6.png"]
+
+
+def test_a_rare_orientation_with_a_bad_image_still_finds_its_replacement(tmp_path):
+    """3 portraits (one unreadable) among 20 photos, 16 per batch: the replacement portrait is
+    far ahead in the grouped order, but near in the shuffled one."""
+    shapes = [(40, 32)] * 17 + [(32, 40)] * 3
+    labels = load_pseudo_labels(*write_photos(tmp_path, shapes, broken={19}))
+    config = dataclasses.replace(tiny_config(iterations=40, size=32, augment=False), batch_size=16)
+    batches = TrainBatches(labels, config)
+    for iteration in range(40):
+        batch = batches[iteration]
+        assert "photo_19.png" not in batch["file_names"]
+        assert len(_orientations(batch["images"])) == 1
+
+
+def test_batches_do_not_depend_on_the_bad_images_met_before(tmp_path):
+    """Every portrait unreadable: landscapes stand in, the same ones whether this copy of the
+    dataset served earlier iterations or not (a resumed run, another loader worker)."""
+    shapes = [(64, 48)] * 8 + [(48, 64)] * 4
+    labels = load_pseudo_labels(*write_photos(tmp_path, shapes, broken={8, 9, 10, 11}))
+    config = tiny_config(iterations=30, size=48, augment=False)
+    warm = TrainBatches(labels, config)
+    for iteration in range(30):
+        names = warm[iteration]["file_names"]
+        assert names == TrainBatches(labels, config)[iteration]["file_names"]
+        assert all(int(name[6:-4]) < 8 for name in names)

@@ -642,3 +642,15 @@ def test_resuming_a_finished_run_says_so(synthetic, tmp_path, capsys):
     assert main([*run, "--resume", "--quiet", "--device", "cpu"]) == 0
     out = capsys.readouterr().out
     assert "nothing to train" in out and "finished its 1 iterations" in out and "nan" not in out
+
+
+def test_checkpoints_from_before_grouping_resume_ungrouped(tmp_path):
+    """A stored config without data.aspect_ratio_grouping was trained without it."""
+    config = tiny_config(iterations=1)
+    model = torch.nn.Linear(2, 2)
+    path = ckpt.save_checkpoint(tmp_path / "new.pth", config=config, iteration=1, model=model)
+    assert ckpt.load_checkpoint(path)["config"].data.aspect_ratio_grouping is True
+    payload = torch.load(path, weights_only=True)
+    del payload["config"]["data"]["aspect_ratio_grouping"]
+    torch.save(payload, tmp_path / "old.pth")
+    assert ckpt.load_checkpoint(tmp_path / "old.pth")["config"].data.aspect_ratio_grouping is False

@@ -120,7 +120,10 @@ def load_checkpoint(path, map_location="cpu") -> dict:
         ) from error
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ValueError(f"{path} is not a hassod detector checkpoint (format {FORMAT})")
-    payload["config"] = config_from_dict(payload["config"])
+    stored = dict(payload["config"])
+    # Runs checkpointed before batches were grouped by orientation resume as they ran.
+    stored["data"] = {"aspect_ratio_grouping": False, **(stored.get("data") or {})}
+    payload["config"] = config_from_dict(stored)
     return payload
 
 

@@ -283,29 +283,42 @@ class TrainBatches(torch.utils.data.Dataset):
         return self._streams[key]
 
     def _read(self, stream: int, per_rank: int, number: int, skipped: list) -> dict:
-        """The ``number``-th image of ``stream``'s endless sequence. A bad one is replaced by the
-        next of the same orientation (grouping on), or of any once none of that one is left."""
+        """The ``number``-th image of ``stream``'s endless sequence. An unreadable one is
+        replaced by the next readable image after that position in the shuffled stream, of the
+        same orientation when batches are grouped (of any, if no image of that orientation can
+        be read): a function of the files alone, never of which bad ones were met before."""
         order = self._stream(stream, per_rank)
+        index = order.index_at(number)
+        sample = self._try_read(index, skipped)
+        if sample is not None:
+            return sample
+        shuffled = order.shuffled if isinstance(order, GroupedStream) else order
         count = len(self.labels)
-        wanted = None
+        wanted = [None]
         if self.config.data.aspect_ratio_grouping:
-            wanted = bool(self._landscape[order.index_at(number)])
-        for attempt in range(4 * count):  # every image comes up within about two epochs
-            index = order.index_at(number + attempt)
-            if index in self._bad:
-                continue
-            if wanted is not None and self._landscape[index] != wanted:
-                if any(i not in self._bad for i in np.flatnonzero(self._landscape == wanted)):
+            wanted = [bool(self._landscape[index]), None]
+        for orientation in wanted:
+            for attempt in range(1, 2 * count + 1):  # every image comes up within two epochs
+                candidate = shuffled.index_at(number + attempt)
+                if orientation is not None and bool(self._landscape[candidate]) != orientation:
                     continue
-                wanted = None  # every image of that orientation is bad
-            try:
-                return read_sample(self.labels, index)
-            except ImageReadError as error:
-                self._bad[index] = str(error)
-                skipped.append((self.labels.entries[index].file_name, str(error)))
+                sample = self._try_read(candidate, skipped)
+                if sample is not None:
+                    return sample
         raise DataError(
             f"none of the {count} images could be read (e.g. {next(iter(self._bad.values()))})"
         )
+
+    def _try_read(self, index: int, skipped: list) -> dict | None:
+        """The sample of image ``index``, or None when it cannot be read (noted once)."""
+        if index in self._bad:
+            return None
+        try:
+            return read_sample(self.labels, index)
+        except ImageReadError as error:
+            self._bad[index] = str(error)
+            skipped.append((self.labels.entries[index].file_name, str(error)))
+            return None
 
     def _numbers(self, step: int, per_rank: int):
         first = step * per_rank * self.world_size + self.rank * per_rank
