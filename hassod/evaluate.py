@@ -71,10 +71,10 @@ import numpy as np
 from hassod.labels import (
     HASHED_IDS_HINT,
     LEVEL_NAMES,
+    ImageIndex,
     InputError,
     Labels,
     check_annotation_fields,
-    find_image,
     level_of,
     load_labels,
     read_json,
@@ -294,9 +294,10 @@ def _gt_image_ids(labels: Labels, dataset: dict, only_gt_images: bool) -> dict:
         unknown = sorted(predicted - known, key=str)
     else:  # a dict: match its images to the ground truth's by file name
         to_gt, unknown = {}, []
+        index = ImageIndex(dataset["images"], "the ground truth")
         for image in labels.images:
             if image["id"] in predicted:
-                match = _gt_image_named(labels, dataset, image.get("file_name", ""))
+                match = _gt_image_named(labels, index, image.get("file_name", ""))
                 if match is None:
                     unknown.append(image.get("file_name", ""))
                 else:
@@ -306,9 +307,9 @@ def _gt_image_ids(labels: Labels, dataset: dict, only_gt_images: bool) -> dict:
     return to_gt
 
 
-def _gt_image_named(labels: Labels, dataset: dict, file_name: str) -> dict | None:
+def _gt_image_named(labels: Labels, index: ImageIndex, file_name: str) -> dict | None:
     try:
-        return find_image(dataset["images"], file_name, "the ground truth")
+        return index.find(file_name)
     except InputError as error:  # several ground-truth images with that name
         raise InputError(f"predictions {labels.source}: {error}") from None
 

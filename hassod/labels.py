@@ -41,6 +41,7 @@ __all__ = [
     "Labels",
     "check_annotation_fields",
     "decode_masks",
+    "ImageIndex",
     "find_image",
     "level_of",
     "load_labels",
@@ -300,24 +301,48 @@ def match_image(images: Sequence[dict], file_name: str | os.PathLike, within: st
 def find_image(images: Sequence[dict], file_name: str | os.PathLike, within: str) -> dict | None:
     """:func:`match_image`, but None when no record matches (still an error when the base
     name is ambiguous: that is a question the caller cannot answer by leaving it out)."""
-    parts = PurePosixPath(Path(file_name).as_posix()).parts
-    best, best_length = None, -1
-    for image in images:
-        name = image.get("file_name")
-        if not name:
-            continue
-        candidate = PurePosixPath(name).parts
-        if len(candidate) > best_length and tuple(parts[-len(candidate) :]) == candidate:
-            best, best_length = image, len(candidate)
-    if best is not None:
-        return best
-    base = parts[-1] if parts else ""
-    same_base = [i for i in images if PurePosixPath(i.get("file_name") or "").name == base]
-    if len(same_base) > 1:
-        raise InputError(
-            f"{len(same_base)} images in {within} are named {base!r}: give more of the path"
-        )
-    return same_base[0] if same_base else None
+    return ImageIndex(images, within).find(file_name)
+
+
+class ImageIndex:
+    """Image records by base name, for many :func:`match_image` lookups (each one then looks
+    only at the records of its base name, not at all of them).
+
+    Args:
+        images: COCO ``images`` records.
+        within: how error messages name the list ("the ground truth").
+    """
+
+    def __init__(self, images: Sequence[dict], within: str) -> None:
+        self.within = within
+        self._by_base: dict[str, list[tuple[tuple[str, ...], dict]]] = {}
+        for image in images:
+            name = image.get("file_name")
+            if name:
+                parts = PurePosixPath(name).parts
+                self._by_base.setdefault(parts[-1], []).append((parts, image))
+
+    def find(self, file_name: str | os.PathLike, strict: bool = False) -> dict | None:
+        """The record whose path is the longest tail of ``file_name``; else (unless
+        ``strict``) the only record with its base name; else None.
+
+        Raises:
+            InputError: no tail matches and several records share the base name.
+        """
+        parts = PurePosixPath(Path(file_name).as_posix()).parts
+        candidates = self._by_base.get(parts[-1] if parts else "", [])
+        best, best_length = None, -1
+        for candidate, image in candidates:
+            if len(candidate) > best_length and tuple(parts[-len(candidate) :]) == candidate:
+                best, best_length = image, len(candidate)
+        if best is not None or strict:
+            return best
+        if len(candidates) > 1:
+            raise InputError(
+                f"{len(candidates)} images in {self.within} are named {parts[-1]!r}: give more "
+                "of the path"
+            )
+        return candidates[0][1] if candidates else None
 
 
 def to_rle(annotation: dict, height: int, width: int, where: str = "annotation") -> dict:

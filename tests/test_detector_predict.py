@@ -16,7 +16,13 @@ from PIL import Image
 from hassod.coco import image_id_for
 from hassod.detector import checkpoint as ckpt
 from hassod.detector.model import HassodDetector
-from hassod.detector.predict import Predictor, filter_levels, parse_levels, predict_images
+from hassod.detector.predict import (
+    Predictor,
+    filter_levels,
+    image_ids_from,
+    parse_levels,
+    predict_images,
+)
 
 
 @pytest.fixture(scope="module")
@@ -205,9 +211,15 @@ def test_predict_images_refuses_images_the_image_ids_json_lacks(
     gt = gt_of([("a.png", 101, (70, 90))])
     with pytest.raises(InputError, match=r"2 of 3 images are not in .*broken.png, sub/b.jpg"):
         predict_images(images_dir, checkpoint_path, out, image_ids=gt, device="cpu")
-    ambiguous = gt_of([("x/b.jpg", 1, (64, 64)), ("y/b.jpg", 2, (64, 64))])
-    with pytest.raises(InputError, match="2 images in --image-ids .* are named 'b.jpg'"):
-        predict_images(images_dir / "sub" / "b.jpg", checkpoint_path, out, image_ids=ambiguous)
+    # only a tail of the image's path matches: a record of another folder with the same base
+    # name is another image (and of two such records, neither is this one)
+    for others in ([("train2017/b.jpg", 1)], [("x/b.jpg", 1), ("y/b.jpg", 2)]):
+        elsewhere = gt_of([(name, image_id, (64, 64)) for name, image_id in others])
+        with pytest.raises(InputError, match=r"1 of 1 images are not in .*: b.jpg"):
+            predict_images(images_dir / "sub" / "b.jpg", checkpoint_path, out, image_ids=elsewhere)
+    assert image_ids_from(gt_of([("sub/b.jpg", 7, (64, 64))]), ["sub/b.jpg"], images_dir) == {
+        "sub/b.jpg": 7
+    }
     twins = tmp_path / "twins"
     for name in ("x/c.png", "y/c.png"):  # checked before any image is read
         (twins / name).parent.mkdir(parents=True)

@@ -735,3 +735,46 @@ def test_box_only_ground_truth_refuses_mask_recall_and_gives_box_recall():
     with pytest.raises(InputError, match=r"no 'segmentation'.*--iou-type bbox"):
         evaluate(predictions, gt)
     assert evaluate(predictions, gt, iou_types=["bbox"])["bbox"]["AR@100"] == 1.0
+
+
+def linear_find(images, file_name):
+    """The plain lookup: the longest record path that is a tail of the file's, else the only
+    record of its base name (None when there is none, "ambiguous" when there are several)."""
+    from pathlib import PurePosixPath
+
+    parts = PurePosixPath(file_name).parts
+    tails = [
+        image
+        for image in images
+        if image.get("file_name")
+        and parts[-len(PurePosixPath(image["file_name"]).parts) :]
+        == PurePosixPath(image["file_name"]).parts
+    ]
+    if tails:
+        return max(tails, key=lambda image: len(PurePosixPath(image["file_name"]).parts))
+    same = [i for i in images if PurePosixPath(i.get("file_name") or "").name == parts[-1]]
+    return "ambiguous" if len(same) > 1 else (same[0] if same else None)
+
+
+def test_image_index_finds_what_a_linear_scan_finds():
+    from hassod.labels import ImageIndex, InputError
+
+    rng = np.random.default_rng(4)
+    folders, names = ["", "a/", "b/", "a/b/", "c/a/"], ["x.jpg", "y.jpg", "z.png"]
+    for _ in range(200):
+        records = [
+            {"id": k, "file_name": str(rng.choice(folders)) + str(rng.choice(names))}
+            for k in range(int(rng.integers(0, 6)))
+        ]
+        # first-listed wins among equally long tails, as the linear scan's max keeps
+        records = list({r["file_name"]: r for r in reversed(records)}.values())[::-1]
+        index = ImageIndex(records, "the test")
+        for query in ("/d/a/x.jpg", "/d/b/y.jpg", "/d/c/a/b/z.png", "/d/q.jpg", "a/b/x.jpg"):
+            expected = linear_find(records, query)
+            if expected == "ambiguous":
+                with pytest.raises(InputError, match="give more of the path"):
+                    index.find(query)
+            else:
+                assert index.find(query) is expected
+            strict = index.find(query, strict=True)
+            assert strict is None or query.endswith(strict["file_name"])

@@ -289,7 +289,8 @@ def image_ids_from(dataset, names: Sequence[str], root: str | os.PathLike = ".")
         dataset: a COCO JSON path or parsed dict with an ``images`` list (e.g. the ground truth).
         names: image paths relative to ``root`` (as :func:`predict_images` lists them).
         root: their folder; the absolute path is matched, so a record's ``file_name`` may be
-            any tail of it ("x.jpg", "val2017/x.jpg"; :func:`hassod.labels.match_image`).
+            any tail of it ("x.jpg", "val2017/x.jpg"; :func:`hassod.labels.match_image`), and
+            only a tail: "train2017/x.jpg" is not the image "val2017/x.jpg".
 
     Returns:
         ``{name: id}``.
@@ -299,12 +300,14 @@ def image_ids_from(dataset, names: Sequence[str], root: str | os.PathLike = ".")
             from that JSON, so ``hassod evaluate`` could not score it), two images matching
             one record (their detections would be pooled), a record without an integer id.
     """
-    from hassod.labels import InputError, find_image
+    from hassod.labels import ImageIndex, InputError
 
     source, records = _image_records(dataset)
+    index = ImageIndex(records, f"--image-ids {source}")
     ids, owners, unmatched = {}, {}, []
     for name in names:
-        record = find_image(records, os.path.abspath(Path(root) / name), f"--image-ids {source}")
+        # strict: a record of another folder with the same base name is not this image
+        record = index.find(os.path.abspath(Path(root) / name), strict=True)
         if record is None:
             unmatched.append(name)
             continue
