@@ -114,6 +114,7 @@ def evaluate(
     breakdown: bool = False,
     only_gt_images: bool = False,
     progress: bool = False,
+    masks_when_available: bool = False,
 ) -> dict:
     """Class-agnostic AR / AP of predictions against ground truth (see the module docstring).
 
@@ -128,6 +129,8 @@ def evaluate(
         only_gt_images: leave out predictions on images the ground truth does not have (e.g.
             discovery on a folder larger than the annotated subset) instead of refusing them;
             how many is in ``result["counts"]``.
+        masks_when_available: with a ground truth that has objects without a mask, evaluate
+            boxes only (noted in ``result["settings"]["note"]``) instead of refusing "segm".
         progress: progress bars on stderr (tqdm) for the long loops: reading the predictions
             (per mask) and each COCOeval run (per image), with its stage in the description.
 
@@ -143,8 +146,17 @@ def evaluate(
     """
     iou_types = _checked_iou_types(iou_types)
     dataset, counts = load_ground_truth(gt, things_only, stuff_min_id)
+    note = None
     if "segm" in iou_types:
-        _require_gt_masks(dataset, gt)
+        missing = _missing_masks_message(dataset, gt)
+        if missing and masks_when_available and iou_types != ("segm",):
+            iou_types = tuple(t for t in iou_types if t != "segm")
+            note = f"mask recall left out: {missing}"
+        elif missing:
+            raise InputError(
+                f"{missing}, so mask recall cannot be measured; evaluate boxes only "
+                "(--iou-type bbox, iou_types=['bbox'])"
+            )
     labels = pred if isinstance(pred, Labels) else load_labels(pred, "predictions")
     to_gt = _gt_image_ids(labels, dataset, only_gt_images)
     records = _records(labels, dataset, to_gt, progress)
@@ -165,6 +177,8 @@ def evaluate(
         },
         "counts": {**counts, "predictions": len(records)},
     }
+    if note:
+        result["settings"]["note"] = note
     for iou_type in iou_types:
         result[iou_type] = summarize(_run_cocoeval(gt_coco, records, iou_type, progress))
     if breakdown:
@@ -173,17 +187,17 @@ def evaluate(
     return result
 
 
-def _require_gt_masks(dataset: dict, gt) -> None:
-    """Mask recall needs every ground-truth object's mask (pycocotools stops with a KeyError)."""
+def _missing_masks_message(dataset: dict, gt) -> str | None:
+    """Which ground-truth objects have no mask (mask recall needs every one; pycocotools
+    stops with a KeyError), or None."""
     boxes_only = [a for a in dataset["annotations"] if not a.get("segmentation")]
-    if boxes_only:
-        name = str(gt) if isinstance(gt, (str, os.PathLike)) else "in-memory ground truth"
-        raise InputError(
-            f"ground truth {name}: {len(boxes_only)} of {len(dataset['annotations'])} objects "
-            f"have no 'segmentation' (e.g. one on image id {boxes_only[0]['image_id']!r}), so mask "
-            "recall cannot "
-            "be measured; evaluate boxes only (--iou-type bbox, iou_types=['bbox'])"
-        )
+    if not boxes_only:
+        return None
+    name = str(gt) if isinstance(gt, (str, os.PathLike)) else "in-memory ground truth"
+    return (
+        f"ground truth {name}: {len(boxes_only)} of {len(dataset['annotations'])} objects have "
+        f"no 'segmentation' (e.g. one on image id {boxes_only[0]['image_id']!r})"
+    )
 
 
 def _bar(enabled: bool, total: int | None, description: str, unit: str):
@@ -552,7 +566,8 @@ def format_metrics(result: dict) -> str:
     for iou_type in settings["iou_types"]:
         rows.append([IOU_TYPE_NAMES[iou_type], *(_percent(result[iou_type][m]) for m in METRICS)])
     unit = "values in % (the --out JSON holds fractions in [0, 1])"
-    return header + "\n" + _table(rows) + "\n" + _notes(rows, unit)
+    text = header + "\n" + _table(rows) + "\n" + _notes(rows, unit)
+    return text + (f"\n{settings['note']}" if settings.get("note") else "")
 
 
 def _dropped_note(result: dict) -> str:

@@ -258,7 +258,12 @@ def write_report(
         from hassod.evaluate import evaluate
 
         evaluation = evaluate(
-            labels, gt, things_only=things_only, breakdown=True, only_gt_images=only_gt_images
+            labels,
+            gt,
+            things_only=things_only,
+            breakdown=True,
+            only_gt_images=only_gt_images,
+            masks_when_available=True,  # a box-only ground truth still gives box recall
         )
         text = json.dumps(evaluation, indent=2)
         atomic_write(
@@ -560,6 +565,8 @@ def _metrics_tables(evaluation: dict) -> str:
     )
     caption = html.escape(format_metrics(evaluation).splitlines()[0])
     parts = [f'<p class="note">{caption}</p><table><tr><th></th>{head}</tr>{body}</table>']
+    if evaluation["settings"].get("note"):
+        parts.append(f'<p class="note">{html.escape(evaluation["settings"]["note"])}</p>')
     head = "<th>subset</th><th>labels/img</th>" + "".join(
         f"<th>{IOU_TYPE_NAMES[t]} {m}</th>" for t in iou_types for m in BREAKDOWN_METRICS
     )

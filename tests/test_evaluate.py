@@ -735,6 +735,13 @@ def test_box_only_ground_truth_refuses_mask_recall_and_gives_box_recall():
     with pytest.raises(InputError, match=r"no 'segmentation'.*--iou-type bbox"):
         evaluate(predictions, gt)
     assert evaluate(predictions, gt, iou_types=["bbox"])["bbox"]["AR@100"] == 1.0
+    # report's way: boxes only, with a note saying why
+    result = evaluate(predictions, gt, masks_when_available=True)
+    assert result["settings"]["iou_types"] == ["bbox"] and "segm" not in result
+    assert result["settings"]["note"].startswith("mask recall left out")
+    assert "mask recall left out" in format_metrics(result)
+    with pytest.raises(InputError, match="no 'segmentation'"):  # nothing would be left
+        evaluate(predictions, gt, iou_types=["segm"], masks_when_available=True)
 
 
 def linear_find(images, file_name):
