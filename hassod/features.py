@@ -331,13 +331,12 @@ def _download_unreachable(name: str, timeout: float = 5.0) -> str | None:
     import os
     import socket
     from urllib.parse import urlparse
+    from urllib.request import getproxies
 
     from timm.models import get_pretrained_cfg
 
     config = get_pretrained_cfg(name)
-    if config is None or any(
-        os.environ.get(key) for key in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy")
-    ):
+    if config is None or getproxies():  # HTTP(S)_PROXY, ALL_PROXY, ... any case
         return None  # timm reports unknown names itself; proxies cannot be probed directly
     if config.hf_hub_id:
         if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
@@ -432,8 +431,10 @@ def _fit_pos_embed(model: torch.nn.Module, pos_embed: torch.Tensor, name: str) -
 
 
 def _pos_embed_resize_of(model: torch.nn.Module, name: str) -> str:
-    """The model's resize (set by :func:`load_vit`), else the default for its name."""
-    return getattr(model, "hassod_pos_embed_resize", None) or default_pos_embed_resize(name)
+    """The model's resize (set by :func:`load_vit`), else the default for its timm name (from
+    its pretrained config; ``name`` when it has none)."""
+    resize = getattr(model, "hassod_pos_embed_resize", None)
+    return resize or default_pos_embed_resize(_timm_name(model) or name)
 
 
 def _timm_name(model: torch.nn.Module) -> str:

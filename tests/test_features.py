@@ -6,6 +6,7 @@ weights and COCO photos in ../shared (skipped where that folder is absent).
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -414,6 +415,19 @@ def test_load_vit_resizes_dino_v1_tables_the_dino_way():
         features.load_vit(TINY, random_weights=True, pos_embed_resize="bilinear")
 
 
+def test_loading_into_a_plain_timm_dino_model_resizes_the_dino_way():
+    """load_backbone_state_dict on a model timm built (not load_vit): its pretrained config
+    names it DINO v1."""
+    torch.manual_seed(5)
+    state = features.load_vit("vit_small_patch16_224.dino", random_weights=True).state_dict()
+    model = timm.create_model(
+        "vit_small_patch16_224.dino", pretrained=False, num_classes=0, img_size=64
+    )
+    features.load_backbone_state_dict(model, state)
+    expected = dino_interpolate_pos_encoding(state["pos_embed"], 4)
+    torch.testing.assert_close(model.pos_embed.data, expected, rtol=0, atol=0)
+
+
 def test_attention_keys_resizes_a_dino_model_the_dino_way():
     """Running at another grid than the model's resizes its table the model's way."""
     torch.manual_seed(4)
@@ -489,6 +503,15 @@ def test_load_vit_offline_without_weights(monkeypatch):
     assert "smoke tests" in str(info.value)
 
 
+def _no_proxies(monkeypatch):
+    from urllib.request import getproxies
+
+    for name in [*os.environ]:
+        if name.lower().endswith("_proxy") or name == "HF_HUB_OFFLINE":
+            monkeypatch.delenv(name)
+    assert not getproxies()
+
+
 def _no_download(monkeypatch):
     """timm.create_model that fails the test if asked for pretrained weights."""
     original = timm.create_model
@@ -511,8 +534,7 @@ def test_load_vit_offline_fails_at_once_without_trying_the_hub(monkeypatch):
         calls.append(address)
         raise socket.gaierror(-2, "Name or service not known")
 
-    for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "HF_HUB_OFFLINE"):
-        monkeypatch.delenv(name, raising=False)
+    _no_proxies(monkeypatch)
     monkeypatch.delenv("HF_ENDPOINT", raising=False)
     monkeypatch.setattr(features, "_in_hub_cache", lambda repo: False)
     monkeypatch.setattr(socket, "create_connection", unreachable)
@@ -533,8 +555,7 @@ def test_download_check_steps_aside_when_it_cannot_judge(monkeypatch):
         def close(self):
             pass
 
-    for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "HF_HUB_OFFLINE"):
-        monkeypatch.delenv(name, raising=False)
+    _no_proxies(monkeypatch)
     monkeypatch.setattr(features, "_in_hub_cache", lambda repo: False)
     monkeypatch.setattr(socket, "create_connection", lambda address, timeout=None: Answer())
     assert features._download_unreachable(TINY) is None
@@ -547,9 +568,10 @@ def test_download_check_steps_aside_when_it_cannot_judge(monkeypatch):
     monkeypatch.setattr(features, "_in_hub_cache", lambda repo: True)
     assert features._download_unreachable(TINY) is None
     monkeypatch.setattr(features, "_in_hub_cache", lambda repo: False)
-    monkeypatch.setenv("HTTPS_PROXY", "http://proxy:3128")
-    assert features._download_unreachable(TINY) is None
-    monkeypatch.delenv("HTTPS_PROXY")
+    for proxy in ("HTTPS_PROXY", "all_proxy"):  # a SOCKS proxy too: requests uses ALL_PROXY
+        monkeypatch.setenv(proxy, "socks5://proxy:1080")
+        assert features._download_unreachable(TINY) is None
+        monkeypatch.delenv(proxy)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert features._download_unreachable(TINY) is None
 
