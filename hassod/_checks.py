@@ -4,7 +4,18 @@ from __future__ import annotations
 
 import numbers
 
+import numpy as np
+
 MAX_THREADS = 1024
+
+
+def native_layout(array, dtype=None) -> np.ndarray:
+    """``array`` as the native code reads it: C-contiguous, aligned and in the machine's byte
+    order (a copy only where one of these does not hold; ``np.ascontiguousarray`` leaves a
+    misaligned or byte-swapped array as it is, which C++ must not read as doubles)."""
+    array = np.asarray(array)
+    dtype = np.dtype(array.dtype if dtype is None else dtype).newbyteorder("=")
+    return np.require(array, dtype=dtype, requirements=["C", "A"])
 
 
 def is_torch_tensor(value) -> bool:

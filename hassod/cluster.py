@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hassod._checks import check_num_threads, is_torch_tensor
+from hassod._checks import check_num_threads, is_torch_tensor, native_layout
 from hassod._native import cpu_module
 
 DEFAULT_THRESHOLDS: tuple[float, ...] = (0.4, 0.2, 0.1)  # paper's theta_merge values
@@ -176,7 +176,7 @@ def as_feature_grid(features, name: str = "features") -> np.ndarray:
         raise ValueError(f"{name} has a zero-sized dimension: shape {array.shape}")
     if array.dtype == np.float16:
         array = array.astype(np.float32)  # exact widening
-    return np.ascontiguousarray(array)
+    return native_layout(array)
 
 
 def check_thresholds(thresholds: float | Sequence[float]) -> tuple[float, ...]:

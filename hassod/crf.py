@@ -42,7 +42,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from hassod._checks import check_num_threads
+from hassod._checks import check_num_threads, native_layout
 from hassod._native import cpu_module
 
 #: The authors' settings (pydensecrf's tutorial values, DESIGN.md section 3).
@@ -321,7 +321,7 @@ def as_crf_image(image, name: str = "image") -> np.ndarray:
             ".astype(np.uint8)"
         )
     check_image_shape(array.shape, name)
-    return np.ascontiguousarray(array)
+    return native_layout(array)
 
 
 def check_image_shape(shape: tuple, name: str = "image") -> None:
@@ -344,7 +344,7 @@ def as_crf_probs(probs, shape: tuple[int, int], name: str = "probs") -> np.ndarr
     ):
         raise ValueError(f"{name} must hold real numbers (float or integer), got {array.dtype}")
     check_probs_shape(array.shape, shape, name)
-    return np.ascontiguousarray(array, dtype=np.float32)
+    return native_layout(array, np.float32)
 
 
 def check_probs_shape(shape: tuple, image_shape: tuple[int, int], name: str = "probs") -> None:

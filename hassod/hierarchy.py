@@ -26,7 +26,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from hassod import _cuda_hierarchy as _cuda
-from hassod._checks import check_num_threads, is_torch_tensor, mask_shape_error, soft_mask_error
+from hassod._checks import (
+    check_num_threads,
+    is_torch_tensor,
+    mask_shape_error,
+    native_layout,
+    soft_mask_error,
+)
 from hassod._native import cpu_module
 
 PSEUDO_LABEL_COVER = 0.9  # paper / authors' code, initial pseudo-labels
@@ -201,7 +207,7 @@ def check_intersections(intersections) -> np.ndarray:
     integer = _cuda.is_integer_tensor(matrix) if cuda else np.issubdtype(matrix.dtype, np.integer)
     if matrix.shape[0] and not integer:
         raise ValueError(f"intersections must hold integer pixel counts, got {matrix.dtype}")
-    matrix = _cuda.as_int64(matrix) if cuda else np.ascontiguousarray(matrix, dtype=np.int64)
+    matrix = _cuda.as_int64(matrix) if cuda else native_layout(matrix, np.int64)
     areas = matrix.diagonal()
     if (matrix < 0).any():
         raise ValueError("intersections must be non-negative")

@@ -634,3 +634,59 @@ def test_cuda_module_status_is_reported():
             assert status["error"], "no device and no reason given"
     else:
         assert "_C_cuda" in status["reason"]
+
+
+@pytest.mark.parametrize("tiny", [1e-101, 1e-170, 1e-300])
+def test_float64_grids_with_vanishing_cells_equal_the_reference(tiny):
+    """A cell whose squared norm underflows makes the native code rescale the grid; the
+    rescaled run used to skip building the region graph (no merges at all)."""
+    from hassod.reference import reference_cluster
+
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(8, 8, 16))
+    features[3, 3] *= tiny
+    native = fast_cluster(features, thresholds=(0.4, 0.2, 0.1))
+    reference = reference_cluster(features, (0.4, 0.2, 0.1))
+    np.testing.assert_array_equal(native.num_regions, reference.num_regions)
+    np.testing.assert_array_equal(native.labels, reference.labels)
+    assert native.num_regions[0] < 64
+
+
+def test_misaligned_and_byte_swapped_features_are_read_correctly():
+    """Arrays numpy calls C-contiguous may still be misaligned or big-endian: the native code
+    gets an aligned, native-order copy (it read misaligned doubles, and refused '>f4')."""
+    features = structured_features(12, 14, 8, seed=3).astype(np.float64)
+    expected = fast_cluster(features)
+    buffer = np.zeros(features.nbytes + 1, dtype=np.uint8)
+    misaligned = np.frombuffer(buffer.data, dtype=np.float64, count=features.size, offset=1)
+    misaligned = misaligned.reshape(features.shape)
+    misaligned[...] = features
+    assert misaligned.flags.c_contiguous and not misaligned.flags.aligned
+    for variant in (misaligned, features.astype(">f8"), features.astype(">f4")):
+        got = fast_cluster(variant)
+        np.testing.assert_array_equal(got.labels, expected.labels)
+
+
+def test_batch_errors_name_the_first_bad_grid_whatever_the_threads():
+    grids = [structured_features(6, 6, 4, seed=s) for s in range(6)]
+    grids[1] = grids[1].copy()
+    grids[1][0, 0, 0] = np.nan
+    grids[4] = grids[4].copy()
+    grids[4][0, 0, 0] = np.inf
+    messages = set()
+    for threads in (1, 2, 3, 6):
+        with pytest.raises(ValueError) as info:
+            fast_cluster_batch(grids, num_threads=threads)
+        messages.add(str(info.value))
+    assert len(messages) == 1 and "nan" in messages.pop().lower()
+
+
+def test_native_merge_replay_checks_its_id_range():
+    from hassod._native import cpu_module
+
+    module = cpu_module()
+    merges = np.zeros(1, dtype=np.int32)
+    with pytest.raises(ValueError, match="below 2\\^31"):
+        module.partition_from_merges(2**31 - 1, merges, merges + 1, 1)
+    with pytest.raises(ValueError, match="num_pixels"):
+        module.coverage_matrix_runs([], -1)

@@ -120,6 +120,18 @@ def small_case():
     return image, probs
 
 
+def test_misaligned_and_byte_swapped_probabilities_give_the_same_q(small_case):
+    image, probs = small_case
+    expected = dense_crf(image, probs, iterations=2)
+    buffer = np.zeros(probs.nbytes + 1, dtype=np.uint8)
+    misaligned = np.frombuffer(buffer.data, dtype=np.float32, count=probs.size, offset=1)
+    misaligned = misaligned.reshape(probs.shape)
+    misaligned[...] = probs
+    assert misaligned.flags.c_contiguous and not misaligned.flags.aligned
+    for variant in (misaligned, probs.astype(">f4")):
+        np.testing.assert_array_equal(dense_crf(image, variant, iterations=2), expected)
+
+
 def test_matches_pydensecrf_on_unnormalised_and_out_of_range_probs(small_case):
     image, probs = small_case
     rng = np.random.default_rng(1)

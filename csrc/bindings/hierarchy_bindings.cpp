@@ -5,6 +5,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <cstdint>
 #include <stdexcept>
 #include <string>
 
@@ -61,6 +62,9 @@ py::array_t<std::int64_t> coverage(const py::array& masks) {
 
 // RLE masks: each item is a compressed counts string (str or bytes) or an array of run lengths.
 py::array_t<std::int64_t> coverage_runs(const py::list& items, std::int64_t num_pixels) {
+  // Words of 64 pixels are counted as (num_pixels + 63) / 64: keep that sum from overflowing.
+  if (num_pixels < 0 || num_pixels > (std::int64_t{1} << 56))
+    throw std::invalid_argument("num_pixels must lie between 0 and 2^56");
   std::vector<std::vector<std::uint32_t>> runs;
   runs.reserve(items.size());
   for (const py::handle item : items) {

@@ -5,6 +5,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <limits>
 #include <sstream>
 #include <stdexcept>
 #include <string>
@@ -114,6 +115,9 @@ py::array_t<std::int32_t> partition_from_merges(
   if (num_cells <= 0) throw std::invalid_argument("num_cells must be positive");
   if (count < 0 || count > merge_a.shape(0))
     throw std::invalid_argument("count must lie between 0 and the number of merges");
+  // Region ids (cells, then one per merge) are int32.
+  if (num_cells + count > std::numeric_limits<std::int32_t>::max())
+    throw std::invalid_argument("num_cells + count must stay below 2^31 (int32 region ids)");
   std::vector<std::int32_t> labels;
   {
     py::gil_scoped_release release;

@@ -1,5 +1,6 @@
 // Minimal thread fan-out for batches: std::thread workers pulling indices from an atomic
-// counter. The first exception thrown by any task is re-thrown on the calling thread.
+// counter. The exception of the lowest failing index is re-thrown on the calling thread, so the
+// error reported does not depend on the thread count.
 #pragma once
 
 #include <algorithm>
@@ -8,6 +9,7 @@
 #include <cstdint>
 #include <exception>
 #include <mutex>
+#include <system_error>
 #include <thread>
 #include <vector>
 
@@ -31,21 +33,35 @@ void parallel_for(std::size_t count, int num_threads, Task&& task) {
   }
   std::atomic<std::size_t> next{0};
   std::exception_ptr first_error;
+  std::size_t error_index = count;
   std::mutex error_mutex;
   auto worker = [&]() {
     for (std::size_t i = next.fetch_add(1); i < count; i = next.fetch_add(1)) {
       try {
         task(i);
       } catch (...) {
+        // Indices are handed out in order, so every index below i was already handed out and
+        // runs to its end: the lowest failing index is among the ones that run.
         std::lock_guard<std::mutex> lock(error_mutex);
-        if (!first_error) first_error = std::current_exception();
+        if (i < error_index) {
+          error_index = i;
+          first_error = std::current_exception();
+        }
         next.store(count);  // stop handing out work
       }
     }
   };
   std::vector<std::thread> threads;
   threads.reserve(workers - 1);
-  for (std::size_t t = 1; t < workers; ++t) threads.emplace_back(worker);
+  for (std::size_t t = 1; t < workers; ++t) {
+    try {
+      threads.emplace_back(worker);
+    } catch (const std::system_error&) {
+      // The system gives no more threads (a container's process limit): the ones started and
+      // this one share the work; results do not depend on how many there are.
+      break;
+    }
+  }
   worker();
   for (auto& thread : threads) thread.join();
   if (first_error) std::rethrow_exception(first_error);

@@ -112,7 +112,7 @@ template <typename Scalar>
 class RegionMerger {
  public:
   RegionMerger(Workspace& workspace, const Scalar* features, std::int64_t height,
-               std::int64_t width, std::int64_t channels)
+               std::int64_t width, std::int64_t channels, bool rescaled = false)
       : w_(workspace),
         features_(features),
         height_(height),
@@ -135,6 +135,7 @@ class RegionMerger {
     w_.gather_sides.resize(ids);
     w_.forest.reset(num_ids_);
     compute_cell_norms();
+    if (rescaled) needs_rescale_ = false;  // already scaled: merge with what the norms give
     if (!needs_rescale_) build_initial_graph();
   }
 
@@ -409,7 +410,8 @@ ClusterResult cluster_features(const Scalar* features, std::int64_t height, std:
     const double scale = std::ldexp(1.0, -std::ilogb(largest));
     std::vector<double> scaled(count);
     for (std::size_t i = 0; i < count; ++i) scaled[i] = static_cast<double>(features[i]) * scale;
-    result = RegionMerger<double>(workspace, scaled.data(), height, width, channels).run(thresholds);
+    result = RegionMerger<double>(workspace, scaled.data(), height, width, channels, true)
+                 .run(thresholds);
   }
   workspace.release_if_large();
   return result;
