@@ -243,9 +243,10 @@ SWEEP = {
         {"rows": 8, "num_warps": 4},
         {"rows": 16, "num_warps": 4},
         # by degree (crf_triton.splat_plan): light vertices in unrolled tiles, heavy ones alone
+        {"by_degree": True, "light_rows": 16},  # 8 warps for the light tiles, 4 for the rest
+        {"by_degree": True, "light_rows": 32},
+        {"by_degree": True, "light_rows": 8},
         {"by_degree": True, "light_rows": 16, "num_warps": 4},
-        {"by_degree": True, "light_rows": 32, "num_warps": 4},
-        {"by_degree": True, "light_rows": 8, "num_warps": 4},
     ],
     "blur": [  # every axis of the lattice, two per launch or one
         {"axes_per_pass": 2, "tile": 2048, "num_warps": 8},

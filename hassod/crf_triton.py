@@ -548,7 +548,8 @@ def splat(
     a program that gathers ``entry_block`` entries per step (a power of two); ``rows`` > 1 (a
     power of two) gives each program that many vertices, one entry of each per step.
     ``num_warps`` None: 4, fewer for tiles of under 512 elements (a warp per 128; the
-    normalisation's single column takes one). ``plan`` (:func:`splat_plan` of ``crow``): the
+    normalisation's single column takes one); for the light tiles of a ``plan``, one per 256
+    elements, at most 8. ``plan`` (:func:`splat_plan` of ``crow``): the
     light vertices ``light_rows`` (a power of two) to a program, then the heavy ones as with
     ``rows`` = 1; ``rows`` is then ignored.
     """
@@ -557,6 +558,9 @@ def splat(
     if num_vertices == 0 or num_columns == 0:
         return out
     block, column_blocks = _column_grid(num_columns)
+    # Light tiles: 8 elements per thread (16 x 128 float16 columns took 124 registers on 4
+    # warps, 69 on 8; float32 64 and 44).
+    light_warps = num_warps or min(8, max(1, light_rows * block // 256))
     if num_warps is None:
         num_warps = min(4, max(1, max(rows, entry_block) * block // 128))
     group = column_group(num_columns, values, out)
@@ -575,7 +579,7 @@ def splat(
                 ROWS=light_rows,
                 MAX_DEGREE=plan.max_light,
                 COLUMN_BLOCK=block,
-                num_warps=num_warps,
+                num_warps=light_warps,
             )
         if plan.heavy.numel():
             _launch_splat(tensors, plan.heavy, plan.heavy.numel(), group, block, column_blocks,
@@ -761,8 +765,11 @@ def slice_update(
     rows = max(1, tile // block)
     if num_warps is None:
         # 8 elements of the tile per thread: about 70 registers for float32 on sm_90 (16 per
-        # thread took 203 and starved the multiprocessors of warps).
-        num_warps = min(32, max(8, rows * block // 256))
+        # thread took 203 and starved the multiprocessors of warps). Narrow tiles (the
+        # normalisation's single column) hold a row per element, each with its own corner
+        # indices: 4 per thread (8 took 94-142 registers, 4 take 44-78).
+        per_thread = 8 if block >= 16 else 4
+        num_warps = min(32, max(8, rows * block // (32 * per_thread)))
     _SLICE_UPDATE.launch(
         (-(-num_points // rows),),
         out.device,
