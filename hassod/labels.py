@@ -26,6 +26,7 @@ import json
 import math
 import os
 import re
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -162,7 +163,26 @@ def load_labels(source, what: str = "labels") -> Labels:
                 "file's 'images'"
             )
         check_annotation_fields(annotation, where)
+    _warn_on_dangling_parents(annotations, f"{what} {name}")
     return Labels(annotations=annotations, images=images, source=name)
+
+
+def _warn_on_dangling_parents(annotations: Sequence[dict], where: str) -> None:
+    """A ``parent_id`` that names no annotation of the same image makes that mask a root in the
+    trees drawn (:func:`mask_tree`): say so once, with a count, rather than silently."""
+    image_of = {a["id"]: a["image_id"] for a in annotations if "id" in a}
+    dangling = [
+        a
+        for a in annotations
+        if a.get("parent_id") is not None
+        and image_of.get(a["parent_id"], object()) != a["image_id"]
+    ]
+    if dangling:
+        warnings.warn(
+            f"{where}: {len(dangling)} annotations have a parent_id that is no annotation of "
+            f"their image (e.g. {dangling[0]['parent_id']!r}); they count as roots in the trees",
+            stacklevel=3,
+        )
 
 
 def _finite_number(value) -> bool:

@@ -785,3 +785,27 @@ def test_image_index_finds_what_a_linear_scan_finds():
                 assert index.find(query) is expected
             strict = index.find(query, strict=True)
             assert strict is None or query.endswith(strict["file_name"])
+
+
+def test_dangling_parent_ids_are_reported_once():
+    import warnings
+
+    from hassod.labels import load_labels
+
+    box = {"bbox": [0.0, 0.0, 4.0, 4.0], "category_id": 1}
+    data = {
+        "images": [{"id": 1, "file_name": "a.png", "width": 8, "height": 8},
+                   {"id": 2, "file_name": "b.png", "width": 8, "height": 8}],
+        "annotations": [
+            {"id": 10, "image_id": 1, "parent_id": None, **box},
+            {"id": 11, "image_id": 1, "parent_id": 10, **box},
+            {"id": 20, "image_id": 2, "parent_id": 10, **box},  # another image's annotation
+            {"id": 21, "image_id": 2, "parent_id": 99, **box},  # no such annotation
+        ],
+    }  # fmt: skip
+    with pytest.warns(UserWarning, match=r"2 annotations have a parent_id .* \(e.g. 10\)"):
+        load_labels(data)
+    data["annotations"] = data["annotations"][:2]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_labels(data)
