@@ -42,6 +42,7 @@ import numpy as np
 import torch
 
 from hassod import crf_triton
+from hassod._checks import native_layout
 from hassod.crf import (
     DEFAULT_BILATERAL,
     DEFAULT_GAUSSIAN,
@@ -286,7 +287,7 @@ def _as_probs(probs, shape: tuple[int, int], device: torch.device, name: str) ->
 
 
 def _from_numpy(array: np.ndarray) -> torch.Tensor:
-    array = np.ascontiguousarray(array)
+    array = native_layout(array)  # torch refuses byte-swapped arrays
     if not array.flags.writeable:  # torch wants writable memory; copy read-only inputs
         array = array.copy()
     return torch.from_numpy(array)

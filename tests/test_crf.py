@@ -14,6 +14,7 @@ import pytest
 
 from hassod.crf import (
     CrfLattice,
+    as_crf_probs,
     clear_shared_lattice,
     dense_crf,
     dense_crf_batch,
@@ -129,6 +130,8 @@ def test_misaligned_and_byte_swapped_probabilities_give_the_same_q(small_case):
     misaligned[...] = probs
     assert misaligned.flags.c_contiguous and not misaligned.flags.aligned
     for variant in (misaligned, probs.astype(">f4")):
+        handed = as_crf_probs(variant, image.shape[:2])  # what the C++ code reads
+        assert handed.flags.aligned and handed.flags.c_contiguous and handed.dtype.isnative
         np.testing.assert_array_equal(dense_crf(image, variant, iterations=2), expected)
 
 

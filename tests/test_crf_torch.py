@@ -364,3 +364,13 @@ def test_gpu_equals_torch_cpu_path_closely():
     assert gpu_batch.num_vertices == CrfBatch(images, device="cpu").num_vertices
     for a, b in zip(cpu, gpu_batch.infer(probs)):
         assert torch.allclose(a, b.cpu(), atol=TOLERANCE)
+
+
+def test_byte_swapped_inputs_are_accepted_like_on_the_cpu_path():
+    """torch.from_numpy refuses big-endian arrays; the CPU path took them, so this one does."""
+    rng = np.random.default_rng(8)
+    image = rng.integers(0, 256, (9, 11, 3), dtype=np.uint8)
+    probs = rng.random((3, 9, 11)).astype(np.float32)
+    expected = CrfBatch([image], device="cpu").infer([probs], iterations=1)[0]
+    got = CrfBatch([image], device="cpu").infer([probs.astype(">f4")], iterations=1)[0]
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)

@@ -9,7 +9,6 @@
 #include <cstdint>
 #include <exception>
 #include <mutex>
-#include <system_error>
 #include <thread>
 #include <vector>
 
@@ -56,9 +55,9 @@ void parallel_for(std::size_t count, int num_threads, Task&& task) {
   for (std::size_t t = 1; t < workers; ++t) {
     try {
       threads.emplace_back(worker);
-    } catch (const std::system_error&) {
-      // The system gives no more threads (a container's process limit): the ones started and
-      // this one share the work; results do not depend on how many there are.
+    } catch (...) {
+      // No more threads (std::system_error at a container's process limit, or bad_alloc): the
+      // ones started and this one share the work; results do not depend on how many there are.
       break;
     }
   }

@@ -402,7 +402,9 @@ ClusterResult cluster_features(const Scalar* features, std::int64_t height, std:
     result = merger.run(thresholds);
   } else {
     // Cosines are scale-invariant and power-of-two scaling is exact, so run on a copy whose
-    // largest magnitude is about 1. (Values below 2^-1074 of the largest become zero.)
+    // largest magnitude is about 1. A cell whose values are below ~1e-154 of the largest then
+    // has a squared norm that underflows to 0 and counts as a zero vector (similarity 0), as
+    // in the reference on such a grid; grids spanning that much are not features anyway.
     const auto count = static_cast<std::size_t>(height * width * channels);
     double largest = 0.0;
     for (std::size_t i = 0; i < count; ++i)
