@@ -244,8 +244,9 @@ class TrainBatches(torch.utils.data.Dataset):
     ``(seed, stream, epoch)``, grouped by orientation so that each process's batch is all
     landscape or all portrait (``config.data.aspect_ratio_grouping``, on by default as in the
     authors' loaders; :mod:`hassod.detector.sampling`); every augmentation draws from ``(seed,
-    stream, iteration, rank, slot)``. An unreadable image is replaced by the next one of the
-    stream of the same orientation and listed in ``skipped`` as ``(file_name, reason)``.
+    stream, iteration, rank, slot)``. An unreadable image is replaced by the next readable one
+    after its position in the shuffled stream (of the same orientation when grouping) and listed
+    in ``skipped`` as ``(file_name, reason)``.
     """
 
     def __init__(
