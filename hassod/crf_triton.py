@@ -6,7 +6,8 @@ over the (points x columns) and (vertices x columns) arrays per iteration). Thes
 same arithmetic in fewer passes and can hold the label columns in float16:
 
 * :func:`splat`: one program per lattice vertex gathers its points' rows (CSR by vertex), a
-  block of entries at a time (or a tile of vertices per program, one entry each per step).
+  block of entries at a time (or a tile of vertices per program, one entry each per step; or
+  by degree, :func:`splat_plan`: tiles of vertices with few entries, the others alone).
 * :func:`blur`: one pass per lattice axis, ``v + (v[minus] + v[plus]) / 2`` over a tile of
   vertices; :func:`blur_pair` does two axes in one pass (:func:`blur_axes` runs them all).
 * :func:`slice_update`: gathers every point's simplex corners from both kernels' lattices
@@ -14,6 +15,9 @@ same arithmetic in fewer passes and can hold the label columns in float16:
   step in the same pass (per label set: max, exp, times the clipped probabilities,
   normalise), writing the new Q. Without the probabilities it writes the summed messages
   instead (used once, for the kernels' normalisation).
+
+Label rows are padded to 16 bytes and the kernels get the row width as groups times a
+constant (:func:`column_group`), so the compiler can load them 16 bytes at a time.
 
 Arithmetic is float32 whatever the storage type; only the order of summation differs from the
 other paths. On CUDA tensors the kernels are compiled by Triton; on CPU tensors they run in
