@@ -91,6 +91,11 @@ def _interpreted_int(value) -> int:
     return operator.index(getattr(value, "value", value))  # ints and constexprs
 
 
+def _with_globals(fn, namespace: dict):
+    """``fn`` bound to other module globals."""
+    return types.FunctionType(fn.__code__, namespace, fn.__name__, fn.__defaults__, fn.__closure__)
+
+
 class _TritonKernel:
     """One kernel body, compiled for CUDA tensors and interpreted for CPU tensors."""
 
@@ -102,19 +107,15 @@ class _TritonKernel:
     def _interpreted_form(self):
         if self._interpreted is None:
             # The device functions a body calls are module globals compiled with it
-            # (JITFunction); the interpreted body runs against a copy of the globals that
-            # interprets this module's ones too (Triton's own, such as the combine functions,
-            # stay as they are).
+            # (JITFunction); the interpreted body, and this module's device functions (which
+            # may call each other), run against a copy of the globals that interprets them
+            # (Triton's own, such as the combine functions, stay as they are).
             fn = self._fn
-            namespace = {
-                name: InterpretedFunction(value.fn) if _own_device_function(value) else value
-                for name, value in fn.__globals__.items()
-            }
-            namespace["range"] = _interpreter_range
-            body = types.FunctionType(
-                fn.__code__, namespace, fn.__name__, fn.__defaults__, fn.__closure__
-            )
-            self._interpreted = InterpretedFunction(body)
+            namespace = dict(fn.__globals__, range=_interpreter_range)
+            for name, value in fn.__globals__.items():
+                if _own_device_function(value):
+                    namespace[name] = InterpretedFunction(_with_globals(value.fn, namespace))
+            self._interpreted = InterpretedFunction(_with_globals(fn, namespace))
         return self._interpreted
 
     def launch(self, grid: tuple[int, ...], device: torch.device, *args, **kwargs) -> None:
@@ -133,6 +134,22 @@ if triton is not None:
     # tl.full stands in for tl.zeros.
     _SUM = tl.standard._sum_combine
     _MAX = tl.standard._elementwise_max
+
+    def _splat_entries_body(
+        point_ptr, weight_ptr, src_ptr, entries, live, columns, column_mask, num_columns
+    ):
+        # The weighted point rows of `entries` (one per tile row, masked by `live`; columns
+        # masked by the (1, COLUMN_BLOCK) column_mask), float32: a step of every splat kernel.
+        points = tl.load(point_ptr + entries, mask=live, other=0).to(tl.int64)
+        weights = tl.load(weight_ptr + entries, mask=live, other=0.0)
+        values = tl.load(
+            src_ptr + points[:, None] * num_columns + columns[None, :],
+            mask=live[:, None] & column_mask,
+            other=0.0,
+        )
+        return weights[:, None] * values.to(tl.float32)
+
+    _splat_entries = triton.jit(_splat_entries_body)
 
     def _splat_body(
         crow_ptr,  # (M + 1,) int64: entries of vertex v are crow[v] .. crow[v+1]
@@ -161,20 +178,46 @@ if triton is not None:
         total = tl.full([ENTRY_BLOCK, COLUMN_BLOCK], 0.0, tl.float32)
         for first in range(start, end, ENTRY_BLOCK):
             entries = first + tl.arange(0, ENTRY_BLOCK)
-            entry_mask = entries < end
-            points = tl.load(point_ptr + entries, mask=entry_mask, other=0).to(tl.int64)
-            weights = tl.load(weight_ptr + entries, mask=entry_mask, other=0.0)
-            values = tl.load(
-                src_ptr + points[:, None] * num_columns + columns[None, :],
-                mask=entry_mask[:, None] & column_mask[None, :],
-                other=0.0,
-            ).to(tl.float32)
-            total += weights[:, None] * values
+            total += _splat_entries(
+                point_ptr,
+                weight_ptr,
+                src_ptr,
+                entries,
+                entries < end,
+                columns,
+                column_mask[None, :],
+                num_columns,
+            )
         tl.store(
             dst_ptr + vertex * num_columns + columns,
             tl.reduce(total, 0, _SUM).to(dst_ptr.dtype.element_ty),
             mask=column_mask,
         )
+
+    def _splat_tile_body(
+        crow_ptr, point_ptr, weight_ptr, src_ptr, dst_ptr, rows, row_mask, columns,
+        column_mask, num_columns, MAX_DEGREE: tl.constexpr,
+    ):  # fmt: skip
+        # Splat of a tile of vertices `rows`, one entry of each per step: as many steps as the
+        # tile's busiest vertex has (MAX_DEGREE 0), or MAX_DEGREE unrolled ones.
+        start = tl.load(crow_ptr + rows, mask=row_mask, other=0)
+        degree = tl.load(crow_ptr + rows + 1, mask=row_mask, other=0) - start
+        total = tl.full([rows.shape[0], columns.shape[0]], 0.0, tl.float32)
+        if MAX_DEGREE == 0:
+            for step in range(0, tl.reduce(degree, 0, _MAX)):
+                total += _splat_entries(
+                    point_ptr, weight_ptr, src_ptr, start + step, step < degree, columns,
+                    column_mask, num_columns,
+                )  # fmt: skip
+        else:
+            for step in tl.static_range(MAX_DEGREE):
+                total += _splat_entries(
+                    point_ptr, weight_ptr, src_ptr, start + step, step < degree, columns,
+                    column_mask, num_columns,
+                )  # fmt: skip
+        _store_tile(dst_ptr, total, rows, columns, row_mask, column_mask, num_columns)
+
+    _splat_tile = triton.jit(_splat_tile_body)
 
     def _splat_rows_body(
         crow_ptr,  # as in _splat_body
@@ -191,28 +234,13 @@ if triton is not None:
         # ROWS vertices per program, one entry of each per step, for as many steps as the
         # tile's busiest vertex has entries (fewer, larger programs than _splat_body).
         num_columns = num_column_groups * COLUMN_GROUP  # rows start 16-byte aligned
-        rows = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
-        columns = tl.program_id(1) * COLUMN_BLOCK + tl.arange(0, COLUMN_BLOCK)
-        row_mask = rows < num_vertices
-        column_mask = columns < num_columns
-        start = tl.load(crow_ptr + rows, mask=row_mask, other=0)
-        degree = tl.load(crow_ptr + rows + 1, mask=row_mask, other=0) - start
-        total = tl.full([ROWS, COLUMN_BLOCK], 0.0, tl.float32)
-        for step in range(0, tl.reduce(degree, 0, _MAX)):
-            live = step < degree
-            points = tl.load(point_ptr + start + step, mask=live, other=0).to(tl.int64)
-            weights = tl.load(weight_ptr + start + step, mask=live, other=0.0)
-            values = tl.load(
-                src_ptr + points[:, None] * num_columns + columns[None, :],
-                mask=live[:, None] & column_mask[None, :],
-                other=0.0,
-            )
-            total += weights[:, None] * values.to(tl.float32)
-        tl.store(
-            dst_ptr + rows[:, None] * num_columns + columns[None, :],
-            total.to(dst_ptr.dtype.element_ty),
-            mask=row_mask[:, None] & column_mask[None, :],
+        rows, columns, row_mask, column_mask = _row_tile(
+            num_vertices, num_columns, ROWS, COLUMN_BLOCK
         )
+        _splat_tile(
+            crow_ptr, point_ptr, weight_ptr, src_ptr, dst_ptr, rows, row_mask, columns,
+            column_mask, num_columns, 0,
+        )  # fmt: skip
 
     def _splat_light_body(
         crow_ptr,  # as in _splat_body
@@ -231,29 +259,14 @@ if triton is not None:
         # ROWS light vertices per program, their entries in MAX_DEGREE unrolled steps: every
         # gather is issued without a loop-carried bound (most vertices have 1 to 4 entries).
         num_columns = num_column_groups * COLUMN_GROUP  # rows start 16-byte aligned
-        slots = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
-        slot_mask = slots < num_rows
-        rows = tl.load(order_ptr + slots, mask=slot_mask, other=0).to(tl.int64)
-        columns = tl.program_id(1) * COLUMN_BLOCK + tl.arange(0, COLUMN_BLOCK)
-        column_mask = columns < num_columns
-        start = tl.load(crow_ptr + rows, mask=slot_mask, other=0)
-        degree = tl.load(crow_ptr + rows + 1, mask=slot_mask, other=0) - start
-        total = tl.full([ROWS, COLUMN_BLOCK], 0.0, tl.float32)
-        for step in tl.static_range(MAX_DEGREE):
-            live = step < degree
-            points = tl.load(point_ptr + start + step, mask=live, other=0).to(tl.int64)
-            weights = tl.load(weight_ptr + start + step, mask=live, other=0.0)
-            values = tl.load(
-                src_ptr + points[:, None] * num_columns + columns[None, :],
-                mask=live[:, None] & column_mask[None, :],
-                other=0.0,
-            )
-            total += weights[:, None] * values.to(tl.float32)
-        tl.store(
-            dst_ptr + rows[:, None] * num_columns + columns[None, :],
-            total.to(dst_ptr.dtype.element_ty),
-            mask=slot_mask[:, None] & column_mask[None, :],
+        slots, columns, slot_mask, column_mask = _row_tile(
+            num_rows, num_columns, ROWS, COLUMN_BLOCK
         )
+        rows = tl.load(order_ptr + slots, mask=slot_mask, other=0).to(tl.int64)
+        _splat_tile(
+            crow_ptr, point_ptr, weight_ptr, src_ptr, dst_ptr, rows, slot_mask, columns,
+            column_mask, num_columns, MAX_DEGREE,
+        )  # fmt: skip
 
     def _axis_blur_body(
         src_ptr, minus_ptr, plus_ptr, rows, row_mask, columns, column_mask, num_columns

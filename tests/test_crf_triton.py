@@ -518,14 +518,18 @@ def test_kernels_compile_for_hopper_with_vector_loads(storage):
     16 bytes at a time (the bandwidth the design counts on)."""
     values = f"*{storage}"
     group = 4 if storage == "fp32" else 8  # 16 bytes (crf_triton.column_group)
+    # crow, each entry's point and weight, the point rows and the vertex rows
+    splat_arrays = {
+        "crow_ptr": "*i64",
+        "point_ptr": "*i32",
+        "weight_ptr": "*fp32",
+        "src_ptr": values,
+        "dst_ptr": values,
+    }
     splat = compile_for_hopper(
         crf_triton._SPLAT,
         {
-            "crow_ptr": "*i64",
-            "point_ptr": "*i32",
-            "weight_ptr": "*fp32",
-            "src_ptr": values,
-            "dst_ptr": values,
+            **splat_arrays,
             "order_ptr": "*i32",
             "num_column_groups": "i32",
             "COLUMN_GROUP": "constexpr",
@@ -539,11 +543,7 @@ def test_kernels_compile_for_hopper_with_vector_loads(storage):
     splat_light = compile_for_hopper(
         crf_triton._SPLAT_LIGHT,
         {
-            "crow_ptr": "*i64",
-            "point_ptr": "*i32",
-            "weight_ptr": "*fp32",
-            "src_ptr": values,
-            "dst_ptr": values,
+            **splat_arrays,
             "order_ptr": "*i32",
             "num_rows": "i32",
             "num_column_groups": "i32",
@@ -558,11 +558,7 @@ def test_kernels_compile_for_hopper_with_vector_loads(storage):
     splat_rows = compile_for_hopper(
         crf_triton._SPLAT_ROWS,
         {
-            "crow_ptr": "*i64",
-            "point_ptr": "*i32",
-            "weight_ptr": "*fp32",
-            "src_ptr": values,
-            "dst_ptr": values,
+            **splat_arrays,
             **ROW_TILE_ARGUMENTS,
         },
         {"COLUMN_GROUP": group, "ROWS": 8, "COLUMN_BLOCK": 128},
