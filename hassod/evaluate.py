@@ -187,16 +187,20 @@ def evaluate(
     return result
 
 
+def _gt_name(gt) -> str:
+    """How messages name the ground truth: its path, or "in-memory ground truth"."""
+    return str(gt) if isinstance(gt, (str, os.PathLike)) else "in-memory ground truth"
+
+
 def _missing_masks_message(dataset: dict, gt) -> str | None:
     """Which ground-truth objects have no mask (mask recall needs every one; pycocotools
     stops with a KeyError), or None."""
     boxes_only = [a for a in dataset["annotations"] if not a.get("segmentation")]
     if not boxes_only:
         return None
-    name = str(gt) if isinstance(gt, (str, os.PathLike)) else "in-memory ground truth"
     return (
-        f"ground truth {name}: {len(boxes_only)} of {len(dataset['annotations'])} objects have "
-        f"no 'segmentation' (e.g. one on image id {boxes_only[0]['image_id']!r})"
+        f"ground truth {_gt_name(gt)}: {len(boxes_only)} of {len(dataset['annotations'])} "
+        f"objects have no 'segmentation' (e.g. one on image id {boxes_only[0]['image_id']!r})"
     )
 
 
@@ -228,7 +232,7 @@ def load_ground_truth(
     from pycocotools import mask as mask_utils
 
     data = read_json(gt, "ground truth") if isinstance(gt, (str, os.PathLike)) else gt
-    name = str(gt) if isinstance(gt, (str, os.PathLike)) else "in-memory ground truth"
+    name = _gt_name(gt)
     if not isinstance(data, dict) or not isinstance(data.get("annotations"), list):
         raise InputError(f"ground truth {name}: expected a COCO dict with an 'annotations' list")
     if not isinstance(data.get("images"), list) or not data["images"]:
