@@ -104,45 +104,75 @@ def last_checkpoint(checkpoint_dir) -> Path | None:
     return path if path.is_file() else None
 
 
-def load_checkpoint(path, map_location="cpu") -> dict:
-    """Read a checkpoint written by :func:`save_checkpoint`; ``config`` comes back as a
-    :class:`TrainConfig`."""
+def read_payload(path, map_location="cpu") -> dict:
+    """The raw contents of a checkpoint file (``weights_only``; a ``.pkl`` -- Detectron2's
+    NumPy format -- is read with pickle: only open files you trust)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
+        if path.suffix == ".pkl":
+            import pickle
+
+            with path.open("rb") as handle:
+                payload = pickle.load(handle, encoding="latin1")
+        else:
+            payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # noqa: BLE001 - truncated or foreign files alike
         # torch's own messages can be bare (a corrupt pickle says only a number): name the type.
         raise ValueError(
             f"cannot read checkpoint {path} (not a checkpoint, or damaged): "
             f"{type(error).__name__}: {error}"
         ) from error
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a hassod detector checkpoint (format {FORMAT})")
+    if not isinstance(payload, dict):
+        raise ValueError(f"{path} is not a checkpoint (it holds a {type(payload).__name__})")
+    return payload
+
+
+def load_checkpoint(path, map_location="cpu") -> dict:
+    """Read a checkpoint written by :func:`save_checkpoint`; ``config`` comes back as a
+    :class:`TrainConfig`."""
+    return _hassod_payload(read_payload(path, map_location), path)
+
+
+def _hassod_payload(payload: dict, path) -> dict:
+    if payload.get("format") != FORMAT:
+        raise ValueError(
+            f"{path} is not a hassod detector checkpoint (format {FORMAT}) nor a Detectron2 "
+            "checkpoint of the HASSOD detector"
+        )
     stored = dict(payload["config"])
-    # Runs checkpointed before batches were grouped by orientation resume as they ran.
+    # Runs checkpointed before batches were grouped by orientation resume as they ran ...
     stored["data"] = {"aspect_ratio_grouping": False, **(stored.get("data") or {})}
+    # ... and those written before the Detectron2 anchors with torchvision's.
+    stored["model"] = {"anchor_generator": "torchvision", **(stored.get("model") or {})}
     payload["config"] = config_from_dict(stored)
     return payload
 
 
 def detector_from_checkpoint(path_or_payload, weights: str = "student", map_location="cpu"):
-    """(detector in eval mode, TrainConfig) from a checkpoint.
+    """(detector in eval mode, TrainConfig) from a checkpoint: a ``hassod train`` one (a path
+    or its loaded dict) or a Detectron2 one of the HASSOD detector, such as the authors'
+    released model (a path; see :mod:`hassod.detector.detectron2_weights`).
 
     ``weights``: ``student`` (default: the network the authors evaluate after Mean Teacher,
     their ``model_student.pth``), ``teacher`` (the EMA) or ``auto`` (the teacher when the
     run reached the Mean Teacher phase, else the student).
     """
+    from hassod.detector import detectron2_weights
     from hassod.detector.model import HassodDetector
 
-    payload = (
-        path_or_payload
-        if isinstance(path_or_payload, dict)
-        else load_checkpoint(path_or_payload, map_location)
-    )
     if weights not in ("auto", "student", "teacher"):
         raise ValueError(f"weights must be auto, student or teacher, got {weights!r}")
+    if isinstance(path_or_payload, dict):
+        payload = path_or_payload
+    else:
+        payload = read_payload(path_or_payload, map_location)
+        if payload.get("format") != FORMAT and detectron2_weights.looks_like(payload):
+            return detectron2_weights.convert_detectron2_detector(
+                detectron2_weights.model_state(payload), weights
+            )
+        payload = _hassod_payload(payload, path_or_payload)
     if weights == "teacher" and payload.get("teacher") is None:
         raise ValueError("this checkpoint has no teacher (the Mean Teacher phase did not start)")
     use_teacher = weights == "teacher" or (weights == "auto" and payload.get("teacher") is not None)

@@ -17,6 +17,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 NORMS = ("auto", "frozen_bn", "bn", "syncbn", "gn")
+ANCHOR_GENERATORS = ("detectron2", "torchvision")  # see hassod.detector.anchors
 BACKBONES = ("resnet50", "resnet101", "resnet34", "resnet18", "resnet10")
 
 
@@ -41,6 +42,10 @@ class ModelConfig:
     mask_head_convs: int = 4
     anchor_sizes: tuple = (32, 64, 128, 256, 512)  # one per FPN level P2-P6
     aspect_ratios: tuple = (0.5, 1.0, 2.0)
+    # detectron2: the authors' anchors (strides 4-64, exact sizes, float32); torchvision: its
+    # AnchorGenerator (strides inferred per image, P6's wrong for odd sizes; rounded sizes),
+    # which checkpoints written before this setting were trained with (hassod.detector.anchors)
+    anchor_generator: str = "detectron2"
     rpn_pre_nms_top_n_train: int = 2000  # per FPN level
     rpn_pre_nms_top_n_test: int = 1000
     rpn_post_nms_top_n_train: int = 4000  # per image (authors' POST_NMS_TOPK_TRAIN)
@@ -79,6 +84,11 @@ class ModelConfig:
             raise ValueError(
                 "cascade_ious and cascade_box_weights must have one entry per stage, got "
                 f"{len(self.cascade_ious)} and {len(self.cascade_box_weights)}"
+            )
+        if self.anchor_generator not in ANCHOR_GENERATORS:
+            raise ValueError(
+                f"anchor_generator must be one of {ANCHOR_GENERATORS}, "
+                f"got {self.anchor_generator!r}"
             )
         if len(self.anchor_sizes) != 5:
             raise ValueError(f"anchor_sizes needs 5 entries (P2-P6), got {self.anchor_sizes}")

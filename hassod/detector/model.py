@@ -18,10 +18,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
 
+from hassod.detector.anchors import build_anchor_generator
 from hassod.detector.backbone import build_backbone, load_backbone_weights, resolve_norm
 from hassod.detector.cascade import CascadeRoIHeads
 from hassod.detector.config import ModelConfig
@@ -61,6 +61,19 @@ class DetectronLossRPN(RegionProposalNetwork):
         return objectness_loss, box_loss
 
 
+class Float32RPNHead(RPNHead):
+    """torchvision's RPN head with float32 outputs under autocast.
+
+    The RPN decodes proposals and encodes its regression targets in the dtype of the head's
+    deltas; in float16, box corners beyond 1024 pixels have half-pixel steps. Detectron2
+    (the authors' code) converts the deltas to float32 before either (``apply_deltas``).
+    """
+
+    def forward(self, features):
+        logits, deltas = super().forward(features)
+        return [map_.float() for map_ in logits], [map_.float() for map_ in deltas]
+
+
 class HassodDetector(nn.Module):
     """Cascade Mask R-CNN with a level head (class-agnostic).
 
@@ -83,14 +96,12 @@ class HassodDetector(nn.Module):
         self.norm = norm
         self.backbone = build_backbone(config, norm)
         channels = config.fpn_channels
-        anchors = AnchorGenerator(
-            sizes=tuple((int(size),) for size in config.anchor_sizes),
-            aspect_ratios=(tuple(float(r) for r in config.aspect_ratios),)
-            * len(config.anchor_sizes),
+        anchors = build_anchor_generator(
+            config.anchor_generator, config.anchor_sizes, config.aspect_ratios
         )
         self.rpn = DetectronLossRPN(
             anchors,
-            RPNHead(channels, anchors.num_anchors_per_location()[0]),
+            Float32RPNHead(channels, anchors.num_anchors_per_location()[0]),
             fg_iou_thresh=0.7,
             bg_iou_thresh=0.3,
             batch_size_per_image=config.rpn_batch_size_per_image,
