@@ -72,7 +72,8 @@ def add_train_parser(commands) -> None:
         type=Path,
         metavar="CHECKPOINT",
         help="start from the student weights of a `hassod train` checkpoint (architecture "
-        "included) with a fresh optimizer, e.g. a burn-in run's model_final.pth; with "
+        "included) with a fresh optimizer, e.g. a burn-in run's model_final.pth, or from a "
+        "Detectron2 checkpoint of the HASSOD detector (the authors' model.pth); with "
         "--iterations 0 only the Mean Teacher phase runs (the authors' second job). "
         "With --resume it applies only while OUT has no checkpoint yet",
     )
@@ -85,7 +86,8 @@ def add_predict_parser(commands) -> None:
         help="run a trained detector on images: masks, scores and levels as COCO results",
         description=(
             "Detect objects with their whole/part/subpart level in an image or every image "
-            "under a folder, with a `hassod train` checkpoint, and write COCO results JSON "
+            "under a folder, with a `hassod train` checkpoint (or the authors' Detectron2 one), "
+            "and write COCO results JSON "
             "(bbox, RLE segmentation, score, hier_level, level_scores). Image ids follow "
             "`hassod discover` (hashed relative file names); to score the results with "
             "`hassod evaluate --gt GT.json`, give --image-ids GT.json so that they carry the "
@@ -95,7 +97,13 @@ def add_predict_parser(commands) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     predict.add_argument("images", type=Path, metavar="IMAGES", help="image file or folder")
-    predict.add_argument("--checkpoint", type=Path, required=True, help="checkpoint (.pth)")
+    predict.add_argument(
+        "--checkpoint",
+        type=Path,
+        required=True,
+        help="a `hassod train` checkpoint (.pth), or a Detectron2 checkpoint of the HASSOD "
+        "detector such as the authors' released model.pth",
+    )
     predict.add_argument("--out", type=Path, required=True, help="output JSON")
     predict.add_argument(
         "--levels", default="whole,part,subpart", help="levels to keep (default all three)"

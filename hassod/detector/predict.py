@@ -81,7 +81,9 @@ class Predictor:
     """A trained detector ready for images.
 
     Args:
-        checkpoint: path of a ``hassod train`` checkpoint (or its loaded dict).
+        checkpoint: path of a ``hassod train`` checkpoint (or its loaded dict), or of a
+            Detectron2 checkpoint of the HASSOD detector such as the authors' released model
+            (:mod:`hassod.detector.detectron2_weights`).
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:N``.
         weights: ``student`` (default; the authors evaluate the student after Mean Teacher),
             ``teacher`` (its EMA) or ``auto`` (the teacher when present, else the student).

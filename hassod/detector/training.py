@@ -235,9 +235,10 @@ class Trainer:
                     "--init-from and --backbone-weights exclude each other: the checkpoint "
                     "holds the whole detector"
                 )
-            source = ckpt.load_checkpoint(init_from, map_location="cpu")
-            config = dataclasses.replace(config, model=source["config"].model)
-            initial_state = source["model"]
+            # The student of a hassod checkpoint, or a Detectron2 one's (the authors' model).
+            source, source_config = ckpt.detector_from_checkpoint(init_from, "student")
+            config = dataclasses.replace(config, model=source_config.model)
+            initial_state = source.state_dict()
         else:
             norm = resolve_norm(config.model.norm, backbone_weights is not None)
             config = dataclasses.replace(config, model=dataclasses.replace(config.model, norm=norm))

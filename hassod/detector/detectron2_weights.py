@@ -1,0 +1,286 @@
+"""Detectron2 checkpoints of the HASSOD detector (the authors' released model) in hassod.
+
+The authors train and release their Cascade Mask R-CNN with Detectron2 (``model.pth``, or a
+Mean Teacher checkpoint holding ``modelStudent.*`` and ``modelTeacher.*``). Its layers are the
+ones :class:`~hassod.detector.model.HassodDetector` builds, under other names, so such a file
+loads here for ``hassod predict`` / :class:`~hassod.detector.predict.Predictor` and as the
+start of ``hassod train --init-from``. :func:`convert_detectron2_detector` renames every
+tensor, reads the architecture from their shapes (ResNet depth and width, FPN and head
+widths, normalisation, stages, levels) and refuses what this model cannot hold exactly:
+
+- the classifier: Detectron2 puts the object logit first and background last, torchvision
+  the other way round: its rows are swapped;
+- normalisation: BatchNorm in the FPN (the authors' SyncBN) gives ``norm="syncbn"``
+  (inference uses the running statistics, as Detectron2's does); an FPN without norm and a
+  ResNet with BatchNorm statistics gives ``frozen_bn``; GroupNorm gives ``gn``;
+- the ResNet is assumed to stride in its 3x3 convolutions (``STRIDE_IN_1X1: False``, the
+  authors' and CutLER's setting, and torchvision's); MSRA-style ImageNet ResNets stride in
+  the 1x1 and would compute something else -- the weights cannot tell;
+- settings not stored in weights (cascade IoUs and box weights, test sizes, thresholds) are
+  the authors' config's, which :func:`~hassod.detector.config.paper_config` holds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+import torch
+
+from hassod.detector.backbone import _detectron2_name
+from hassod.detector.config import ModelConfig, paper_config
+
+TEACHER, STUDENT = "modelTeacher.", "modelStudent."
+_PREDICTOR_KEY = "roi_heads.box_predictor.0.cls_score.weight"
+# ResNets by block kind and blocks per stage (res2..res5).
+_RESNETS = {
+    ("bottleneck", (3, 4, 6, 3)): "resnet50",
+    ("bottleneck", (3, 4, 23, 3)): "resnet101",
+    ("basic", (1, 1, 1, 1)): "resnet10",
+    ("basic", (2, 2, 2, 2)): "resnet18",
+    ("basic", (3, 4, 6, 3)): "resnet34",
+}
+# Buffers Detectron2 may store that the model recomputes (anchors) or takes from its config.
+_IGNORED = re.compile(
+    r"^(proposal_generator\.anchor_generator\.cell_anchors\.\d+|pixel_(mean|std))$"
+)
+
+
+class Detectron2WeightsError(ValueError):
+    """A Detectron2 checkpoint this model cannot hold (the message says what differs)."""
+
+
+def is_detectron2_detector(state: dict) -> bool:
+    """True for a Detectron2 R-CNN state dict with cascade box predictors (one model, or a
+    Mean Teacher pair under ``modelStudent.`` / ``modelTeacher.``)."""
+    return any(
+        key in state for key in (_PREDICTOR_KEY, TEACHER + _PREDICTOR_KEY, STUDENT + _PREDICTOR_KEY)
+    )
+
+
+def select_model(state: dict, weights: str = "student") -> dict:
+    """The state dict of one network: ``student`` / ``teacher`` of a Mean Teacher checkpoint
+    (``auto``: the teacher), or the only network of a plain one (``student`` or ``auto``)."""
+    if weights not in ("auto", "student", "teacher"):
+        raise ValueError(f"weights must be auto, student or teacher, got {weights!r}")
+    paired = any(name.startswith((TEACHER, STUDENT)) for name in state)
+    if not paired:
+        if weights == "teacher":
+            raise Detectron2WeightsError(
+                "this Detectron2 checkpoint holds one network, not a Mean Teacher pair "
+                "(no modelTeacher.*): use weights student or auto"
+            )
+        return dict(state)
+    prefix = STUDENT if weights == "student" else TEACHER
+    chosen = {
+        name[len(prefix) :]: value for name, value in state.items() if name.startswith(prefix)
+    }
+    if not chosen:
+        raise Detectron2WeightsError(f"this Mean Teacher checkpoint has no {prefix}* weights")
+    return chosen
+
+
+def _count(state: dict, pattern: str) -> int:
+    """How many distinct values the ``(\\d+)`` group of ``pattern`` takes among the keys."""
+    compiled = re.compile(pattern)
+    return len({match.group(1) for name in state if (match := compiled.match(name))})
+
+
+def _shape(state: dict, name: str) -> tuple:
+    if name not in state:
+        raise Detectron2WeightsError(f"the checkpoint has no {name}")
+    return tuple(state[name].shape)
+
+
+def infer_model_config(state: dict) -> ModelConfig:
+    """The :class:`ModelConfig` of one network's Detectron2 state dict (see the module
+    docstring); raises :class:`Detectron2WeightsError` for layers this model does not have."""
+    bottom = "backbone.bottom_up."
+    kind = "bottleneck" if f"{bottom}res2.0.conv3.weight" in state else "basic"
+    blocks = tuple(_count(state, rf"^{bottom}res{stage}\.(\d+)\.") for stage in (2, 3, 4, 5))
+    backbone = _RESNETS.get((kind, blocks))
+    if backbone is None:
+        raise Detectron2WeightsError(
+            f"unsupported ResNet: {kind} blocks {blocks} per stage (hassod builds "
+            "ResNet-10/18/34/50/101)"
+        )
+    width = _shape(state, f"{bottom}stem.conv1.weight")[0]
+
+    if "backbone.fpn_lateral2.norm.running_mean" in state:
+        norm = "syncbn"
+    elif "backbone.fpn_lateral2.norm.weight" in state:
+        norm = "gn"
+    elif f"{bottom}stem.conv1.norm.running_mean" in state:
+        norm = "frozen_bn"
+    else:
+        raise Detectron2WeightsError(
+            "unsupported normalisation: a GroupNorm ResNet with an FPN without norm"
+        )
+
+    stages = _count(state, r"^roi_heads\.box_predictor\.(\d+)\.cls_score\.weight$")
+    if stages != 3:
+        raise Detectron2WeightsError(f"expected a 3-stage cascade, found {stages} box predictors")
+    box_layers = {
+        match.group(1)
+        for name in state
+        if (match := re.match(r"^roi_heads\.box_head\.\d+\.([a-z]+\d*)\.", name))
+    }
+    if box_layers != {"fc1", "fc2"}:
+        raise Detectron2WeightsError(
+            f"unsupported box head {sorted(box_layers)}: hassod's is two FC layers (fc1, fc2)"
+        )
+    classes = _shape(state, "roi_heads.box_predictor.0.cls_score.weight")[0]
+    if classes != 2:
+        raise Detectron2WeightsError(
+            f"the classifier has {classes - 1} object classes; hassod's detector is "
+            "class-agnostic (one class)"
+        )
+    if _shape(state, "roi_heads.box_predictor.0.bbox_pred.weight")[0] != 4:
+        raise Detectron2WeightsError("box regression is not class-agnostic (4 outputs)")
+    level_key = "roi_heads.box_predictor.0.level_predictor.weight"
+    if level_key not in state:
+        raise Detectron2WeightsError(
+            "the checkpoint has no level head (roi_heads.box_predictor.K.level_predictor): "
+            "a CutLER or plain Cascade R-CNN model, not HASSOD"
+        )
+    levels = _shape(state, level_key)[0]
+    if levels != 3:
+        raise Detectron2WeightsError(
+            f"the level head has {levels} outputs; hassod's classifies 3 levels (the "
+            "authors' focal / ce level loss)"
+        )
+    if any(re.match(r"^roi_heads\.mask_head\.mask_fcn\d+\.norm\.", n) for n in state):
+        raise Detectron2WeightsError("unsupported mask head with normalisation layers")
+    if _shape(state, "roi_heads.mask_head.predictor.weight")[0] != 1:
+        raise Detectron2WeightsError("the mask head is not class-agnostic (1 output)")
+    anchors = _shape(state, "proposal_generator.rpn_head.objectness_logits.weight")[0]
+    defaults = ModelConfig()
+    if anchors != len(defaults.aspect_ratios):
+        raise Detectron2WeightsError(
+            f"the RPN has {anchors} anchors per location; hassod's has "
+            f"{len(defaults.aspect_ratios)} (one size per level, ratios {defaults.aspect_ratios})"
+        )
+    changes = {}
+    for name in ("pixel_mean", "pixel_std"):
+        if name in state:
+            changes[name] = tuple(float(v) for v in state[name].flatten().tolist())
+    return dataclasses.replace(
+        defaults,
+        backbone=backbone,
+        backbone_width=width,
+        norm=norm,
+        fpn_channels=_shape(state, "backbone.fpn_output2.weight")[0],
+        box_head_dim=_shape(state, "roi_heads.box_head.0.fc1.weight")[0],
+        mask_head_channels=_shape(state, "roi_heads.mask_head.mask_fcn1.weight")[0],
+        mask_head_convs=_count(state, r"^roi_heads\.mask_head\.mask_fcn(\d+)\.weight$"),
+        anchor_generator="detectron2",
+        **changes,
+    )
+
+
+_FPN = {"lateral": "inner_blocks", "output": "layer_blocks"}
+_LAYERS = {
+    "conv": "conv.0.0",  # RPN head
+    "objectness_logits": "cls_logits",
+    "anchor_deltas": "bbox_pred",
+    "cls_score": "cls_score",  # box predictors
+    "bbox_pred": "bbox_pred",
+    "level_predictor": "level_score",
+    "deconv": "conv5_mask",  # mask head
+    "predictor": "mask_fcn_logits",
+}
+# (Detectron2 name pattern, HassodDetector name), in the order they are tried.
+_RULES = [
+    (r"backbone\.fpn_(lateral|output)([2-5])\.norm\.(.+)", lambda m: _fpn(m, "1")),
+    (r"backbone\.fpn_(lateral|output)([2-5])\.(.+)", lambda m: _fpn(m, "0")),
+    (
+        r"proposal_generator\.rpn_head\.(conv|objectness_logits|anchor_deltas)\.(.+)",
+        lambda m: f"rpn.head.{_LAYERS[m[1]]}.{m[2]}",
+    ),
+    (
+        r"roi_heads\.box_head\.(\d+)\.fc([12])\.(.+)",
+        lambda m: f"roi_heads.box_heads.{m[1]}.fc{int(m[2]) + 5}.{m[3]}",
+    ),
+    (
+        r"roi_heads\.box_predictor\.(\d+)\.(cls_score|bbox_pred|level_predictor)\.(.+)",
+        lambda m: f"roi_heads.box_predictors.{m[1]}.{_LAYERS[m[2]]}.{m[3]}",
+    ),
+    (
+        r"roi_heads\.mask_head\.mask_fcn(\d+)\.(.+)",
+        lambda m: f"roi_heads.mask_head.convs.{int(m[1]) - 1}.0.{m[2]}",
+    ),
+    (
+        r"roi_heads\.mask_head\.(deconv|predictor)\.(.+)",
+        lambda m: f"roi_heads.mask_head.predictor.{_LAYERS[m[1]]}.{m[2]}",
+    ),
+]
+
+
+def _fpn(match: re.Match, part: str) -> str:
+    return f"backbone.fpn.{_FPN[match[1]]}.{int(match[2]) - 2}.{part}.{match[3]}"
+
+
+def hassod_name(name: str) -> str | None:
+    """The HassodDetector parameter a Detectron2 name holds (None: not a model tensor)."""
+    if _IGNORED.match(name):
+        return None
+    if name.startswith("backbone.bottom_up."):
+        return "backbone.body." + _detectron2_name(name[len("backbone.bottom_up.") :])
+    for pattern, rename in _RULES:
+        match = re.fullmatch(pattern, name)
+        if match:
+            return rename(match)
+    raise Detectron2WeightsError(f"unexpected tensor {name!r}: not a layer of hassod's detector")
+
+
+def convert_detectron2_detector(state: dict, weights: str = "student"):
+    """(HassodDetector in eval mode, TrainConfig) from a Detectron2 state dict.
+
+    ``state``: a checkpoint's ``model`` dict (tensors or NumPy arrays), of one network or a
+    Mean Teacher pair (``weights`` picks, see :func:`select_model`). The config is
+    :func:`~hassod.detector.config.paper_config` with the model section read from the
+    weights. Every tensor must find its layer with the same shape, and every layer a tensor.
+    """
+    from hassod.detector.model import HassodDetector
+
+    state = {name: torch.as_tensor(value) for name, value in select_model(state, weights).items()}
+    model_config = infer_model_config(state)
+    model = HassodDetector(model_config, model_config.norm)
+    target = model.state_dict()
+    converted, problems = {}, []
+    for name, tensor in state.items():
+        ours = hassod_name(name)
+        if ours is None:
+            continue
+        if ours not in target:
+            if ours.endswith("num_batches_tracked"):  # FrozenBatchNorm keeps no count
+                continue
+            problems.append(f"{name}: no layer {ours}")
+            continue
+        if tuple(tensor.shape) != tuple(target[ours].shape):
+            problems.append(f"{name}: {tuple(tensor.shape)} vs {tuple(target[ours].shape)}")
+            continue
+        if name.endswith(("cls_score.weight", "cls_score.bias")):
+            tensor = tensor.flip(0)  # Detectron2: (object, background); torchvision: reversed
+        converted[ours] = tensor.to(target[ours].dtype)
+    missing = [name for name in target if name not in converted]
+    if problems or missing:
+        details = problems[:5] + [f"{name}: missing" for name in missing[:5]]
+        raise Detectron2WeightsError(
+            f"the Detectron2 weights do not fit hassod's {model_config.backbone} detector "
+            f"({len(problems)} mismatched, {len(missing)} missing): " + "; ".join(details)
+        )
+    model.load_state_dict(converted)
+    model.eval()
+    config = dataclasses.replace(paper_config(), model=model_config)
+    return model, config
+
+
+def model_state(raw: dict) -> dict:
+    """The state dict inside a loaded Detectron2 checkpoint (``{"model": ...}``, or bare)."""
+    return raw["model"] if isinstance(raw.get("model"), dict) else raw
+
+
+def looks_like(raw) -> bool:
+    """True for a loaded Detectron2 checkpoint (or bare state dict) of the HASSOD detector."""
+    return isinstance(raw, dict) and is_detectron2_detector(model_state(raw))

@@ -1,0 +1,276 @@
+"""Detectron2 checkpoints of the HASSOD detector (the authors' released model) in hassod:
+every part of the converted model against a functional forward that reads Detectron2's
+names (tests/detectron2_layout.py), the architecture read from the weights, Mean Teacher
+pairs, file formats, refusals, and the predict / train entry points."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pickle
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from detector_checks import tiny_config
+from detectron2_layout import (
+    PAPER,
+    Architecture,
+    detectron2_state,
+    reference_backbone,
+    reference_box_stage,
+    reference_mask_logits,
+    reference_rpn_head,
+)
+
+from hassod.detector import detectron2_weights as d2
+from hassod.detector.checkpoint import detector_from_checkpoint
+from hassod.detector.config import ModelConfig, paper_config
+from hassod.detector.predict import Predictor
+
+TINY = Architecture()
+
+
+@pytest.fixture(scope="module")
+def tiny_state():
+    return detectron2_state(TINY, seed=0)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tiny_state):
+    return d2.convert_detectron2_detector(tiny_state)
+
+
+def _close(ours, theirs, tolerance=1e-4):
+    scale = max(1.0, float(theirs.abs().max()))
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=tolerance * scale)
+
+
+def test_architecture_is_read_from_the_weights(tiny_model):
+    _, config = tiny_model
+    model = config.model
+    assert (model.backbone, model.backbone_width, model.norm) == ("resnet10", 16, "syncbn")
+    assert (model.fpn_channels, model.box_head_dim) == (32, 64)
+    assert (model.mask_head_channels, model.mask_head_convs) == (16, 2)
+    assert model.anchor_generator == "detectron2"
+    # what weights cannot say comes from the authors' config
+    paper = paper_config()
+    assert dataclasses.replace(config, model=paper.model) == paper
+    assert model.cascade_box_weights == paper.model.cascade_box_weights
+
+
+def test_the_papers_detector_converts_whole():
+    """ResNet-50 / FPN 256 / 2 x 1024 box head / 4 x 256 mask head, as the authors train it."""
+    state = detectron2_state(PAPER, seed=3)
+    model, config = d2.convert_detectron2_detector(state)
+    assert config.model == dataclasses.replace(ModelConfig(), norm="syncbn")
+    image = torch.randn(1, 3, 64, 96, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ours = list(model.backbone(image).values())
+        theirs = reference_backbone(state, image)
+    for level, (a, b) in enumerate(zip(ours, theirs)):
+        assert a.shape == b.shape, level
+        _close(a, b)
+
+
+@pytest.mark.parametrize("fpn_norm", [True, False])
+def test_backbone_equals_detectron2s(fpn_norm):
+    arch = dataclasses.replace(TINY, fpn_norm=fpn_norm)
+    state = detectron2_state(arch, seed=1)
+    model, config = d2.convert_detectron2_detector(state)
+    assert config.model.norm == ("syncbn" if fpn_norm else "frozen_bn")
+    image = torch.randn(2, 3, 96, 128, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ours = list(model.backbone(image).values())
+        theirs = reference_backbone(state, image)
+    assert len(ours) == len(theirs) == 5
+    for a, b in zip(ours, theirs):
+        _close(a, b)
+
+
+def test_rpn_head_equals_detectron2s(tiny_state, tiny_model):
+    model, _ = tiny_model
+    generator = torch.Generator().manual_seed(2)
+    maps = [torch.randn(1, 32, size, size + 2, generator=generator) for size in (16, 8, 4)]
+    with torch.no_grad():
+        logits, deltas = model.rpn.head(maps)
+    ref_logits, ref_deltas = reference_rpn_head(tiny_state, maps)
+    for ours, theirs in zip(logits + deltas, ref_logits + ref_deltas):
+        _close(ours, theirs)
+
+
+@pytest.mark.parametrize("stage", [0, 1, 2])
+def test_box_stages_equal_detectron2s(tiny_state, tiny_model, stage):
+    """The object probability is Detectron2's first softmax column and hassod's second."""
+    model, _ = tiny_model
+    pooled = torch.randn(7, 32, 7, 7, generator=torch.Generator().manual_seed(stage))
+    heads = model.roi_heads
+    with torch.no_grad():
+        logits, deltas, levels = heads.box_predictors[stage](heads.box_heads[stage](pooled))
+    probability, ref_deltas, ref_levels = reference_box_stage(tiny_state, stage, pooled)
+    _close(logits.softmax(dim=1)[:, 1], probability)
+    _close(deltas, ref_deltas)
+    _close(levels, ref_levels)
+    assert not torch.allclose(logits.softmax(dim=1)[:, 0], probability)  # the swap matters
+
+
+def test_mask_head_equals_detectron2s(tiny_state, tiny_model):
+    model, _ = tiny_model
+    pooled = torch.randn(5, 32, 14, 14, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        ours = model.roi_heads.mask_head(pooled)
+    _close(ours, reference_mask_logits(tiny_state, pooled))
+
+
+def _pair(student_seed=0, teacher_seed=1):
+    student, teacher = detectron2_state(TINY, student_seed), detectron2_state(TINY, teacher_seed)
+    return {f"modelStudent.{k}": v for k, v in student.items()} | {
+        f"modelTeacher.{k}": v for k, v in teacher.items()
+    }
+
+
+def test_mean_teacher_pairs_give_the_chosen_network():
+    pair = _pair()
+    key = "roi_heads.box_predictors.0.bbox_pred.weight"
+    expected = {
+        "student": detectron2_state(TINY, 0)["roi_heads.box_predictor.0.bbox_pred.weight"],
+        "teacher": detectron2_state(TINY, 1)["roi_heads.box_predictor.0.bbox_pred.weight"],
+    }
+    for weights, source in (("student", "student"), ("teacher", "teacher"), ("auto", "teacher")):
+        model, _ = d2.convert_detectron2_detector(pair, weights)
+        assert torch.equal(model.state_dict()[key], expected[source]), weights
+
+
+def test_a_single_network_has_no_teacher(tiny_state):
+    d2.convert_detectron2_detector(tiny_state, "auto")
+    with pytest.raises(d2.Detectron2WeightsError, match="one network"):
+        d2.convert_detectron2_detector(tiny_state, "teacher")
+    with pytest.raises(ValueError, match="weights must be"):
+        d2.convert_detectron2_detector(tiny_state, "ema")
+
+
+@pytest.mark.parametrize("layout", ["pth", "pth_bare", "pth_pair", "pkl"])
+def test_checkpoint_files_load_for_prediction(tmp_path, tiny_state, tiny_model, layout):
+    extra = {"__author__": "Detectron2", "iteration": 12}
+    if layout == "pth":
+        path = tmp_path / "model.pth"
+        torch.save({"model": tiny_state, **extra}, path)
+    elif layout == "pth_bare":
+        path = tmp_path / "model.pth"
+        torch.save(tiny_state, path)
+    elif layout == "pth_pair":
+        path = tmp_path / "model_ts.pth"
+        torch.save({"model": _pair(student_seed=0)}, path)
+    else:  # Detectron2's NumPy pickle
+        path = tmp_path / "model.pkl"
+        arrays = {k: v.numpy() for k, v in tiny_state.items()}
+        path.write_bytes(pickle.dumps({"model": arrays, **extra}))
+    model, config = detector_from_checkpoint(path)
+    expected, _ = tiny_model
+    assert config.model.backbone == "resnet10"
+    for name, value in expected.state_dict().items():
+        assert torch.equal(model.state_dict()[name], value), name
+    image = np.random.default_rng(0).integers(0, 256, (70, 90, 3), dtype=np.uint8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        detections = Predictor(path, device="cpu", min_size=64, max_size=96)(image)
+    assert detections and all(d["hier_level"] in (0, 1, 2) for d in detections)
+    assert all(d["segmentation"]["size"] == [70, 90] for d in detections)
+
+
+def test_predict_cli_runs_a_detectron2_checkpoint(tmp_path, tiny_state):
+    from PIL import Image
+
+    from hassod.cli import main
+
+    torch.save({"model": tiny_state}, tmp_path / "model.pth")
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(1)
+    Image.fromarray(rng.integers(0, 256, (80, 100, 3), dtype=np.uint8)).save(images / "a.png")
+    out = tmp_path / "preds.json"
+    code = main(
+        [
+            "predict", str(images), "--checkpoint", str(tmp_path / "model.pth"),
+            "--out", str(out), "--device", "cpu", "--quiet", "--max-detections", "5",
+        ]
+    )  # fmt: skip
+    assert code == 0
+    results = json.loads(out.read_text())
+    assert 0 < len(results) <= 5 and {r["category_id"] for r in results} == {1}
+
+
+def test_training_can_start_from_a_detectron2_checkpoint(tmp_path, tiny_state):
+    from hassod.detector.data import load_pseudo_labels
+    from hassod.detector.synthetic import write_dataset
+    from hassod.detector.training import Trainer
+
+    torch.save({"model": tiny_state}, tmp_path / "model.pth")
+    labels = load_pseudo_labels(*write_dataset(tmp_path / "data", count=2, size=96, seed=3))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer = Trainer(
+            tiny_config(iterations=1),
+            labels,
+            tmp_path / "run",
+            progress=False,
+            device="cpu",
+            init_from=tmp_path / "model.pth",
+        )
+    expected, _ = d2.convert_detectron2_detector(tiny_state)
+    key = "roi_heads.box_predictors.2.level_score.weight"
+    assert torch.equal(trainer.model.state_dict()[key].cpu(), expected.state_dict()[key])
+    assert trainer.config.model.norm == "syncbn" and trainer.config.iterations == 1
+
+
+def _without(state, pattern):
+    return {k: v for k, v in state.items() if pattern not in k}
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda s: _without(s, "level_predictor"), "no level head"),
+        (
+            lambda s: (
+                s
+                | {
+                    f"roi_heads.box_predictor.{k}.cls_score.weight": torch.zeros(81, 64)
+                    for k in range(3)
+                }
+            ),
+            "80 object classes",
+        ),
+        (
+            lambda s: s | {"roi_heads.box_predictor.0.bbox_pred.weight": torch.zeros(8, 64)},
+            "not class-agnostic",
+        ),
+        (
+            lambda s: s | {"roi_heads.box_head.0.conv1.weight": torch.zeros(32, 32, 3, 3)},
+            "unsupported box head",
+        ),
+        (lambda s: s | {"roi_heads.keypoint_head.x.weight": torch.zeros(1)}, "unexpected tensor"),
+        (lambda s: _without(s, "roi_heads.mask_head.deconv.bias"), "1 missing"),
+        (
+            lambda s: s | {"backbone.fpn_output3.weight": torch.zeros(32, 32, 1, 1)},
+            "backbone.fpn_output3.weight: \\(32, 32, 1, 1\\) vs \\(32, 32, 3, 3\\)",
+        ),
+        (lambda s: _without(s, "res3.0"), "unsupported ResNet"),
+    ],
+)
+def test_checkpoints_this_model_cannot_hold_are_refused(tiny_state, edit, message):
+    with pytest.raises(d2.Detectron2WeightsError, match=message):
+        d2.convert_detectron2_detector(edit(dict(tiny_state)))
+
+
+def test_other_files_are_named_in_the_error(tmp_path):
+    torch.save({"model": {"conv1.weight": torch.zeros(1)}}, tmp_path / "resnet.pth")
+    with pytest.raises(ValueError, match="nor a Detectron2 checkpoint of the HASSOD detector"):
+        detector_from_checkpoint(tmp_path / "resnet.pth")
+    (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="cannot read checkpoint"):
+        detector_from_checkpoint(tmp_path / "junk.pth")
+    torch.save([1, 2], tmp_path / "list.pth")
+    with pytest.raises(ValueError, match="holds a list"):
+        detector_from_checkpoint(tmp_path / "list.pth")
