@@ -8,10 +8,12 @@ running statistics)."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torchvision.ops import batched_nms
 
 BOTTOM = "backbone.bottom_up."
 BN_EPS = 1e-5  # Detectron2's BatchNorm / SyncBatchNorm / FrozenBatchNorm2d
@@ -28,6 +30,7 @@ class Architecture:
     mask_convs: int = 2
     fpn_norm: bool = True  # the authors' SyncBN in the FPN
     levels: int = 3
+    freeze_at: int = 0  # Detectron2's FREEZE_AT: 1 the stem, 2 also res2, as FrozenBatchNorm2d
 
 
 PAPER = Architecture("bottleneck", (3, 4, 6, 3), 64, 256, 1024, 256, 4)
@@ -47,7 +50,7 @@ def detectron2_state(arch: Architecture, seed: int = 0) -> dict:
     def tensor(*shape, scale=0.1):
         return torch.randn(shape, generator=generator) * scale
 
-    def conv(name, out, inp, k, bias=False, norm=True):
+    def conv(name, out, inp, k, bias=False, norm=True, frozen=False):
         state[f"{name}.weight"] = tensor(out, inp, k, k, scale=(2.0 / (inp * k * k)) ** 0.5)
         if bias:
             state[f"{name}.bias"] = tensor(out)
@@ -56,25 +59,27 @@ def detectron2_state(arch: Architecture, seed: int = 0) -> dict:
             state[f"{name}.norm.bias"] = tensor(out)
             state[f"{name}.norm.running_mean"] = tensor(out)
             state[f"{name}.norm.running_var"] = 0.5 + torch.rand(out, generator=generator)
-            state[f"{name}.norm.num_batches_tracked"] = torch.tensor(1000)
+            if not frozen:  # FrozenBatchNorm2d keeps no count
+                state[f"{name}.norm.num_batches_tracked"] = torch.tensor(1000)
 
-    conv(f"{BOTTOM}stem.conv1", arch.width, 3, 7)
+    conv(f"{BOTTOM}stem.conv1", arch.width, 3, 7, frozen=arch.freeze_at >= 1)
     channels = arch.width
     outputs = []
     for stage, count in zip((2, 3, 4, 5), arch.blocks):
         inner, out = stage_channels(arch, stage)
+        frozen = arch.freeze_at >= stage
         for block in range(count):
             name = f"{BOTTOM}res{stage}.{block}"
             stride = 2 if stage > 2 and block == 0 else 1
             if channels != out or stride != 1:
-                conv(f"{name}.shortcut", out, channels, 1)
+                conv(f"{name}.shortcut", out, channels, 1, frozen=frozen)
             if arch.kind == "bottleneck":
-                conv(f"{name}.conv1", inner, channels, 1)
-                conv(f"{name}.conv2", inner, inner, 3)
-                conv(f"{name}.conv3", out, inner, 1)
+                conv(f"{name}.conv1", inner, channels, 1, frozen=frozen)
+                conv(f"{name}.conv2", inner, inner, 3, frozen=frozen)
+                conv(f"{name}.conv3", out, inner, 1, frozen=frozen)
             else:
-                conv(f"{name}.conv1", out, channels, 3)
-                conv(f"{name}.conv2", out, out, 3)
+                conv(f"{name}.conv1", out, channels, 3, frozen=frozen)
+                conv(f"{name}.conv2", out, out, 3, frozen=frozen)
             channels = out
         outputs.append(channels)
     for stage, channels in zip((2, 3, 4, 5), outputs):
@@ -196,3 +201,78 @@ def reference_mask_logits(state: dict, pooled: torch.Tensor) -> torch.Tensor:
         )
     )
     return _conv(x, state, "roi_heads.mask_head.predictor", relu=False)
+
+
+SCALE_CLAMP = math.log(1000.0 / 16)  # Detectron2's _DEFAULT_SCALE_CLAMP
+
+
+def apply_deltas(deltas, boxes, weights=(1.0, 1.0, 1.0, 1.0), clamp=SCALE_CLAMP):
+    """Detectron2's ``Box2BoxTransform.apply_deltas`` in float32."""
+    deltas, boxes = deltas.float(), boxes.float()
+    widths, heights = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+    ctr_x, ctr_y = boxes[:, 0] + 0.5 * widths, boxes[:, 1] + 0.5 * heights
+    wx, wy, ww, wh = weights
+    dx, dy = deltas[:, 0] / wx, deltas[:, 1] / wy
+    dw, dh = (deltas[:, 2] / ww).clamp(max=clamp), (deltas[:, 3] / wh).clamp(max=clamp)
+    x, y = dx * widths + ctr_x, dy * heights + ctr_y
+    w, h = torch.exp(dw) * widths, torch.exp(dh) * heights
+    return torch.stack((x - 0.5 * w, y - 0.5 * h, x + 0.5 * w, y + 0.5 * h), dim=1)
+
+
+def clip(boxes, height, width):
+    """``Boxes.clip``: x into [0, width], y into [0, height]."""
+    boxes = boxes.clone()
+    boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width)
+    boxes[:, 1::2] = boxes[:, 1::2].clamp(0, height)
+    return boxes
+
+
+def reference_proposals(logits, deltas, anchors, image_size, pre_topk, nms_thresh, post_topk):
+    """Detectron2's ``RPN.predict_proposals`` + ``find_top_rpn_proposals`` at test for one
+    image: per level the top-k logits with their decoded anchors, then finite ones, clipped,
+    both sides > 0, NMS per level on the logits, the post-NMS top-k. ``logits`` (1, A, H, W)
+    and ``deltas`` (1, 4A, H, W) per level, ``anchors`` (sum H*W*A, 4) in level order."""
+    height, width = image_size
+    boxes, scores, levels, start = [], [], [], 0
+    for level, (logit, delta) in enumerate(zip(logits, deltas)):
+        count = logit.numel()
+        flat_logits = logit.permute(0, 2, 3, 1).flatten()  # (H, W, A): anchors of a cell together
+        flat_deltas = delta.view(1, -1, 4, *delta.shape[-2:]).permute(0, 3, 4, 1, 2).reshape(-1, 4)
+        decoded = apply_deltas(flat_deltas, anchors[start : start + count])
+        start += count
+        top, index = flat_logits.topk(min(count, pre_topk))
+        boxes.append(decoded[index])
+        scores.append(top)
+        levels.append(torch.full_like(index, level))
+    boxes, scores, levels = torch.cat(boxes), torch.cat(scores), torch.cat(levels)
+    finite = torch.isfinite(boxes).all(dim=1) & torch.isfinite(scores)
+    boxes = clip(boxes[finite], height, width)
+    scores, levels = scores[finite], levels[finite]
+    keep = ((boxes[:, 2] - boxes[:, 0]) > 0) & ((boxes[:, 3] - boxes[:, 1]) > 0)
+    boxes, scores, levels = boxes[keep], scores[keep], levels[keep]
+    keep = batched_nms(boxes, scores, levels, nms_thresh)[:post_topk]
+    return boxes[keep]
+
+
+def reference_cascade(state, pool, proposals, image_size, box_weights, nms_thresh, topk):
+    """The authors' ``CustomCascadeROIHeads._forward_box`` at test + their
+    ``fast_rcnn_inference_single_image`` for one image: each stage pools the previous boxes
+    (clipped, none dropped), object probabilities and level softmaxes averaged over the
+    stages, the last stage's boxes clipped, score > 0, NMS, top-k, level = argmax.
+    ``pool(boxes)`` gives the (R, C, 7, 7) features of boxes."""
+    height, width = image_size
+    boxes, probabilities, levels = proposals, [], []
+    for stage, weights in enumerate(box_weights):
+        if stage > 0:
+            boxes = clip(boxes, height, width)
+        probability, deltas, level_logits = reference_box_stage(state, stage, pool(boxes))
+        probabilities.append(probability)
+        levels.append(level_logits.softmax(dim=1))
+        boxes = apply_deltas(deltas, boxes, weights)
+    score = sum(probabilities) / len(probabilities)
+    level = sum(levels) / len(levels)
+    boxes = clip(boxes, height, width)
+    chosen = score > 0.0
+    boxes, score, level = boxes[chosen], score[chosen], level[chosen].argmax(dim=1)
+    keep = batched_nms(boxes, score, torch.zeros_like(level), nms_thresh)[:topk]
+    return boxes[keep], score[keep], level[keep]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import numpy as np
 import pytest
 import torch
 from detector_checks import tiny_config
@@ -24,25 +25,25 @@ STRIDES = (4, 8, 16, 32, 64)
 
 
 def reference_anchors(height: int, width: int) -> torch.Tensor:
-    """Detectron2's anchors for a padded (height, width) batch, written out with loops in
-    double precision: for each level, for each cell in row-major order, for each size and
-    ratio, the box (x*s - w/2, y*s - h/2, x*s + w/2, y*s + h/2) with w = sqrt(size^2 / ratio),
-    h = ratio * w; P2-P5 at strides 4-32 (the backbone's), P6 the max-pool of P5 (kernel 1,
-    stride 2: ceil(P5 / 2) cells) at stride 64."""
-    grids = []
-    for level in range(4):
-        grids.append((height // STRIDES[level], width // STRIDES[level]))
+    """Detectron2's anchors for a padded (height, width) batch, written out with loops in its
+    arithmetic: cell anchors (-w/2, -h/2, w/2, h/2) with w = sqrt(size^2 / ratio), h = ratio * w
+    computed in double precision and stored as float32, then shifted by float32 cell offsets
+    (x * stride, y * stride); levels in order, cells row-major, sizes then ratios per cell.
+    P2-P5 at strides 4-32 (the backbone's), P6 the max-pool of P5 (kernel 1, stride 2:
+    ceil(P5 / 2) cells) at stride 64."""
+    grids = [(height // STRIDES[level], width // STRIDES[level]) for level in range(4)]
     grids.append((math.ceil(grids[3][0] / 2), math.ceil(grids[3][1] / 2)))
-    boxes = []
+    levels = []
     for (rows, cols), stride, size in zip(grids, STRIDES, SIZES):
-        for y in range(rows):
-            for x in range(cols):
-                for ratio in RATIOS:
-                    w = math.sqrt(size * size / ratio)
-                    h = ratio * w
-                    cx, cy = x * stride, y * stride
-                    boxes.append([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2])
-    return torch.tensor(boxes, dtype=torch.float64)
+        cell = []
+        for ratio in RATIOS:
+            w = math.sqrt(size * size / ratio)
+            h = ratio * w
+            cell.append([-w / 2, -h / 2, w / 2, h / 2])
+        shifts = [[x * stride, y * stride] * 2 for y in range(rows) for x in range(cols)]
+        shifted = np.float32(shifts)[:, None, :] + np.float32(cell)[None, :, :]
+        levels.append(shifted.reshape(-1, 4))
+    return torch.from_numpy(np.concatenate(levels))
 
 
 def feature_maps(height: int, width: int, dtype=torch.float32):
@@ -61,7 +62,7 @@ def test_anchors_equal_detectron2s(size):
     expected = reference_anchors(height, width)
     assert len(anchors) == 2 and anchors[0].dtype == torch.float32
     assert anchors[0].shape == expected.shape
-    torch.testing.assert_close(anchors[0].double(), expected, rtol=0, atol=1e-4)
+    assert torch.equal(anchors[0], expected)
     assert torch.equal(anchors[0], anchors[1])
 
 
@@ -73,7 +74,7 @@ def test_torchvisions_generator_differs_where_p5_is_odd():
     assert isinstance(torchvision, AnchorGenerator)
     assert not isinstance(torchvision, DetectronAnchorGenerator)
     images = ImageList(torch.zeros(1, 3, height, width), [(height, width)])
-    theirs = torchvision(images, feature_maps(height, width))[0].double()
+    theirs = torchvision(images, feature_maps(height, width))[0]
     expected = reference_anchors(height, width)
     error = (theirs - expected).abs()
     p6 = slice(expected.shape[0] - 13 * 19 * 3, None)
@@ -86,7 +87,7 @@ def test_anchors_are_float32_for_half_precision_maps():
     images = ImageList(torch.zeros(1, 3, 1344, 1344), [(1344, 1344)])
     anchors = generator(images, feature_maps(1344, 1344, torch.float16))[0]
     assert anchors.dtype == torch.float32
-    torch.testing.assert_close(anchors.double(), reference_anchors(1344, 1344), rtol=0, atol=1e-4)
+    assert torch.equal(anchors, reference_anchors(1344, 1344))
 
 
 def test_generator_rejects_a_wrong_number_of_maps():

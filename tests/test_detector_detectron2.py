@@ -20,7 +20,9 @@ from detectron2_layout import (
     detectron2_state,
     reference_backbone,
     reference_box_stage,
+    reference_cascade,
     reference_mask_logits,
+    reference_proposals,
     reference_rpn_head,
 )
 
@@ -74,9 +76,11 @@ def test_the_papers_detector_converts_whole():
         _close(a, b)
 
 
-@pytest.mark.parametrize("fpn_norm", [True, False])
-def test_backbone_equals_detectron2s(fpn_norm):
-    arch = dataclasses.replace(TINY, fpn_norm=fpn_norm)
+@pytest.mark.parametrize(("fpn_norm", "freeze_at"), [(True, 0), (False, 0), (True, 2)])
+def test_backbone_equals_detectron2s(fpn_norm, freeze_at):
+    """freeze_at 2 (Detectron2's default): the stem and res2 are FrozenBatchNorm2d, whose
+    state has no num_batches_tracked, beside SyncBN layers."""
+    arch = dataclasses.replace(TINY, fpn_norm=fpn_norm, freeze_at=freeze_at)
     state = detectron2_state(arch, seed=1)
     model, config = d2.convert_detectron2_detector(state)
     assert config.model.norm == ("syncbn" if fpn_norm else "frozen_bn")
@@ -121,6 +125,116 @@ def test_mask_head_equals_detectron2s(tiny_state, tiny_model):
     with torch.no_grad():
         ours = model.roi_heads.mask_head(pooled)
     _close(ours, reference_mask_logits(tiny_state, pooled))
+
+
+@pytest.mark.parametrize("logit_scale", [1.0, 60.0])
+def test_rpn_proposals_equal_detectron2s(logit_scale):
+    """The same proposals in the same order; with large logits (x 60) many sigmoids round to
+    1.0 in float32, where NMS on probabilities (torchvision's) would order them arbitrarily."""
+    state = detectron2_state(TINY, seed=5)
+    state["proposal_generator.rpn_head.objectness_logits.weight"] *= logit_scale
+    model, config = d2.convert_detectron2_detector(state)
+    image = torch.randint(0, 256, (3, 200, 264), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        batch = model.preprocess([image.to(torch.uint8)])
+        features = model.backbone(batch.tensors)
+        ours = model.rpn(batch, features)[0][0]
+        maps = list(features.values())
+        logits, deltas = reference_rpn_head(state, maps)
+        anchors = model.rpn.anchor_generator(batch, maps)[0]
+    theirs = reference_proposals(
+        logits,
+        deltas,
+        anchors,
+        batch.image_sizes[0],
+        config.model.rpn_pre_nms_top_n_test,
+        config.model.rpn_nms_thresh,
+        config.model.rpn_post_nms_top_n_test,
+    )
+    if logit_scale > 1:
+        assert (torch.cat([x.flatten() for x in logits]) > 17).sum() > 100
+    assert len(theirs) > 50
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-3)
+
+
+def test_cascade_detections_equal_the_authors(tiny_state, tiny_model):
+    model, config = tiny_model
+    image = torch.randint(0, 256, (3, 96, 128), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        batch = model.preprocess([image.to(torch.uint8)])
+        features = model.backbone(batch.tensors)
+        proposals = model.rpn(batch, features)[0]
+        ours = model.roi_heads.detect(features, proposals, batch.image_sizes)[0]
+        boxes, scores, levels = reference_cascade(
+            tiny_state,
+            lambda boxes: model.roi_heads.box_roi_pool(features, [boxes]),
+            proposals[0],
+            batch.image_sizes[0],
+            config.model.cascade_box_weights,
+            config.model.nms_thresh,
+            config.model.detections_per_image,
+        )
+    assert len(scores) > 10
+    _close(ours["boxes"], boxes)
+    _close(ours["scores"], scores)
+    assert torch.equal(ours["levels"], levels)
+
+
+def test_predictions_without_area_after_clipping_are_dropped(tiny_state, tmp_path):
+    """Detectron2's detector_postprocess: boxes clipped to the image, empty ones removed."""
+    torch.save({"model": tiny_state}, tmp_path / "model.pth")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        predictor = Predictor(tmp_path / "model.pth", device="cpu", min_size=64, max_size=100)
+    boxes = torch.tensor(
+        [[10.0, 10, 30, 30], [100, 5, 130, 30], [-20, 40, -1, 60], [90, 0, 120, 9]]
+    )
+    fake = {
+        "boxes": boxes,
+        "scores": torch.tensor([0.9, 0.8, 0.7, 0.6]),
+        "levels": torch.tensor([0, 1, 2, 1]),
+        "level_scores": torch.full((4, 3), 1 / 3),
+        "mask_probs": torch.full((4, 1, 28, 28), 0.9),
+    }
+    predictor.model = lambda images: [fake]
+    raw = predictor.raw(np.zeros((64, 100, 3), dtype=np.uint8))
+    assert raw["boxes"].tolist() == [[10.0, 10, 30, 30], [90, 0, 100, 9]]
+    assert raw["scores"].tolist() == pytest.approx([0.9, 0.6])
+    assert raw["levels"].tolist() == [0, 1] and raw["mask_probs"].shape == (2, 1, 28, 28)
+    results = predictor(np.zeros((64, 100, 3), dtype=np.uint8))
+    assert [r["bbox"] for r in results] == [[10.0, 10.0, 20.0, 20.0], [90.0, 0.0, 10.0, 9.0]]
+
+
+def test_loaded_detectron2_dicts_convert_too(tiny_state):
+    model, config = detector_from_checkpoint({"model": tiny_state, "iteration": 5})
+    assert config.model.backbone == "resnet10"
+
+
+def test_stored_anchors_and_pixel_statistics_are_checked(tiny_state):
+    from hassod.detector.anchors import detectron2_cell_anchors
+
+    sizes, ratios = ModelConfig().anchor_sizes, ModelConfig().aspect_ratios
+    anchors = {
+        f"proposal_generator.anchor_generator.cell_anchors.{level}": detectron2_cell_anchors(
+            (size,), ratios
+        )
+        for level, size in enumerate(sizes)
+    }
+    rgb = {
+        "pixel_mean": torch.tensor([123.675, 116.28, 103.53]).view(3, 1, 1),
+        "pixel_std": torch.tensor([58.395, 57.12, 57.375]).view(3, 1, 1),
+    }
+    _, config = d2.convert_detectron2_detector(tiny_state | anchors | rgb)
+    assert config.model.pixel_mean == pytest.approx((123.675, 116.28, 103.53))
+    other = dict(anchors)
+    other["proposal_generator.anchor_generator.cell_anchors.0"] = detectron2_cell_anchors(
+        (24,), ratios
+    )
+    with pytest.raises(d2.Detectron2WeightsError, match="anchors at P2"):
+        d2.convert_detectron2_detector(tiny_state | other)
+    bgr = {"pixel_mean": torch.tensor([103.53, 116.28, 123.675]).view(3, 1, 1)}
+    with pytest.raises(d2.Detectron2WeightsError, match="BGR"):
+        d2.convert_detectron2_detector(tiny_state | bgr)
 
 
 def _pair(student_seed=0, teacher_seed=1):

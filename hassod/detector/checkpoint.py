@@ -141,6 +141,7 @@ def _hassod_payload(payload: dict, path) -> dict:
             f"{path} is not a hassod detector checkpoint (format {FORMAT}) nor a Detectron2 "
             "checkpoint of the HASSOD detector"
         )
+    payload = dict(payload)  # the caller's dict stays as it was
     stored = dict(payload["config"])
     # Runs checkpointed before batches were grouped by orientation resume as they ran ...
     stored["data"] = {"aspect_ratio_grouping": False, **(stored.get("data") or {})}
@@ -164,15 +165,14 @@ def detector_from_checkpoint(path_or_payload, weights: str = "student", map_loca
 
     if weights not in ("auto", "student", "teacher"):
         raise ValueError(f"weights must be auto, student or teacher, got {weights!r}")
-    if isinstance(path_or_payload, dict):
-        payload = path_or_payload
-    else:
-        payload = read_payload(path_or_payload, map_location)
-        if payload.get("format") != FORMAT and detectron2_weights.looks_like(payload):
-            return detectron2_weights.convert_detectron2_detector(
-                detectron2_weights.model_state(payload), weights
-            )
-        payload = _hassod_payload(payload, path_or_payload)
+    loaded = isinstance(path_or_payload, dict)
+    payload = path_or_payload if loaded else read_payload(path_or_payload, map_location)
+    if payload.get("format") != FORMAT and detectron2_weights.looks_like(payload):
+        return detectron2_weights.convert_detectron2_detector(
+            detectron2_weights.model_state(payload), weights
+        )
+    if not loaded or not isinstance(payload.get("config"), TrainConfig):
+        payload = _hassod_payload(payload, "the checkpoint" if loaded else path_or_payload)
     if weights == "teacher" and payload.get("teacher") is None:
         raise ValueError("this checkpoint has no teacher (the Mean Teacher phase did not start)")
     use_teacher = weights == "teacher" or (weights == "auto" and payload.get("teacher") is not None)

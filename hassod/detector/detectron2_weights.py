@@ -27,6 +27,7 @@ import re
 
 import torch
 
+from hassod.detector.anchors import detectron2_cell_anchors
 from hassod.detector.backbone import _detectron2_name
 from hassod.detector.config import ModelConfig, paper_config
 
@@ -164,6 +165,21 @@ def infer_model_config(state: dict) -> ModelConfig:
     for name in ("pixel_mean", "pixel_std"):
         if name in state:
             changes[name] = tuple(float(v) for v in state[name].flatten().tolist())
+    mean = changes.get("pixel_mean")
+    if mean is not None and len(mean) == 3 and mean[0] < mean[2]:
+        # ImageNet's mean is (123.7, 116.3, 103.5) in RGB: reversed, the model reads BGR.
+        raise Detectron2WeightsError(
+            f"the checkpoint's pixel_mean {mean} is in BGR order (INPUT.FORMAT BGR); hassod "
+            "feeds RGB (the authors' INPUT.FORMAT)"
+        )
+    for level, size in enumerate(defaults.anchor_sizes):
+        name = f"proposal_generator.anchor_generator.cell_anchors.{level}"
+        expected = detectron2_cell_anchors((size,), defaults.aspect_ratios)
+        if name in state and not torch.allclose(state[name].float(), expected, atol=1e-3):
+            raise Detectron2WeightsError(
+                f"the checkpoint's anchors at P{level + 2} ({state[name].tolist()}) are not "
+                f"hassod's (size {size}, ratios {defaults.aspect_ratios})"
+            )
     return dataclasses.replace(
         defaults,
         backbone=backbone,
@@ -263,6 +279,11 @@ def convert_detectron2_detector(state: dict, weights: str = "student"):
         if name.endswith(("cls_score.weight", "cls_score.bias")):
             tensor = tensor.flip(0)  # Detectron2: (object, background); torchvision: reversed
         converted[ours] = tensor.to(target[ours].dtype)
+    for name in target:
+        # Detectron2's FrozenBatchNorm2d (its default for the stem and res2, FREEZE_AT 2) keeps
+        # no count: BatchNorm layers here need one, and at inference it is unused.
+        if name.endswith("num_batches_tracked") and name not in converted:
+            converted[name] = torch.zeros_like(target[name])
     missing = [name for name in target if name not in converted]
     if problems or missing:
         details = problems[:5] + [f"{name}: missing" for name in missing[:5]]

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
+from torchvision.ops import boxes as box_ops
 
 from hassod.detector.anchors import build_anchor_generator
 from hassod.detector.backbone import build_backbone, load_backbone_weights, resolve_norm
@@ -28,14 +29,52 @@ from hassod.detector.config import ModelConfig
 
 
 class DetectronLossRPN(RegionProposalNetwork):
-    """torchvision's RPN with Detectron2's (the authors') losses.
+    """torchvision's RPN with Detectron2's (the authors') losses and proposal selection.
 
-    torchvision uses smooth-L1 with beta 1/9 for the anchor deltas and averages the
+    Losses: torchvision uses smooth-L1 with beta 1/9 for the anchor deltas and averages the
     objectness loss over the sampled anchors; Detectron2 (``RPN.SMOOTH_L1_BETA: 0``) uses L1
     and divides both sums by ``batch_size_per_image * images`` (256 per image), so an image
-    with few sampled anchors does not weigh more. Matching, sampling and proposals are
-    torchvision's, which follow Detectron2's (IoU 0.3 / 0.7, low-quality matches kept).
+    with few sampled anchors does not weigh more. Matching and sampling are torchvision's,
+    which follow Detectron2's (IoU 0.3 / 0.7, low-quality matches kept). Proposals: see
+    :meth:`filter_proposals`.
     """
+
+    def filter_proposals(self, proposals, objectness, image_shapes, num_anchors_per_level):
+        """Detectron2's ``find_top_rpn_proposals``: the top-k logits per level, then per
+        image: predictions that are not finite dropped (at test), boxes clipped, those with
+        both sides > 0 kept, NMS per level on the logits, the post-NMS top-k.
+
+        torchvision differs in two ways: it keeps sides >= 1e-3 only, and it runs NMS on the
+        sigmoid of the logits, whose float32 values tie at 1.0 above a logit of ~16.6 (then
+        the order among those proposals, and which of them make the top-k, is arbitrary).
+        Returns the boxes and their logits per image.
+        """
+        num_images = proposals.shape[0]
+        device = proposals.device
+        objectness = objectness.detach().float().reshape(num_images, -1)
+        levels = torch.cat(
+            [
+                torch.full((count,), level, dtype=torch.int64, device=device)
+                for level, count in enumerate(num_anchors_per_level)
+            ]
+        ).expand_as(objectness)
+        top = self._get_top_n_idx(objectness, num_anchors_per_level)
+        rows = torch.arange(num_images, device=device)[:, None]
+        objectness, levels = objectness[rows, top], levels[rows, top]
+        proposals = proposals[rows, top]
+        final_boxes, final_scores = [], []
+        for boxes, scores, level, shape in zip(proposals, objectness, levels, image_shapes):
+            if not self.training:
+                finite = torch.isfinite(boxes).all(dim=1) & torch.isfinite(scores)
+                boxes, scores, level = boxes[finite], scores[finite], level[finite]
+            boxes = box_ops.clip_boxes_to_image(boxes, shape)
+            keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+            boxes, scores, level = boxes[keep], scores[keep], level[keep]
+            keep = box_ops.batched_nms(boxes, scores, level, self.nms_thresh)
+            keep = keep[: self.post_nms_top_n()]
+            final_boxes.append(boxes[keep])
+            final_scores.append(scores[keep])
+        return final_boxes, final_scores
 
     def compute_loss(self, objectness, pred_bbox_deltas, labels, regression_targets):
         positive, negative = self.fg_bg_sampler(labels)

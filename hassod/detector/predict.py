@@ -132,8 +132,9 @@ class Predictor:
     @torch.no_grad()
     def raw(self, image: np.ndarray) -> dict:
         """Detections of one (H, W, 3) uint8 RGB image as tensors in its coordinates:
-        ``boxes`` (N, 4) xyxy, ``scores``, ``levels``, ``level_scores`` (N, 3), ``mask_probs``
-        (N, 1, 28, 28) -- before mask pasting."""
+        ``boxes`` (N, 4) xyxy inside the image with positive width and height, ``scores``,
+        ``levels``, ``level_scores`` (N, 3), ``mask_probs`` (N, 1, 28, 28) -- before mask
+        pasting."""
         image = np.asarray(image)
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise ValueError(f"image must be (H, W, 3) uint8 RGB, got {image.shape} {image.dtype}")
@@ -146,7 +147,13 @@ class Predictor:
             [width / size[1], height / size[0], width / size[1], height / size[0]],
             device=detection["boxes"].device,
         )
-        return {**detection, "boxes": detection["boxes"] * scale}
+        # Detectron2's detector_postprocess: boxes scaled, clipped to the image, and those
+        # the clipping left without area dropped (they would be empty results).
+        boxes = detection["boxes"] * scale
+        boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width)
+        boxes[:, 1::2] = boxes[:, 1::2].clamp(0, height)
+        keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+        return {key: value[keep] for key, value in {**detection, "boxes": boxes}.items()}
 
     def __call__(self, image, levels=None, image_id: int = 0) -> list[dict]:
         """COCO result dicts of one image (an (H, W, 3) uint8 array, a PIL image or a path),
