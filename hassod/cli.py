@@ -191,6 +191,7 @@ def main(argv: list[str] | None = None) -> int:
 
     detector_cli.add_train_parser(commands)
     detector_cli.add_predict_parser(commands)
+    detector_cli.add_export_parser(commands)
 
     args = parser.parse_args(argv)
     # Errors found after parsing show the subcommand's usage, not the list of commands.
@@ -199,6 +200,8 @@ def main(argv: list[str] | None = None) -> int:
         return detector_cli.run_train_command(args, parser)
     if args.command == "predict":
         return detector_cli.run_predict_command(args, parser)
+    if args.command == "export-detectron2":
+        return detector_cli.run_export_command(args, parser)
     if args.command == "evaluate":
         return run_evaluate_command(args, parser)
     if args.command == "show":

@@ -388,3 +388,80 @@ def test_other_files_are_named_in_the_error(tmp_path):
     torch.save([1, 2], tmp_path / "list.pth")
     with pytest.raises(ValueError, match="holds a list"):
         detector_from_checkpoint(tmp_path / "list.pth")
+
+
+def _random_model(config):
+    """A HassodDetector with every parameter and BatchNorm statistic random."""
+    from hassod.detector.model import HassodDetector
+
+    torch.manual_seed(7)
+    model = HassodDetector(config, config.norm)
+    with torch.no_grad():
+        for name, value in model.state_dict().items():
+            if value.is_floating_point():
+                value.copy_(torch.rand_like(value) + 0.5 if "running_var" in name else value)
+                if "running_mean" in name or name.endswith(".bias"):
+                    value.normal_(0, 0.1)
+    return model.eval()
+
+
+@pytest.mark.parametrize("norm", ["syncbn", "frozen_bn"])
+def test_exported_weights_are_detectron2s_network(norm):
+    """Export, then the functional Detectron2 forward on the exported names equals the model;
+    importing the export gives the model back."""
+    config = dataclasses.replace(tiny_config().model, norm=norm)
+    model = _random_model(config)
+    exported = d2.export_detectron2(model)
+    image = torch.randn(1, 3, 64, 96, generator=torch.Generator().manual_seed(9))
+    with torch.no_grad():
+        for a, b in zip(model.backbone(image).values(), reference_backbone(exported, image)):
+            _close(a, b)
+        pooled = torch.randn(4, config.fpn_channels, 7, 7)
+        logits, _, levels = model.roi_heads.box_predictors[1](model.roi_heads.box_heads[1](pooled))
+        probability, _, ref_levels = reference_box_stage(exported, 1, pooled)
+        _close(logits.softmax(dim=1)[:, 1], probability)
+        _close(levels, ref_levels)
+    back, back_config = d2.convert_detectron2_detector(exported)
+    architecture = ("backbone", "backbone_width", "norm", "fpn_channels", "box_head_dim")
+    architecture += ("mask_head_channels", "mask_head_convs", "num_levels")
+    for field in architecture:  # the rest is the authors' config
+        assert getattr(back_config.model, field) == getattr(config, field), field
+    original = model.state_dict()
+    assert all(torch.equal(value, original[name]) for name, value in back.state_dict().items())
+
+
+def test_every_layer_has_one_detectron2_name():
+    from hassod.detector.model import HassodDetector
+
+    for norm in ("syncbn", "frozen_bn", "gn"):
+        config = dataclasses.replace(tiny_config().model, norm=norm)
+        names = list(HassodDetector(config, norm).state_dict())
+        theirs = [d2.detectron2_name(name) for name in names]
+        assert len(set(theirs)) == len(names)
+        assert [d2.hassod_name(name) for name in theirs] == names
+
+
+def test_export_command_writes_what_detectron2_loads(tmp_path, capsys):
+    from hassod.cli import main
+    from hassod.detector.checkpoint import save_checkpoint
+
+    config = tiny_config()
+    model_config = dataclasses.replace(config.model, backbone="resnet18", backbone_width=64)
+    config = dataclasses.replace(config, model=dataclasses.replace(model_config, norm="syncbn"))
+    model = _random_model(config.model)
+    save_checkpoint(tmp_path / "run.pth", config=config, iteration=4, model=model)
+    assert main(["export-detectron2", str(tmp_path / "run.pth"), str(tmp_path / "d2.pth")]) == 0
+    out = capsys.readouterr().out
+    assert "MODEL.RESNETS.DEPTH 18" in out and 'MODEL.FPN.NORM "SyncBN"' in out
+    saved = torch.load(tmp_path / "d2.pth", weights_only=True)
+    assert "backbone.bottom_up.res2.0.conv1.weight" in saved["model"]
+    back, _ = detector_from_checkpoint(tmp_path / "d2.pth")
+    original = model.state_dict()
+    assert all(torch.equal(value, original[name]) for name, value in back.state_dict().items())
+    small = dataclasses.replace(config, model=tiny_config().model)
+    save_checkpoint(
+        tmp_path / "small.pth", config=small, iteration=4, model=_random_model(small.model)
+    )
+    assert main(["export-detectron2", str(tmp_path / "small.pth"), str(tmp_path / "x.pth")]) == 2
+    assert "no ResNet-10" in capsys.readouterr().err
+    assert not (tmp_path / "x.pth").exists()

@@ -1,4 +1,5 @@
-"""The ``hassod train`` and ``hassod predict`` subcommands (registered by :mod:`hassod.cli`).
+"""The ``hassod train``, ``predict`` and ``export-detectron2`` subcommands (registered by
+:mod:`hassod.cli`).
 
 Importing this module is light (argparse only); torch loads when a command runs.
 """
@@ -224,6 +225,57 @@ def run_train_command(args, parser) -> int:
     print(train_summary(result))
     for name, reason in sorted(result.skipped_images.items()):
         print(f"hassod train: skipped {name}: {reason}", file=sys.stderr)
+    return EXIT_OK
+
+
+def add_export_parser(commands) -> None:
+    export = commands.add_parser(
+        "export-detectron2",
+        help="write a trained detector as a Detectron2 checkpoint (the authors' code reads it)",
+        description=(
+            "Write the network of a `hassod train` checkpoint under Detectron2's names, as the "
+            "authors' HASSOD code loads it (MODEL.WEIGHTS of their train_net.py --eval-only or "
+            "demo), and print the config options under which their "
+            "cascade_mask_rcnn_R_50_FPN.yaml builds the same network."
+        ),
+        epilog="exit codes:\n  0    success\n  2    missing or unreadable checkpoint, "
+        "unwritable output, a network Detectron2 cannot build",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    export.add_argument("checkpoint", type=Path, metavar="CHECKPOINT", help="hassod checkpoint")
+    export.add_argument("out", type=Path, metavar="OUT", help="Detectron2 checkpoint to write")
+    export.add_argument(
+        "--weights",
+        default="student",
+        choices=["student", "teacher", "auto"],
+        help="which network (default student, as `hassod predict`)",
+    )
+
+
+def run_export_command(args, parser) -> int:
+    import torch
+
+    from hassod._io import atomic_write_file
+    from hassod.detector import detectron2_weights
+    from hassod.detector.checkpoint import detector_from_checkpoint
+
+    try:
+        model, config = detector_from_checkpoint(args.checkpoint, args.weights)
+        options = detectron2_weights.detectron2_options(config.model)
+        state = detectron2_weights.export_detectron2(model)
+        payload = {"model": state, "__author__": "hassod"}
+        atomic_write_file(args.out, lambda handle: torch.save(payload, handle))
+    except (FileNotFoundError, ValueError, OSError) as error:
+        print(f"hassod export-detectron2: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    if config.model.anchor_generator != "detectron2":
+        print(
+            "warning: this network was trained with torchvision's anchors; Detectron2 uses "
+            "its own (see hassod.detector.anchors)",
+            file=sys.stderr,
+        )
+    print(f"wrote {args.out} ({len(state)} tensors). Detectron2 options for the authors' config:")
+    print("  " + " \\\n  ".join(options))
     return EXIT_OK
 
 

@@ -1,4 +1,5 @@
-"""Detectron2 checkpoints of the HASSOD detector (the authors' released model) in hassod.
+"""Detectron2 checkpoints of the HASSOD detector (the authors' released model) in hassod, and
+hassod's detector as a Detectron2 checkpoint.
 
 The authors train and release their Cascade Mask R-CNN with Detectron2 (``model.pth``, or a
 Mean Teacher checkpoint holding ``modelStudent.*`` and ``modelTeacher.*``). Its layers are the
@@ -18,6 +19,11 @@ widths, normalisation, stages, levels) and refuses what this model cannot hold e
   the 1x1 and would compute something else -- the weights cannot tell;
 - settings not stored in weights (cascade IoUs and box weights, test sizes, thresholds) are
   the authors' config's, which :func:`~hassod.detector.config.paper_config` holds.
+
+:func:`export_detectron2` goes the other way (``hassod export-detectron2``): a hassod
+checkpoint's network under Detectron2's names, for the authors' ``train_net.py --eval-only``
+and demo, with the config options that make Detectron2 build the same network
+(:func:`detectron2_options`).
 """
 
 from __future__ import annotations
@@ -305,3 +311,118 @@ def model_state(raw: dict) -> dict:
 def looks_like(raw) -> bool:
     """True for a loaded Detectron2 checkpoint (or bare state dict) of the HASSOD detector."""
     return isinstance(raw, dict) and is_detectron2_detector(model_state(raw))
+
+
+_BODY = [  # torchvision ResNet name -> Detectron2 name, in order
+    (r"^bn1\.", "stem.conv1.norm."),
+    (r"^conv1\.", "stem.conv1."),
+    (r"^layer([1-4])\.", lambda m: f"res{int(m[1]) + 1}."),
+    (r"\.bn(\d)\.", r".conv\1.norm."),
+    (r"\.downsample\.0\.", ".shortcut."),
+    (r"\.downsample\.1\.", ".shortcut.norm."),
+]
+_THEIRS = {ours: theirs for theirs, ours in _LAYERS.items()}  # box predictor and mask head
+_RPN_THEIRS = {"conv.0.0": "conv", "cls_logits": "objectness_logits", "bbox_pred": "anchor_deltas"}
+# (HassodDetector name pattern, Detectron2 name): the inverse of _RULES.
+_INVERSE_RULES = [
+    (
+        r"backbone\.fpn\.(inner|layer)_blocks\.(\d)\.([01])\.(.+)",
+        lambda m: (
+            f"backbone.fpn_{'lateral' if m[1] == 'inner' else 'output'}{int(m[2]) + 2}."
+            f"{'norm.' if m[3] == '1' else ''}{m[4]}"
+        ),
+    ),
+    (
+        r"rpn\.head\.(conv\.0\.0|cls_logits|bbox_pred)\.(.+)",
+        lambda m: f"proposal_generator.rpn_head.{_RPN_THEIRS[m[1]]}.{m[2]}",
+    ),
+    (
+        r"roi_heads\.box_heads\.(\d+)\.fc([67])\.(.+)",
+        lambda m: f"roi_heads.box_head.{m[1]}.fc{int(m[2]) - 5}.{m[3]}",
+    ),
+    (
+        r"roi_heads\.box_predictors\.(\d+)\.(cls_score|bbox_pred|level_score)\.(.+)",
+        lambda m: f"roi_heads.box_predictor.{m[1]}.{_THEIRS[m[2]]}.{m[3]}",
+    ),
+    (
+        r"roi_heads\.mask_head\.convs\.(\d+)\.0\.(.+)",
+        lambda m: f"roi_heads.mask_head.mask_fcn{int(m[1]) + 1}.{m[2]}",
+    ),
+    (
+        r"roi_heads\.mask_head\.predictor\.(conv5_mask|mask_fcn_logits)\.(.+)",
+        lambda m: f"roi_heads.mask_head.{_THEIRS[m[1]]}.{m[2]}",
+    ),
+]
+
+
+def detectron2_name(name: str) -> str:
+    """The Detectron2 name of a HassodDetector state-dict entry (the inverse of
+    :func:`hassod_name`)."""
+    if name.startswith("backbone.body."):
+        rest = name[len("backbone.body.") :]
+        for pattern, replacement in _BODY:
+            rest = re.sub(pattern, replacement, rest)
+        return "backbone.bottom_up." + rest
+    for pattern, rename in _INVERSE_RULES:
+        match = re.fullmatch(pattern, name)
+        if match:
+            return rename(match)
+    raise ValueError(f"no Detectron2 name for {name!r}")
+
+
+def export_detectron2(model) -> dict:
+    """A HassodDetector's state dict under Detectron2's names (classifier rows in Detectron2's
+    order: object, background), ready for ``torch.save({"model": ...})``."""
+    config = model.config
+    if config.norm == "gn" and any(
+        module.num_groups != 32
+        for module in model.modules()
+        if isinstance(module, torch.nn.GroupNorm)
+    ):
+        raise Detectron2WeightsError(
+            "Detectron2's GroupNorm has 32 groups; this model's narrow layers have fewer"
+        )
+    exported = {}
+    for name, tensor in model.state_dict().items():
+        theirs = detectron2_name(name)
+        tensor = tensor.detach().cpu().clone()
+        if name.endswith(("cls_score.weight", "cls_score.bias")):
+            tensor = tensor.flip(0)
+        exported[theirs] = tensor
+    return exported
+
+
+def detectron2_options(config: ModelConfig) -> list[str]:
+    """Detectron2 config options (``KEY VALUE`` pairs for the authors'
+    ``cascade_mask_rcnn_R_50_FPN.yaml``) under which it builds this network."""
+    depth = {"resnet10": None, "resnet18": 18, "resnet34": 34, "resnet50": 50, "resnet101": 101}
+    if depth[config.backbone] is None:
+        raise Detectron2WeightsError("Detectron2 has no ResNet-10 (hassod's cpu-small preset)")
+    basic = config.backbone in ("resnet18", "resnet34")
+    if basic and config.backbone_width != 64:
+        raise Detectron2WeightsError("Detectron2 builds ResNet-18/34 only at width 64")
+    norms = {
+        "syncbn": ("SyncBN", "SyncBN"),
+        "bn": ("SyncBN", "SyncBN"),
+        "frozen_bn": ("FrozenBN", ""),
+        "gn": ("GN", "GN"),
+    }
+    backbone_norm, fpn_norm = norms[config.norm]
+    options = {
+        "MODEL.RESNETS.DEPTH": depth[config.backbone],
+        "MODEL.RESNETS.RES2_OUT_CHANNELS": config.backbone_width * (1 if basic else 4),
+        "MODEL.RESNETS.STEM_OUT_CHANNELS": config.backbone_width,
+        "MODEL.RESNETS.NORM": backbone_norm,
+        "MODEL.RESNETS.STRIDE_IN_1X1": False,
+        "MODEL.FPN.OUT_CHANNELS": config.fpn_channels,
+        "MODEL.FPN.NORM": f'"{fpn_norm}"',
+        "MODEL.ROI_BOX_HEAD.FC_DIM": config.box_head_dim,
+        "MODEL.ROI_MASK_HEAD.CONV_DIM": config.mask_head_channels,
+        "MODEL.ROI_MASK_HEAD.NUM_CONV": config.mask_head_convs,
+        "MODEL.ROI_BOX_HEAD.PRED_LEVEL": True,
+        "MODEL.ROI_BOX_HEAD.PRED_LEVEL_LOSS_TYPE": '"focal"',
+        "TEST.DETECTIONS_PER_IMAGE": config.detections_per_image,
+    }
+    if basic:
+        options["MODEL.RESNETS.RES5_DILATION"] = 1
+    return [f"{key} {value}" for key, value in options.items()]
