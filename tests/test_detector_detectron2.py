@@ -453,6 +453,9 @@ def test_export_command_writes_what_detectron2_loads(tmp_path, capsys):
     assert main(["export-detectron2", str(tmp_path / "run.pth"), str(tmp_path / "d2.pth")]) == 0
     out = capsys.readouterr().out
     assert "MODEL.RESNETS.DEPTH 18" in out and 'MODEL.FPN.NORM "SyncBN"' in out
+    # the tiny preset's anchors differ from the authors' config: named, as Detectron2 reads them
+    assert 'MODEL.ANCHOR_GENERATOR.SIZES "[[8], [16], [32], [64], [128]]"' in out
+    assert "MODEL.PIXEL_MEAN" not in out and "MODEL.ROI_BOX_CASCADE_HEAD" not in out
     saved = torch.load(tmp_path / "d2.pth", weights_only=True)
     assert "backbone.bottom_up.res2.0.conv1.weight" in saved["model"]
     back, _ = detector_from_checkpoint(tmp_path / "d2.pth")

@@ -407,12 +407,14 @@ def detectron2_options(config: ModelConfig) -> list[str]:
         "frozen_bn": ("FrozenBN", ""),
         "gn": ("GN", "GN"),
     }
+    if config.norm not in norms:
+        raise Detectron2WeightsError(f"no Detectron2 normalisation for norm={config.norm!r}")
     backbone_norm, fpn_norm = norms[config.norm]
     options = {
         "MODEL.RESNETS.DEPTH": depth[config.backbone],
         "MODEL.RESNETS.RES2_OUT_CHANNELS": config.backbone_width * (1 if basic else 4),
         "MODEL.RESNETS.STEM_OUT_CHANNELS": config.backbone_width,
-        "MODEL.RESNETS.NORM": backbone_norm,
+        "MODEL.RESNETS.NORM": f'"{backbone_norm}"',
         "MODEL.RESNETS.STRIDE_IN_1X1": False,
         "MODEL.FPN.OUT_CHANNELS": config.fpn_channels,
         "MODEL.FPN.NORM": f'"{fpn_norm}"',
@@ -425,4 +427,29 @@ def detectron2_options(config: ModelConfig) -> list[str]:
     }
     if basic:
         options["MODEL.RESNETS.RES5_DILATION"] = 1
+    # Settings the authors' config fixes, when this network was built with others.
+    authors = ModelConfig()
+    differing = {
+        "MODEL.PIXEL_MEAN": "pixel_mean",
+        "MODEL.PIXEL_STD": "pixel_std",
+        "MODEL.ROI_BOX_CASCADE_HEAD.IOUS": "cascade_ious",
+        "MODEL.ROI_BOX_CASCADE_HEAD.BBOX_REG_WEIGHTS": "cascade_box_weights",
+        "MODEL.ROI_HEADS.NMS_THRESH_TEST": "nms_thresh",
+        "MODEL.RPN.NMS_THRESH": "rpn_nms_thresh",
+    }
+    for key, field in differing.items():
+        value = getattr(config, field)
+        if value != getattr(authors, field):
+            options[key] = f'"{_literal(value)}"'
+    if tuple(config.anchor_sizes) != tuple(authors.anchor_sizes):
+        options["MODEL.ANCHOR_GENERATOR.SIZES"] = f'"{[[int(s)] for s in config.anchor_sizes]}"'
+    if tuple(config.aspect_ratios) != tuple(authors.aspect_ratios):
+        options["MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS"] = f'"{[list(config.aspect_ratios)]}"'
     return [f"{key} {value}" for key, value in options.items()]
+
+
+def _literal(value):
+    """Tuples as lists, the way Detectron2's config literals are written."""
+    if isinstance(value, (tuple, list)):
+        return [_literal(item) for item in value]
+    return value
