@@ -311,3 +311,104 @@ def test_loader_workers_are_capped_at_the_usable_cpus(synthetic, monkeypatch):
     assert data_module.make_loader(batches, 0, 2, num_workers=1).num_workers == 1
     assert data_module.make_loader(batches, 0, 2, num_workers=0).num_workers == 0
     assert 1 <= data_module.usable_cpus() <= (os.cpu_count() or 1)
+
+
+# ------------------------------------------- Detectron2's / the authors' pipeline, detail
+def test_mask_resize_equals_pil_nearest():
+    """Detectron2 resizes masks with PIL's NEAREST (pixel centres), in line with the image."""
+    from PIL import Image
+
+    rng = np.random.default_rng(4)
+    for height, width, new_h, new_w in [(37, 53, 80, 101), (120, 90, 47, 33), (64, 64, 96, 40)]:
+        masks = (rng.random((3, height, width)) > 0.6).astype(np.uint8)
+        ours = augment.resize_masks(torch.from_numpy(masks), (new_h, new_w)).numpy()
+        for mask, resized in zip(masks, ours):
+            pil = np.asarray(Image.fromarray(mask).resize((new_w, new_h), Image.NEAREST))
+            assert np.array_equal(resized, pil)
+
+
+def test_scaled_size_rounds_as_detectron2():
+    """Detectron2 rescales the already scaled sides (its order of operations): 149 x 298 at
+    672 / 1333 is 666.5 x 1333 -> 667 rows (scaling the original sides gives 666.49...)."""
+    assert augment.scaled_size(149, 298, 672, 1333) == (667, 1333)
+
+    def detectron2(h, w, short_edge, max_size):  # ResizeShortestEdge.get_output_shape
+        scale = short_edge * 1.0 / min(h, w)
+        newh, neww = (short_edge, scale * w) if h < w else (scale * h, short_edge)
+        if max(newh, neww) > max_size:
+            scale = max_size * 1.0 / max(newh, neww)
+            newh, neww = newh * scale, neww * scale
+        return int(newh + 0.5), int(neww + 0.5)
+
+    for h in range(100, 700, 7):
+        for w in range(100, 700, 11):
+            for short in (240, 672, 800):
+                assert augment.scaled_size(h, w, short, 1333) == detectron2(h, w, short, 1333)
+
+
+def test_paste_resize_truncates_and_keeps_every_touched_pixel():
+    """The authors' copy-paste: bilinear without antialiasing, the image truncated to uint8
+    (0 .. 255 over 2 pixels -> 3 pixels: 0, 127.5 -> 127, 255) and a mask wherever the
+    interpolation is above zero (a 1-pixel object survives a 3x shrink)."""
+    image = torch.tensor([[[0, 255]]], dtype=torch.uint8).expand(3, 1, 2)
+    scaled, _ = augment.paste_resize(image, torch.zeros((0, 1, 2), dtype=torch.uint8), (1, 3))
+    assert scaled[0, 0].tolist() == [0, 127, 255]
+    mask = torch.zeros((1, 30, 30), dtype=torch.uint8)
+    mask[0, 14, 14] = 1  # 30 -> 12 samples at 13.25 (a quarter of pixel 14) and 15.75
+    _, small = augment.paste_resize(torch.zeros((3, 30, 30), dtype=torch.uint8), mask, (12, 12))
+    assert small.dtype == torch.uint8 and small[0].nonzero().tolist() == [[5, 5]]
+    assert int(augment.resize_masks(mask, (12, 12)).sum()) == 0  # nearest loses it
+
+
+def test_copy_paste_chooses_among_objects_that_survived_resizing():
+    target = _sample(40, [(0, 0, 10, 10)], [0], colour=10)
+    source = _sample(40, [(20, 20, 40, 40), (0, 0, 1, 1)], [1, 2], colour=200)
+    source["masks"][1] = 0  # emptied by a resize: the authors filter it before pasting
+    for seed in range(20):
+        pasted = augment.copy_paste(target, source, np.random.default_rng(seed), 0.5, 1.0)
+        assert pasted["levels"].tolist() == [0, 1]
+
+
+def test_boxes_are_carried_through_resize_and_flip_then_replaced_by_a_paste():
+    """Detectron2 scales and mirrors the annotation boxes; after a paste the authors take
+    every box from the masks; boxes without area are dropped with their objects."""
+    sample = _sample(40, [(4, 8, 20, 16), (30, 30, 31, 31)], [0, 1], colour=10)
+    sample["boxes"] = torch.tensor([[4.2, 8.0, 19.6, 16.0], [30.0, 30.0, 30.0, 31.0]])
+    resized = augment.resize_sample(sample, (60, 80))  # x 2 across, x 1.5 down
+    assert resized["boxes"][0].tolist() == pytest.approx([8.4, 12.0, 39.2, 24.0])
+    assert resized["boxes"][1].tolist() == pytest.approx([60, 45, 60, 46.5])
+    flipped = augment.random_flip(resized, 1.0, np.random.default_rng(0))
+    assert flipped["boxes"][0].tolist() == pytest.approx([80 - 39.2, 12.0, 80 - 8.4, 24.0])
+    _, target = augment.finalize(flipped)
+    assert target["boxes"].shape == (1, 4)
+    assert target["boxes"][0].tolist() == pytest.approx([80 - 39.2, 12.0, 80 - 8.4, 24.0])
+    assert target["levels"].tolist() == [0] and target["masks"].shape[0] == 1
+    source = _sample(80, [(0, 0, 20, 20)], [2], colour=200)
+    pasted = augment.copy_paste(
+        {**flipped, "image": flipped["image"][:, :, :80]}, source,
+        _FixedRng(ratio=0.5, top=0, left=40), 0.3, 1.0,
+    )  # fmt: skip
+    assert torch.equal(pasted["boxes"], augment.boxes_from_masks(pasted["masks"]))
+
+
+def test_samples_carry_the_annotation_boxes(synthetic, tmp_path):
+    from hassod.detector.data import read_sample
+
+    def shift_boxes(coco):
+        for annotation in coco["annotations"]:
+            x, y, w, h = annotation["bbox"]
+            annotation["bbox"] = [x + 0.25, y, w - 0.5, h]
+        del coco["annotations"][0]["bbox"]  # without one: the mask's bounds
+
+    labels = load_pseudo_labels(_rewrite(synthetic[0], tmp_path, shift_boxes), synthetic[1])
+    coco = json.loads(synthetic[0].read_text())
+    entry = labels.entries[0]
+    sample = read_sample(labels, 0)
+    mask_boxes = augment.boxes_from_masks(sample["masks"])
+    for index, box in enumerate(entry.boxes):
+        if box is None:
+            assert sample["boxes"][index].tolist() == mask_boxes[index].tolist()
+        else:
+            x, y, w, h = box
+            assert sample["boxes"][index].tolist() == pytest.approx([x, y, x + w, y + h])
+    assert None in [b for e in labels.entries for b in e.boxes] and coco["annotations"]

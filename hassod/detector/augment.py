@@ -5,7 +5,9 @@ function of (seed, iteration, rank): resuming a run, or loading with any number 
 processes, gives the same images.
 
 A *sample* is a dict: ``image`` (3, H, W) uint8 RGB tensor, ``masks`` (N, H, W) uint8,
-``levels`` (N,) int64, ``file_name`` str. :func:`finalize` turns it into a model target.
+``levels`` (N,) int64, ``file_name`` str, and optionally ``boxes`` (N, 4) float32 xyxy (the
+pseudo-labels' boxes, carried through resizing and flipping as Detectron2 carries them; a
+paste replaces them with the masks' bounds). :func:`finalize` turns it into a model target.
 """
 
 from __future__ import annotations
@@ -19,12 +21,18 @@ from torchvision.transforms.v2 import functional as TF
 
 
 def scaled_size(height: int, width: int, short_side: int, max_size: int) -> tuple[int, int]:
-    """Size with the short side ``short_side`` and the long side at most ``max_size``
-    (Detectron2's ``ResizeShortestEdge``: rounded half up)."""
-    scale = short_side / min(height, width)
-    if max(height, width) * scale > max_size:
-        scale = max_size / max(height, width)
-    return max(1, int(height * scale + 0.5)), max(1, int(width * scale + 0.5))
+    """Size with the short side ``short_side`` and the long side at most ``max_size``:
+    Detectron2's ``ResizeShortestEdge.get_output_shape``, in its order of operations (its
+    rounding at exact halves depends on it)."""
+    scale = short_side * 1.0 / min(height, width)
+    if height < width:
+        new_h, new_w = short_side, scale * width
+    else:
+        new_h, new_w = scale * height, short_side
+    if max(new_h, new_w) > max_size:
+        scale = max_size * 1.0 / max(new_h, new_w)
+        new_h, new_w = new_h * scale, new_w * scale
+    return max(1, int(new_h + 0.5)), max(1, int(new_w + 0.5))
 
 
 def resize_image(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -35,20 +43,35 @@ def resize_image(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 def resize_masks(masks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Nearest-neighbour resize of (N, H, W) uint8 masks."""
+    """Nearest-neighbour resize of (N, H, W) uint8 masks with PIL's ``NEAREST``, as
+    Detectron2's ``ResizeTransform`` resizes them: it samples pixel centres, in line with the
+    bilinear-resized image (torch's ``nearest`` samples ``floor(x * scale)``, half a pixel
+    off; its ``nearest-exact`` breaks ties unlike PIL, which accumulates its steps)."""
     if tuple(masks.shape[-2:]) == tuple(size):
         return masks
     if masks.shape[0] == 0:
         return masks.new_zeros((0, *size))
-    return F.interpolate(masks[None], size=size, mode="nearest")[0]
+    from PIL import Image
+
+    height, width = size
+    resized = [
+        np.asarray(Image.fromarray(mask).resize((width, height), Image.NEAREST))
+        for mask in masks.to(torch.uint8).numpy()
+    ]
+    return torch.from_numpy(np.stack(resized))
 
 
 def resize_sample(sample: dict, size: tuple[int, int]) -> dict:
-    return {
+    resized = {
         **sample,
         "image": resize_image(sample["image"], size),
         "masks": resize_masks(sample["masks"], size),
     }
+    if "boxes" in sample:  # Detectron2's apply_box: corners scaled per axis
+        height, width = sample["image"].shape[-2:]
+        scale = torch.tensor([size[1] / width, size[0] / height] * 2, dtype=torch.float32)
+        resized["boxes"] = sample["boxes"].float() * scale
+    return resized
 
 
 def random_resize(sample: dict, min_sizes, max_size: int, rng: np.random.Generator) -> dict:
@@ -62,7 +85,27 @@ def random_flip(sample: dict, prob: float, rng: np.random.Generator) -> dict:
     """Horizontal flip with probability ``prob``."""
     if rng.random() >= prob:
         return sample
-    return {**sample, "image": sample["image"].flip(-1), "masks": sample["masks"].flip(-1)}
+    flipped = {**sample, "image": sample["image"].flip(-1), "masks": sample["masks"].flip(-1)}
+    if "boxes" in sample:
+        width = sample["image"].shape[-1]
+        boxes = sample["boxes"]
+        flipped["boxes"] = torch.stack(
+            [width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], dim=1
+        )
+    return flipped
+
+
+def paste_resize(
+    image: torch.Tensor, masks: torch.Tensor, size: tuple[int, int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The pasted objects' rescaling, as the authors' ``copy_and_paste``: bilinear without
+    antialiasing (``align_corners=False``), the image truncated to uint8 (``.byte()``), a mask
+    pixel set wherever the interpolated mask is above 0 (``.bool()``)."""
+    scaled = F.interpolate(image[None].float(), size=size, mode="bilinear", align_corners=False)
+    if masks.shape[0] == 0:
+        return scaled[0].to(torch.uint8), masks.new_zeros((0, *size))
+    spread = F.interpolate(masks[None].float(), size=size, mode="bilinear", align_corners=False)
+    return scaled[0].to(torch.uint8), (spread[0] > 0).to(torch.uint8)
 
 
 def copy_paste(
@@ -81,20 +124,24 @@ def copy_paste(
     pixels (objects hidden completely disappear) and the pasted objects are added with their
     levels. Returns a new sample; ``target`` is unchanged when nothing is pasted.
     """
-    count = int(source["masks"].shape[0])
+    # Only objects that survived resizing can be chosen (the authors filter empty instances
+    # before pasting).
+    present = torch.where((source["masks"].flatten(1) != 0).any(dim=1))[0]
+    count = int(present.shape[0])
     if count == 0:
         return target
     chosen = 1 if count == 1 else int(rng.integers(1, count))
-    picked = np.sort(rng.choice(count, size=chosen, replace=False))
+    picked = present[torch.as_tensor(np.sort(rng.choice(count, size=chosen, replace=False)))]
     height, width = target["image"].shape[-2:]
     ratio = float(rng.uniform(min_ratio, max_ratio))
     new_h, new_w = max(1, int(ratio * height)), max(1, int(ratio * width))
     top = int(rng.integers(0, height - new_h + 1))
     left = int(rng.integers(0, width - new_w + 1))
 
-    picked_index = torch.as_tensor(picked, dtype=torch.int64)
-    pasted_image = resize_image(source["image"], (new_h, new_w))
-    pasted_masks = resize_masks(source["masks"][picked_index], (new_h, new_w))
+    picked_index = picked.to(torch.int64)
+    pasted_image, pasted_masks = paste_resize(
+        source["image"], source["masks"][picked_index], (new_h, new_w)
+    )
     canvas = pasted_masks.new_zeros((chosen, height, width))
     canvas[:, top : top + new_h, left : left + new_w] = pasted_masks
     keep = (canvas.flatten(1) != 0).any(dim=1)
@@ -116,12 +163,11 @@ def copy_paste(
     remaining = target_masks * (~alpha).to(target_masks.dtype)
     visible = (remaining.flatten(1) != 0).any(dim=1)
     levels = torch.cat([target["levels"][visible], source["levels"][picked_index][keep]])
-    return {
-        **target,
-        "image": image,
-        "masks": torch.cat([remaining[visible], canvas]),
-        "levels": levels,
-    }
+    masks = torch.cat([remaining[visible], canvas])
+    pasted = {**target, "image": image, "masks": masks, "levels": levels}
+    if "boxes" in target:  # the authors recompute every box from the masks after a paste
+        pasted["boxes"] = boxes_from_masks(masks)
+    return pasted
 
 
 def boxes_from_masks(masks: torch.Tensor) -> torch.Tensor:
@@ -146,14 +192,21 @@ def boxes_from_masks(masks: torch.Tensor) -> torch.Tensor:
 
 
 def finalize(sample: dict) -> tuple[torch.Tensor, dict]:
-    """(image, target): drops masks emptied by resizing or pasting, adds their boxes."""
+    """(image, target): the sample's boxes (else the masks' bounds), without the objects whose
+    mask or box resizing or pasting emptied (Detectron2's ``filter_empty_instances``: a box
+    needs sides > 1e-5)."""
     masks = sample["masks"]
     nonempty = (masks.flatten(1) != 0).any(dim=1)
-    masks = masks[nonempty]
+    if "boxes" in sample:
+        boxes = sample["boxes"].float()
+        nonempty &= ((boxes[:, 2] - boxes[:, 0]) > 1e-5) & ((boxes[:, 3] - boxes[:, 1]) > 1e-5)
+        boxes = boxes[nonempty]
+    else:
+        boxes = boxes_from_masks(masks[nonempty])
     target = {
-        "boxes": boxes_from_masks(masks),
+        "boxes": boxes,
         "levels": sample["levels"][nonempty].to(torch.int64),
-        "masks": masks,
+        "masks": masks[nonempty],
     }
     return sample["image"], target
 

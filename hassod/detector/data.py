@@ -48,6 +48,7 @@ class ImageEntry:
     height: int
     segmentations: list = field(default_factory=list)
     levels: list = field(default_factory=list)
+    boxes: list = field(default_factory=list)  # COCO [x, y, w, h] per annotation, or None
 
 
 @dataclass
@@ -139,6 +140,7 @@ def load_pseudo_labels(json_path, image_root, *, keep_empty: bool = False) -> Ps
             )
         entry.segmentations.append(segmentation)
         entry.levels.append(level)
+        entry.boxes.append(_coco_box(annotation.get("bbox")))
 
     usable = []
     for entry in sorted(entries.values(), key=lambda e: e.file_name):
@@ -178,6 +180,17 @@ def load_pseudo_labels(json_path, image_root, *, keep_empty: bool = False) -> Ps
         raise DataError(f"none of the images of {json_path} were found under {image_root}")
     report["images_used"] = len(usable)
     return PseudoLabels(image_root=image_root, entries=usable, report=report)
+
+
+def _coco_box(value) -> list | None:
+    """A usable COCO ``bbox`` (four finite numbers), else None (the mask's bounds are used)."""
+    if not isinstance(value, (list, tuple)) or len(value) != 4:
+        return None
+    try:
+        box = [float(v) for v in value]
+    except (TypeError, ValueError):
+        return None
+    return box if all(np.isfinite(box)) else None
 
 
 def read_image(path: Path) -> np.ndarray:
@@ -223,11 +236,18 @@ def read_sample(labels: PseudoLabels, index: int) -> dict:
     entry = labels.entries[index]
     image = read_image(labels.image_root / entry.file_name)
     height, width = image.shape[:2]
-    masks = decode_segmentations(entry.segmentations, height, width)
+    masks = torch.from_numpy(decode_segmentations(entry.segmentations, height, width))
+    # Boxes as Detectron2 reads them: the annotation's bbox; the mask's bounds where it has none.
+    boxes = augment.boxes_from_masks(masks)
+    for index, box in enumerate(entry.boxes):
+        if box is not None:
+            x, y, w, h = box
+            boxes[index] = torch.tensor([x, y, x + w, y + h])
     return {
         "image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))),
-        "masks": torch.from_numpy(masks),
+        "masks": masks,
         "levels": torch.as_tensor(entry.levels, dtype=torch.int64).reshape(-1),
+        "boxes": boxes,
         "file_name": entry.file_name,
     }
 

@@ -36,8 +36,10 @@ def drop_loss_weights(
 
     A background proposal whose box has IoU < ``iou_threshold`` with every pseudo-label is
     not penalised: it may be an object the pseudo-labels missed (CutLER's DropLoss, used by
-    HASSOD with 0.01). Foreground proposals always count. An image without pseudo-labels
-    keeps every proposal's loss (the authors' code skips DropLoss when there is no box).
+    HASSOD with 0.01). Foreground proposals always count. Each image on its own: one without
+    pseudo-labels keeps every proposal's loss (in the authors' code such an image turns
+    DropLoss off for its whole batch in the first stage, through a try/except, and drops all
+    its proposals' loss in the later two; burn-in images practically always have labels).
     Deliberate differences from the authors' (CutLER's) code: it compares with the distinct
     boxes matched by the first 100 sampled proposals rather than every pseudo-label, drops at
     IoU <= threshold, and does not exempt foreground proposals (whose regressed box almost
