@@ -243,7 +243,8 @@ def _add_evaluate_parser(commands) -> None:
         description=(
             "Fold all categories into one and run pycocotools' COCOeval with maxDets 10/100/1000: "
             "AR@10, AR@100, AR@1000, AR small/medium/large and AP, AP50, AP75 (at 1000), for "
-            "boxes and masks (the paper's Tables 1 and 9). PRED is a COCO results list or a "
+            "boxes and masks (the paper's Tables 1 and 9; its 'AR' is AR@1000, as the "
+            "authors' evaluator computes it). PRED is a COCO results list or a "
             "pseudo-label / COCO JSON (its images matched to the ground truth's by file name); "
             "a missing score counts as 1.0. Crowd regions are ignore regions. The printed "
             "tables are in percent; --out writes fractions in [0, 1]. '-' (null in the JSON) "

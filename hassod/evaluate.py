@@ -9,7 +9,8 @@ Metrics (fractions in [0, 1]; None where undefined, e.g. AR small on data withou
 objects, which COCOeval marks -1):
 
 - ``AR@10``, ``AR@100``, ``AR@1000``: recall averaged over the IoU thresholds 0.50:0.05:0.95,
-  all areas, at most 10 / 100 / 1000 detections per image;
+  all areas, at most 10 / 100 / 1000 detections per image; the paper's "AR" is ``AR@1000``
+  (the authors' Detectron2 ``COCOEvaluator`` with ``top1000``: maxDets 10 / 100 / 1000);
 - ``AR_s``, ``AR_m``, ``AR_l``: the same at 1000 detections for small (< 32²), medium and large
   (> 96²) ground truth (COCO's areas: the annotation's ``area``);
 - ``AP``, ``AP50``, ``AP75``: 101-point interpolated precision at 1000 detections, averaged
@@ -54,6 +55,10 @@ Inputs and how they are handled:
   its mask area for masks (as Detectron2's COCO evaluator does).
 - Every ground-truth image is evaluated; an image without predictions has recall 0. No
   predictions at all gives AR 0 (not an error).
+- Ground-truth annotations of images the file does not list are left out (pycocotools never
+  looks at them), and so are polygons of fewer than 3 points (Detectron2's loader drops them;
+  an object left without one has no mask): counted and warned about.
+- Image records without ``file_name`` (LVIS) are matched by the path of their ``coco_url``.
 """
 
 from __future__ import annotations
@@ -64,6 +69,7 @@ import functools
 import io
 import math
 import os
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -129,8 +135,10 @@ def evaluate(
         only_gt_images: leave out predictions on images the ground truth does not have (e.g.
             discovery on a folder larger than the annotated subset) instead of refusing them;
             how many is in ``result["counts"]``.
-        masks_when_available: with a ground truth that has objects without a mask, evaluate
-            boxes only (noted in ``result["settings"]["note"]``) instead of refusing "segm".
+        masks_when_available: with a ground truth that has objects without a mask, or
+            predictions none of which has one, evaluate boxes only (noted in
+            ``result["settings"]["note"]``) instead of refusing "segm" (before any COCOeval
+            run, with the way out in the message).
         progress: progress bars on stderr (tqdm) for the long loops: reading the predictions
             (per mask) and each COCOeval run (per image), with its stage in the description.
 
@@ -160,6 +168,23 @@ def evaluate(
     labels = pred if isinstance(pred, Labels) else load_labels(pred, "predictions")
     to_gt = _gt_image_ids(labels, dataset, only_gt_images)
     records = _records(labels, dataset, to_gt, progress)
+    if "segm" in iou_types:
+        unmasked = [record for record in records if record["segmentation"] is None]
+        if (
+            unmasked
+            and len(unmasked) == len(records)
+            and masks_when_available
+            and (iou_types != ("segm",))
+        ):
+            # Box-only predictions: boxes only (the authors' evaluator decides so, too).
+            iou_types = tuple(t for t in iou_types if t != "segm")
+            note = "mask recall left out: the predictions have no masks"
+        elif unmasked:
+            raise InputError(
+                f"{len(unmasked)} of {len(records)} predictions have no mask (e.g. one on image "
+                f"{unmasked[0]['image_id']!r}), so mask recall cannot be measured; evaluate "
+                "boxes only (--iou-type bbox, iou_types=['bbox'])"
+            )
     predicted_images = {annotation["image_id"] for annotation in labels.annotations}
     counts["dropped_images"] = len(predicted_images - to_gt.keys())
     counts["dropped_predictions"] = len(labels.annotations) - len(records)
@@ -244,18 +269,23 @@ def load_ground_truth(
         if image["id"] in images:
             raise InputError(f"ground truth {name}: image id {image['id']!r} appears twice")
         images[image["id"]] = image
-    annotations, dropped = [], 0
+    annotations, dropped, orphans, rings = [], 0, 0, 0
     for index, annotation in enumerate(data["annotations"]):
         where = f"ground truth {name}: annotation {index}"
-        if not isinstance(annotation, dict) or annotation.get("image_id") not in images:
-            raise InputError(f"{where} has no image_id of the file's images")
-        if things_only and int(annotation.get("category_id", 1)) >= stuff_min_id:
+        if not isinstance(annotation, dict):
+            raise InputError(f"{where} is not an object")
+        if annotation.get("image_id") not in images:
+            orphans += 1  # pycocotools only looks at the listed images' annotations
+            continue
+        if things_only and _category(annotation, where) >= stuff_min_id:
             dropped += 1
             continue
+        annotation, removed = _valid_polygons(annotation)
+        rings += removed
         check_annotation_fields(annotation, where)
         image = images[annotation["image_id"]]
         segmentation = annotation.get("segmentation")
-        if isinstance(segmentation, dict) and segmentation.get("size") != [
+        if isinstance(segmentation, dict) and list(segmentation.get("size")) != [
             image["height"],
             image["width"],
         ]:
@@ -288,7 +318,46 @@ def load_ground_truth(
         "crowd": crowd,
         "dropped_stuff": dropped,
     }
+    if orphans:
+        counts["dropped_unknown_image"] = orphans
+        warnings.warn(
+            f"ground truth {name}: {orphans} annotations name no listed image; left out",
+            stacklevel=2,
+        )
+    if rings:
+        counts["dropped_polygons"] = rings
+        warnings.warn(
+            f"ground truth {name}: {rings} polygons with fewer than 3 points (or an odd "
+            "number of coordinates) left out, as Detectron2's loader does",
+            stacklevel=2,
+        )
     return dataset, counts
+
+
+def _category(annotation: dict, where: str) -> int:
+    value = annotation.get("category_id", 1)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
+        raise InputError(f"{where}: 'category_id' must be an integer, got {value!r}")
+    return int(value)
+
+
+def _valid_polygons(annotation: dict) -> tuple[dict, int]:
+    """The annotation without polygons too short to be one (fewer than 3 points, or an odd
+    number of coordinates), and how many were removed; without any left it has no mask."""
+    segmentation = annotation.get("segmentation")
+    if not isinstance(segmentation, list) or not segmentation:
+        return annotation, 0
+    kept = [
+        polygon
+        for polygon in segmentation
+        if not (isinstance(polygon, list) and (len(polygon) < 6 or len(polygon) % 2))
+    ]
+    if len(kept) == len(segmentation):
+        return annotation, 0
+    cleaned = {key: value for key, value in annotation.items() if key != "segmentation"}
+    if kept:
+        cleaned["segmentation"] = kept
+    return cleaned, len(segmentation) - len(kept)
 
 
 def prediction_records(labels: Labels, dataset: dict, only_gt_images: bool = False) -> list[dict]:

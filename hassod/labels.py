@@ -217,7 +217,7 @@ def check_annotation_fields(annotation: dict, where: str) -> None:
     if isinstance(segmentation, dict):
         size, counts = segmentation.get("size"), segmentation.get("counts")
         if not (
-            isinstance(size, list)
+            isinstance(size, (list, tuple))
             and len(size) == 2
             and all(isinstance(v, int) and v >= 0 for v in size)
         ):
@@ -324,6 +324,17 @@ def find_image(images: Sequence[dict], file_name: str | os.PathLike, within: str
     return ImageIndex(images, within).find(file_name)
 
 
+def _url_path(url) -> str | None:
+    """The path of an image URL without its leading slash: LVIS records have no file_name,
+    only ``coco_url`` (``http://images.cocodataset.org/val2017/000000397133.jpg`` ->
+    ``val2017/000000397133.jpg``)."""
+    if not isinstance(url, str) or not url:
+        return None
+    from urllib.parse import urlsplit
+
+    return urlsplit(url).path.lstrip("/") or None
+
+
 class ImageIndex:
     """Image records by base name, for many :func:`match_image` lookups (each one then looks
     only at the records of its base name, not at all of them).
@@ -337,7 +348,7 @@ class ImageIndex:
         self.within = within
         self._by_base: dict[str, list[tuple[tuple[str, ...], dict]]] = {}
         for image in images:
-            name = image.get("file_name")
+            name = image.get("file_name") or _url_path(image.get("coco_url"))
             if name:
                 parts = PurePosixPath(name).parts
                 self._by_base.setdefault(parts[-1], []).append((parts, image))

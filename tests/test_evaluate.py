@@ -809,3 +809,71 @@ def test_dangling_parent_ids_are_reported_once():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         load_labels(data)
+
+
+# ------------------------------------------------------ inputs the authors' evaluator takes
+def test_ground_truth_polygons_too_short_are_left_out_with_a_warning():
+    """pycocotools rasterises a file whose first ring is valid and drops nothing; Detectron2's
+    loader drops rings of fewer than 3 points. Such a file was refused whole."""
+    gt = dataset([[(10, 10, 60, 60), (100, 50, 40, 40)]])
+    x, y, w, h = 100, 50, 40, 40
+    square = [x, y, x + w, y, x + w, y + h, x, y + h]
+    gt["annotations"][1]["segmentation"] = [square, [5.0, 5.0, 6.0, 6.0]]
+    gt["annotations"][0]["segmentation"] = [[1.0, 2.0, 3.0, 4.0]]  # nothing left: box only
+    preds = results_from_boxes(gt, [[(10, 10, 60, 60), (100, 50, 40, 40)]])
+    with pytest.warns(UserWarning, match="2 polygons with fewer than 3 points"):
+        result = evaluate(preds, gt, iou_types=["bbox"])
+    assert result["counts"]["dropped_polygons"] == 2 and result["bbox"]["AR@100"] == 1.0
+    with pytest.warns(UserWarning), pytest.raises(InputError, match="no 'segmentation'"):
+        evaluate(preds, gt, iou_types=["segm"])
+
+
+def test_ground_truth_annotations_of_unlisted_images_are_left_out():
+    gt = dataset([[(10, 10, 60, 60)]])
+    gt["annotations"].append({**gt["annotations"][0], "id": 99, "image_id": 777})
+    preds = results_from_boxes(gt, [[(10, 10, 60, 60)]])
+    with pytest.warns(UserWarning, match="1 annotations name no listed image"):
+        result = evaluate(preds, gt)
+    assert result["counts"]["dropped_unknown_image"] == 1 and result["counts"]["objects"] == 1
+    assert result["segm"]["AR@100"] == 1.0
+
+
+def test_things_only_refuses_a_category_id_that_is_not_a_number():
+    gt = dataset([[(10, 10, 60, 60)]])
+    gt["annotations"][0]["category_id"] = "person"
+    with pytest.raises(InputError, match="'category_id' must be an integer, got 'person'"):
+        evaluate([], gt, things_only=True)
+
+
+def test_box_only_predictions_are_scored_for_boxes_before_any_mask_run():
+    gt = dataset([[(10, 10, 60, 60)], [(20, 20, 30, 30)]])
+    boxes = [{"image_id": 10, "bbox": [10, 10, 60, 60], "score": 0.9}]
+    with pytest.raises(InputError, match="1 of 1 predictions have no mask.*--iou-type bbox"):
+        evaluate(boxes, gt)  # default: boxes and masks; refused before the box run
+    result = evaluate(boxes, gt, masks_when_available=True)  # what `hassod report` asks
+    assert "segm" not in result and result["bbox"]["AR@100"] == 0.5
+    assert "predictions have no masks" in result["settings"]["note"]
+    mixed = boxes + results_from_boxes(gt, [[], [(20, 20, 30, 30)]])
+    with pytest.raises(InputError, match="1 of 2 predictions have no mask"):
+        evaluate(mixed, gt, masks_when_available=True)
+    with pytest.raises(InputError, match="no mask"):
+        evaluate(boxes, gt, iou_types=["segm"], masks_when_available=True)
+
+
+def test_lvis_records_are_matched_by_their_coco_url():
+    gt = dataset([[(10, 10, 60, 60)]])
+    record = gt["images"][0]
+    del record["file_name"]
+    record["coco_url"] = "http://images.cocodataset.org/val2017/000000397133.jpg"
+    pseudo = {
+        "images": [{"id": 1, "file_name": "val2017/000000397133.jpg", "height": 200, "width": 300}],
+        "annotations": [{"image_id": 1, "bbox": [10, 10, 60, 60], "score": 1.0}],
+    }
+    assert evaluate(pseudo, gt, iou_types=["bbox"])["bbox"]["AR@100"] == 1.0
+
+
+def test_in_memory_rle_sizes_may_be_tuples():
+    gt = dataset([[(10, 10, 60, 60)]])
+    gt["annotations"][0]["segmentation"]["size"] = (200, 300)
+    preds = results_from_boxes(gt, [[(10, 10, 60, 60)]])
+    assert evaluate(preds, gt)["segm"]["AR@100"] == 1.0
