@@ -95,3 +95,35 @@ def atomic_write_json(path: str | os.PathLike, value: Any, *, fsync: bool = True
     """Write ``value`` as compact UTF-8 JSON (no NaN / infinity), fsynced by default."""
     with atomic_open(path, "w", encoding="utf-8", fsync=fsync) as handle:
         json.dump(value, handle, separators=(",", ":"), allow_nan=False)
+
+
+# What Detectron2's (and other) NumPy weight pickles reference: arrays, dtypes, scalars.
+_ARRAY_PICKLE_GLOBALS = frozenset(
+    {
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+        ("_codecs", "encode"),  # bytes in protocol-2 pickles
+        ("collections", "OrderedDict"),
+    }
+)
+
+
+def load_array_pickle(handle: IO[bytes]) -> Any:
+    """Unpickle a weight file of dicts, lists, numbers, strings and NumPy arrays, refusing any
+    other class or function: a plain ``pickle.load`` of a downloaded ``.pkl`` runs whatever
+    code it names. Raises ``pickle.UnpicklingError`` naming what was refused."""
+    import pickle
+
+    class ArraysOnly(pickle.Unpickler):
+        def find_class(self, module: str, name: str) -> Any:
+            if (module, name) in _ARRAY_PICKLE_GLOBALS:
+                return super().find_class(module, name)
+            raise pickle.UnpicklingError(
+                f"refusing {module}.{name}: a weight file should hold arrays only"
+            )
+
+    return ArraysOnly(handle, encoding="latin1").load()

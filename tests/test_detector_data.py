@@ -412,3 +412,13 @@ def test_samples_carry_the_annotation_boxes(synthetic, tmp_path):
             x, y, w, h = box
             assert sample["boxes"][index].tolist() == pytest.approx([x, y, x + w, y + h])
     assert None in [b for e in labels.entries for b in e.boxes] and coco["annotations"]
+
+
+def test_carried_boxes_are_clipped_to_the_image():
+    """A JSON box reaching out of the image is clipped (Detectron2's transform_instance_
+    annotations); one wholly outside is dropped with its object."""
+    sample = _sample(40, [(0, 0, 10, 10), (30, 30, 40, 40)], [0, 1], colour=10)
+    sample["boxes"] = torch.tensor([[-5.0, -2.0, 10.0, 10.0], [41.0, 30.0, 50.0, 40.0]])
+    _, target = augment.finalize(sample)
+    assert target["boxes"].tolist() == [[0.0, 0.0, 10.0, 10.0]]
+    assert target["levels"].tolist() == [0] and target["masks"].shape[0] == 1

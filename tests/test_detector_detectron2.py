@@ -468,3 +468,48 @@ def test_export_command_writes_what_detectron2_loads(tmp_path, capsys):
     assert main(["export-detectron2", str(tmp_path / "small.pth"), str(tmp_path / "x.pth")]) == 2
     assert "no ResNet-10" in capsys.readouterr().err
     assert not (tmp_path / "x.pth").exists()
+
+
+def test_export_options_give_detectron2_the_bottleneck_width():
+    """Detectron2 builds res2's bottleneck channels as NUM_GROUPS x WIDTH_PER_GROUP (64 by
+    default): a narrower hassod ResNet-50 needs WIDTH_PER_GROUP, else its layers mismatch and
+    Detectron2 leaves them random."""
+    narrow = ModelConfig(backbone="resnet50", backbone_width=32, norm="syncbn")
+    options = d2.detectron2_options(narrow)
+    assert "MODEL.RESNETS.WIDTH_PER_GROUP 32" in options
+    assert "MODEL.RESNETS.RES2_OUT_CHANNELS 128" in options
+    basic = d2.detectron2_options(ModelConfig(backbone="resnet18", norm="frozen_bn"))
+    assert not any("WIDTH_PER_GROUP" in option for option in basic)
+    assert 'MODEL.RESNETS.NORM "FrozenBN"' in basic and 'MODEL.FPN.NORM ""' in basic
+
+
+class _Payload:
+    """Stands in for code a pickle could run: loading it must be refused, not executed."""
+
+    ran = False
+
+    def __reduce__(self):
+        return (_mark_ran, ())
+
+
+def _mark_ran():
+    _Payload.ran = True
+    return {}
+
+
+def test_pickles_naming_code_are_refused_unrun(tmp_path, tiny_state):
+    from hassod.detector.backbone import read_weight_file
+
+    evil = tmp_path / "model.pkl"
+    evil.write_bytes(pickle.dumps({"model": {"x": _Payload()}}))
+    with pytest.raises(ValueError, match="refusing .*_mark_ran"):
+        detector_from_checkpoint(evil)
+    with pytest.raises(ValueError, match="refusing"):
+        read_weight_file(evil)
+    assert not _Payload.ran
+    good = tmp_path / "ok.pkl"  # Detectron2's format: NumPy arrays (and an OrderedDict)
+    from collections import OrderedDict
+
+    arrays = OrderedDict((k, v.numpy()) for k, v in tiny_state.items())
+    good.write_bytes(pickle.dumps({"model": arrays, "__author__": "x"}, protocol=2))
+    assert detector_from_checkpoint(good)[1].model.backbone == "resnet10"

@@ -18,6 +18,7 @@ from, so :class:`DetectronAnchorGenerator` replaces it (``ModelConfig.anchor_gen
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 from torchvision.models.detection.anchor_utils import AnchorGenerator
@@ -29,7 +30,7 @@ from hassod.detector.config import ANCHOR_GENERATORS
 RPN_STRIDES = (4, 8, 16, 32, 64)
 
 
-def detectron2_cell_anchors(sizes, aspect_ratios) -> torch.Tensor:
+def detectron2_cell_anchors(sizes: Sequence[float], aspect_ratios: Sequence[float]) -> torch.Tensor:
     """(len(sizes) * len(aspect_ratios), 4) float32 xyxy anchors centred on (0, 0).
 
     Detectron2's ``generate_cell_anchors``: for each size, for each ratio (height / width),
@@ -55,7 +56,7 @@ class DetectronAnchorGenerator(AnchorGenerator):
     flattened in.
     """
 
-    def __init__(self, sizes, aspect_ratios, strides=RPN_STRIDES):
+    def __init__(self, sizes, aspect_ratios, strides: Sequence[int] = RPN_STRIDES) -> None:
         super().__init__(sizes, aspect_ratios)
         if len(strides) != len(sizes):
             raise ValueError(f"need one stride per feature map, got {strides} for {len(sizes)}")
@@ -71,7 +72,9 @@ class DetectronAnchorGenerator(AnchorGenerator):
             anchors.to(device=device, dtype=torch.float32) for anchors in self.cell_anchors
         ]
 
-    def forward(self, image_list: ImageList, feature_maps: list[torch.Tensor]):
+    def forward(
+        self, image_list: ImageList, feature_maps: list[torch.Tensor]
+    ) -> list[torch.Tensor]:
         if len(feature_maps) != len(self.strides):
             raise ValueError(
                 f"expected {len(self.strides)} feature maps (strides {self.strides}), "

@@ -124,8 +124,8 @@ def copy_paste(
     pixels (objects hidden completely disappear) and the pasted objects are added with their
     levels. Returns a new sample; ``target`` is unchanged when nothing is pasted.
     """
-    # Only objects that survived resizing can be chosen (the authors filter empty instances
-    # before pasting).
+    # Only objects whose mask survived resizing can be chosen (the authors filter empty
+    # instances before pasting; by box too, which a surviving mask always has here).
     present = torch.where((source["masks"].flatten(1) != 0).any(dim=1))[0]
     count = int(present.shape[0])
     if count == 0:
@@ -138,9 +138,8 @@ def copy_paste(
     top = int(rng.integers(0, height - new_h + 1))
     left = int(rng.integers(0, width - new_w + 1))
 
-    picked_index = picked.to(torch.int64)
     pasted_image, pasted_masks = paste_resize(
-        source["image"], source["masks"][picked_index], (new_h, new_w)
+        source["image"], source["masks"][picked], (new_h, new_w)
     )
     canvas = pasted_masks.new_zeros((chosen, height, width))
     canvas[:, top : top + new_h, left : left + new_w] = pasted_masks
@@ -162,10 +161,13 @@ def copy_paste(
     )
     remaining = target_masks * (~alpha).to(target_masks.dtype)
     visible = (remaining.flatten(1) != 0).any(dim=1)
-    levels = torch.cat([target["levels"][visible], source["levels"][picked_index][keep]])
+    levels = torch.cat([target["levels"][visible], source["levels"][picked][keep]])
     masks = torch.cat([remaining[visible], canvas])
     pasted = {**target, "image": image, "masks": masks, "levels": levels}
-    if "boxes" in target:  # the authors recompute every box from the masks after a paste
+    if "boxes" in target:
+        # The authors recompute every box from the masks after a paste (when the target has
+        # objects; onto an empty one they keep the pasted boxes, x and y shifts swapped: here
+        # the masks' bounds always).
         pasted["boxes"] = boxes_from_masks(masks)
     return pasted
 
@@ -198,7 +200,11 @@ def finalize(sample: dict) -> tuple[torch.Tensor, dict]:
     masks = sample["masks"]
     nonempty = (masks.flatten(1) != 0).any(dim=1)
     if "boxes" in sample:
-        boxes = sample["boxes"].float()
+        # Detectron2 clips every transformed box to the image (a JSON's boxes may reach out).
+        height, width = sample["image"].shape[-2:]
+        boxes = sample["boxes"].float().clone()
+        boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width)
+        boxes[:, 1::2] = boxes[:, 1::2].clamp(0, height)
         nonempty &= ((boxes[:, 2] - boxes[:, 0]) > 1e-5) & ((boxes[:, 3] - boxes[:, 1]) > 1e-5)
         boxes = boxes[nonempty]
     else:

@@ -9,7 +9,7 @@ Accepted weight files (``--backbone-weights``):
   ``module.`` / ``backbone.`` / ``encoder.`` prefixes);
 - Detectron2-format ResNets (``stem.conv1.weight``, ``res2.0.conv1.norm.weight``,
   ``res2.0.shortcut.weight``, ...), e.g. CutLER's converted DINO ResNet-50, as a ``.pth``
-  (or a ``.pkl`` of NumPy arrays, read with pickle: only open files you trust).
+  (or a ``.pkl`` of NumPy arrays; pickles that name anything but arrays are refused).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.ops import FrozenBatchNorm2d
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
+from hassod._io import load_array_pickle
 from hassod.detector.config import ModelConfig
 
 _BLOCKS = {
@@ -129,16 +130,14 @@ def read_weight_file(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"backbone weights not found: {path}")
-    if path.suffix == ".pkl":
-        import pickle
-
-        with path.open("rb") as handle:
-            raw = pickle.load(handle, encoding="latin1")
-    else:
-        try:
+    try:
+        if path.suffix == ".pkl":
+            with path.open("rb") as handle:
+                raw = load_array_pickle(handle)
+        else:
             raw = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as error:  # noqa: BLE001 - any unreadable file is the same user error
-            raise ValueError(f"cannot read backbone weights {path}: {error}") from error
+    except Exception as error:  # noqa: BLE001 - any unreadable file is the same user error
+        raise ValueError(f"cannot read backbone weights {path}: {error}") from error
     return _flatten_checkpoint(raw, path)
 
 
@@ -178,7 +177,7 @@ def convert_to_torchvision(state: dict) -> dict:
                 if stripped.startswith(prefix):
                     stripped = stripped[len(prefix) :]
                     changed = True
-        stripped = _detectron2_name(stripped)
+        stripped = detectron2_resnet_name(stripped)
         if stripped is None or stripped.startswith(("fc.", "head.")):
             continue
         if not re.match(r"^(conv1|bn1|layer[1-4])\.", stripped):
@@ -189,7 +188,7 @@ def convert_to_torchvision(state: dict) -> dict:
     return converted
 
 
-def _detectron2_name(name: str) -> str | None:
+def detectron2_resnet_name(name: str) -> str | None:
     """``stem.conv1.norm.weight`` -> ``bn1.weight``, ``res3.1.conv2.weight`` ->
     ``layer2.1.conv2.weight``, ``res2.0.shortcut.norm.bias`` -> ``layer1.0.downsample.1.bias``.
     Names already in torchvision layout pass through."""

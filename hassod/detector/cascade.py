@@ -37,6 +37,13 @@ BOX_POOL = 7
 MASK_POOL = 14
 
 
+def clip_nonempty(boxes: torch.Tensor, size) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, 4) xyxy boxes clipped to an image of ``size`` (height, width), and the mask of those
+    with both sides > 0 (Detectron2's ``Boxes.clip`` then ``nonempty()``)."""
+    boxes = clip_boxes_to_image(boxes, size)
+    return boxes, (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+
+
 class RoIAlignV2(nn.Module):
     """Detectron2's ``ROIPooler`` with ``ROIAlignV2`` (the authors' box and mask poolers).
 
@@ -254,8 +261,7 @@ class CascadeRoIHeads(nn.Module):
         stages' scores must stay aligned with the same proposals)."""
         result = []
         for boxes, size in zip(boxes_per_image, image_sizes):
-            boxes = clip_boxes_to_image(boxes, size)
-            keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+            boxes, keep = clip_nonempty(boxes, size)
             result.append(boxes[keep].detach())
         return result
 

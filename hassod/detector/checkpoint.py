@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from hassod._io import load_array_pickle
 from hassod.detector.config import TrainConfig, config_from_dict, config_to_dict
 
 FORMAT = "hassod-detector/1"
@@ -105,17 +106,15 @@ def last_checkpoint(checkpoint_dir) -> Path | None:
 
 
 def read_payload(path, map_location="cpu") -> dict:
-    """The raw contents of a checkpoint file (``weights_only``; a ``.pkl`` -- Detectron2's
-    NumPy format -- is read with pickle: only open files you trust)."""
+    """The raw contents of a checkpoint file (``torch.load`` with ``weights_only``; a ``.pkl``,
+    Detectron2's NumPy format, with an unpickler that admits arrays only)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
         if path.suffix == ".pkl":
-            import pickle
-
             with path.open("rb") as handle:
-                payload = pickle.load(handle, encoding="latin1")
+                payload = load_array_pickle(handle)
         else:
             payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # noqa: BLE001 - truncated or foreign files alike
@@ -151,6 +150,14 @@ def _hassod_payload(payload: dict, path) -> dict:
     return payload
 
 
+WEIGHTS = ("student", "teacher", "auto")  # which network of a checkpoint
+
+
+def check_weights(weights: str) -> None:
+    if weights not in WEIGHTS:
+        raise ValueError(f"weights must be auto, student or teacher, got {weights!r}")
+
+
 def detector_from_checkpoint(path_or_payload, weights: str = "student", map_location="cpu"):
     """(detector in eval mode, TrainConfig) from a checkpoint: a ``hassod train`` one (a path
     or its loaded dict) or a Detectron2 one of the HASSOD detector, such as the authors'
@@ -163,11 +170,10 @@ def detector_from_checkpoint(path_or_payload, weights: str = "student", map_loca
     from hassod.detector import detectron2_weights
     from hassod.detector.model import HassodDetector
 
-    if weights not in ("auto", "student", "teacher"):
-        raise ValueError(f"weights must be auto, student or teacher, got {weights!r}")
+    check_weights(weights)
     loaded = isinstance(path_or_payload, dict)
     payload = path_or_payload if loaded else read_payload(path_or_payload, map_location)
-    if payload.get("format") != FORMAT and detectron2_weights.looks_like(payload):
+    if payload.get("format") != FORMAT and detectron2_weights.is_detectron2_checkpoint(payload):
         return detectron2_weights.convert_detectron2_detector(
             detectron2_weights.model_state(payload), weights
         )

@@ -239,10 +239,10 @@ def read_sample(labels: PseudoLabels, index: int) -> dict:
     masks = torch.from_numpy(decode_segmentations(entry.segmentations, height, width))
     # Boxes as Detectron2 reads them: the annotation's bbox; the mask's bounds where it has none.
     boxes = augment.boxes_from_masks(masks)
-    for index, box in enumerate(entry.boxes):
+    for number, box in enumerate(entry.boxes):
         if box is not None:
             x, y, w, h = box
-            boxes[index] = torch.tensor([x, y, x + w, y + h])
+            boxes[number] = torch.tensor([x, y, x + w, y + h])
     return {
         "image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))),
         "masks": masks,

@@ -34,7 +34,8 @@ import re
 import torch
 
 from hassod.detector.anchors import detectron2_cell_anchors
-from hassod.detector.backbone import _detectron2_name
+from hassod.detector.backbone import detectron2_resnet_name
+from hassod.detector.checkpoint import check_weights
 from hassod.detector.config import ModelConfig, paper_config
 
 TEACHER, STUDENT = "modelTeacher.", "modelStudent."
@@ -68,8 +69,7 @@ def is_detectron2_detector(state: dict) -> bool:
 def select_model(state: dict, weights: str = "student") -> dict:
     """The state dict of one network: ``student`` / ``teacher`` of a Mean Teacher checkpoint
     (``auto``: the teacher), or the only network of a plain one (``student`` or ``auto``)."""
-    if weights not in ("auto", "student", "teacher"):
-        raise ValueError(f"weights must be auto, student or teacher, got {weights!r}")
+    check_weights(weights)
     paired = any(name.startswith((TEACHER, STUDENT)) for name in state)
     if not paired:
         if weights == "teacher":
@@ -102,6 +102,27 @@ def _shape(state: dict, name: str) -> tuple:
 def infer_model_config(state: dict) -> ModelConfig:
     """The :class:`ModelConfig` of one network's Detectron2 state dict (see the module
     docstring); raises :class:`Detectron2WeightsError` for layers this model does not have."""
+    defaults = ModelConfig()
+    backbone, width = _resnet(state)
+    _check_box_heads(state)
+    _check_mask_head(state)
+    _check_rpn(state, defaults)
+    return dataclasses.replace(
+        defaults,
+        backbone=backbone,
+        backbone_width=width,
+        norm=_norm(state),
+        fpn_channels=_shape(state, "backbone.fpn_output2.weight")[0],
+        box_head_dim=_shape(state, "roi_heads.box_head.0.fc1.weight")[0],
+        mask_head_channels=_shape(state, "roi_heads.mask_head.mask_fcn1.weight")[0],
+        mask_head_convs=_count(state, r"^roi_heads\.mask_head\.mask_fcn(\d+)\.weight$"),
+        anchor_generator="detectron2",
+        **_pixel_statistics(state),
+    )
+
+
+def _resnet(state: dict) -> tuple[str, int]:
+    """(hassod backbone name, stem width) from the ResNet's blocks."""
     bottom = "backbone.bottom_up."
     kind = "bottleneck" if f"{bottom}res2.0.conv3.weight" in state else "basic"
     blocks = tuple(_count(state, rf"^{bottom}res{stage}\.(\d+)\.") for stage in (2, 3, 4, 5))
@@ -111,19 +132,25 @@ def infer_model_config(state: dict) -> ModelConfig:
             f"unsupported ResNet: {kind} blocks {blocks} per stage (hassod builds "
             "ResNet-10/18/34/50/101)"
         )
-    width = _shape(state, f"{bottom}stem.conv1.weight")[0]
+    return backbone, _shape(state, f"{bottom}stem.conv1.weight")[0]
 
+
+def _norm(state: dict) -> str:
+    """BatchNorm statistics in the FPN: its (Sync)BN; GroupNorm there: GN; none there but BN
+    statistics in the ResNet: frozen BN (hassod's FPN has no norm with it)."""
     if "backbone.fpn_lateral2.norm.running_mean" in state:
-        norm = "syncbn"
-    elif "backbone.fpn_lateral2.norm.weight" in state:
-        norm = "gn"
-    elif f"{bottom}stem.conv1.norm.running_mean" in state:
-        norm = "frozen_bn"
-    else:
-        raise Detectron2WeightsError(
-            "unsupported normalisation: a GroupNorm ResNet with an FPN without norm"
-        )
+        return "syncbn"
+    if "backbone.fpn_lateral2.norm.weight" in state:
+        return "gn"
+    if "backbone.bottom_up.stem.conv1.norm.running_mean" in state:
+        return "frozen_bn"
+    raise Detectron2WeightsError(
+        "unsupported normalisation: a GroupNorm ResNet with an FPN without norm"
+    )
 
+
+def _check_box_heads(state: dict) -> None:
+    """Three stages of two FC layers with a class-agnostic classifier, box and level head."""
     stages = _count(state, r"^roi_heads\.box_predictor\.(\d+)\.cls_score\.weight$")
     if stages != 3:
         raise Detectron2WeightsError(f"expected a 3-stage cascade, found {stages} box predictors")
@@ -156,27 +183,23 @@ def infer_model_config(state: dict) -> ModelConfig:
             f"the level head has {levels} outputs; hassod's classifies 3 levels (the "
             "authors' focal / ce level loss)"
         )
+
+
+def _check_mask_head(state: dict) -> None:
     if any(re.match(r"^roi_heads\.mask_head\.mask_fcn\d+\.norm\.", n) for n in state):
         raise Detectron2WeightsError("unsupported mask head with normalisation layers")
     if _shape(state, "roi_heads.mask_head.predictor.weight")[0] != 1:
         raise Detectron2WeightsError("the mask head is not class-agnostic (1 output)")
+
+
+def _check_rpn(state: dict, defaults: ModelConfig) -> None:
+    """Anchors per location, and the cell anchors where the checkpoint stores them (Detectron2
+    0.6 and later keep them out of checkpoints: then the authors' sizes are assumed)."""
     anchors = _shape(state, "proposal_generator.rpn_head.objectness_logits.weight")[0]
-    defaults = ModelConfig()
     if anchors != len(defaults.aspect_ratios):
         raise Detectron2WeightsError(
             f"the RPN has {anchors} anchors per location; hassod's has "
             f"{len(defaults.aspect_ratios)} (one size per level, ratios {defaults.aspect_ratios})"
-        )
-    changes = {}
-    for name in ("pixel_mean", "pixel_std"):
-        if name in state:
-            changes[name] = tuple(float(v) for v in state[name].flatten().tolist())
-    mean = changes.get("pixel_mean")
-    if mean is not None and len(mean) == 3 and mean[0] < mean[2]:
-        # ImageNet's mean is (123.7, 116.3, 103.5) in RGB: reversed, the model reads BGR.
-        raise Detectron2WeightsError(
-            f"the checkpoint's pixel_mean {mean} is in BGR order (INPUT.FORMAT BGR); hassod "
-            "feeds RGB (the authors' INPUT.FORMAT)"
         )
     for level, size in enumerate(defaults.anchor_sizes):
         name = f"proposal_generator.anchor_generator.cell_anchors.{level}"
@@ -186,18 +209,24 @@ def infer_model_config(state: dict) -> ModelConfig:
                 f"the checkpoint's anchors at P{level + 2} ({state[name].tolist()}) are not "
                 f"hassod's (size {size}, ratios {defaults.aspect_ratios})"
             )
-    return dataclasses.replace(
-        defaults,
-        backbone=backbone,
-        backbone_width=width,
-        norm=norm,
-        fpn_channels=_shape(state, "backbone.fpn_output2.weight")[0],
-        box_head_dim=_shape(state, "roi_heads.box_head.0.fc1.weight")[0],
-        mask_head_channels=_shape(state, "roi_heads.mask_head.mask_fcn1.weight")[0],
-        mask_head_convs=_count(state, r"^roi_heads\.mask_head\.mask_fcn(\d+)\.weight$"),
-        anchor_generator="detectron2",
-        **changes,
-    )
+
+
+def _pixel_statistics(state: dict) -> dict:
+    """``pixel_mean`` / ``pixel_std`` where the checkpoint stores them (older Detectron2;
+    later ones do not, and the authors' RGB ImageNet statistics are assumed)."""
+    found = {
+        name: tuple(float(v) for v in state[name].flatten().tolist())
+        for name in ("pixel_mean", "pixel_std")
+        if name in state
+    }
+    mean = found.get("pixel_mean")
+    if mean is not None and len(mean) == 3 and mean[0] < mean[2]:
+        # ImageNet's mean is (123.7, 116.3, 103.5) in RGB: reversed, the model reads BGR.
+        raise Detectron2WeightsError(
+            f"the checkpoint's pixel_mean {mean} is in BGR order (INPUT.FORMAT BGR); hassod "
+            "feeds RGB (the authors' INPUT.FORMAT)"
+        )
+    return found
 
 
 _FPN = {"lateral": "inner_blocks", "output": "layer_blocks"}
@@ -247,7 +276,7 @@ def hassod_name(name: str) -> str | None:
     if _IGNORED.match(name):
         return None
     if name.startswith("backbone.bottom_up."):
-        return "backbone.body." + _detectron2_name(name[len("backbone.bottom_up.") :])
+        return "backbone.body." + detectron2_resnet_name(name[len("backbone.bottom_up.") :])
     for pattern, rename in _RULES:
         match = re.fullmatch(pattern, name)
         if match:
@@ -255,8 +284,8 @@ def hassod_name(name: str) -> str | None:
     raise Detectron2WeightsError(f"unexpected tensor {name!r}: not a layer of hassod's detector")
 
 
-def convert_detectron2_detector(state: dict, weights: str = "student"):
-    """(HassodDetector in eval mode, TrainConfig) from a Detectron2 state dict.
+def convert_detectron2_detector(state: dict, weights: str = "student") -> tuple:
+    """``(HassodDetector in eval mode, TrainConfig)`` from a Detectron2 state dict.
 
     ``state``: a checkpoint's ``model`` dict (tensors or NumPy arrays), of one network or a
     Mean Teacher pair (``weights`` picks, see :func:`select_model`). The config is
@@ -308,7 +337,7 @@ def model_state(raw: dict) -> dict:
     return raw["model"] if isinstance(raw.get("model"), dict) else raw
 
 
-def looks_like(raw) -> bool:
+def is_detectron2_checkpoint(raw) -> bool:
     """True for a loaded Detectron2 checkpoint (or bare state dict) of the HASSOD detector."""
     return isinstance(raw, dict) and is_detectron2_detector(model_state(raw))
 
@@ -370,7 +399,7 @@ def detectron2_name(name: str) -> str:
     raise ValueError(f"no Detectron2 name for {name!r}")
 
 
-def export_detectron2(model) -> dict:
+def export_detectron2(model: torch.nn.Module) -> dict:
     """A HassodDetector's state dict under Detectron2's names (classifier rows in Detectron2's
     order: object, background), ready for ``torch.save({"model": ...})``."""
     config = model.config
@@ -394,7 +423,9 @@ def export_detectron2(model) -> dict:
 
 def detectron2_options(config: ModelConfig) -> list[str]:
     """Detectron2 config options (``KEY VALUE`` pairs for the authors'
-    ``cascade_mask_rcnn_R_50_FPN.yaml``) under which it builds this network."""
+    ``cascade_mask_rcnn_R_50_FPN.yaml``) under which it builds this network, with the
+    settings Detectron2 does not store in weights (anchors, pixel statistics, cascade) where
+    they differ from the authors'."""
     depth = {"resnet10": None, "resnet18": 18, "resnet34": 34, "resnet50": 50, "resnet101": 101}
     if depth[config.backbone] is None:
         raise Detectron2WeightsError("Detectron2 has no ResNet-10 (hassod's cpu-small preset)")
@@ -414,6 +445,8 @@ def detectron2_options(config: ModelConfig) -> list[str]:
         "MODEL.RESNETS.DEPTH": depth[config.backbone],
         "MODEL.RESNETS.RES2_OUT_CHANNELS": config.backbone_width * (1 if basic else 4),
         "MODEL.RESNETS.STEM_OUT_CHANNELS": config.backbone_width,
+        # bottleneck channels of res2 = NUM_GROUPS (1) x WIDTH_PER_GROUP
+        "MODEL.RESNETS.WIDTH_PER_GROUP": config.backbone_width,
         "MODEL.RESNETS.NORM": f'"{backbone_norm}"',
         "MODEL.RESNETS.STRIDE_IN_1X1": False,
         "MODEL.FPN.OUT_CHANNELS": config.fpn_channels,
@@ -426,6 +459,7 @@ def detectron2_options(config: ModelConfig) -> list[str]:
         "TEST.DETECTIONS_PER_IMAGE": config.detections_per_image,
     }
     if basic:
+        del options["MODEL.RESNETS.WIDTH_PER_GROUP"]  # basic blocks have none
         options["MODEL.RESNETS.RES5_DILATION"] = 1
     # Settings the authors' config fixes, when this network was built with others.
     authors = ModelConfig()

@@ -24,7 +24,7 @@ from torchvision.ops import boxes as box_ops
 
 from hassod.detector.anchors import build_anchor_generator
 from hassod.detector.backbone import build_backbone, load_backbone_weights, resolve_norm
-from hassod.detector.cascade import CascadeRoIHeads
+from hassod.detector.cascade import CascadeRoIHeads, clip_nonempty
 from hassod.detector.config import ModelConfig
 
 
@@ -67,8 +67,7 @@ class DetectronLossRPN(RegionProposalNetwork):
             if not self.training:
                 finite = torch.isfinite(boxes).all(dim=1) & torch.isfinite(scores)
                 boxes, scores, level = boxes[finite], scores[finite], level[finite]
-            boxes = box_ops.clip_boxes_to_image(boxes, shape)
-            keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+            boxes, keep = clip_nonempty(boxes, shape)
             boxes, scores, level = boxes[keep], scores[keep], level[keep]
             keep = box_ops.batched_nms(boxes, scores, level, self.nms_thresh)
             keep = keep[: self.post_nms_top_n()]
@@ -103,9 +102,10 @@ class DetectronLossRPN(RegionProposalNetwork):
 class Float32RPNHead(RPNHead):
     """torchvision's RPN head with float32 outputs under autocast.
 
-    The RPN decodes proposals and encodes its regression targets in the dtype of the head's
-    deltas; in float16, box corners beyond 1024 pixels have half-pixel steps. Detectron2
-    (the authors' code) converts the deltas to float32 before either (``apply_deltas``).
+    torchvision decodes proposals in the dtype of the head's deltas (``BoxCoder.decode``
+    converts the anchors to it); in float16, box corners beyond 1024 pixels have half-pixel
+    steps. Detectron2 (the authors' code) decodes in float32 (``apply_deltas``). The logits
+    rank proposals, which float16 would tie.
     """
 
     def forward(self, features):

@@ -30,6 +30,7 @@ import torch
 
 from hassod.coco import CATEGORY, LEVEL_NAMES, image_id_for
 from hassod.detector import augment
+from hassod.detector.cascade import clip_nonempty
 from hassod.detector.checkpoint import detector_from_checkpoint
 from hassod.detector.paste import paste_masks
 from hassod.detector.training import resolve_device
@@ -149,10 +150,7 @@ class Predictor:
         )
         # Detectron2's detector_postprocess: boxes scaled, clipped to the image, and those
         # the clipping left without area dropped (they would be empty results).
-        boxes = detection["boxes"] * scale
-        boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width)
-        boxes[:, 1::2] = boxes[:, 1::2].clamp(0, height)
-        keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+        boxes, keep = clip_nonempty(detection["boxes"] * scale, (height, width))
         return {key: value[keep] for key, value in {**detection, "boxes": boxes}.items()}
 
     def __call__(self, image, levels=None, image_id: int = 0) -> list[dict]:
