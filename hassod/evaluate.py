@@ -56,9 +56,10 @@ Inputs and how they are handled:
 - Every ground-truth image is evaluated; an image without predictions has recall 0. No
   predictions at all gives AR 0 (not an error).
 - Ground-truth annotations of images the file does not list are left out (pycocotools never
-  looks at them), and so are polygons of fewer than 3 points (Detectron2's loader drops them;
-  an object left without one has no mask): counted and warned about.
-- Image records without ``file_name`` (LVIS) are matched by the path of their ``coco_url``.
+  looks at them), and so are polygons of fewer than 3 points and objects left with none
+  (Detectron2's loader drops them): counted and warned about.
+- Image records without ``file_name`` (LVIS) are matched by the file name of their
+  ``coco_url``.
 """
 
 from __future__ import annotations
@@ -157,34 +158,23 @@ def evaluate(
     note = None
     if "segm" in iou_types:
         missing = _missing_masks_message(dataset, gt)
-        if missing and masks_when_available and iou_types != ("segm",):
-            iou_types = tuple(t for t in iou_types if t != "segm")
-            note = f"mask recall left out: {missing}"
-        elif missing:
-            raise InputError(
-                f"{missing}, so mask recall cannot be measured; evaluate boxes only "
-                "(--iou-type bbox, iou_types=['bbox'])"
-            )
+        iou_types, note = _without_masks(iou_types, missing, masks_when_available, missing)
     labels = pred if isinstance(pred, Labels) else load_labels(pred, "predictions")
     to_gt = _gt_image_ids(labels, dataset, only_gt_images)
     records = _records(labels, dataset, to_gt, progress)
     if "segm" in iou_types:
         unmasked = [record for record in records if record["segmentation"] is None]
-        if (
-            unmasked
-            and len(unmasked) == len(records)
-            and masks_when_available
-            and (iou_types != ("segm",))
-        ):
-            # Box-only predictions: boxes only (the authors' evaluator decides so, too).
-            iou_types = tuple(t for t in iou_types if t != "segm")
-            note = "mask recall left out: the predictions have no masks"
-        elif unmasked:
-            raise InputError(
-                f"{len(unmasked)} of {len(records)} predictions have no mask (e.g. one on image "
-                f"{unmasked[0]['image_id']!r}), so mask recall cannot be measured; evaluate "
-                "boxes only (--iou-type bbox, iou_types=['bbox'])"
-            )
+        missing = unmasked and (
+            f"{len(unmasked)} of {len(records)} predictions have no mask (e.g. one on image "
+            f"{unmasked[0]['image_id']!r})"
+        )
+        # Box-only predictions give box recall (the authors' evaluator decides so, too);
+        # some with and some without a mask cannot be scored for masks.
+        allowed = masks_when_available and len(unmasked) == len(records)
+        iou_types, prediction_note = _without_masks(
+            iou_types, missing, allowed, "the predictions have no masks"
+        )
+        note = note or prediction_note
     predicted_images = {annotation["image_id"] for annotation in labels.annotations}
     counts["dropped_images"] = len(predicted_images - to_gt.keys())
     counts["dropped_predictions"] = len(labels.annotations) - len(records)
@@ -210,6 +200,19 @@ def evaluate(
         num_images = len(dataset["images"])
         result["breakdown"] = _breakdown(gt_coco, records, iou_types, num_images, progress)
     return result
+
+
+def _without_masks(iou_types: tuple, missing, allowed: bool, reason) -> tuple[tuple, str | None]:
+    """``(iou_types, note)``: unchanged when nothing lacks a mask (``missing`` falsy); "segm"
+    left out with a note when ``allowed`` and boxes remain; else an InputError with the fix."""
+    if not missing:
+        return iou_types, None
+    if allowed and iou_types != ("segm",):
+        return tuple(t for t in iou_types if t != "segm"), f"mask recall left out: {reason}"
+    raise InputError(
+        f"{missing}, so mask recall cannot be measured; evaluate boxes only "
+        "(--iou-type bbox, iou_types=['bbox'])"
+    )
 
 
 def _gt_name(gt) -> str:
@@ -269,7 +272,7 @@ def load_ground_truth(
         if image["id"] in images:
             raise InputError(f"ground truth {name}: image id {image['id']!r} appears twice")
         images[image["id"]] = image
-    annotations, dropped, orphans, rings = [], 0, 0, 0
+    annotations, dropped, orphans, rings, shapeless = [], 0, 0, 0, 0
     for index, annotation in enumerate(data["annotations"]):
         where = f"ground truth {name}: annotation {index}"
         if not isinstance(annotation, dict):
@@ -282,6 +285,9 @@ def load_ground_truth(
             continue
         annotation, removed = _valid_polygons(annotation)
         rings += removed
+        if annotation is None:
+            shapeless += 1
+            continue
         check_annotation_fields(annotation, where)
         image = images[annotation["image_id"]]
         segmentation = annotation.get("segmentation")
@@ -326,9 +332,11 @@ def load_ground_truth(
         )
     if rings:
         counts["dropped_polygons"] = rings
+        counts["dropped_objects"] = shapeless
         warnings.warn(
             f"ground truth {name}: {rings} polygons with fewer than 3 points (or an odd "
-            "number of coordinates) left out, as Detectron2's loader does",
+            f"number of coordinates) left out, and {shapeless} objects left with none, as "
+            "Detectron2's loader leaves them out",
             stacklevel=2,
         )
     return dataset, counts
@@ -336,14 +344,20 @@ def load_ground_truth(
 
 def _category(annotation: dict, where: str) -> int:
     value = annotation.get("category_id", 1)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or value != int(value)
+    ):
         raise InputError(f"{where}: 'category_id' must be an integer, got {value!r}")
     return int(value)
 
 
-def _valid_polygons(annotation: dict) -> tuple[dict, int]:
+def _valid_polygons(annotation: dict) -> tuple[dict | None, int]:
     """The annotation without polygons too short to be one (fewer than 3 points, or an odd
-    number of coordinates), and how many were removed; without any left it has no mask."""
+    number of coordinates), and how many were removed; None when none is left (Detectron2's
+    ``load_coco_json`` drops such an object)."""
     segmentation = annotation.get("segmentation")
     if not isinstance(segmentation, list) or not segmentation:
         return annotation, 0
@@ -352,12 +366,10 @@ def _valid_polygons(annotation: dict) -> tuple[dict, int]:
         for polygon in segmentation
         if not (isinstance(polygon, list) and (len(polygon) < 6 or len(polygon) % 2))
     ]
-    if len(kept) == len(segmentation):
-        return annotation, 0
-    cleaned = {key: value for key, value in annotation.items() if key != "segmentation"}
-    if kept:
-        cleaned["segmentation"] = kept
-    return cleaned, len(segmentation) - len(kept)
+    removed = len(segmentation) - len(kept)
+    if not kept:
+        return None, removed
+    return ({**annotation, "segmentation": kept} if removed else annotation), removed
 
 
 def prediction_records(labels: Labels, dataset: dict, only_gt_images: bool = False) -> list[dict]:

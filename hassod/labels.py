@@ -324,15 +324,16 @@ def find_image(images: Sequence[dict], file_name: str | os.PathLike, within: str
     return ImageIndex(images, within).find(file_name)
 
 
-def _url_path(url) -> str | None:
-    """The path of an image URL without its leading slash: LVIS records have no file_name,
-    only ``coco_url`` (``http://images.cocodataset.org/val2017/000000397133.jpg`` ->
-    ``val2017/000000397133.jpg``)."""
+def _url_file_name(url) -> str | None:
+    """The file name of an image URL: LVIS records have no file_name, only ``coco_url``
+    (``http://images.cocodataset.org/val2017/000000397133.jpg`` -> ``000000397133.jpg``).
+    Not its folder: LVIS val mixes COCO's train2017 and val2017 images, often kept in one
+    folder."""
     if not isinstance(url, str) or not url:
         return None
     from urllib.parse import urlsplit
 
-    return urlsplit(url).path.lstrip("/") or None
+    return PurePosixPath(urlsplit(url).path).name or None
 
 
 class ImageIndex:
@@ -348,7 +349,7 @@ class ImageIndex:
         self.within = within
         self._by_base: dict[str, list[tuple[tuple[str, ...], dict]]] = {}
         for image in images:
-            name = image.get("file_name") or _url_path(image.get("coco_url"))
+            name = image.get("file_name") or _url_file_name(image.get("coco_url"))
             if name:
                 parts = PurePosixPath(name).parts
                 self._by_base.setdefault(parts[-1], []).append((parts, image))

@@ -819,13 +819,14 @@ def test_ground_truth_polygons_too_short_are_left_out_with_a_warning():
     x, y, w, h = 100, 50, 40, 40
     square = [x, y, x + w, y, x + w, y + h, x, y + h]
     gt["annotations"][1]["segmentation"] = [square, [5.0, 5.0, 6.0, 6.0]]
-    gt["annotations"][0]["segmentation"] = [[1.0, 2.0, 3.0, 4.0]]  # nothing left: box only
-    preds = results_from_boxes(gt, [[(10, 10, 60, 60), (100, 50, 40, 40)]])
-    with pytest.warns(UserWarning, match="2 polygons with fewer than 3 points"):
-        result = evaluate(preds, gt, iou_types=["bbox"])
-    assert result["counts"]["dropped_polygons"] == 2 and result["bbox"]["AR@100"] == 1.0
-    with pytest.warns(UserWarning), pytest.raises(InputError, match="no 'segmentation'"):
-        evaluate(preds, gt, iou_types=["segm"])
+    gt["annotations"][0]["segmentation"] = [[1.0, 2.0, 3.0, 4.0]]  # none left: object dropped
+    preds = results_from_boxes(gt, [[(100, 50, 40, 40)]])
+    with pytest.warns(UserWarning, match="2 polygons .* and 1 objects left with none"):
+        result = evaluate(preds, gt)
+    counts = result["counts"]
+    assert counts["dropped_polygons"] == 2 and counts["dropped_objects"] == 1
+    assert counts["objects"] == 1
+    assert result["bbox"]["AR@100"] == 1.0 and result["segm"]["AR@100"] == 1.0
 
 
 def test_ground_truth_annotations_of_unlisted_images_are_left_out():
@@ -842,6 +843,9 @@ def test_things_only_refuses_a_category_id_that_is_not_a_number():
     gt = dataset([[(10, 10, 60, 60)]])
     gt["annotations"][0]["category_id"] = "person"
     with pytest.raises(InputError, match="'category_id' must be an integer, got 'person'"):
+        evaluate([], gt, things_only=True)
+    gt["annotations"][0]["category_id"] = float("nan")
+    with pytest.raises(InputError, match="'category_id' must be an integer, got nan"):
         evaluate([], gt, things_only=True)
 
 
@@ -870,6 +874,11 @@ def test_lvis_records_are_matched_by_their_coco_url():
         "annotations": [{"image_id": 1, "bbox": [10, 10, 60, 60], "score": 1.0}],
     }
     assert evaluate(pseudo, gt, iou_types=["bbox"])["bbox"]["AR@100"] == 1.0
+    from hassod.labels import ImageIndex
+
+    index = ImageIndex(gt["images"], "the ground truth")  # any folder, strict or not
+    assert index.find("/data/lvis/000000397133.jpg", strict=True) is record
+    assert index.find("000000397133.jpg", strict=True) is record
 
 
 def test_in_memory_rle_sizes_may_be_tuples():
@@ -877,3 +886,12 @@ def test_in_memory_rle_sizes_may_be_tuples():
     gt["annotations"][0]["segmentation"]["size"] = (200, 300)
     preds = results_from_boxes(gt, [[(10, 10, 60, 60)]])
     assert evaluate(preds, gt)["segm"]["AR@100"] == 1.0
+
+
+def test_notes_of_ground_truth_and_predictions_both_survive():
+    """A box-only ground truth's note stays when the predictions have masks."""
+    gt = dataset([[(10, 10, 60, 60)]])
+    del gt["annotations"][0]["segmentation"]
+    preds = results_from_boxes(gt, [[(10, 10, 60, 60)]])
+    result = evaluate(preds, gt, masks_when_available=True)
+    assert "no 'segmentation'" in result["settings"]["note"] and "segm" not in result
