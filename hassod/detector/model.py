@@ -1,9 +1,10 @@
 """The stage-2 detector: ResNet-FPN -> RPN -> cascade RoI heads with level and mask heads.
 
-Built from torchvision's maintained detection components (``BackboneWithFPN``,
-``AnchorGenerator``, ``RPNHead``, ``RegionProposalNetwork``, ``roi_align``,
-``BoxCoder``, ``Matcher``, ``BalancedPositiveNegativeSampler``, the Mask R-CNN mask head) plus
-the cascade and the level head in :mod:`hassod.detector.cascade`.
+Built from torchvision's maintained detection components (``BackboneWithFPN``, ``RPNHead``,
+``RegionProposalNetwork``, ``roi_align``, ``BoxCoder``, ``Matcher``,
+``BalancedPositiveNegativeSampler``, the Mask R-CNN mask head) with Detectron2's anchors
+(:mod:`hassod.detector.anchors`), proposal selection and RPN losses where torchvision's
+differ, plus the cascade and the level head in :mod:`hassod.detector.cascade`.
 
 Images go in at the size they should be processed at (the data pipeline and the predictor
 resize); the model only normalises and pads them into a batch, so its outputs are in the
