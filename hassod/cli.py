@@ -168,6 +168,22 @@ def main(argv: list[str] | None = None) -> int:
         help="merge an incomplete set of shards, unfinished shard folders or unsharded outputs",
     )
 
+    sa1b = commands.add_parser(
+        "sa1b-to-coco",
+        help="fold SA-1B's per-image annotation files into one COCO ground truth",
+        description=(
+            "Read every sa_N.json of an SA-1B folder (image record + masks) and write one "
+            "class-agnostic COCO JSON (every mask an object of category 1, SAM's quality "
+            "fields dropped) for `hassod evaluate --gt` and `hassod predict --image-ids`: the "
+            "paper's SA-1B recall is measured against such masks."
+        ),
+        epilog=_EXIT_CODES_INSPECT,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sa1b.add_argument("folder", type=Path, metavar="SA1B_DIR", help="folder of sa_N.json files")
+    sa1b.add_argument("--out", type=Path, required=True, help="COCO ground-truth JSON to write")
+    sa1b.add_argument("--quiet", action="store_true", help="no progress bar")
+
     demo = commands.add_parser(
         "demo",
         help="discovery on three sample photos, with pictures of the levels",
@@ -216,6 +232,8 @@ def main(argv: list[str] | None = None) -> int:
         return run_merge_command(args)
     if args.command == "demo":
         return run_demo_command(args, parser)
+    if args.command == "sa1b-to-coco":
+        return run_sa1b_command(args, parser)
     return 2  # pragma: no cover - argparse enforces a command
 
 
@@ -678,6 +696,26 @@ def run_merge_command(args: argparse.Namespace) -> int:
         f"wrote {args.out}: {len(coco['images'])} images, {len(coco['annotations'])} masks, "
         f"{len(coco['failed'])} failed, from {len(args.inputs)} inputs"
     )
+    return 0
+
+
+def run_sa1b_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from tqdm import tqdm
+
+    from hassod._io import atomic_write_json
+    from hassod.labels import InputError
+    from hassod.sa1b import sa1b_files, sa1b_to_coco
+
+    _writable_file(args.out, parser)
+    try:
+        files = sa1b_files(args.folder)
+        bar = tqdm(files, desc="SA-1B files", unit="file", disable=args.quiet, leave=False)
+        coco = sa1b_to_coco(bar)
+    except InputError as error:
+        print(f"hassod sa1b-to-coco: error: {error}", file=sys.stderr)
+        return 2
+    atomic_write_json(args.out, coco)
+    print(f"wrote {args.out}: {len(coco['images'])} images, {len(coco['annotations'])} masks")
     return 0
 
 

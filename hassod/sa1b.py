@@ -1,0 +1,77 @@
+"""SA-1B's per-image annotation files as one COCO ground truth (``hassod sa1b-to-coco``).
+
+SA-1B ships one JSON per image (``sa_1.json`` beside ``sa_1.jpg``)::
+
+    {"image": {"image_id", "width", "height", "file_name"},
+     "annotations": [{"id", "segmentation": {"size", "counts"}, "area", "bbox",
+                      "predicted_iou", "stability_score", "point_coords", "crop_box"}]}
+
+The paper's SA-1B figures score a detector against such masks class-agnostically (the
+authors evaluate a COCO-format conversion, ``sa1b_p0_cls_agnostic.json``, presumably of the
+first of SA-1B's 1000 parts). :func:`sa1b_to_coco` folds a folder of them into one COCO
+dict -- images as listed, every mask an object of category 1, ``iscrowd`` 0, SAM's quality
+fields dropped -- which ``hassod evaluate --gt`` and ``hassod predict --image-ids`` read.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+from hassod.labels import InputError, read_json
+
+CATEGORY = {"id": 1, "name": "object", "supercategory": "object"}
+_KEPT = ("segmentation", "area", "bbox")
+
+
+def sa1b_files(folder: str | os.PathLike) -> list[Path]:
+    """The SA-1B annotation files of a folder (``*.json``, sorted by name, not recursive)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(f"SA-1B folder not found: {folder}")
+    files = sorted(path for path in folder.iterdir() if path.suffix.lower() == ".json")
+    if not files:
+        raise InputError(f"no .json annotation files in {folder} (SA-1B's sa_N.json)")
+    return files
+
+
+def sa1b_to_coco(files: Iterable[str | os.PathLike]) -> dict:
+    """One COCO ground-truth dict from SA-1B per-image files (see the module docstring).
+
+    Raises:
+        InputError: a file that is not an SA-1B annotation file (named, with what is wrong),
+            or two files with one image id.
+    """
+    images, annotations, seen = [], [], {}
+    for path in files:
+        data = read_json(path, "SA-1B annotation")
+        image = data.get("image") if isinstance(data, dict) else None
+        objects = data.get("annotations") if isinstance(data, dict) else None
+        if not isinstance(image, dict) or not isinstance(objects, list):
+            raise InputError(f"{path}: expected SA-1B's {{'image': ..., 'annotations': [...]}}")
+        try:
+            record = {
+                "id": int(image["image_id"]),
+                "file_name": str(image["file_name"]),
+                "width": int(image["width"]),
+                "height": int(image["height"]),
+            }
+        except (KeyError, TypeError, ValueError) as error:
+            raise InputError(f"{path}: image record lacks {error}") from None
+        if record["id"] in seen:
+            raise InputError(f"{path}: image id {record['id']} already in {seen[record['id']]}")
+        seen[record["id"]] = path
+        images.append(record)
+        for index, annotation in enumerate(objects):
+            if not isinstance(annotation, dict) or "segmentation" not in annotation:
+                raise InputError(f"{path}: annotation {index} has no 'segmentation'")
+            kept = {key: annotation[key] for key in _KEPT if key in annotation}
+            kept.update(id=len(annotations) + 1, image_id=record["id"], category_id=1, iscrowd=0)
+            annotations.append(kept)
+    return {
+        "info": {"description": "SA-1B masks as one class-agnostic COCO ground truth"},
+        "images": images,
+        "annotations": annotations,
+        "categories": [CATEGORY],
+    }
