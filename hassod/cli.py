@@ -823,13 +823,13 @@ def _read_image(path: str | None, parser: argparse.ArgumentParser):
     return np.asarray(image), file.stem
 
 
-def _writable_file(path: Path, parser: argparse.ArgumentParser) -> Path:
+def _writable_file(path: Path, parser: argparse.ArgumentParser, option: str = "--out") -> Path:
     """An output file's path: a name that is not a folder, in a writable folder (checked
     before the work, not after it)."""
-    if not path.name:
-        parser.error(f"--out {str(path)!r} is not a file name")
+    if not path.name or path.name in (".", ".."):
+        parser.error(f"{option} {str(path)!r} is not a file name")
     if path.is_dir():
-        parser.error(f"--out {path} is a folder; give a file name inside it")
+        parser.error(f"{option} {path} is a folder; give a file name inside it")
     _writable_dir(path.parent if str(path.parent) else Path("."), parser)
     return path
 

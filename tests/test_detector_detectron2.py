@@ -513,3 +513,63 @@ def test_pickles_naming_code_are_refused_unrun(tmp_path, tiny_state):
     arrays = OrderedDict((k, v.numpy()) for k, v in tiny_state.items())
     good.write_bytes(pickle.dumps({"model": arrays, "__author__": "x"}, protocol=2))
     assert detector_from_checkpoint(good)[1].model.backbone == "resnet10"
+
+
+def test_export_to_pkl_is_detectron2s_numpy_pickle(tmp_path, tiny_state):
+    model, _ = d2.convert_detectron2_detector(tiny_state)
+    state = d2.export_detectron2(model)
+    d2.write_detectron2_file(tmp_path / "out.pkl", state)
+    with (tmp_path / "out.pkl").open("rb") as handle:  # what Detectron2 does with a .pkl
+        raw = pickle.load(handle, encoding="latin1")
+    assert raw["__author__"] == "hassod" and isinstance(
+        raw["model"]["roi_heads.box_predictor.0.cls_score.weight"], np.ndarray
+    )
+    back, _ = detector_from_checkpoint(tmp_path / "out.pkl")
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in back.state_dict().items())
+    # a torch.save file named .pkl loads too (by content, not by suffix)
+    torch.save({"model": tiny_state}, tmp_path / "torch_saved.pkl")
+    assert detector_from_checkpoint(tmp_path / "torch_saved.pkl")[1].model.backbone == "resnet10"
+
+
+def test_export_options_name_the_runs_test_size():
+    config = tiny_config()  # cpu-small: 96 / 96 here
+    options = d2.detectron2_options(
+        dataclasses.replace(config.model, backbone="resnet18", backbone_width=64, norm="bn"),
+        config.data,
+    )
+    assert "INPUT.MIN_SIZE_TEST 96" in options and "INPUT.MAX_SIZE_TEST 96" in options
+    paper = d2.detectron2_options(ModelConfig(norm="syncbn"), paper_config().data)
+    assert not any("SIZE_TEST" in option for option in paper)
+
+
+def test_choosing_a_network_a_pair_lacks_names_the_other(tiny_state):
+    teacher_only = {f"modelTeacher.{k}": v for k, v in tiny_state.items()}
+    with pytest.raises(d2.Detectron2WeightsError, match="--weights teacher"):
+        d2.convert_detectron2_detector(teacher_only, "student")
+
+
+def test_predict_refuses_a_path_as_weights_and_an_unusable_out_before_running(tmp_path, capsys):
+    from hassod.cli import main
+
+    with pytest.raises(SystemExit):
+        main(
+            ["predict", str(tmp_path), "--weights", "model.pth", "--checkpoint", "x", "--out", "o"]
+        )
+    assert "the model file goes to --checkpoint" in capsys.readouterr().err
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(SystemExit):
+        main(["predict", str(tmp_path), "--checkpoint", "x.pth", "--out", str(tmp_path / "folder")])
+    assert "is a folder; give a file name" in capsys.readouterr().err
+
+
+def test_backbone_weights_from_a_whole_detectron2_detector(tmp_path):
+    """The ResNet of a detector checkpoint (CutLER's, say) is under backbone.bottom_up."""
+    from hassod.detector.backbone import build_backbone, load_backbone_weights
+
+    state = detectron2_state(TINY, seed=4)
+    torch.save({"model": state}, tmp_path / "cutler_like.pth")
+    backbone = build_backbone(tiny_config().model, "frozen_bn")
+    report = load_backbone_weights(backbone, tmp_path / "cutler_like.pth")
+    assert report["loaded"] > 0
+    key = "backbone.bottom_up.res3.0.conv1.weight"
+    assert torch.equal(backbone.body.state_dict()["layer2.0.conv1.weight"], state[key])

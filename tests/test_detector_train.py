@@ -608,7 +608,8 @@ def test_skipping_a_step_is_decided_by_every_process(tmp_path, flags):
 def test_a_damaged_checkpoint_is_named_and_explained(tmp_path):
     damaged = tmp_path / "bad.pth"
     damaged.write_bytes(os.urandom(256))
-    with pytest.raises(ValueError, match=r"cannot read checkpoint .*bad.pth \(not a checkpoint"):
+    message = r"cannot read checkpoint .*bad.pth: not a checkpoint, or damaged"
+    with pytest.raises(ValueError, match=message):
         ckpt.load_checkpoint(damaged)
 
 
@@ -654,3 +655,18 @@ def test_checkpoints_from_before_grouping_resume_ungrouped(tmp_path):
     del payload["config"]["data"]["aspect_ratio_grouping"]
     torch.save(payload, tmp_path / "old.pth")
     assert ckpt.load_checkpoint(tmp_path / "old.pth")["config"].data.aspect_ratio_grouping is False
+
+
+def test_a_second_run_into_a_finished_run_folder_is_refused(synthetic, tmp_path):
+    """Without --resume it would replace the run's checkpoints and metrics."""
+    config = tiny_config(iterations=1)
+    trainer = _trainer(synthetic, tmp_path / "run", config)
+    try:
+        trainer.fit()
+    finally:
+        trainer.close()
+    with pytest.raises(ValueError, match="already holds a run .*--resume continues it"):
+        _trainer(synthetic, tmp_path / "run", config)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="is a file; give a folder"):
+        _trainer(synthetic, tmp_path / "file", config)

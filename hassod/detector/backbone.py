@@ -26,7 +26,6 @@ from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.ops import FrozenBatchNorm2d
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
-from hassod._io import load_array_pickle
 from hassod.detector.config import ModelConfig
 
 _BLOCKS = {
@@ -130,14 +129,14 @@ def read_weight_file(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"backbone weights not found: {path}")
+    from hassod.detector.checkpoint import describe_read_error, read_weights
+
     try:
-        if path.suffix == ".pkl":
-            with path.open("rb") as handle:
-                raw = load_array_pickle(handle)
-        else:
-            raw = torch.load(path, map_location="cpu", weights_only=True)
+        raw = read_weights(path)
     except Exception as error:  # noqa: BLE001 - any unreadable file is the same user error
-        raise ValueError(f"cannot read backbone weights {path}: {error}") from error
+        raise ValueError(
+            f"cannot read backbone weights {path}: {describe_read_error(error)}"
+        ) from error
     return _flatten_checkpoint(raw, path)
 
 
@@ -159,7 +158,7 @@ def _flatten_checkpoint(raw, path) -> dict:
     return tensors
 
 
-_PREFIXES = ("module.", "backbone.", "encoder.", "body.", "model.")
+_PREFIXES = ("module.", "backbone.", "bottom_up.", "encoder.", "body.", "model.")
 
 
 def convert_to_torchvision(state: dict) -> dict:

@@ -112,20 +112,40 @@ def read_payload(path, map_location="cpu") -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
-        if path.suffix == ".pkl":
-            with path.open("rb") as handle:
-                payload = load_array_pickle(handle)
-        else:
-            payload = torch.load(path, map_location=map_location, weights_only=True)
+        payload = read_weights(path, map_location)
     except Exception as error:  # noqa: BLE001 - truncated or foreign files alike
-        # torch's own messages can be bare (a corrupt pickle says only a number): name the type.
-        raise ValueError(
-            f"cannot read checkpoint {path} (not a checkpoint, or damaged): "
-            f"{type(error).__name__}: {error}"
-        ) from error
+        raise ValueError(f"cannot read checkpoint {path}: {describe_read_error(error)}") from error
     if not isinstance(payload, dict):
         raise ValueError(f"{path} is not a checkpoint (it holds a {type(payload).__name__})")
     return payload
+
+
+def read_weights(path: Path, map_location="cpu"):
+    """A weight file's contents: ``torch.load`` with ``weights_only`` for torch's files
+    (zip archives, whatever their suffix), an arrays-only unpickler for other ``.pkl`` files
+    (Detectron2's NumPy format)."""
+    import zipfile
+
+    if path.suffix == ".pkl" and not zipfile.is_zipfile(path):
+        with path.open("rb") as handle:
+            return load_array_pickle(handle)
+    return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def describe_read_error(error: Exception) -> str:
+    """A short reason for a weight file that did not load."""
+    text = str(error)
+    if "Weights only load failed" in text:
+        # torch's advice (weights_only=False) would run the file's code: not repeated here.
+        if "Unsupported global" in text:
+            return (
+                "it names objects other than tensors, numbers and strings, which hassod does "
+                "not unpickle (re-save a file you trust as a plain state dict)"
+            )
+        reason = text.split("WeightsUnpickler error:")[-1].strip().splitlines()[0]
+        return f"not a checkpoint, or damaged (unpickling stopped: {reason})"
+    # torch's own messages can be bare (a corrupt pickle says only a number): name the type.
+    return f"not a checkpoint, or damaged ({type(error).__name__}: {text})"
 
 
 def load_checkpoint(path, map_location="cpu") -> dict:

@@ -26,7 +26,21 @@ _PREDICT_EXIT_CODES = """exit codes:
   0    success (unreadable images are skipped and listed on stderr)
   1    run-time failure
   2    bad arguments or input: missing images or checkpoint, unknown level, an image that
-       --image-ids does not list (checked before the model loads)"""
+       --image-ids does not list, an unwritable --out (checked before the model loads)"""
+
+
+def _weights_choice(value: str) -> str:
+    """--weights: which network of a checkpoint (a model file belongs to --checkpoint)."""
+    if value in ("student", "teacher", "auto"):
+        return value
+    hint = (
+        "; the model file goes to --checkpoint"
+        if any(mark in value for mark in ("/", ".pth", ".pkl", ".pt"))
+        else ""
+    )
+    raise argparse.ArgumentTypeError(
+        f"choose student, teacher or auto (which network of the checkpoint), got {value!r}{hint}"
+    )
 
 
 def add_train_parser(commands) -> None:
@@ -121,7 +135,8 @@ def add_predict_parser(commands) -> None:
     predict.add_argument(
         "--weights",
         default="student",
-        choices=["student", "teacher", "auto"],
+        type=_weights_choice,
+        metavar="{student,teacher,auto}",
         help="which network of the checkpoint (default student: the one the authors evaluate "
         "after Mean Teacher; teacher: its EMA; auto: the teacher when present)",
     )
@@ -131,7 +146,7 @@ def add_predict_parser(commands) -> None:
         "--min-size",
         type=int,
         help="test short side in pixels (default: the checkpoint's test_min_size: 800 for the "
-        "paper preset, 128 for cpu-small)",
+        "paper preset and Detectron2 checkpoints, 128 for cpu-small)",
     )
     predict.add_argument(
         "--max-size",
@@ -243,28 +258,33 @@ def add_export_parser(commands) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     export.add_argument("checkpoint", type=Path, metavar="CHECKPOINT", help="hassod checkpoint")
-    export.add_argument("out", type=Path, metavar="OUT", help="Detectron2 checkpoint to write")
+    export.add_argument(
+        "out",
+        type=Path,
+        metavar="OUT",
+        help="Detectron2 checkpoint to write: .pth (torch.save), or .pkl (Detectron2's pickle "
+        "of NumPy arrays)",
+    )
     export.add_argument(
         "--weights",
         default="student",
-        choices=["student", "teacher", "auto"],
+        type=_weights_choice,
+        metavar="{student,teacher,auto}",
         help="which network (default student, as `hassod predict`)",
     )
 
 
 def run_export_command(args, parser) -> int:
-    import torch
-
-    from hassod._io import atomic_write_file
+    from hassod.cli import _writable_file
     from hassod.detector import detectron2_weights
     from hassod.detector.checkpoint import detector_from_checkpoint
 
+    _writable_file(args.out, parser, option="OUT")
     try:
         model, config = detector_from_checkpoint(args.checkpoint, args.weights)
-        options = detectron2_weights.detectron2_options(config.model)
+        options = detectron2_weights.detectron2_options(config.model, config.data)
         state = detectron2_weights.export_detectron2(model)
-        payload = {"model": state, "__author__": "hassod"}
-        atomic_write_file(args.out, lambda handle: torch.save(payload, handle))
+        detectron2_weights.write_detectron2_file(args.out, state)
     except (FileNotFoundError, ValueError, OSError) as error:
         print(f"hassod export-detectron2: error: {error}", file=sys.stderr)
         return EXIT_USAGE
@@ -280,7 +300,10 @@ def run_export_command(args, parser) -> int:
 
 
 def run_predict_command(args, parser) -> int:
+    from hassod.cli import _writable_file
     from hassod.detector.predict import parse_levels, predict_images
+
+    _writable_file(args.out, parser)  # before the run, not after it
 
     try:
         levels = parse_levels(args.levels)

@@ -30,13 +30,14 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from pathlib import Path
 
 import torch
 
 from hassod.detector.anchors import detectron2_cell_anchors
 from hassod.detector.backbone import detectron2_resnet_name
 from hassod.detector.checkpoint import check_weights
-from hassod.detector.config import ModelConfig, paper_config
+from hassod.detector.config import DataConfig, ModelConfig, paper_config
 
 TEACHER, STUDENT = "modelTeacher.", "modelStudent."
 _PREDICTOR_KEY = "roi_heads.box_predictor.0.cls_score.weight"
@@ -75,7 +76,7 @@ def select_model(state: dict, weights: str = "student") -> dict:
         if weights == "teacher":
             raise Detectron2WeightsError(
                 "this Detectron2 checkpoint holds one network, not a Mean Teacher pair "
-                "(no modelTeacher.*): use weights student or auto"
+                "(no modelTeacher.*): use --weights student or auto"
             )
         return dict(state)
     prefix = STUDENT if weights == "student" else TEACHER
@@ -83,7 +84,11 @@ def select_model(state: dict, weights: str = "student") -> dict:
         name[len(prefix) :]: value for name, value in state.items() if name.startswith(prefix)
     }
     if not chosen:
-        raise Detectron2WeightsError(f"this Mean Teacher checkpoint has no {prefix}* weights")
+        other = "teacher" if prefix == STUDENT else "student"
+        raise Detectron2WeightsError(
+            f"this Mean Teacher checkpoint has no {prefix}* weights; its other network is "
+            f"chosen with --weights {other} (weights={other!r})"
+        )
     return chosen
 
 
@@ -421,14 +426,14 @@ def export_detectron2(model: torch.nn.Module) -> dict:
     return exported
 
 
-def detectron2_options(config: ModelConfig) -> list[str]:
+def detectron2_options(config: ModelConfig, data: DataConfig | None = None) -> list[str]:
     """Detectron2 config options (``KEY VALUE`` pairs for the authors'
     ``cascade_mask_rcnn_R_50_FPN.yaml``) under which it builds this network, with the
     settings Detectron2 does not store in weights (anchors, pixel statistics, cascade) where
     they differ from the authors'."""
     depth = {"resnet10": None, "resnet18": 18, "resnet34": 34, "resnet50": 50, "resnet101": 101}
     if depth[config.backbone] is None:
-        raise Detectron2WeightsError("Detectron2 has no ResNet-10 (hassod's cpu-small preset)")
+        raise Detectron2WeightsError("Detectron2 has no ResNet-10 (one block per stage)")
     basic = config.backbone in ("resnet18", "resnet34")
     if basic and config.backbone_width != 64:
         raise Detectron2WeightsError("Detectron2 builds ResNet-18/34 only at width 64")
@@ -475,6 +480,9 @@ def detectron2_options(config: ModelConfig) -> list[str]:
         value = getattr(config, field)
         if value != getattr(authors, field):
             options[key] = f'"{_literal(value)}"'
+    if data is not None and (data.test_min_size, data.test_max_size) != (800, 1333):
+        options["INPUT.MIN_SIZE_TEST"] = data.test_min_size
+        options["INPUT.MAX_SIZE_TEST"] = data.test_max_size
     if tuple(config.anchor_sizes) != tuple(authors.anchor_sizes):
         options["MODEL.ANCHOR_GENERATOR.SIZES"] = f'"{[[int(s)] for s in config.anchor_sizes]}"'
     if tuple(config.aspect_ratios) != tuple(authors.aspect_ratios):
@@ -487,3 +495,20 @@ def _literal(value):
     if isinstance(value, (tuple, list)):
         return [_literal(item) for item in value]
     return value
+
+
+def write_detectron2_file(path: str | Path, state: dict) -> None:
+    """Write an exported state dict as Detectron2 reads it, atomically: ``.pkl`` as its
+    pickle of NumPy arrays (``{"model": ..., "__author__": ...}``), anything else with
+    ``torch.save`` (``{"model": ...}``)."""
+    from hassod._io import atomic_write_file
+
+    if Path(path).suffix == ".pkl":
+        import pickle
+
+        arrays = {name: tensor.numpy() for name, tensor in state.items()}
+        payload = {"model": arrays, "__author__": "hassod"}
+        atomic_write_file(path, lambda handle: pickle.dump(payload, handle, protocol=2))
+    else:
+        payload = {"model": state, "__author__": "hassod"}
+        atomic_write_file(path, lambda handle: torch.save(payload, handle))

@@ -222,7 +222,16 @@ class Trainer:
 
         payload = None
         initial_state = None
-        path = ckpt.last_checkpoint(self.out_dir / CHECKPOINT_DIR) if resume else None
+        if self.out_dir.exists() and not self.out_dir.is_dir():
+            raise ValueError(f"--out {self.out_dir} is a file; give a folder for the run")
+        existing = ckpt.last_checkpoint(self.out_dir / CHECKPOINT_DIR)
+        if existing is not None and not resume:
+            # A second run into the same folder would replace its checkpoints and metrics.
+            raise ValueError(
+                f"{self.out_dir} already holds a run (checkpoint {existing.name}): --resume "
+                "continues it; choose another --out for a new run"
+            )
+        path = existing if resume else None
         if resume and path is None and init_from is None:
             raise FileNotFoundError(f"--resume: no checkpoint in {self.out_dir / CHECKPOINT_DIR}")
         if path is not None:
