@@ -16,6 +16,7 @@ run; argparse's convention), 130 interrupted (finished images are saved; re-run 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 from pathlib import Path
@@ -172,12 +173,15 @@ def main(argv: list[str] | None = None) -> int:
         "sa1b-to-coco",
         help="fold SA-1B's per-image annotation files into one COCO ground truth",
         description=(
-            "Read every sa_N.json of an SA-1B folder (image record + masks) and write one "
-            "class-agnostic COCO JSON (every mask an object of category 1, SAM's quality "
-            "fields dropped) for `hassod evaluate --gt` and `hassod predict --image-ids`: the "
-            "paper's SA-1B recall is measured against such masks."
+            "Read every sa_*.json of an SA-1B folder (not its sub-folders) and write one "
+            "class-agnostic COCO JSON for `hassod evaluate --gt` and `hassod predict "
+            "--image-ids`: the paper's SA-1B recall is measured against such masks. Each "
+            "file is SA-1B's {'image': {image_id, width, height, file_name}, 'annotations': "
+            "[{id, segmentation (RLE), area, bbox, predicted_iou, ...}]}; every mask becomes "
+            "an object of category 1 (SAM's quality fields are dropped), ids 1..N."
         ),
-        epilog=_EXIT_CODES_INSPECT,
+        epilog="exit codes:\n  0    success\n  2    no such folder, no sa_*.json in it, a file "
+        "that is not SA-1B's (named), an unwritable --out",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sa1b.add_argument("folder", type=Path, metavar="SA1B_DIR", help="folder of sa_N.json files")
@@ -312,6 +316,22 @@ def _add_only_gt_images_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
+@contextlib.contextmanager
+def _warnings_as_lines(command: str):
+    """Python warnings printed as ``hassod COMMAND: warning: ...`` lines (not with the source
+    line that raised them)."""
+    import warnings
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        print(f"hassod {command}: warning: {message}", file=sys.stderr)
+
+    previous, warnings.showwarning = warnings.showwarning, show
+    try:
+        yield
+    finally:
+        warnings.showwarning = previous
+
+
 def run_evaluate_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     import json
 
@@ -320,16 +340,17 @@ def run_evaluate_command(args: argparse.Namespace, parser: argparse.ArgumentPars
     if args.out is not None:
         _writable_file(args.out, parser)
     try:
-        result = evaluate(
-            args.pred,
-            args.gt,
-            iou_types=args.iou_type,
-            things_only=args.things_only,
-            stuff_min_id=args.stuff_min_id,
-            breakdown=args.breakdown,
-            only_gt_images=args.only_gt_images,
-            progress=not args.quiet,
-        )
+        with _warnings_as_lines("evaluate"):
+            result = evaluate(
+                args.pred,
+                args.gt,
+                iou_types=args.iou_type,
+                things_only=args.things_only,
+                stuff_min_id=args.stuff_min_id,
+                breakdown=args.breakdown,
+                only_gt_images=args.only_gt_images,
+                progress=not args.quiet,
+            )
     except InputError as error:
         print(f"hassod evaluate: error: {error}", file=sys.stderr)
         return 2

@@ -89,6 +89,7 @@ from hassod.labels import (
     threshold_of,
     to_rle,
 )
+from hassod.sa1b import sa1b_hint
 
 IOU_TYPES = ("bbox", "segm")
 MAX_DETS = (10, 100, 1000)
@@ -264,7 +265,9 @@ def load_ground_truth(
     if not isinstance(data, dict) or not isinstance(data.get("annotations"), list):
         raise InputError(f"ground truth {name}: expected a COCO dict with an 'annotations' list")
     if not isinstance(data.get("images"), list) or not data["images"]:
-        raise InputError(f"ground truth {name}: expected a non-empty 'images' list")
+        raise InputError(
+            f"ground truth {name}: expected a non-empty 'images' list{sa1b_hint(data)}"
+        )
     images = {}
     for index, image in enumerate(data["images"]):
         if not isinstance(image, dict) or not {"id", "width", "height"} <= image.keys():

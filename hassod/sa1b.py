@@ -26,14 +26,28 @@ _KEPT = ("segmentation", "area", "bbox")
 
 
 def sa1b_files(folder: str | os.PathLike) -> list[Path]:
-    """The SA-1B annotation files of a folder (``*.json``, sorted by name, not recursive)."""
+    """The SA-1B annotation files of a folder: its ``sa_*.json`` (SA-1B's names; other JSON
+    files, such as a converted ground truth written beside them, are not read), sorted by
+    name, not in sub-folders."""
     folder = Path(folder)
+    if folder.is_file():
+        raise InputError(f"{folder} is a file; give the folder of SA-1B's sa_N.json files")
     if not folder.is_dir():
         raise InputError(f"SA-1B folder not found: {folder}")
-    files = sorted(path for path in folder.iterdir() if path.suffix.lower() == ".json")
+    files = sorted(folder.glob("sa_*.json"))
     if not files:
-        raise InputError(f"no .json annotation files in {folder} (SA-1B's sa_N.json)")
+        raise InputError(f"no sa_*.json annotation files in {folder} (SA-1B's per-image files)")
     return files
+
+
+def sa1b_hint(data) -> str:
+    """A pointer to ``hassod sa1b-to-coco`` when ``data`` is one SA-1B per-image file."""
+    if isinstance(data, dict) and isinstance(data.get("image"), dict) and "images" not in data:
+        return (
+            " (this is one SA-1B per-image file: fold a folder of them into a ground truth "
+            "with `hassod sa1b-to-coco SA1B_DIR --out GT.json`)"
+        )
+    return ""
 
 
 def sa1b_to_coco(files: Iterable[str | os.PathLike]) -> dict:
@@ -66,6 +80,16 @@ def sa1b_to_coco(files: Iterable[str | os.PathLike]) -> dict:
         for index, annotation in enumerate(objects):
             if not isinstance(annotation, dict) or "segmentation" not in annotation:
                 raise InputError(f"{path}: annotation {index} has no 'segmentation'")
+            size = (
+                annotation["segmentation"].get("size")
+                if isinstance(annotation["segmentation"], dict)
+                else None
+            )
+            if size is not None and list(size) != [record["height"], record["width"]]:
+                raise InputError(
+                    f"{path}: annotation {index}'s mask size {size} differs from the image's "
+                    f"[height, width] {[record['height'], record['width']]}"
+                )
             kept = {key: annotation[key] for key in _KEPT if key in annotation}
             kept.update(id=len(annotations) + 1, image_id=record["id"], category_id=1, iscrowd=0)
             annotations.append(kept)

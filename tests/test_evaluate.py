@@ -895,3 +895,14 @@ def test_notes_of_ground_truth_and_predictions_both_survive():
     preds = results_from_boxes(gt, [[(10, 10, 60, 60)]])
     result = evaluate(preds, gt, masks_when_available=True)
     assert "no 'segmentation'" in result["settings"]["note"] and "segm" not in result
+
+
+def test_evaluate_command_prints_ground_truth_warnings_as_lines(tmp_path, capsys):
+    gt = dataset([[(10, 10, 60, 60)]])
+    gt["annotations"].append({**gt["annotations"][0], "id": 99, "image_id": 777})
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    (tmp_path / "pred.json").write_text(json.dumps(results_from_boxes(gt, [[(10, 10, 60, 60)]])))
+    args = ["evaluate", "--pred", str(tmp_path / "pred.json"), "--gt", str(tmp_path / "gt.json")]
+    assert main([*args, "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert "hassod evaluate: warning: ground truth" in err and "UserWarning" not in err

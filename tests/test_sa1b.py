@@ -117,9 +117,37 @@ def test_missing_folder_duplicate_ids_and_empty_folder(tmp_path, capsys):
         sa1b_files(tmp_path / "nope")
     (tmp_path / "empty").mkdir()
     assert main(["sa1b-to-coco", str(tmp_path / "empty"), "--out", str(tmp_path / "x.json")]) == 2
-    assert "no .json annotation files" in capsys.readouterr().err
+    assert "no sa_*.json annotation files" in capsys.readouterr().err
     folder = _write_sa1b(tmp_path / "sa1b", [[(5, 5, 20, 10)]])
     (folder / "sa_7.json").write_text((folder / "sa_1.json").read_text())
     with pytest.raises(InputError, match="image id 1 already in"):
         sa1b_to_coco(sa1b_files(folder))
     assert not (tmp_path / "x.json").exists()
+
+
+def test_the_converted_file_beside_them_is_not_read_and_a_file_path_is_explained(tmp_path):
+    folder = _write_sa1b(tmp_path / "sa1b", [[(5, 5, 20, 10)]])
+    out = folder / "gt.json"  # written beside the files: a rerun must not read it
+    assert main(["sa1b-to-coco", str(folder), "--out", str(out), "--quiet"]) == 0
+    assert main(["sa1b-to-coco", str(folder), "--out", str(out), "--quiet"]) == 0
+    with pytest.raises(InputError, match="is a file; give the folder"):
+        sa1b_files(folder / "sa_1.json")
+
+
+def test_a_mask_of_another_size_names_its_file(tmp_path):
+    folder = _write_sa1b(tmp_path / "sa1b", [[(5, 5, 20, 10)]])
+    data = json.loads((folder / "sa_1.json").read_text())
+    data["annotations"][0]["segmentation"]["size"] = [50, 50]
+    (folder / "sa_1.json").write_text(json.dumps(data))
+    with pytest.raises(InputError, match=r"sa_1.json: annotation 0's mask size \[50, 50\]"):
+        sa1b_to_coco(sa1b_files(folder))
+
+
+def test_one_per_image_file_as_ground_truth_points_to_the_converter(tmp_path):
+    from hassod.detector.predict import image_ids_from
+
+    folder = _write_sa1b(tmp_path / "sa1b", [[(5, 5, 20, 10)]])
+    with pytest.raises(InputError, match="one SA-1B per-image file.*hassod sa1b-to-coco"):
+        evaluate([], folder / "sa_1.json")
+    with pytest.raises(InputError, match="hassod sa1b-to-coco"):
+        image_ids_from(folder / "sa_1.json", ["sa_1.jpg"])

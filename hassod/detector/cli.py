@@ -203,27 +203,23 @@ def is_main_process(environ=None) -> bool:
 
 def run_train_command(args, parser) -> int:
     config = _train_config(args, parser)
-    import warnings
-
+    from hassod.cli import _warnings_as_lines
     from hassod.detector.data import DataError
     from hassod.detector.training import Interrupted, train
 
-    def show_warning(message, category, filename, lineno, file=None, line=None):
-        print(f"hassod train: warning: {message}", file=sys.stderr)
-
-    previous_showwarning, warnings.showwarning = warnings.showwarning, show_warning
     try:
-        result = train(
-            config,
-            args.pseudo_json,
-            args.images_dir,
-            args.out,
-            backbone_weights=args.backbone_weights,
-            resume=args.resume,
-            init_from=args.init_from,
-            device=args.device,
-            progress=not args.quiet,
-        )
+        with _warnings_as_lines("train"):
+            result = train(
+                config,
+                args.pseudo_json,
+                args.images_dir,
+                args.out,
+                backbone_weights=args.backbone_weights,
+                resume=args.resume,
+                init_from=args.init_from,
+                device=args.device,
+                progress=not args.quiet,
+            )
     except (DataError, FileNotFoundError, ValueError) as error:
         print(f"hassod train: error: {error}", file=sys.stderr)
         return EXIT_USAGE
@@ -233,8 +229,6 @@ def run_train_command(args, parser) -> int:
     except RuntimeError as error:
         print(f"hassod train: {error}", file=sys.stderr)
         return EXIT_RUN_ERROR
-    finally:
-        warnings.showwarning = previous_showwarning
     if not is_main_process():
         return EXIT_OK  # rank 0 reports for every process
     print(train_summary(result))

@@ -345,8 +345,11 @@ def _image_records(dataset) -> tuple[str, list]:
     else:
         source, data = "in-memory image ids", dataset
     if not isinstance(data, dict) or not isinstance(data.get("images"), list) or not data["images"]:
+        from hassod.sa1b import sa1b_hint
+
         raise InputError(
             f"--image-ids {source}: expected a COCO JSON with a non-empty 'images' list"
+            f"{sa1b_hint(data)}"
         )
     return source, data["images"]
 
