@@ -91,9 +91,12 @@ def atomic_write_file(
         write(handle)
 
 
-def atomic_write_json(path: str | os.PathLike, value: Any, *, fsync: bool = True) -> None:
-    """Write ``value`` as compact UTF-8 JSON (no NaN / infinity), fsynced by default."""
-    with atomic_open(path, "w", encoding="utf-8", fsync=fsync) as handle:
+def atomic_write_json(
+    path: str | os.PathLike, value: Any, *, fsync: bool = True, parents: bool = False
+) -> None:
+    """Write ``value`` as compact UTF-8 JSON (no NaN / infinity), fsynced by default;
+    ``parents``: make missing folders."""
+    with atomic_open(path, "w", encoding="utf-8", fsync=fsync, parents=parents) as handle:
         json.dump(value, handle, separators=(",", ":"), allow_nan=False)
 
 

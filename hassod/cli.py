@@ -21,7 +21,13 @@ import sys
 import time
 from pathlib import Path
 
-from hassod._io import atomic_write_file as _atomic_save
+from hassod._io import atomic_write_file
+
+
+def _atomic_save(path, write) -> None:
+    """Write a file atomically, making its missing folders (checked by _writable_file)."""
+    atomic_write_file(path, write, parents=True)
+
 
 DEFAULT_BACKBONE = "vit_base_patch8_224.dino"
 
@@ -735,7 +741,7 @@ def run_sa1b_command(args: argparse.Namespace, parser: argparse.ArgumentParser) 
     except InputError as error:
         print(f"hassod sa1b-to-coco: error: {error}", file=sys.stderr)
         return 2
-    atomic_write_json(args.out, coco)
+    atomic_write_json(args.out, coco, parents=True)
     print(f"wrote {args.out}: {len(coco['images'])} images, {len(coco['annotations'])} masks")
     return 0
 
@@ -845,13 +851,24 @@ def _read_image(path: str | None, parser: argparse.ArgumentParser):
 
 
 def _writable_file(path: Path, parser: argparse.ArgumentParser, option: str = "--out") -> Path:
-    """An output file's path: a name that is not a folder, in a writable folder (checked
-    before the work, not after it)."""
+    """An output file's path: a name that is not a folder, whose folder exists and is
+    writable or can be made in a writable one (checked before the work, not after it; nothing
+    is created: the writer makes the missing folders)."""
     if not path.name or path.name in (".", ".."):
         parser.error(f"{option} {str(path)!r} is not a file name")
     if path.is_dir():
         parser.error(f"{option} {path} is a folder; give a file name inside it")
-    _writable_dir(path.parent if str(path.parent) else Path("."), parser)
+    folder = path.parent if str(path.parent) else Path(".")
+    existing = next(p for p in (folder, *folder.parents) if p.exists() or p == Path(p.anchor))
+    if not existing.is_dir():
+        parser.error(f"{option} {path}: {existing} is a file, not a folder")
+    try:  # a probe file, removed at once: the folder's permissions alone miss read-only mounts
+        import tempfile
+
+        with tempfile.NamedTemporaryFile(dir=existing, prefix=".hassod_write_test"):
+            pass
+    except OSError as error:
+        parser.error(f"output folder {existing} is not writable: {error}")
     return path
 
 

@@ -64,15 +64,16 @@ def sa1b_to_coco(files: Iterable[str | os.PathLike]) -> dict:
         objects = data.get("annotations") if isinstance(data, dict) else None
         if not isinstance(image, dict) or not isinstance(objects, list):
             raise InputError(f"{path}: expected SA-1B's {{'image': ..., 'annotations': [...]}}")
-        try:
-            record = {
-                "id": int(image["image_id"]),
-                "file_name": str(image["file_name"]),
-                "width": int(image["width"]),
-                "height": int(image["height"]),
-            }
-        except (KeyError, TypeError, ValueError) as error:
-            raise InputError(f"{path}: image record lacks {error}") from None
+        record = {"id": image.get("image_id"), "file_name": image.get("file_name")}
+        record.update(width=image.get("width"), height=image.get("height"))
+        for key, value in record.items():
+            wanted = str if key == "file_name" else int
+            if not isinstance(value, wanted) or isinstance(value, bool):
+                name = "image_id" if key == "id" else key
+                kind = "a string" if wanted is str else "an integer"
+                raise InputError(
+                    f"{path}: the image record's {name!r} must be {kind}, got {value!r}"
+                )
         if record["id"] in seen:
             raise InputError(f"{path}: image id {record['id']} already in {seen[record['id']]}")
         seen[record["id"]] = path
@@ -80,12 +81,10 @@ def sa1b_to_coco(files: Iterable[str | os.PathLike]) -> dict:
         for index, annotation in enumerate(objects):
             if not isinstance(annotation, dict) or "segmentation" not in annotation:
                 raise InputError(f"{path}: annotation {index} has no 'segmentation'")
-            size = (
-                annotation["segmentation"].get("size")
-                if isinstance(annotation["segmentation"], dict)
-                else None
-            )
-            if size is not None and list(size) != [record["height"], record["width"]]:
+            segmentation = annotation["segmentation"]
+            size = segmentation.get("size") if isinstance(segmentation, dict) else None
+            expected = [record["height"], record["width"]]
+            if size is not None and (not isinstance(size, (list, tuple)) or list(size) != expected):
                 raise InputError(
                     f"{path}: annotation {index}'s mask size {size} differs from the image's "
                     f"[height, width] {[record['height'], record['width']]}"

@@ -573,3 +573,45 @@ def test_backbone_weights_from_a_whole_detectron2_detector(tmp_path):
     assert report["loaded"] > 0
     key = "backbone.bottom_up.res3.0.conv1.weight"
     assert torch.equal(backbone.body.state_dict()["layer2.0.conv1.weight"], state[key])
+
+
+def test_dino_training_checkpoints_with_their_args_load_as_backbone_weights(tmp_path):
+    """DINO's main_dino.py saves its argparse.Namespace beside the weights."""
+    import argparse
+
+    from hassod.detector.backbone import build_backbone, load_backbone_weights
+
+    body = build_backbone(tiny_config().model, "frozen_bn").body.state_dict()
+    teacher = {f"module.backbone.{k}": v for k, v in body.items() if v.is_floating_point()}
+    torch.save(
+        {"teacher": teacher, "args": argparse.Namespace(arch="resnet50")}, tmp_path / "d.pth"
+    )
+    backbone = build_backbone(tiny_config().model, "frozen_bn")
+    assert load_backbone_weights(backbone, tmp_path / "d.pth")["loaded"] > 0
+
+
+def test_pkl_files_are_told_apart_by_their_first_bytes(tmp_path, tiny_state):
+    """A NumPy pickle whose last array happens to hold a zip signature is still a pickle."""
+    from collections import OrderedDict
+
+    arrays = OrderedDict((k, v.numpy()) for k, v in tiny_state.items())
+    arrays["zzz_tail"] = np.frombuffer(b"PK\x05\x06" + bytes(18), dtype=np.uint8).copy()
+    path = tmp_path / "tricky.pkl"
+    path.write_bytes(pickle.dumps({"model": arrays}, protocol=4))
+    with pytest.raises(d2.Detectron2WeightsError, match="unexpected tensor 'zzz_tail'"):
+        detector_from_checkpoint(path)  # read as a pickle: only the extra entry is refused
+
+
+def test_output_checks_create_no_folders(tmp_path, capsys):
+    from hassod.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["predict", str(tmp_path), "--checkpoint", "x.pth", "--levels", "bogus",
+              "--out", str(tmp_path / "new" / "deep" / "p.json")])  # fmt: skip
+    assert not (tmp_path / "new").exists()
+    assert (
+        main(["sa1b-to-coco", str(tmp_path / "nodir"), "--out", str(tmp_path / "n4" / "g.json")])
+        == 2
+    )
+    assert not (tmp_path / "n4").exists()
+    capsys.readouterr()

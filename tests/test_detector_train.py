@@ -345,7 +345,10 @@ def test_mean_teacher_starts_from_a_burn_in_checkpoint(synthetic, tmp_path, caps
     assert main([*command, "--resume"]) == 0
     assert "nothing to train" in capsys.readouterr().out
     missing = ["--init-from", str(tmp_path / "none.pth")]
-    assert main([*command[:-2], *missing]) == 2
+    fresh = [*command[:-2], *missing]
+    fresh[fresh.index(str(out))] = str(tmp_path / "fresh")
+    assert main(fresh) == 2
+    assert "none.pth" in capsys.readouterr().err
 
 
 def test_teacher_targets_train_the_student_branch(synthetic, tmp_path):
@@ -538,13 +541,22 @@ def test_train_cli_exit_codes(synthetic, tmp_path, capsys):
     quiet = ["--preset", "cpu-small", "--quiet", "--device", "cpu"]
     assert main(["train", str(bad), str(images), "--out", str(tmp_path / "a"), *quiet]) == 2
     assert "no 'images' list" in capsys.readouterr().err
-    resume = ["train", str(json_path), str(images), "--out", str(tmp_path / "b"), "--resume"]
-    assert main([*resume, *quiet]) == 2
     short = "--iterations 1 --mean-teacher-iterations 1 --batch-size 2".split()
     out = tmp_path / "c"
-    assert main(["train", str(json_path), str(images), "--out", str(out), *short, *quiet]) == 0
-    assert "model_final.pth" in capsys.readouterr().out
+    command = ["train", str(json_path), str(images), "--out", str(out), *short, *quiet]
+    # --resume on an empty folder starts the run (one command for a restartable job)
+    assert main([*command, "--resume"]) == 0
+    captured = capsys.readouterr()
+    assert "model_final.pth" in captured.out and "starting a new run" in captured.err
     assert ckpt.load_checkpoint(out / "checkpoints" / "model_final.pth")["teacher"] is not None
+    # without --resume, the finished run is not overwritten
+    assert main(command) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert main([*command, "--resume"]) == 0
+    assert "nothing to train" in capsys.readouterr().out
+    (tmp_path / "file").write_text("x")
+    assert main([*command[:4], str(tmp_path / "file"), *command[5:]]) == 2
+    assert "is a file; give a folder" in capsys.readouterr().err
 
 
 def test_only_rank_zero_reports_the_training_summary():

@@ -98,7 +98,13 @@ def test_command_writes_the_json(tmp_path, capsys):
     ("content", "message"),
     [
         ("[]", "expected SA-1B's"),
-        ('{"image": {"image_id": 1}, "annotations": []}', "image record lacks 'file_name'"),
+        ('{"image": {"image_id": 1}, "annotations": []}', "'file_name' must be a string"),
+        ('{"image": {"image_id": 1.9, "file_name": "a", "width": 2, "height": 2}, '
+         '"annotations": []}', "'image_id' must be an integer, got 1.9"),
+        ('{"image": {"image_id": 1, "file_name": "a", "width": null, "height": 2}, '
+         '"annotations": []}', "'width' must be an integer, got None"),
+        ('{"image": {"image_id": 1, "file_name": "a", "width": 2, "height": 2}, '
+         '"annotations": [{"segmentation": {"size": 7, "counts": ""}}]}', "mask size 7 differs"),
         ('{"image": {"image_id": 1, "file_name": "a", "width": 2, "height": 2}, '
          '"annotations": [{"id": 3}]}', "annotation 0 has no 'segmentation'"),
         ("{broken", "not valid JSON"),

@@ -124,12 +124,17 @@ def read_weights(path: Path, map_location="cpu"):
     """A weight file's contents: ``torch.load`` with ``weights_only`` for torch's files
     (zip archives, whatever their suffix), an arrays-only unpickler for other ``.pkl`` files
     (Detectron2's NumPy format)."""
-    import zipfile
+    import argparse
 
-    if path.suffix == ".pkl" and not zipfile.is_zipfile(path):
+    if path.suffix == ".pkl":
         with path.open("rb") as handle:
-            return load_array_pickle(handle)
-    return torch.load(path, map_location=map_location, weights_only=True)
+            torch_zip = handle.read(4) == b"PK\x03\x04"  # torch.save's format, as torch tells
+        if not torch_zip:
+            with path.open("rb") as handle:
+                return load_array_pickle(handle)
+    # DINO's training checkpoints carry their argparse.Namespace: plain data, safe to admit.
+    with torch.serialization.safe_globals([argparse.Namespace]):
+        return torch.load(path, map_location=map_location, weights_only=True)
 
 
 def describe_read_error(error: Exception) -> str:
@@ -138,9 +143,11 @@ def describe_read_error(error: Exception) -> str:
     if "Weights only load failed" in text:
         # torch's advice (weights_only=False) would run the file's code: not repeated here.
         if "Unsupported global" in text:
+            named = text.split("Unsupported global:")[-1].strip().splitlines()[0]
+            named = named.split(" was not")[0]  # "GLOBAL datetime.date was not an allowed ..."
             return (
-                "it names objects other than tensors, numbers and strings, which hassod does "
-                "not unpickle (re-save a file you trust as a plain state dict)"
+                f"it names objects other than tensors, numbers and strings ({named}), which "
+                "hassod does not unpickle (re-save a file you trust as a plain state dict)"
             )
         reason = text.split("WeightsUnpickler error:")[-1].strip().splitlines()[0]
         return f"not a checkpoint, or damaged (unpickling stopped: {reason})"

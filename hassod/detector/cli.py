@@ -17,8 +17,9 @@ _TRAIN_EXIT_CODES = """exit codes:
   0    success: OUT/checkpoints/model_final.pth written
   1    run-time failure (e.g. CUDA out of memory)
   2    bad arguments or input: unusable pseudo-label JSON (no images, no annotations), missing
-       image folder or backbone weights, weights of another architecture, --resume without a
-       checkpoint, an unreadable --init-from checkpoint
+       image folder or backbone weights, weights of another architecture, an unreadable
+       --init-from checkpoint, an OUT that already holds a run (without --resume) or is a
+       file
   130  interrupted (Ctrl-C, SIGTERM): a checkpoint of the last finished iteration is saved;
        run the same command with --resume to continue exactly"""
 
@@ -81,7 +82,12 @@ def add_train_parser(commands) -> None:
     train.add_argument("--checkpoint-period", type=int, help="iterations between checkpoints")
     train.add_argument("--no-amp", action="store_true", help="fp32 on CUDA (AMP is the default)")
     train.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
-    train.add_argument("--resume", action="store_true", help="continue from OUT's last checkpoint")
+    train.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from OUT's last checkpoint (a new run when it has none yet, so one "
+        "command serves a job that may be restarted)",
+    )
     train.add_argument(
         "--init-from",
         type=Path,

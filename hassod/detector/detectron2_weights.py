@@ -86,8 +86,9 @@ def select_model(state: dict, weights: str = "student") -> dict:
     if not chosen:
         other = "teacher" if prefix == STUDENT else "student"
         raise Detectron2WeightsError(
-            f"this Mean Teacher checkpoint has no {prefix}* weights; its other network is "
-            f"chosen with --weights {other} (weights={other!r})"
+            f"this Mean Teacher checkpoint has no {prefix}* weights, only the {other} (which "
+            f"predict and export-detectron2 take with --weights {other}; train --init-from "
+            "takes the student)"
         )
     return chosen
 
@@ -508,7 +509,10 @@ def write_detectron2_file(path: str | Path, state: dict) -> None:
 
         arrays = {name: tensor.numpy() for name, tensor in state.items()}
         payload = {"model": arrays, "__author__": "hassod"}
-        atomic_write_file(path, lambda handle: pickle.dump(payload, handle, protocol=2))
+        # Protocol 4 (Python 3, which Detectron2 needs): arrays as bytes, not latin-1 text.
+        # Written under NumPy 2 it names numpy._core, which NumPy >= 1.26 reads.
+        write = lambda handle: pickle.dump(payload, handle, protocol=4)  # noqa: E731
     else:
         payload = {"model": state, "__author__": "hassod"}
-        atomic_write_file(path, lambda handle: torch.save(payload, handle))
+        write = lambda handle: torch.save(payload, handle)  # noqa: E731
+    atomic_write_file(path, write, parents=True)

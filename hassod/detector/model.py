@@ -3,8 +3,9 @@
 Built from torchvision's maintained detection components (``BackboneWithFPN``, ``RPNHead``,
 ``RegionProposalNetwork``, ``roi_align``, ``BoxCoder``, ``Matcher``,
 ``BalancedPositiveNegativeSampler``, the Mask R-CNN mask head) with Detectron2's anchors
-(:mod:`hassod.detector.anchors`), proposal selection and RPN losses where torchvision's
-differ, plus the cascade and the level head in :mod:`hassod.detector.cascade`.
+(:mod:`hassod.detector.anchors`), proposal selection, RPN losses and RoI pooler
+(``cascade.RoIAlignV2``) where torchvision's differ, plus the cascade and the level head in
+:mod:`hassod.detector.cascade`.
 
 Images go in at the size they should be processed at (the data pipeline and the predictor
 resize); the model only normalises and pads them into a batch, so its outputs are in the

@@ -176,8 +176,9 @@ class Trainer:
         labels: the pseudo-labels (:func:`hassod.detector.data.load_pseudo_labels`).
         out_dir: where checkpoints, ``metrics.csv``, ``config.json`` go.
         backbone_weights: self-supervised ResNet file (ignored when resuming).
-        resume: continue from ``out_dir``'s newest checkpoint (error if there is none and no
-            ``init_from``).
+        resume: continue from ``out_dir``'s newest checkpoint (a new run, with a warning,
+            while it has none). Without it, an ``out_dir`` that holds a checkpoint is refused
+            (ValueError): a second run would replace its checkpoints and metrics.
         init_from: a ``hassod train`` checkpoint whose student weights (``model``) start this
             run at iteration 0 with a fresh optimizer -- e.g. a burn-in run's
             ``model_final.pth``, so that ``iterations=0`` runs the Mean Teacher phase alone, as
@@ -222,18 +223,14 @@ class Trainer:
 
         payload = None
         initial_state = None
-        if self.out_dir.exists() and not self.out_dir.is_dir():
-            raise ValueError(f"--out {self.out_dir} is a file; give a folder for the run")
-        existing = ckpt.last_checkpoint(self.out_dir / CHECKPOINT_DIR)
-        if existing is not None and not resume:
-            # A second run into the same folder would replace its checkpoints and metrics.
-            raise ValueError(
-                f"{self.out_dir} already holds a run (checkpoint {existing.name}): --resume "
-                "continues it; choose another --out for a new run"
+        path = check_run_folder(self.out_dir, resume)
+        if resume and path is None and self.dist.is_main:
+            # Detectron2's --resume too: one command both starts and continues a run.
+            warnings.warn(
+                f"--resume: no checkpoint in {self.out_dir / CHECKPOINT_DIR} yet; starting "
+                "a new run",
+                stacklevel=2,
             )
-        path = existing if resume else None
-        if resume and path is None and init_from is None:
-            raise FileNotFoundError(f"--resume: no checkpoint in {self.out_dir / CHECKPOINT_DIR}")
         if path is not None:
             payload = ckpt.load_checkpoint(path, map_location="cpu")
             config = _resumed_config(payload["config"], config)
@@ -609,6 +606,22 @@ def _resumed_config(stored: TrainConfig, requested: TrainConfig) -> TrainConfig:
     )
 
 
+def check_run_folder(out_dir, resume: bool) -> Path | None:
+    """The checkpoint to resume from (None: a new run), or ValueError when ``out_dir`` is a
+    file or already holds a run that ``resume`` does not continue (a second run would replace
+    its checkpoints and metrics)."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"--out {out_dir} is a file; give a folder for the run")
+    existing = ckpt.last_checkpoint(out_dir / CHECKPOINT_DIR)
+    if existing is not None and not resume:
+        raise ValueError(
+            f"{out_dir} already holds a run (checkpoint {existing.name}): --resume continues "
+            "it; choose another --out for a new run"
+        )
+    return existing if resume else None
+
+
 def train(
     config: TrainConfig,
     pseudo_json,
@@ -627,6 +640,7 @@ def train(
     Returns a :class:`TrainResult`; raises :class:`hassod.detector.data.DataError` for unusable
     input and :class:`Interrupted` (after saving) on SIGINT/SIGTERM.
     """
+    check_run_folder(out_dir, resume)  # before reading a large JSON
     labels = load_pseudo_labels(pseudo_json, image_root)
     trainer = Trainer(
         config,
