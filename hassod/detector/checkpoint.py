@@ -128,9 +128,8 @@ def read_weights(path: Path, map_location="cpu"):
 
     if path.suffix == ".pkl":
         with path.open("rb") as handle:
-            torch_zip = handle.read(4) == b"PK\x03\x04"  # torch.save's format, as torch tells
-        if not torch_zip:
-            with path.open("rb") as handle:
+            if handle.read(4) != b"PK\x03\x04":  # not torch.save's zip, as torch tells it
+                handle.seek(0)
                 return load_array_pickle(handle)
     # DINO's training checkpoints carry their argparse.Namespace: plain data, safe to admit.
     with torch.serialization.safe_globals([argparse.Namespace]):

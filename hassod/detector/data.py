@@ -238,8 +238,12 @@ def read_sample(labels: PseudoLabels, index: int) -> dict:
     height, width = image.shape[:2]
     masks = torch.from_numpy(decode_segmentations(entry.segmentations, height, width))
     # Boxes as Detectron2 reads them: the annotation's bbox; the mask's bounds where it has none.
-    boxes = augment.boxes_from_masks(masks)
-    for number, box in enumerate(entry.boxes):
+    given = entry.boxes + [None] * (len(entry.segmentations) - len(entry.boxes))
+    boxes = torch.zeros((len(given), 4), dtype=torch.float32)
+    missing = [number for number, box in enumerate(given) if box is None]
+    if missing:
+        boxes[missing] = augment.boxes_from_masks(masks[missing])
+    for number, box in enumerate(given):
         if box is not None:
             x, y, w, h = box
             boxes[number] = torch.tensor([x, y, x + w, y + h])

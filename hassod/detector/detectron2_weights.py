@@ -236,10 +236,9 @@ def _pixel_statistics(state: dict) -> dict:
 
 
 _FPN = {"lateral": "inner_blocks", "output": "layer_blocks"}
-_LAYERS = {
-    "conv": "conv.0.0",  # RPN head
-    "objectness_logits": "cls_logits",
-    "anchor_deltas": "bbox_pred",
+# Layer names, Detectron2's -> hassod's, per module (the RPN's bbox_pred is another layer).
+_RPN_LAYERS = {"conv": "conv.0.0", "objectness_logits": "cls_logits", "anchor_deltas": "bbox_pred"}
+_HEAD_LAYERS = {
     "cls_score": "cls_score",  # box predictors
     "bbox_pred": "bbox_pred",
     "level_predictor": "level_score",
@@ -252,7 +251,7 @@ _RULES = [
     (r"backbone\.fpn_(lateral|output)([2-5])\.(.+)", lambda m: _fpn(m, "0")),
     (
         r"proposal_generator\.rpn_head\.(conv|objectness_logits|anchor_deltas)\.(.+)",
-        lambda m: f"rpn.head.{_LAYERS[m[1]]}.{m[2]}",
+        lambda m: f"rpn.head.{_RPN_LAYERS[m[1]]}.{m[2]}",
     ),
     (
         r"roi_heads\.box_head\.(\d+)\.fc([12])\.(.+)",
@@ -260,7 +259,7 @@ _RULES = [
     ),
     (
         r"roi_heads\.box_predictor\.(\d+)\.(cls_score|bbox_pred|level_predictor)\.(.+)",
-        lambda m: f"roi_heads.box_predictors.{m[1]}.{_LAYERS[m[2]]}.{m[3]}",
+        lambda m: f"roi_heads.box_predictors.{m[1]}.{_HEAD_LAYERS[m[2]]}.{m[3]}",
     ),
     (
         r"roi_heads\.mask_head\.mask_fcn(\d+)\.(.+)",
@@ -268,7 +267,7 @@ _RULES = [
     ),
     (
         r"roi_heads\.mask_head\.(deconv|predictor)\.(.+)",
-        lambda m: f"roi_heads.mask_head.predictor.{_LAYERS[m[1]]}.{m[2]}",
+        lambda m: f"roi_heads.mask_head.predictor.{_HEAD_LAYERS[m[1]]}.{m[2]}",
     ),
 ]
 
@@ -356,8 +355,8 @@ _BODY = [  # torchvision ResNet name -> Detectron2 name, in order
     (r"\.downsample\.0\.", ".shortcut."),
     (r"\.downsample\.1\.", ".shortcut.norm."),
 ]
-_THEIRS = {ours: theirs for theirs, ours in _LAYERS.items()}  # box predictor and mask head
-_RPN_THEIRS = {"conv.0.0": "conv", "cls_logits": "objectness_logits", "bbox_pred": "anchor_deltas"}
+_THEIRS = {ours: theirs for theirs, ours in _HEAD_LAYERS.items()}
+_RPN_THEIRS = {ours: theirs for theirs, ours in _RPN_LAYERS.items()}
 # (HassodDetector name pattern, Detectron2 name): the inverse of _RULES.
 _INVERSE_RULES = [
     (

@@ -32,6 +32,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -622,37 +623,17 @@ def check_run_folder(out_dir, resume: bool) -> Path | None:
     return existing if resume else None
 
 
-def train(
-    config: TrainConfig,
-    pseudo_json,
-    image_root,
-    out_dir,
-    *,
-    backbone_weights=None,
-    resume: bool = False,
-    init_from=None,
-    device: str = "auto",
-    progress: bool = True,
-    distributed_mode: bool | None = None,
-) -> TrainResult:
-    """Train the detector on a pseudo-label JSON; see :class:`Trainer` for the arguments.
+def train(config: TrainConfig, pseudo_json, image_root, out_dir, **options: Any) -> TrainResult:
+    """Train the detector on a pseudo-label JSON. ``options`` are :class:`Trainer`'s keywords
+    (``backbone_weights``, ``resume``, ``init_from``, ``device``, ``progress``,
+    ``distributed_mode``).
 
     Returns a :class:`TrainResult`; raises :class:`hassod.detector.data.DataError` for unusable
     input and :class:`Interrupted` (after saving) on SIGINT/SIGTERM.
     """
-    check_run_folder(out_dir, resume)  # before reading a large JSON
+    check_run_folder(out_dir, options.get("resume", False))  # before reading a large JSON
     labels = load_pseudo_labels(pseudo_json, image_root)
-    trainer = Trainer(
-        config,
-        labels,
-        out_dir,
-        backbone_weights=backbone_weights,
-        resume=resume,
-        init_from=init_from,
-        device=device,
-        progress=progress,
-        distributed_mode=distributed_mode,
-    )
+    trainer = Trainer(config, labels, out_dir, **options)
     try:
         return trainer.fit()
     finally:
