@@ -33,6 +33,39 @@ DEFAULT_BACKBONE = "vit_base_patch8_224.dino"
 
 
 def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    # Errors found after parsing show the subcommand's usage, not the list of commands.
+    parser = _subcommands(parser).choices[args.command]
+    from hassod.detector import cli as detector_cli
+
+    if args.command == "train":
+        return detector_cli.run_train_command(args, parser)
+    if args.command == "predict":
+        return detector_cli.run_predict_command(args, parser)
+    if args.command == "export-detectron2":
+        return detector_cli.run_export_command(args, parser)
+    if args.command == "evaluate":
+        return run_evaluate_command(args, parser)
+    if args.command == "show":
+        return run_show_command(args, parser)
+    if args.command == "report":
+        return run_report_command(args, parser)
+    if args.command == "cluster":
+        return run_cluster(args, parser)
+    if args.command == "discover":
+        return run_discover_command(args, parser)
+    if args.command == "merge-shards":
+        return run_merge_command(args)
+    if args.command == "demo":
+        return run_demo_command(args, parser)
+    if args.command == "sa1b-to-coco":
+        return run_sa1b_command(args, parser)
+    return 2  # pragma: no cover - argparse enforces a command
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line's parser, every subcommand included (parsing imports no torch)."""
     from hassod.discover import DEFAULT_MAX_PIXELS
 
     parser = argparse.ArgumentParser(
@@ -219,32 +252,13 @@ def main(argv: list[str] | None = None) -> int:
     detector_cli.add_predict_parser(commands)
     detector_cli.add_export_parser(commands)
 
-    args = parser.parse_args(argv)
-    # Errors found after parsing show the subcommand's usage, not the list of commands.
-    parser = commands.choices[args.command]
-    if args.command == "train":
-        return detector_cli.run_train_command(args, parser)
-    if args.command == "predict":
-        return detector_cli.run_predict_command(args, parser)
-    if args.command == "export-detectron2":
-        return detector_cli.run_export_command(args, parser)
-    if args.command == "evaluate":
-        return run_evaluate_command(args, parser)
-    if args.command == "show":
-        return run_show_command(args, parser)
-    if args.command == "report":
-        return run_report_command(args, parser)
-    if args.command == "cluster":
-        return run_cluster(args, parser)
-    if args.command == "discover":
-        return run_discover_command(args, parser)
-    if args.command == "merge-shards":
-        return run_merge_command(args)
-    if args.command == "demo":
-        return run_demo_command(args, parser)
-    if args.command == "sa1b-to-coco":
-        return run_sa1b_command(args, parser)
-    return 2  # pragma: no cover - argparse enforces a command
+    return parser
+
+
+def _subcommands(parser: argparse.ArgumentParser) -> argparse._SubParsersAction:
+    return next(
+        action for action in parser._actions if isinstance(action, argparse._SubParsersAction)
+    )
 
 
 _EXIT_CODES = """exit codes:

@@ -1,0 +1,192 @@
+"""README.md stays true to the code: its command lines parse with hassod's own parser, every
+option it names exists, and its Python examples run (placeholders such as ``probs_khw`` filled
+with small arrays; the files they name made in a temporary folder)."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import io
+import json
+import re
+import shlex
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from detector_checks import tiny_config
+from PIL import Image
+
+from hassod.cli import _subcommands, build_parser
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+# Options of other programs the README shows: pytest-benchmark's, Detectron2's train_net and
+# torchrun's.
+OTHER_PROGRAMS_OPTIONS = {"--benchmark-enable", "--eval-only", "--nproc-per-node"}
+
+
+def code_blocks(text: str) -> list[tuple[str, str]]:
+    """(language, body) of every fenced block."""
+    return re.findall(r"^```(\w*)\n(.*?)^```", text, flags=re.DOTALL | re.MULTILINE)
+
+
+def block_commands(text: str) -> list[str]:
+    """The hassod command lines of the README's shell blocks, continuation lines joined, a
+    trailing comment dropped, `torchrun ... -m hassod` read as `hassod`."""
+    commands = []
+    for language, body in code_blocks(text):
+        if language not in ("", "bash", "sh"):
+            continue
+        for line in body.replace("\\\n", " ").splitlines():
+            line = re.sub(r"\s+#.*$", "", line)
+            for part in line.split("&&"):
+                part = re.sub(r"^\s*torchrun\b.*?-m hassod\b", "hassod", part).strip()
+                if part.startswith("hassod "):
+                    commands.append(part)
+    return commands
+
+
+def as_arguments(command: str) -> list[str]:
+    """The arguments after `hassod`, with [optional] groups written out and `...` filled."""
+    words = shlex.split(command.replace("[", " ").replace("]", " "))[1:]
+    return ["VALUE" if word == "..." else word for word in words]
+
+
+def parse(arguments: list[str]) -> argparse.Namespace:
+    errors = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(errors):
+            return build_parser().parse_args(arguments)
+    except SystemExit:
+        pytest.fail(f"README's `hassod {' '.join(arguments)}` does not parse: {errors.getvalue()}")
+
+
+def options_by_command() -> dict[str, set[str]]:
+    choices = _subcommands(build_parser()).choices
+    return {
+        name: {option for action in sub._actions for option in action.option_strings}
+        for name, sub in choices.items()
+    }
+
+
+def test_the_readme_command_lines_parse():
+    commands = block_commands(README.read_text())
+    assert len(commands) >= 15, commands  # the extraction found the blocks
+    for command in commands:
+        parse(as_arguments(command))
+
+
+def test_the_command_line_reader_sees_what_the_parser_refuses():
+    text = "```bash\nhassod discover IMAGES --out x.json [--no-such-option 3]\n```\n"
+    (command,) = block_commands(text)
+    with pytest.raises(pytest.fail.Exception, match="no-such-option"):
+        parse(as_arguments(command))
+
+
+def test_every_subcommand_is_in_the_readme():
+    text = README.read_text()
+    missing = [name for name in options_by_command() if f"hassod {name}" not in text]
+    assert not missing
+
+
+def test_inline_commands_name_their_own_options():
+    """`hassod SUB --option` fragments in the prose name options SUB has."""
+    by_command = options_by_command()
+    text = README.read_text()
+    spans = [" ".join(span.split()) for span in re.findall(r"`(hassod [^`]+)`", text)]
+    assert len(spans) >= 10
+    for span in spans:
+        words = span.replace("[", " ").replace("]", " ").split()
+        assert words[1] in by_command, span
+        unknown = [w for w in words[2:] if w.startswith("--") and w not in by_command[words[1]]]
+        assert not unknown, f"`{span}`: {words[1]} has no {unknown}"
+
+
+@pytest.mark.parametrize("document", ["README.md", "benchmarks/README.md"])
+def test_every_option_named_exists(document):
+    known = set().union(*options_by_command().values()) | OTHER_PROGRAMS_OPTIONS
+    text = (README.parent / document).read_text()
+    named = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", text))
+    assert named, document
+    assert not sorted(named - known)
+
+
+def python_blocks() -> list[str]:
+    return [body for language, body in code_blocks(README.read_text()) if language == "python"]
+
+
+def block_with(*names: str) -> str:
+    found = [body for body in python_blocks() if all(name in body for name in names)]
+    assert len(found) == 1, f"one README Python block with {names}, found {len(found)}"
+    return found[0]
+
+
+def test_the_clustering_and_hierarchy_examples_run():
+    namespace: dict = {}
+    exec(block_with("fast_cluster(features"), namespace)
+    assert namespace["res"].labels.shape == (3, 60, 60)
+    exec(block_with("build_hierarchy(masks"), namespace)
+    assert len(namespace["h"].parent) == len(namespace["masks"])
+
+
+def photo_and_probs(labels: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    image = rng.integers(0, 256, size=(24, 32, 3), dtype=np.uint8)
+    probs = rng.random((labels, 24, 32)).astype(np.float32)
+    return image, probs / probs.sum(axis=0)
+
+
+def test_the_crf_example_runs():
+    image, probs = photo_and_probs(3, 0)
+    namespace = {
+        "image_uint8_hw3": image,
+        "probs_khw": probs,
+        "probs_a": probs,
+        "probs_b": photo_and_probs(5, 1)[1],
+    }
+    exec(block_with("CrfLattice(image_uint8_hw3)"), namespace)
+    np.testing.assert_allclose(namespace["q"], namespace["q1"], atol=1e-6)
+    assert namespace["q2"].shape == (5, 24, 32)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the example runs on a CUDA device")
+def test_the_gpu_crf_example_runs():
+    images, probs_list = zip(*(photo_and_probs(3, seed) for seed in range(2)))
+    namespace = {
+        "images": list(images),
+        "probs_list": list(probs_list),
+        "label_sets": [(p, p, p) for p in probs_list],
+    }
+    exec(block_with("CrfBatch(images"), namespace)
+    assert len(namespace["qs"]) == 2
+
+
+def test_the_detector_example_runs(tmp_path, monkeypatch):
+    from hassod.detector import checkpoint as ckpt
+    from hassod.detector.model import HassodDetector
+
+    torch.manual_seed(0)
+    config = tiny_config()
+    config = dataclasses.replace(config, model=dataclasses.replace(config.model, norm="gn"))
+    model, teacher = HassodDetector(config.model, "gn"), HassodDetector(config.model, "gn")
+    checkpoint = tmp_path / "run" / "checkpoints" / "model_final.pth"
+    checkpoint.parent.mkdir(parents=True)
+    ckpt.save_checkpoint(checkpoint, config=config, iteration=0, model=model, teacher=teacher)
+    (tmp_path / "val2017").mkdir()
+    rng = np.random.default_rng(0)
+    records = []
+    for index, name in enumerate(("a.jpg", "b.jpg")):
+        pixels = rng.integers(0, 256, size=(48, 64, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(tmp_path / "val2017" / name)
+        records.append({"id": 7 + index, "file_name": name, "height": 48, "width": 64})
+    ground_truth = {"images": records, "annotations": [], "categories": [{"id": 1, "name": "x"}]}
+    (tmp_path / "instances_val2017.json").write_text(json.dumps(ground_truth))
+    monkeypatch.chdir(tmp_path)
+
+    namespace = {"image_rgb_uint8": rng.integers(0, 256, size=(40, 50, 3), dtype=np.uint8)}
+    exec(block_with("Predictor(", "predict_images("), namespace)
+    assert isinstance(namespace["detections"], list)
+    results = json.loads((tmp_path / "preds.json").read_text())
+    assert {result["image_id"] for result in results} <= {7, 8}
