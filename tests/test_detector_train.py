@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import json
 import math
 import os
 import shutil
@@ -682,3 +683,31 @@ def test_a_second_run_into_a_finished_run_folder_is_refused(synthetic, tmp_path)
     (tmp_path / "file").write_text("x")
     with pytest.raises(ValueError, match="is a file; give a folder"):
         _trainer(synthetic, tmp_path / "file", config)
+
+
+def test_config_json_is_laid_over_the_preset(tmp_path, capsys):
+    from hassod.cli import build_parser
+    from hassod.detector.cli import _train_config
+    from hassod.detector.config import config_to_dict, cpu_small_config
+
+    def config_of(*options: str):
+        parser = build_parser()
+        args = parser.parse_args(["train", "p.json", "images", "--out", "o", *options])
+        return _train_config(args, parser)
+
+    settings = tmp_path / "settings.json"
+    settings.write_text('{"model": {"backbone": "resnet18"}, "batch_size": 3}')
+    small = cpu_small_config()
+    expected = dataclasses.replace(
+        small, batch_size=3, model=dataclasses.replace(small.model, backbone="resnet18")
+    )
+    assert config_of("--preset", "cpu-small", "--config", str(settings)) == expected
+    # a whole config.json gives its settings whatever the preset; options still apply on top
+    settings.write_text(json.dumps(config_to_dict(small)))
+    assert config_of("--config", str(settings)) == small
+    assert config_of("--config", str(settings), "--batch-size", "3").batch_size == 3
+    for text, message in (("[1]", "no JSON object"), ('{"model": {"bakbone": 1}}', "bakbone")):
+        settings.write_text(text)
+        with pytest.raises(SystemExit):
+            config_of("--config", str(settings))
+        assert message in capsys.readouterr().err

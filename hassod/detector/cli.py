@@ -68,7 +68,12 @@ def add_train_parser(commands) -> None:
         help="settings to start from (default paper: R50-FPN, 40k iterations at batch 16, "
         "2k Mean Teacher iterations; cpu-small: a tiny model for smoke tests)",
     )
-    train.add_argument("--config", type=Path, help="JSON of settings (as OUT/config.json)")
+    train.add_argument(
+        "--config",
+        type=Path,
+        help="JSON of settings laid over --preset's, the layout of OUT/config.json; any part, "
+        'e.g. {"model": {"backbone": "resnet18"}, "batch_size": 8}',
+    )
     train.add_argument("--backbone-weights", type=Path, help="self-supervised ResNet checkpoint")
     train.add_argument("--iterations", type=int, help="burn-in iterations")
     train.add_argument(
@@ -173,7 +178,10 @@ def _train_config(args, parser):
     try:
         config = preset(args.preset)
         if args.config is not None:
-            config = config_from_dict(json.loads(args.config.read_text(encoding="utf-8")))
+            settings = json.loads(args.config.read_text(encoding="utf-8"))
+            if not isinstance(settings, dict):
+                raise ValueError(f"{args.config} holds no JSON object of settings")
+            config = config_from_dict(settings, base=config)  # on top of --preset
         changes = {
             "iterations": args.iterations,
             "batch_size": args.batch_size,

@@ -268,20 +268,27 @@ def _tuples(value):
     return value
 
 
-def _section(cls, data: dict | None):
+def _section(cls, data: dict | None, base=None):
     data = dict(data or {})
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:
         raise ValueError(f"unknown {cls.__name__} settings: {', '.join(unknown)}")
-    return cls(**{key: _tuples(value) for key, value in data.items()})
+    values = {key: _tuples(value) for key, value in data.items()}
+    return cls(**values) if base is None else dataclasses.replace(base, **values)
 
 
-def config_from_dict(data: dict) -> TrainConfig:
-    """Inverse of :func:`config_to_dict`; unknown keys are an error (a typo is not ignored)."""
+def config_from_dict(data: dict, base: TrainConfig | None = None) -> TrainConfig:
+    """Inverse of :func:`config_to_dict`; unknown keys are an error (a typo is not ignored).
+
+    With ``base`` (e.g. a preset), settings the dict leaves out keep the base's values, section
+    by section: ``{"model": {"backbone": "resnet18"}}`` changes only the backbone.
+    """
     data = dict(data)
-    model = _section(ModelConfig, data.pop("model", None))
-    data_config = _section(DataConfig, data.pop("data", None))
-    mean_teacher = _section(MeanTeacherConfig, data.pop("mean_teacher", None))
-    top = _section(TrainConfig, data)
+    if base is None:
+        base = TrainConfig()
+    model = _section(ModelConfig, data.pop("model", None), base.model)
+    data_config = _section(DataConfig, data.pop("data", None), base.data)
+    mean_teacher = _section(MeanTeacherConfig, data.pop("mean_teacher", None), base.mean_teacher)
+    top = _section(TrainConfig, data, base)
     return dataclasses.replace(top, model=model, data=data_config, mean_teacher=mean_teacher)
