@@ -423,6 +423,36 @@ def test_interrupt_saves_a_checkpoint(synthetic, tmp_path):
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
+def test_sigterm_to_the_whole_process_group_saves_a_checkpoint(synthetic, tmp_path):
+    """A scheduler's SIGTERM reaches the loader workers too: they must outlive it, or torch
+    raises in the training process wherever it is and the checkpoint is lost."""
+    import subprocess
+    import sys
+    import time
+
+    json_path, images = synthetic
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "hassod", "train", str(json_path), str(images)]
+    command += ["--out", str(out), "--preset", "cpu-small", "--quiet", "--device", "cpu"]
+    command += ["--iterations", "100000", "--workers", "2", "--batch-size", "2"]
+    process = subprocess.Popen(command, start_new_session=True, stderr=subprocess.PIPE, text=True)
+    try:
+        metrics = out / "metrics.csv"
+        deadline = time.monotonic() + 240
+        while not (metrics.is_file() and len(metrics.read_text().splitlines()) > 1):
+            assert process.poll() is None, process.stderr.read()
+            assert time.monotonic() < deadline, "training did not start"
+            time.sleep(0.2)
+        os.killpg(process.pid, signal.SIGTERM)  # the training process and its loader workers
+        _, errors = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode == 130, errors
+    assert "interrupted by signal" in errors
+    assert ckpt.load_checkpoint(ckpt.last_checkpoint(out / "checkpoints"))["iteration"] >= 1
+
+
 def test_ddp_code_path_with_one_gloo_process(synthetic, tmp_path, monkeypatch):
     monkeypatch.setenv("RANK", "0")
     monkeypatch.setenv("WORLD_SIZE", "1")

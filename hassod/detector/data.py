@@ -16,6 +16,7 @@ image of the shuffled order takes their place -- and reported in each batch's ``
 from __future__ import annotations
 
 import json
+import signal
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -443,6 +444,15 @@ def usable_cpus() -> int:
     return max(1, os.cpu_count() or 1)
 
 
+def _leave_stop_signals_to_the_trainer(worker_id: int) -> None:
+    """Loader workers ignore Ctrl-C and SIGTERM, which a terminal or a job scheduler sends to
+    the whole process group: the training process stops after its current iteration and saves
+    a checkpoint, then ends its workers itself. A worker killed by the signal would make torch
+    raise in the training process wherever it happens to be, and the checkpoint be lost."""
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_IGN)
+
+
 def make_loader(
     batches: TrainBatches, start: int, stop: int, num_workers: int, pin_memory: bool = False
 ):
@@ -456,6 +466,7 @@ def make_loader(
         batch_size=None,
         num_workers=num_workers,
         collate_fn=_identity,
+        worker_init_fn=_leave_stop_signals_to_the_trainer,
         pin_memory=pin_memory,
         prefetch_factor=2 if num_workers else None,
         # its own generator: creating the iterator must not consume the global torch RNG, or a
