@@ -37,6 +37,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     # Errors found after parsing show the subcommand's usage, not the list of commands.
     parser = _subcommands(parser).choices[args.command]
+    try:
+        return _run_command(args, parser)
+    except KeyboardInterrupt:  # the commands that save partial work catch it themselves
+        print(f"hassod {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+def _run_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from hassod.detector import cli as detector_cli
 
     if args.command == "train":
@@ -678,6 +686,8 @@ def run_discover_command(args: argparse.Namespace, parser: argparse.ArgumentPars
     config = _discovery_config(args, parser)
     if not args.out.name:
         parser.error(f"--out {str(args.out)!r} is not a file name (e.g. pseudo.json)")
+    if args.max_pixels < 0:
+        parser.error(f"--max-pixels must be >= 0 (0: no limit), got {args.max_pixels}")
     if args.near_duplicate_iou is not None and not 0.0 < args.near_duplicate_iou <= 1.0:
         parser.error(f"--near-duplicate-iou must be in (0, 1], got {args.near_duplicate_iou}")
     try:
@@ -699,7 +709,8 @@ def run_discover_command(args: argparse.Namespace, parser: argparse.ArgumentPars
             max_pixels=args.max_pixels or None,
             progress=not args.quiet,
         )
-        summary = discover_run.run_discover(options)
+        with _warnings_as_lines("discover"):
+            summary = discover_run.run_discover(options)
     except (discover_run.UsageError, discover_run.RunError, discover_run.Interrupted) as error:
         return _report_run_error("discover", error)
     print(summary.format())
@@ -780,7 +791,8 @@ def run_demo_command(args: argparse.Namespace, parser: argparse.ArgumentParser) 
         restart=True,  # the demo always starts afresh (other settings may have made the last)
     )
     try:
-        summary = discover_run.run_discover(options)
+        with _warnings_as_lines("discover"):
+            summary = discover_run.run_discover(options)
     except (discover_run.UsageError, discover_run.RunError, discover_run.Interrupted) as error:
         return _report_run_error("demo", error)
     print(summary.format())
@@ -799,10 +811,12 @@ def run_cluster(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
         thresholds = check_thresholds(args.thresholds)
     except ValueError as error:
         parser.error(str(error))
+    if args.size is not None and args.size < 1:
+        parser.error(f"--size must be a positive number of pixels, got {args.size}")
     image, name = _read_image(args.image, parser)
     out_dir = _writable_dir(args.out, parser)
 
-    from hassod.features import image_features, load_vit
+    from hassod.features import image_features, load_vit, round_to_patch
 
     try:
         model = load_vit(
@@ -815,11 +829,17 @@ def run_cluster(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
     except (FileNotFoundError, ValueError, RuntimeError) as error:
         print(f"hassod: {error}", file=sys.stderr)
         return 1
+    size = args.size
+    if size is not None:
+        try:
+            size = round_to_patch(model, size)  # as the help says (the grid is the same)
+        except ValueError as error:
+            parser.error(f"--size: {error}")
     # Raw keys for DINO v1 (the paper's setting); other backbones' raw keys carry a large
     # shared component that merges everything (DESIGN.md 2b), so centre them by default.
     transform = args.transform or ("none" if args.backbone.endswith(".dino") else "center")
     start = time.perf_counter()
-    features = image_features(model, image, size=args.size, transform=transform)
+    features = image_features(model, image, size=size, transform=transform)
     extracted = time.perf_counter()
     result = fast_cluster(features, thresholds)
     clustered = time.perf_counter()

@@ -142,3 +142,39 @@ def test_errors_after_parsing_show_the_subcommands_usage(tmp_path, capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "usage: hassod show" in err and "--levels" in err
+
+
+def test_ctrl_c_ends_any_command_with_one_line_and_exit_130(monkeypatch, capsys, tmp_path):
+    import hassod.cli as cli
+
+    def interrupted(args, parser):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "run_show_command", interrupted)
+    image = tmp_path / "x.png"
+    assert main(["show", str(image), "--labels", "l.json", "--out", "o.png"]) == 130
+    assert capsys.readouterr().err == "hassod show: interrupted\n"
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["cluster", *SMALL[:2], "--random-weights", "--size", "0"], "positive number of pixels"),
+        (["cluster", *SMALL[:2], "--random-weights", "--size", "9"], "smaller than the patch"),
+        (["discover", "images", "--out", "p.json", "--max-pixels", "-1"], "--max-pixels"),
+    ],
+)
+def test_sizes_out_of_range_are_usage_errors(arguments, message, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        main(arguments)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_cluster_size_is_rounded_down_to_the_patch(tmp_path):
+    assert (
+        main(["cluster", *SMALL[:2], "--random-weights", "--size", "30", "--out", str(tmp_path)])
+        == 0
+    )
+    assert np.load(tmp_path / "astronaut_labels.npz")["labels"].shape == (3, 2, 2)
