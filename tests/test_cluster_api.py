@@ -653,6 +653,20 @@ def test_float64_grids_with_vanishing_cells_equal_the_reference(tiny):
     assert native.num_regions[0] < 64
 
 
+@pytest.mark.parametrize("exponent", [-1030, -1060, -1070])
+def test_a_subnormal_float64_grid_clusters_like_the_same_grid_scaled_up(exponent):
+    """Cosines do not depend on scale: a grid of subnormal values (largest < 2^-1022) is
+    rescaled like any tiny grid (the scale factor used to overflow to inf and the grid be
+    refused as non-finite)."""
+    features = structured_features(8, 9, 6, seed=2).astype(np.float64)
+    features /= np.abs(features).max()
+    tiny = np.ldexp(features, exponent)  # exact down to the subnormal range's precision
+    assert 0 < np.abs(tiny).max() < np.finfo(np.float64).tiny
+    expected = fast_cluster(np.ldexp(tiny, -exponent), thresholds=(0.4, 0.2, 0.1))
+    got = fast_cluster(tiny, thresholds=(0.4, 0.2, 0.1))
+    np.testing.assert_array_equal(got.labels, expected.labels)
+
+
 def test_misaligned_and_byte_swapped_features_are_read_correctly():
     """Arrays numpy calls C-contiguous may still be misaligned or big-endian: the native code
     gets an aligned, native-order copy (it read misaligned doubles, and refused '>f4')."""

@@ -409,9 +409,12 @@ ClusterResult cluster_features(const Scalar* features, std::int64_t height, std:
     double largest = 0.0;
     for (std::size_t i = 0; i < count; ++i)
       largest = std::max(largest, std::abs(static_cast<double>(features[i])));
-    const double scale = std::ldexp(1.0, -std::ilogb(largest));
+    // ldexp per value, not a product with 2^-ilogb: for subnormal grids that factor is
+    // above the largest double.
+    const int shift = -std::ilogb(largest);
     std::vector<double> scaled(count);
-    for (std::size_t i = 0; i < count; ++i) scaled[i] = static_cast<double>(features[i]) * scale;
+    for (std::size_t i = 0; i < count; ++i)
+      scaled[i] = std::ldexp(static_cast<double>(features[i]), shift);
     result = RegionMerger<double>(workspace, scaled.data(), height, width, channels, true)
                  .run(thresholds);
   }
