@@ -2,7 +2,9 @@
 
 Every helper writes to a temporary file in the destination's folder (``.NAME.PID.tmp``, so
 the final rename never crosses file systems), optionally fsyncs it, then ``os.replace``-s it
-over the destination. The temporary file is removed if writing fails.
+over the destination. The temporary file is removed if writing fails. A destination that is a
+symbolic link is written through (its target replaced); one that is a device, pipe or folder
+is refused.
 """
 
 from __future__ import annotations
@@ -15,9 +17,25 @@ from pathlib import Path
 from typing import IO, Any
 
 
+def output_target(path: str | os.PathLike) -> Path:
+    """The file a write to ``path`` replaces: a symbolic link's target (the link stays a link).
+
+    Raises:
+        OSError: ``path`` is an existing folder, device, pipe or socket (a rename over it
+            would replace it, e.g. turn /dev/full into a regular file).
+    """
+    path = Path(path)
+    if path.is_symlink():
+        path = Path(os.path.realpath(path))
+    if path.exists() and not path.is_file():
+        raise OSError(f"{path} exists and is not a regular file; give a file path to write")
+    return path
+
+
 @contextlib.contextmanager
 def _replacing(path: Path, parents: bool) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it over ``path`` when the block ends."""
+    path = output_target(path)
     if parents:
         path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")

@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from hassod._io import atomic_write_file
+from hassod._io import atomic_write_file, output_target
 
 
 def _atomic_save(path, write) -> None:
@@ -892,6 +892,10 @@ def _writable_file(path: Path, parser: argparse.ArgumentParser, option: str = "-
         parser.error(f"{option} {str(path)!r} is not a file name")
     if path.is_dir():
         parser.error(f"{option} {path} is a folder; give a file name inside it")
+    try:
+        path = output_target(path)
+    except OSError as error:
+        parser.error(f"{option}: {error}")
     folder = path.parent if str(path.parent) else Path(".")
     existing = next(p for p in (folder, *folder.parents) if p.exists() or p == Path(p.anchor))
     if not existing.is_dir():
