@@ -23,6 +23,17 @@ def is_torch_tensor(value) -> bool:
     return type(value).__module__.split(".")[0] == "torch" and hasattr(value, "detach")
 
 
+def cpu_tensor_values(tensor, name: str, elsewhere: str):
+    """A CPU tensor's values as a NumPy array: detached, bfloat16 widened to float32 (exact,
+    NumPy has none). ``elsewhere`` ends the error for tensors on other devices."""
+    if tensor.device.type != "cpu":
+        raise ValueError(f"{name} is on {tensor.device}; {elsewhere}")
+    tensor = tensor.detach()
+    if str(tensor.dtype) == "torch.bfloat16":
+        tensor = tensor.float()
+    return tensor.numpy()
+
+
 def check_num_threads(num_threads) -> int:
     """Validate ``num_threads`` (None or 1 .. MAX_THREADS); returns 0 for None (all threads)."""
     if num_threads is None:

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hassod._checks import check_num_threads, is_torch_tensor, native_layout
+from hassod._checks import check_num_threads, cpu_tensor_values, is_torch_tensor, native_layout
 from hassod._native import cpu_module
 
 DEFAULT_THRESHOLDS: tuple[float, ...] = (0.4, 0.2, 0.1)  # paper's theta_merge values
@@ -163,7 +163,9 @@ def fast_cluster_batch(
 def as_feature_grid(features, name: str = "features") -> np.ndarray:
     """Validate ``features`` and return a C-contiguous (H, W, C) float32/float64 array."""
     if is_torch_tensor(features):
-        features = _torch_to_numpy(features, name)
+        features = cpu_tensor_values(
+            features, name, f"the clustering core runs on the CPU, pass {name}.cpu()"
+        )
     array = np.asarray(features)
     if array.dtype.type not in _SUPPORTED_DTYPES:
         raise ValueError(
@@ -199,17 +201,6 @@ def _check_threshold_value(theta, what: str) -> float:
     if not math.isfinite(value) or not -1.0 <= value <= 1.0:
         raise ValueError(f"{what} must be a finite cosine similarity in [-1, 1], got {theta!r}")
     return value
-
-
-def _torch_to_numpy(tensor, name: str) -> np.ndarray:
-    if tensor.device.type != "cpu":
-        raise ValueError(
-            f"{name} is on {tensor.device}; the clustering core runs on the CPU, pass {name}.cpu()"
-        )
-    tensor = tensor.detach()
-    if str(tensor.dtype) == "torch.bfloat16":
-        tensor = tensor.float()  # NumPy has no bfloat16; widening is exact
-    return tensor.numpy()
 
 
 def _result_from_native(raw: dict) -> ClusterResult:

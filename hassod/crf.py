@@ -42,7 +42,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from hassod._checks import check_num_threads, native_layout
+from hassod._checks import check_num_threads, cpu_tensor_values, is_torch_tensor, native_layout
 from hassod._native import cpu_module
 
 #: The authors' settings (pydensecrf's tutorial values, DESIGN.md section 3).
@@ -298,7 +298,10 @@ def _gpu_device(device, *inputs):
     if device is not None:
         if torch is None:
             import torch
-        chosen = torch.device(device)
+        try:
+            chosen = torch.device(device)
+        except (RuntimeError, TypeError) as error:
+            raise ValueError(f"device must be a CPU or CUDA device, got {device!r}") from error
         if chosen.type == "cpu":
             return None
         if chosen.type != "cuda":
@@ -312,9 +315,15 @@ def _gpu_device(device, *inputs):
     return None
 
 
+def _values(value, name: str) -> np.ndarray:
+    if is_torch_tensor(value):  # CUDA tensors took the GPU path before this
+        return cpu_tensor_values(value, name, "pass a CPU array or a CUDA tensor")
+    return np.asarray(value)
+
+
 def as_crf_image(image, name: str = "image") -> np.ndarray:
     """Validate an RGB image and return it as a C-contiguous (H, W, 3) uint8 array."""
-    array = np.asarray(image)
+    array = _values(image, name)
     if array.dtype != np.uint8:
         raise ValueError(
             f"{name} must be uint8 RGB (got {array.dtype}); scale to 0..255 and convert with "
@@ -338,7 +347,7 @@ def as_crf_probs(probs, shape: tuple[int, int], name: str = "probs") -> np.ndarr
 
     Values are checked by the native code (finite, >= 0) without an extra pass over the data.
     """
-    array = np.asarray(probs)
+    array = _values(probs, name)
     if array.dtype == np.bool_ or not (
         np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)
     ):
@@ -412,3 +421,5 @@ def _numbers(values, count: int, name: str, form: str) -> tuple[float, ...]:
 def _check_positive(value: float, name: str) -> None:
     if not value > 0.0:
         raise ValueError(f"{name} must be positive, got {value}")
+    if np.float32(value) == 0.0:  # the native code holds it as float32
+        raise ValueError(f"{name} must be at least {np.finfo(np.float32).tiny:g}, got {value}")

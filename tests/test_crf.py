@@ -336,6 +336,24 @@ def test_bad_inputs(small_case):
             dense_crf(image, probs, num_threads=threads)
 
 
+def test_cpu_tensors_are_read_like_arrays_and_other_devices_refused(small_case):
+    torch = pytest.importorskip("torch")
+    image, probs = small_case
+    expected = dense_crf(image, probs)
+    tensor = torch.from_numpy(probs).requires_grad_()  # a model's output, say
+    np.testing.assert_array_equal(dense_crf(torch.from_numpy(image), tensor), expected)
+    widened = torch.from_numpy(probs).bfloat16()
+    np.testing.assert_array_equal(
+        dense_crf(image, widened), dense_crf(image, widened.float().numpy())
+    )
+    with pytest.raises(ValueError, match="probs is on meta"):
+        dense_crf(image, torch.empty(probs.shape, device="meta"))
+    with pytest.raises(ValueError, match="CPU or CUDA device, got 'foo'"):
+        dense_crf(image, probs, device="foo")
+    with pytest.raises(ValueError, match="gaussian sxy must be at least"):
+        dense_crf(image, probs, gaussian=(1e-300, 7.0))  # 0 as the native code's float32
+
+
 def test_default_thread_count_can_be_set_per_process(monkeypatch):
     """Worker pools pin the CRF to one thread; results do not change."""
     import hassod.crf as crf_module
