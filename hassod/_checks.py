@@ -23,6 +23,18 @@ def is_torch_tensor(value) -> bool:
     return type(value).__module__.split(".")[0] == "torch" and hasattr(value, "detach")
 
 
+def real_number(value, name: str, expected: str) -> float:
+    """``value`` as a float; a bool, a string or a non-number is a ValueError saying
+    ``{name} must be {expected}`` (float() alone would take "0.4" and True)."""
+    kind = str(getattr(value, "dtype", type(value).__name__))  # bool, numpy.bool_, torch.bool
+    if isinstance(value, (str, bytes)) or "bool" in kind:
+        raise ValueError(f"{name} must be {expected}, got {value!r}")
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be {expected}, got {value!r}") from None
+
+
 def cpu_tensor_values(tensor, name: str, elsewhere: str):
     """A CPU tensor's values as a NumPy array: detached, bfloat16 widened to float32 (exact,
     NumPy has none). ``elsewhere`` ends the error for tensors on other devices."""

@@ -26,7 +26,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hassod._checks import check_num_threads, cpu_tensor_values, is_torch_tensor, native_layout
+from hassod._checks import (
+    check_num_threads,
+    cpu_tensor_values,
+    is_torch_tensor,
+    native_layout,
+    real_number,
+)
 from hassod._native import cpu_module
 
 DEFAULT_THRESHOLDS: tuple[float, ...] = (0.4, 0.2, 0.1)  # paper's theta_merge values
@@ -153,7 +159,13 @@ def fast_cluster_batch(
             )
         items = [features[i] for i in range(features.shape[0])]
     else:
-        items = list(features)
+        try:
+            items = list(features)
+        except TypeError:
+            raise ValueError(
+                "features must be a (B, H, W, C) array or tensor or a sequence of (H, W, C) "
+                f"grids, got {type(features).__name__}"
+            ) from None
     grids = [as_feature_grid(item, name=f"features[{i}]") for i, item in enumerate(items)]
     levels = check_thresholds(thresholds)
     raw = cpu_module().cluster_batch(grids, list(levels), threads)
@@ -194,10 +206,7 @@ def check_thresholds(thresholds: float | Sequence[float]) -> tuple[float, ...]:
 
 
 def _check_threshold_value(theta, what: str) -> float:
-    try:
-        value = float(theta)
-    except (TypeError, ValueError) as error:
-        raise ValueError(f"{what} must be a number, got {theta!r}") from error
+    value = real_number(theta, what, "a number")
     if not math.isfinite(value) or not -1.0 <= value <= 1.0:
         raise ValueError(f"{what} must be a finite cosine similarity in [-1, 1], got {theta!r}")
     return value

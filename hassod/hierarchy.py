@@ -31,6 +31,7 @@ from hassod._checks import (
     is_torch_tensor,
     mask_shape_error,
     native_layout,
+    real_number,
     soft_mask_error,
 )
 from hassod._native import cpu_module
@@ -150,7 +151,12 @@ def build_hierarchy_batch(
     """
     cover = _check_fraction(cover, "cover")
     threads = check_num_threads(num_threads)
-    batch = list(batch)
+    try:
+        batch = list(batch)
+    except TypeError:
+        raise ValueError(
+            f"batch must be a sequence of mask stacks, got {type(batch).__name__}"
+        ) from None
     if any(_cuda.is_cuda_tensor(masks) for masks in batch):
         return [Hierarchy(cover=cover, **item) for item in _cuda.hierarchy_batch(batch, cover)]
     stacks = [_flat_masks(masks, name=f"batch[{i}]") for i, masks in enumerate(batch)]
@@ -279,7 +285,7 @@ def _rle_runs(rles: Sequence[dict]) -> tuple[list, int]:
 
 def _rle_size(size, where: str) -> tuple[int, int]:
     try:
-        values = [operator.index(v) for v in size]
+        values = [operator.index(v) for v in size if not isinstance(v, bool)]
     except TypeError:
         values = None
     if values is None or len(values) != 2 or min(values) < 0:
@@ -303,10 +309,7 @@ def _rle_counts_list(counts, where: str) -> np.ndarray:
 
 
 def _check_fraction(value, name: str) -> float:
-    try:
-        number = float(value)
-    except (TypeError, ValueError) as error:
-        raise ValueError(f"{name} must be a number in (0, 1], got {value!r}") from error
+    number = real_number(value, name, "a number in (0, 1]")
     if not math.isfinite(number) or not 0.0 < number <= 1.0:
         raise ValueError(f"{name} must be a number in (0, 1], got {value!r}")
     return number

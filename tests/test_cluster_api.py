@@ -708,3 +708,29 @@ def test_native_merge_replay_checks_its_id_range():
         module.partition_from_merges(2**31 - 1, merges, merges + 1, 1)
     with pytest.raises(ValueError, match="num_pixels"):
         module.coverage_matrix_runs([], -1)
+
+
+@pytest.mark.parametrize("theta", ["0.4", True, np.bool_(True), 1 + 2j, object()])
+def test_thresholds_that_are_not_numbers_are_refused(theta):
+    """float() would take "0.4" and True: they are refused like any other non-number."""
+    features = structured_features(5, 5, 3, seed=0)
+    with pytest.raises(ValueError, match="threshold must be a number"):
+        fast_cluster(features, theta)
+    with pytest.raises(ValueError, match="threshold must be a number"):
+        fast_cluster(features, [0.3, theta])
+
+
+def test_numeric_scalars_of_any_kind_are_thresholds():
+    torch = pytest.importorskip("torch")
+    features = structured_features(6, 6, 4, seed=1)
+    expected = fast_cluster(features, 0.3).labels
+    for theta in (np.float32(0.3), np.array(0.3), torch.tensor(0.3, dtype=torch.float64)):
+        np.testing.assert_array_equal(fast_cluster(features, theta).labels, expected)
+
+
+@pytest.mark.parametrize("batch", [None, 3])
+def test_a_batch_that_is_not_a_sequence_is_refused(batch):
+    with pytest.raises(ValueError, match="sequence of \\(H, W, C\\) grids, got"):
+        fast_cluster_batch(batch)
+    grids = (structured_features(4, 4, 3, seed=s) for s in range(2))  # any iterable is fine
+    assert len(fast_cluster_batch(grids)) == 2

@@ -996,3 +996,15 @@ def test_property_native_equals_reference(masks, cover, iou):
     rles = compressed_rles(masks)
     inter, _ = hassod.coverage_matrix(rles)
     np.testing.assert_array_equal(inter, hassod.coverage_matrix(masks)[0])
+
+
+def test_non_numbers_and_bools_are_refused_where_numbers_are_expected():
+    masks = np.ones((2, 4, 4), dtype=bool)
+    for cover in ("0.5", True, None):
+        with pytest.raises(ValueError, match="cover must be a number"):
+            hassod.build_hierarchy(masks, cover=cover)
+    assert hassod.build_hierarchy(masks, cover=np.float64(0.5)).parent.tolist() == [-1, -1]
+    with pytest.raises(ValueError, match="RLE 'size' must be"):
+        hassod.build_hierarchy([{"size": [True, True], "counts": "1"}])
+    with pytest.raises(ValueError, match="sequence of mask stacks, got NoneType"):
+        hassod.build_hierarchy_batch(None)
