@@ -222,18 +222,19 @@ def check_annotation_fields(annotation: dict, where: str) -> None:
             and all(isinstance(v, int) and v >= 0 for v in size)
         ):
             raise InputError(f"{where}: RLE 'size' must be [height, width], got {size!r}")
-        if isinstance(counts, str):
-            if not _RLE_CHARACTERS.fullmatch(counts):
-                raise InputError(f"{where}: RLE 'counts' is not a COCO compressed RLE string")
-        elif not (
-            isinstance(counts, list)
-            and all(isinstance(v, int) and v >= 0 for v in counts)
-            and sum(counts) == size[0] * size[1]
-        ):
+        if isinstance(counts, str) and not _RLE_CHARACTERS.fullmatch(counts):
+            raise InputError(f"{where}: RLE 'counts' is not a COCO compressed RLE string")
+        # Decoded, not just its characters checked: pycocotools reads past the end of a
+        # truncated string (garbage masks) and COCOeval's IoU loops forever on one.
+        from hassod.hierarchy import _rle_runs
+
+        try:
+            _rle_runs([{"size": size, "counts": counts}])
+        except ValueError as error:
+            reason = str(error).removeprefix("masks[0]: ")
             raise InputError(
-                f"{where}: uncompressed RLE 'counts' must be run lengths adding up to "
-                "height x width"
-            )
+                f"{where}: corrupt RLE: its runs must add up to height x width ({reason})"
+            ) from None
     elif isinstance(segmentation, list):
         for polygon in segmentation:
             if not (

@@ -656,6 +656,8 @@ def test_evaluate_command_shows_progress_on_stderr_unless_quiet(tmp_path, capsys
         ("segmentation", [[1, 2, 3]], "a polygon must be"),
         ("segmentation", {"size": [4, 4], "counts": "garbage!!"}, "compressed RLE"),
         ("segmentation", {"size": [4, 4], "counts": [3, 4]}, "add.*up to"),
+        ("segmentation", {"size": [128, 128], "counts": "Ug011"}, "corrupt RLE.*743 pixels"),
+        ("segmentation", {"size": [4, 4], "counts": "o"}, "corrupt RLE.*truncated"),
         ("segmentation", {"size": [4], "counts": "04"}, "RLE 'size'"),
         ("segmentation", "polygon", "must be an RLE object or a list"),
     ],
@@ -669,6 +671,36 @@ def test_bad_annotation_fields_are_refused_with_their_place(field, value, messag
     load_labels([good])  # the unchanged annotation passes
     with pytest.raises(InputError, match=f"annotation 0: .*{message}"):
         load_labels([{**good, field: value}])
+
+
+@pytest.mark.parametrize("corrupt", ["gt", "pred"])
+def test_evaluate_command_refuses_a_truncated_rle_quickly(tmp_path, corrupt):
+    """A compressed RLE whose runs do not cover its size made COCOeval's IoU loop forever:
+    run in a subprocess with a timeout, so that a regression fails instead of hanging."""
+    import subprocess
+    import sys
+
+    gt = dataset([[(10, 10, 60, 60)]])
+    results = results_from_boxes(gt, [[(10, 10, 60, 60)]])
+    height, width = gt["images"][0]["height"], gt["images"][0]["width"]
+    truncated = {"size": [height, width], "counts": "Ug011"}
+    if corrupt == "gt":
+        gt["annotations"][0]["segmentation"] = truncated
+    else:
+        results[0]["segmentation"] = truncated
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    (tmp_path / "pred.json").write_text(json.dumps(results))
+    args = ["evaluate", "--pred", str(tmp_path / "pred.json"), "--gt", str(tmp_path / "gt.json")]
+    completed = subprocess.run(
+        [sys.executable, "-m", "hassod", *args, "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert completed.returncode == 2, completed.stderr
+    assert completed.stderr.startswith("hassod evaluate: error: ")
+    assert "annotation 0: corrupt RLE" in completed.stderr
+    assert "Traceback" not in completed.stderr
 
 
 def test_ground_truth_masks_must_match_their_images_size():
