@@ -703,6 +703,84 @@ def test_evaluate_command_refuses_a_truncated_rle_quickly(tmp_path, corrupt):
     assert "Traceback" not in completed.stderr
 
 
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda d: d["images"][0].update(id=[1]), r"image 0: 'id' must be an integer or a str"),
+        (lambda d: d["images"][0].update(file_name=5), r"'file_name' must be a string, got 5"),
+        (lambda d: d["annotations"][0].update(parent_id=[1]), "'parent_id' must be an integer"),
+        (lambda d: d["annotations"][0].update(image_id={}), "'image_id' must be an integer"),
+        (lambda d: d["annotations"][0].update(score=10**400), r"'score' must be a finite.*\.\.\."),
+        (lambda d: d["annotations"][0].update(threshold="x"), "'threshold' must be a finite"),
+        (lambda d: d["annotations"][0].update(area="big"), "'area' must be a finite number"),
+        (lambda d: d["annotations"][0].update(category_id="x"), "'category_id' must be an int"),
+        (lambda d: d["annotations"][0].update(iscrowd="0"), "'iscrowd' must be 0 or 1"),
+        (
+            lambda d: d["annotations"][0].update(segmentation=None, bbox=None),
+            "has neither 'segmentation' nor 'bbox'",
+        ),
+        (
+            lambda d: d["annotations"].append({**d["annotations"][0]}),
+            "annotation id 1 already used by annotation 0; ids must be unique",
+        ),
+    ],
+)
+def test_hand_edited_labels_are_refused_with_their_place(change, message):
+    """Each of these gave a traceback (unhashable ids, OverflowError, a float() of a string,
+    pycocotools on None) or a silently wrong result (iscrowd "0" counted as a crowd)."""
+    from hassod.labels import load_labels
+
+    labels = dataset([[(10, 10, 60, 60)]])
+    load_labels(copy.deepcopy(labels))
+    change(labels)
+    with pytest.raises(InputError, match=message):
+        load_labels(labels)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda d: d["images"][0].update(id=[1]), r"image 0: 'id' must be an integer or a str"),
+        (lambda d: d["annotations"][0].update(image_id=[1]), "'image_id' must be an integer"),
+        (lambda d: d["annotations"][0].update(area="big"), "'area' must be a finite number"),
+        (lambda d: d["annotations"][0].update(iscrowd="yes"), "'iscrowd' must be 0 or 1"),
+        (lambda d: d["annotations"][0].update(category_id="x"), "'category_id' must be an int"),
+    ],
+)
+def test_hand_edited_ground_truth_is_refused_with_its_place(change, message):
+    from hassod.evaluate import load_ground_truth
+
+    gt = dataset([[(10, 10, 60, 60)]])
+    load_ground_truth(copy.deepcopy(gt))
+    change(gt)
+    with pytest.raises(InputError, match=f"ground truth .*{message}"):
+        load_ground_truth(gt)
+
+
+def test_ground_truth_annotation_ids_may_repeat_as_they_are_renumbered():
+    gt = dataset([[(10, 10, 60, 60), (100, 100, 50, 50)]])
+    gt["annotations"][1]["id"] = gt["annotations"][0]["id"]
+    results = results_from_boxes(gt, [[(10, 10, 60, 60), (100, 100, 50, 50)]])
+    assert evaluate(results, gt)["segm"]["AR@100"] == 1.0
+
+
+def test_image_index_refuses_a_file_name_that_is_not_a_string():
+    """`hassod predict --image-ids` looks its images up here: a number was a TypeError."""
+    from hassod.labels import ImageIndex
+
+    with pytest.raises(InputError, match="ids.json: image 1's 'file_name' must be a string"):
+        ImageIndex([{"id": 1, "file_name": "a.png"}, {"id": 2, "file_name": 7}], "ids.json")
+
+
+def test_a_huge_box_without_mask_is_clipped_not_an_overflow():
+    from hassod.labels import to_rle
+
+    rle = to_rle({"bbox": [1e308] * 4}, 20, 30)
+    assert mask_utils.area(rle) == 0
+    rle = to_rle({"bbox": [-1e308, -1e308, 1.7e308, 1.7e308]}, 20, 30)
+    assert mask_utils.area(rle) == 20 * 30
+
+
 def test_ground_truth_masks_must_match_their_images_size():
     from hassod.evaluate import load_ground_truth
 
