@@ -527,21 +527,37 @@ def _tree_html(slug: str, item: ImageMasks, colours: np.ndarray, parents: Sequen
         siblings.sort(key=lambda index: -areas[index])
     placed: set[int] = set()
 
-    def entry(index: int) -> str:
-        placed.add(index)
+    def label(index: int) -> str:
         annotation = item.annotations[index]
         colour = "#{:02x}{:02x}{:02x}".format(*(int(c) for c in colours[index]))
         details = [mask_caption(annotation, index), f"{int(areas[index])} px"]
         threshold = threshold_of(annotation)
         if threshold is not None:
             details.append(f"θ {threshold:g}")
-        nested = [entry(child) for child in children.get(index, []) if child not in placed]
-        inner = f"<ul>{''.join(nested)}</ul>" if nested else ""
         return (
-            f'<li><span class="entry" tabindex="0" data-overlay="ov-{slug}-{index}">'
+            f'<span class="entry" tabindex="0" data-overlay="ov-{slug}-{index}">'
             f'<i class="swatch" style="background:{colour}"></i>'
-            f"{html.escape(' · '.join(details))}</span>{inner}</li>"
+            f"{html.escape(' · '.join(details))}</span>"
         )
+
+    def entry(root: int) -> str:
+        # A stack, not recursion: a hand-written parent chain may be thousands deep.
+        parts, stack = [], [root]
+        while stack:
+            top = stack.pop()
+            if isinstance(top, str):  # the end of a nested list
+                parts.append(top)
+                continue
+            placed.add(top)
+            parts.append(f"<li>{label(top)}")
+            nested = [child for child in children.get(top, []) if child not in placed]
+            if nested:
+                parts.append("<ul>")
+                stack.append("</ul></li>")
+                stack.extend(reversed(nested))
+            else:
+                parts.append("</li>")
+        return "".join(parts)
 
     roots = [entry(index) for index in children.get(-1, [])]
     # Anything left (a parent cycle in a hand-written file) is listed at the top level.

@@ -453,3 +453,20 @@ def test_report_renders_in_headless_chromium_without_console_errors(scene):
     assert body is not None, done.stdout[:500]
     assert 'data-entries="6"' in body.group(0)
     assert 'data-selftest="ok"' in body.group(0)  # hovering each entry shows its overlay
+
+
+def test_mask_tree_of_a_deep_parent_chain_is_drawn_without_recursion():
+    """A hand-written parent chain thousands deep (`report --max-masks 0`) raised
+    RecursionError; the nested lists still follow the chain, and a cycle is still listed."""
+    from hassod.report import ImageMasks, _tree_html
+
+    depth = 3000
+    masks = np.zeros((depth, 2, 2), dtype=bool)
+    annotations = [{"id": index + 1, "bbox": [0, 0, 1, 1]} for index in range(depth)]
+    item = ImageMasks(np.zeros((2, 2, 3), np.uint8), annotations, masks, np.zeros(depth), depth)
+    colours = np.zeros((depth, 3), dtype=np.uint8)
+    page = _tree_html("s", item, colours, [-1, *range(depth - 1)])
+    assert page.count("<li>") == depth and page.count("<ul>") == depth - 1
+    assert page.endswith("</li>" + "</ul></li>" * (depth - 1) + "</ul>")
+    cycle = _tree_html("s", item, colours, [depth - 1, *range(depth - 1)])
+    assert cycle.count("<li>") == depth  # every mask listed once
