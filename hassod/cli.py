@@ -385,6 +385,30 @@ def run_evaluate_command(args: argparse.Namespace, parser: argparse.ArgumentPars
     return 0
 
 
+def _count(text: str) -> int:
+    """An integer >= 0 (argparse type): a negative count would act as a Python slice."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
+def _finite(text: str) -> float:
+    """A finite number (argparse type): every score compares False with nan."""
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
 def _add_label_view_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--labels", type=Path, required=True, help="pseudo-labels, COCO JSON or results list"
@@ -396,11 +420,11 @@ def _add_label_view_arguments(parser: argparse.ArgumentParser) -> None:
         "subpart (+ subparts) (default: all three)",
     )
     parser.add_argument(
-        "--score-threshold", type=float, default=None, help="show masks with score >= this"
+        "--score-threshold", type=_finite, default=None, help="show masks with score >= this"
     )
     parser.add_argument(
         "--max-masks",
-        type=int,
+        type=_count,
         default=100,
         help="at most this many masks per image, the best scores (default 100; 0: no limit)",
     )
@@ -530,7 +554,7 @@ def _add_report_parser(commands) -> None:
     _add_only_gt_images_argument(report)
     report.add_argument(
         "--limit",
-        type=int,
+        type=_count,
         default=50,
         help="gallery of the first N images by file name (default 50; 0: all); the statistics "
         "and evaluation cover all",

@@ -347,6 +347,10 @@ def select(
     max_masks: int | None = None,
 ) -> list[dict]:
     """Annotations with score >= ``score_threshold``, the ``max_masks`` best (stable by score)."""
+    if score_threshold is not None and not math.isfinite(score_threshold):
+        raise ValueError(f"score_threshold must be a finite number, got {score_threshold}")
+    if max_masks is not None and max_masks < 0:  # kept[:-1] would silently drop the last
+        raise ValueError(f"max_masks must be >= 0 (None: no limit), got {max_masks}")
     kept = [a for a in annotations if score_threshold is None or score_of(a) >= score_threshold]
     if max_masks is not None and len(kept) > max_masks:
         order = sorted(range(len(kept)), key=lambda index: -score_of(kept[index]))

@@ -226,6 +226,10 @@ def write_report(
     """
     from hassod.visualize import LEVEL_PANEL_NAMES, region_colours
 
+    # Checked before any work: records[:-1] would silently leave out the last image.
+    if limit is not None and limit < 0:
+        raise ValueError(f"limit must be >= 0 (None: all), got {limit}")
+    select((), score_threshold, max_masks)  # the same checks for these two
     images_dir, out_dir = Path(images_dir), Path(out_dir)
     if not images_dir.is_dir():
         raise InputError(f"images folder not found: {images_dir}")

@@ -470,3 +470,39 @@ def test_mask_tree_of_a_deep_parent_chain_is_drawn_without_recursion():
     assert page.endswith("</li>" + "</ul></li>" * (depth - 1) + "</ul>")
     cycle = _tree_html("s", item, colours, [depth - 1, *range(depth - 1)])
     assert cycle.count("<li>") == depth  # every mask listed once
+
+
+@pytest.mark.parametrize(
+    ("command", "option", "value"),
+    [
+        ("show", "--max-masks", "-1"),
+        ("show", "--score-threshold", "nan"),
+        ("report", "--max-masks", "-5"),
+        ("report", "--limit", "-1"),
+        ("report", "--score-threshold", "inf"),
+    ],
+)
+def test_negative_counts_and_nan_thresholds_are_refused(scene, capsys, command, option, value):
+    """A negative count acted as a Python slice (the last masks or images silently left
+    out); nan kept no mask."""
+    target = scene["images"] / "scene.png" if command == "show" else scene["images"]
+    out = scene["dir"] / ("fig.png" if command == "show" else "report")
+    args = [command, str(target), "--labels", str(scene["labels"]), "--out", str(out)]
+    with pytest.raises(SystemExit) as exit_info:
+        main([*args, option, value])
+    assert exit_info.value.code == 2
+    assert f"argument {option}: expected" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_python_api_refuses_negative_counts_too(scene):
+    from hassod.labels import select
+    from hassod.report import write_report
+
+    with pytest.raises(ValueError, match="max_masks must be >= 0"):
+        select([{"score": 1.0}], max_masks=-1)
+    with pytest.raises(ValueError, match="score_threshold must be a finite"):
+        select([{"score": 1.0}], score_threshold=float("nan"))
+    with pytest.raises(ValueError, match="limit must be >= 0"):
+        write_report(scene["images"], scene["labels"], scene["dir"] / "r", limit=-1)
+    assert not (scene["dir"] / "r").exists()
