@@ -454,7 +454,13 @@ def _add_show_parser(commands) -> None:
         type=Path,
         help="dataset JSON naming the images of a results list (e.g. the ground truth)",
     )
-    show.add_argument("--panel-height", type=int, default=320, help="panel height in pixels")
+    show.add_argument(
+        "--panel-height",
+        type=int,
+        default=320,
+        help="panel height in pixels (default 320, at most 8192; lower where the panels of a "
+        "very wide image would make the figure wider than 8192 pixels)",
+    )
 
 
 def run_show_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -462,8 +468,13 @@ def run_show_command(args: argparse.Namespace, parser: argparse.ArgumentParser) 
     from hassod.report import image_figure, image_masks, image_names, read_labelled_image
 
     panels = _parse_levels(args.levels, parser)
-    if args.panel_height < 16:
-        parser.error(f"--panel-height must be >= 16, got {args.panel_height}")
+    from hassod.visualize import MAX_FIGURE_SIDE
+
+    # Beyond that the figure would be scaled back down anyway (after a huge allocation).
+    if not 16 <= args.panel_height <= MAX_FIGURE_SIDE:
+        parser.error(
+            f"--panel-height must be between 16 and {MAX_FIGURE_SIDE}, got {args.panel_height}"
+        )
     if not args.image.is_file():
         parser.error(f"image not found: {args.image}")
     _writable_file(args.out, parser)

@@ -506,3 +506,12 @@ def test_python_api_refuses_negative_counts_too(scene):
     with pytest.raises(ValueError, match="limit must be >= 0"):
         write_report(scene["images"], scene["labels"], scene["dir"] / "r", limit=-1)
     assert not (scene["dir"] / "r").exists()
+
+
+def test_show_refuses_an_absurd_panel_height(scene, capsys):
+    """--panel-height 100000 was a MemoryError traceback."""
+    args = ["show", str(scene["images"] / "scene.png"), "--labels", str(scene["labels"])]
+    with pytest.raises(SystemExit) as exit_info:
+        main([*args, "--out", str(scene["dir"] / "f.png"), "--panel-height", "100000"])
+    assert exit_info.value.code == 2
+    assert "--panel-height must be between 16 and 8192" in capsys.readouterr().err
