@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from hassod.cli import main
-from hassod.coco import assemble, image_record, mask_annotations
+from hassod.coco import assemble, encode_mask, image_id_for, image_record, mask_annotations
 from hassod.report import OUTLINE_WIDTHS, parse_levels, write_report
 from hassod.visualize import CAPTION_HEIGHT, _outline, level_figure, region_colours
 
@@ -515,3 +515,22 @@ def test_show_refuses_an_absurd_panel_height(scene, capsys):
         main([*args, "--out", str(scene["dir"] / "f.png"), "--panel-height", "100000"])
     assert exit_info.value.code == 2
     assert "--panel-height must be between 16 and 8192" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "message"),
+    [
+        (lambda: encode_mask(np.zeros((2, 3, 4), bool)), ValueError, r"2-D \(H, W\)"),
+        (lambda: encode_mask(np.zeros(5, bool)), ValueError, r"2-D \(H, W\)"),
+        (lambda: image_id_for(None), TypeError, "file_name must be a str"),
+        (
+            lambda: mask_annotations(np.ones((2, 3, 3), bool), [0], [-1, -1], [0.1] * 2, [1] * 2),
+            ValueError,
+            "differ in length",
+        ),
+        (lambda: assemble([({"id": 1}, [])], {}), ValueError, "'file_name' string"),
+    ],
+)
+def test_coco_helpers_refuse_bad_arguments_clearly(call, error, message):
+    with pytest.raises(error, match=message):
+        call()
