@@ -446,7 +446,7 @@ def _add_show_parser(commands) -> None:
     )
     show.add_argument("image", type=Path, metavar="IMAGE", help="the image file")
     _add_label_view_arguments(show)
-    show.add_argument("--out", type=Path, required=True, help="output PNG")
+    show.add_argument("--out", type=Path, required=True, help="output PNG (a .png file name)")
     show.add_argument(
         "--images",
         "--gt",
@@ -477,6 +477,9 @@ def run_show_command(args: argparse.Namespace, parser: argparse.ArgumentParser) 
         )
     if not args.image.is_file():
         parser.error(f"image not found: {args.image}")
+    # The figure is a PNG: a name without the suffix (meant as a folder?) would hide that.
+    if args.out.suffix.lower() != ".png":
+        parser.error(f"--out must be a .png file name, got {str(args.out)!r}")
     _writable_file(args.out, parser)
     try:
         labels = load_labels(args.labels, "labels")

@@ -360,6 +360,7 @@ def _histograms(out_dir: Path, level_counts: np.ndarray, counts: Sequence[int]) 
     """levels.png (masks per level) and masks_per_image.png, with matplotlib (Agg, no pyplot)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     figure = Figure(figsize=(4.2, 3.0), dpi=100, layout="constrained")
     axes = figure.add_subplot()
@@ -377,6 +378,7 @@ def _histograms(out_dir: Path, level_counts: np.ndarray, counts: Sequence[int]) 
     axes.hist(counts, bins=bins, color="#3b75af", edgecolor="white")
     axes.set_xlabel("masks in the image")
     axes.set_ylabel("images")
+    axes.yaxis.set_major_locator(MaxNLocator(integer=True))  # image counts: no 0.5 ticks
     axes.set_title(f"masks per image ({len(counts)} images)")
     _save_figure(FigureCanvasAgg(figure), out_dir / "masks_per_image.png")
 

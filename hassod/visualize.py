@@ -285,7 +285,8 @@ def _legend_columns(figure_width: int) -> int:
 
 
 def _legend_height(figure_width: int, entries: Sequence, max_rows: int) -> int:
-    rows = min(max_rows, -(-len(entries) // _legend_columns(figure_width)))
+    # At least one row: an image without masks still says "no masks" there.
+    rows = max(1, min(max_rows, -(-len(entries) // _legend_columns(figure_width))))
     return 8 + _LEGEND_LINE * (1 + rows) + 4
 
 

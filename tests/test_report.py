@@ -534,3 +534,34 @@ def test_show_refuses_an_absurd_panel_height(scene, capsys):
 def test_coco_helpers_refuse_bad_arguments_clearly(call, error, message):
     with pytest.raises(error, match=message):
         call()
+
+
+def test_legend_of_an_image_without_masks_has_room_for_its_no_masks_line():
+    """The legend counted 0 rows, so 'no masks' was drawn below the figure's edge."""
+    image = np.zeros((40, 40, 3), np.uint8)
+    one = level_figure(image, np.ones((1, 40, 40), bool), [0], panel_height=40, legend=["#1"])
+    none = level_figure(image, np.zeros((0, 40, 40), bool), [], panel_height=40, legend=[])
+    assert none.size == one.size
+    legend = np.asarray(none)[40 + 22 + 8 + 20 :]  # the row under the outline widths
+    assert (legend < 128).any()  # the text is there
+
+
+def test_masks_per_image_histogram_has_integer_ticks(tmp_path, monkeypatch):
+    from hassod import report
+
+    canvases = []
+    monkeypatch.setattr(report, "_save_figure", lambda canvas, path: canvases.append(canvas))
+    report._histograms(tmp_path, np.array([3, 1, 0]), [2, 3])  # counts of 1: 0.25 ticks before
+    ticks = canvases[1].figure.axes[0].get_yticks()
+    assert len(ticks) > 1 and all(float(tick).is_integer() for tick in ticks)
+
+
+def test_show_out_must_be_a_png_name(scene, capsys):
+    """`--out shows/sub` silently wrote a PNG named 'sub'."""
+    out = scene["dir"] / "shows" / "sub"
+    args = ["show", str(scene["images"] / "scene.png"), "--labels", str(scene["labels"])]
+    with pytest.raises(SystemExit) as exit_info:
+        main([*args, "--out", str(out)])
+    assert exit_info.value.code == 2
+    assert "--out must be a .png file name" in capsys.readouterr().err
+    assert main([*args, "--out", str(scene["dir"] / "fig.PNG")]) == 0
