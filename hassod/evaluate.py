@@ -424,16 +424,17 @@ def _unknown_images_message(
     labels: Labels, dataset: dict, unknown: list, predicted: int, to_gt: dict
 ) -> str:
     shown = ", ".join(map(repr, unknown[:5])) + (" ..." if len(unknown) > 5 else "")
+    # Images with at least one prediction: an image listed with no masks counts in neither.
     share = f"{len(unknown)} of the {predicted}" if to_gt else f"all {predicted}"
     if labels.images is None:
         text = (
-            f"{len(unknown)} image ids are not in the ground truth: {shown} ({share} predicted "
-            f"images). {HASHED_IDS_HINT}"
+            f"{len(unknown)} image ids are not in the ground truth: {shown} ({share} images with "
+            f"predictions). {HASHED_IDS_HINT}"
         )
     else:
         text = (
             f"no image named {shown} in the ground truth ({len(dataset['images'])} images; "
-            f"{share} predicted images, matched by file name)"
+            f"{share} images with predictions, matched by file name)"
         )
     if to_gt:  # leaving the others out still evaluates something
         text += (

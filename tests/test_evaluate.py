@@ -515,7 +515,7 @@ def test_results_with_hashed_file_name_ids_are_refused_with_the_fix():
     for result, image in zip(hashed, gt["images"]):
         result["image_id"] = image_id_for(image["file_name"])
     for only_gt_images in (False, True):  # nothing would be left to evaluate
-        with pytest.raises(InputError, match="all 2 predicted images") as error:
+        with pytest.raises(InputError, match="all 2 images with predictions") as error:
             evaluate(hashed, gt, only_gt_images=only_gt_images)
         assert "rerun it with --image-ids GT.json" in str(error.value)
         assert "--only-gt-images" not in str(error.value)
@@ -538,8 +538,13 @@ def test_only_gt_images_leaves_out_predictions_on_other_images():
     pseudo = pseudo_labels_with_an_extra_image(gt)
     with pytest.raises(InputError, match="no image named 'extra.png'") as error:
         evaluate(pseudo, gt)
-    assert "1 of the 2 predicted images" in str(error.value)
+    assert "1 of the 2 images with predictions" in str(error.value)
     assert "pass --only-gt-images" in str(error.value)
+    # An image listed without masks is no image with predictions (said "predicted images").
+    pseudo["images"].append({"id": 7, "file_name": "img1.png"})
+    with pytest.raises(InputError, match="1 of the 2 images with predictions"):
+        evaluate(pseudo, gt)
+    pseudo["images"].pop()
     result = evaluate(pseudo, gt, only_gt_images=True)
     expected = evaluate({**pseudo, "annotations": pseudo["annotations"][:2]}, gt)
     assert result["segm"] == expected["segm"] and result["segm"]["AR@100"] == 1.0
