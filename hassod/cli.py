@@ -393,6 +393,30 @@ def run_evaluate_command(args: argparse.Namespace, parser: argparse.ArgumentPars
     return 0
 
 
+def _count(text: str) -> int:
+    """An integer >= 0 (argparse type): a negative count would act as a Python slice."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
+def _finite(text: str) -> float:
+    """A finite number (argparse type): every score compares False with nan."""
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
 def _add_label_view_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--labels", type=Path, required=True, help="pseudo-labels, COCO JSON or results list"
@@ -404,11 +428,11 @@ def _add_label_view_arguments(parser: argparse.ArgumentParser) -> None:
         "subpart (+ subparts) (default: all three)",
     )
     parser.add_argument(
-        "--score-threshold", type=float, default=None, help="show masks with score >= this"
+        "--score-threshold", type=_finite, default=None, help="show masks with score >= this"
     )
     parser.add_argument(
         "--max-masks",
-        type=int,
+        type=_count,
         default=100,
         help="at most this many masks per image, the best scores (default 100; 0: no limit)",
     )
@@ -430,7 +454,7 @@ def _add_show_parser(commands) -> None:
     )
     show.add_argument("image", type=Path, metavar="IMAGE", help="the image file")
     _add_label_view_arguments(show)
-    show.add_argument("--out", type=Path, required=True, help="output PNG")
+    show.add_argument("--out", type=Path, required=True, help="output PNG (a .png file name)")
     show.add_argument(
         "--images",
         "--gt",
@@ -438,7 +462,13 @@ def _add_show_parser(commands) -> None:
         type=Path,
         help="dataset JSON naming the images of a results list (e.g. the ground truth)",
     )
-    show.add_argument("--panel-height", type=int, default=320, help="panel height in pixels")
+    show.add_argument(
+        "--panel-height",
+        type=int,
+        default=320,
+        help="panel height in pixels (default 320, at most 8192; lower where the panels of a "
+        "very wide image would make the figure wider than 8192 pixels)",
+    )
 
 
 def run_show_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -446,10 +476,18 @@ def run_show_command(args: argparse.Namespace, parser: argparse.ArgumentParser) 
     from hassod.report import image_figure, image_masks, image_names, read_labelled_image
 
     panels = _parse_levels(args.levels, parser)
-    if args.panel_height < 16:
-        parser.error(f"--panel-height must be >= 16, got {args.panel_height}")
+    from hassod.visualize import MAX_FIGURE_SIDE
+
+    # Beyond that the figure would be scaled back down anyway (after a huge allocation).
+    if not 16 <= args.panel_height <= MAX_FIGURE_SIDE:
+        parser.error(
+            f"--panel-height must be between 16 and {MAX_FIGURE_SIDE}, got {args.panel_height}"
+        )
     if not args.image.is_file():
         parser.error(f"image not found: {args.image}")
+    # The figure is a PNG: a name without the suffix (meant as a folder?) would hide that.
+    if args.out.suffix.lower() != ".png":
+        parser.error(f"--out must be a .png file name, got {str(args.out)!r}")
     _writable_file(args.out, parser)
     try:
         labels = load_labels(args.labels, "labels")
@@ -538,7 +576,7 @@ def _add_report_parser(commands) -> None:
     _add_only_gt_images_argument(report)
     report.add_argument(
         "--limit",
-        type=int,
+        type=_count,
         default=50,
         help="gallery of the first N images by file name (default 50; 0: all); the statistics "
         "and evaluation cover all",

@@ -23,6 +23,8 @@ def image_id_for(file_name: str) -> int:
     id, in any run or shard, and ids stay exact in JavaScript (< 2^53). Collisions are checked
     when a JSON is assembled.
     """
+    if not isinstance(file_name, str):
+        raise TypeError(f"file_name must be a str, got {type(file_name).__name__}")
     digest = hashlib.sha256(file_name.encode("utf-8")).digest()
     return int.from_bytes(digest[:6], "big") or 1
 
@@ -31,7 +33,10 @@ def encode_mask(mask: np.ndarray) -> dict:
     """(H, W) bool mask -> COCO RLE dict with ASCII ``counts``."""
     from pycocotools import mask as mask_utils
 
-    rle = mask_utils.encode(np.asfortranarray(np.asarray(mask, dtype=np.uint8)))
+    mask = np.asarray(mask)
+    if mask.ndim != 2:  # pycocotools reads a 3-D array as a stack, fails obscurely on 1-D
+        raise ValueError(f"mask must be 2-D (H, W), got shape {mask.shape}")
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
     rle["counts"] = rle["counts"].decode("ascii")
     return rle
 
@@ -49,6 +54,20 @@ def mask_annotations(
     """
     from pycocotools import mask as mask_utils
 
+    lengths = {
+        name: len(values)
+        for name, values in (
+            ("masks", masks),
+            ("levels", levels),
+            ("parents", parents),
+            ("thresholds", thresholds),
+            ("scores", scores),
+        )
+    }
+    if len(set(lengths.values())) != 1:  # zip-like reads would drop or misplace values
+        raise ValueError(
+            f"masks, levels, parents, thresholds and scores differ in length: {lengths}"
+        )
     records = []
     for index, mask in enumerate(masks):
         rle = encode_mask(mask)
@@ -85,6 +104,10 @@ def assemble(
     result does not depend on the order work finished in (resumed or sharded runs give the same
     JSON). Each record's in-image ``parent`` index becomes ``parent_id``, an annotation id.
     """
+    entries = list(entries)
+    for image, _ in entries:
+        if not isinstance(image.get("file_name"), str) or "id" not in image:
+            raise ValueError(f"an image record needs an 'id' and a 'file_name' string, got {image}")
     ordered = sorted(entries, key=lambda entry: entry[0]["file_name"])
     images, annotations, seen_ids = [], [], {}
     next_id = 1

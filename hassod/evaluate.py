@@ -82,6 +82,7 @@ from hassod.labels import (
     InputError,
     Labels,
     check_annotation_fields,
+    check_id,
     level_of,
     load_labels,
     read_json,
@@ -254,7 +255,8 @@ def load_ground_truth(
     """A single-category copy of a COCO ground truth, ready for COCOeval.
 
     Returns:
-        ``(dataset, counts)``: the dataset dict (annotations renumbered 1..N, ``category_id``
+        ``(dataset, counts)``: the dataset dict (annotations renumbered 1..N -- their own ids
+        are not read, so repeated ones do no harm -- ``category_id``
         1, ``iscrowd`` 0/1, ``area`` and ``bbox`` filled in from the mask where missing) and
         ``{"images", "objects", "crowd", "dropped_stuff"}``.
     """
@@ -272,6 +274,7 @@ def load_ground_truth(
     for index, image in enumerate(data["images"]):
         if not isinstance(image, dict) or not {"id", "width", "height"} <= image.keys():
             raise InputError(f"ground truth {name}: image {index} lacks id, width or height")
+        check_id(image["id"], f"ground truth {name}: image {index}")
         if image["id"] in images:
             raise InputError(f"ground truth {name}: image id {image['id']!r} appears twice")
         images[image["id"]] = image
@@ -280,7 +283,8 @@ def load_ground_truth(
         where = f"ground truth {name}: annotation {index}"
         if not isinstance(annotation, dict):
             raise InputError(f"{where} is not an object")
-        if annotation.get("image_id") not in images:
+        check_id(annotation.get("image_id"), where, "image_id")
+        if annotation["image_id"] not in images:
             orphans += 1  # pycocotools only looks at the listed images' annotations
             continue
         if things_only and _category(annotation, where) >= stuff_min_id:
@@ -420,16 +424,17 @@ def _unknown_images_message(
     labels: Labels, dataset: dict, unknown: list, predicted: int, to_gt: dict
 ) -> str:
     shown = ", ".join(map(repr, unknown[:5])) + (" ..." if len(unknown) > 5 else "")
+    # Images with at least one prediction: an image listed with no masks counts in neither.
     share = f"{len(unknown)} of the {predicted}" if to_gt else f"all {predicted}"
     if labels.images is None:
         text = (
-            f"{len(unknown)} image ids are not in the ground truth: {shown} ({share} predicted "
-            f"images). {HASHED_IDS_HINT}"
+            f"{len(unknown)} image ids are not in the ground truth: {shown} ({share} images with "
+            f"predictions). {HASHED_IDS_HINT}"
         )
     else:
         text = (
             f"no image named {shown} in the ground truth ({len(dataset['images'])} images; "
-            f"{share} predicted images, matched by file name)"
+            f"{share} images with predictions, matched by file name)"
         )
     if to_gt:  # leaving the others out still evaluates something
         text += (

@@ -26,6 +26,7 @@ import json
 import math
 import os
 import re
+import reprlib
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -41,6 +42,7 @@ __all__ = [
     "InputError",
     "Labels",
     "check_annotation_fields",
+    "check_id",
     "decode_masks",
     "ImageIndex",
     "find_image",
@@ -116,23 +118,25 @@ class Labels:
         return groups
 
 
-def load_labels(source, what: str = "labels") -> Labels:
+def load_labels(source, what: str = "labels", name: str | None = None) -> Labels:
     """Read and check a pseudo-label / COCO dataset dict or a COCO results list.
 
     Args:
         source: a path, or the already parsed dict or list.
         what: the role of the file, for messages ("labels", "predictions", ...).
+        name: how messages name the file; by default its path, or "in-memory ``what``".
 
     Raises:
         InputError: missing or malformed file; an annotation without ``image_id`` or without
-            both ``segmentation`` and ``bbox``; an annotation of an image the file does not
-            list; duplicate image ids.
+            both ``segmentation`` and ``bbox`` (null or empty counts as missing); an
+            annotation of an image the file does not list; ids that are not integers or
+            strings; duplicate image ids or annotation ids.
     """
     if isinstance(source, (str, os.PathLike)):
-        name = str(source)
+        name = str(source) if name is None else name
         data = read_json(source, what)
     else:
-        name, data = f"in-memory {what}", source
+        name, data = (f"in-memory {what}" if name is None else name), source
     if isinstance(data, list):
         annotations, images = data, None
     elif isinstance(data, dict):
@@ -149,14 +153,28 @@ def load_labels(source, what: str = "labels") -> Labels:
             f"{what} {name}: expected a COCO dict or a results list, got {type(data).__name__}"
         )
     known = None if images is None else {image["id"] for image in images}
+    first_of_id: dict = {}
     for index, annotation in enumerate(annotations):
         where = f"{what} {name}: annotation {index}"
         if not isinstance(annotation, dict):
             raise InputError(f"{where} is a {type(annotation).__name__}, expected an object")
         if "image_id" not in annotation:
             raise InputError(f"{where} has no 'image_id'")
-        if "segmentation" not in annotation and "bbox" not in annotation:
+        check_id(annotation["image_id"], where, "image_id")
+        # null counts as missing, as `hassod show` reads it: there is nothing to draw or score.
+        if not annotation.get("segmentation") and not annotation.get("bbox"):
             raise InputError(f"{where} has neither 'segmentation' nor 'bbox'")
+        if annotation.get("id") is not None:
+            check_id(annotation["id"], where, "id")
+            # parent_id names an annotation by id: a repeated id makes the trees ambiguous.
+            if annotation["id"] in first_of_id:
+                raise InputError(
+                    f"{where}: annotation id {annotation['id']!r} already used by annotation "
+                    f"{first_of_id[annotation['id']]}; ids must be unique"
+                )
+            first_of_id[annotation["id"]] = index
+        if annotation.get("parent_id") is not None:
+            check_id(annotation["parent_id"], where, "parent_id")
         if known is not None and annotation["image_id"] not in known:
             raise InputError(
                 f"{where} refers to image_id {annotation['image_id']!r}, which is not in the "
@@ -186,22 +204,49 @@ def _warn_on_dangling_parents(annotations: Sequence[dict], where: str) -> None:
 
 
 def _finite_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int beyond float's range (JSON allows 10**400)
+        return False
+
+
+def _shown(value) -> str:
+    """``repr`` cut short, so that a 400-digit number or a long list keeps a message one line."""
+    return reprlib.repr(value)
+
+
+def check_id(value, where: str, key: str = "id") -> None:
+    """An image or annotation id must be an integer or a string (COCO's are integers): a list
+    or an object cannot be looked up, a float or a bool would match the wrong id."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise InputError(f"{where}: {key!r} must be an integer or a string, got {_shown(value)}")
 
 
 def check_annotation_fields(annotation: dict, where: str) -> None:
     """Types and values of the fields the tools read, so that a bad file fails here with its
     place named (exit 2) rather than deep in pycocotools (a traceback, or a hang on a
     corrupt RLE string) or silently (a NaN box shifts the metrics)."""
-    score = annotation.get("score")
-    if score is not None and not _finite_number(score):
-        raise InputError(f"{where}: 'score' must be a finite number, got {score!r}")
+    for key in ("score", "threshold"):
+        value = annotation.get(key)
+        if value is not None and not _finite_number(value):
+            raise InputError(f"{where}: {key!r} must be a finite number, got {_shown(value)}")
+    area = annotation.get("area")  # COCOeval's area ranges compare it with numbers
+    if area is not None and not (_finite_number(area) and area >= 0):
+        raise InputError(f"{where}: 'area' must be a finite number >= 0, got {_shown(area)}")
+    category = annotation.get("category_id")
+    if category is not None and not (_finite_number(category) and float(category).is_integer()):
+        raise InputError(f"{where}: 'category_id' must be an integer, got {_shown(category)}")
+    # COCO's 0/1 (or false/true): bool("0") would make a string "0" a crowd region.
+    if annotation.get("iscrowd") not in (None, 0, 1):
+        raise InputError(f"{where}: 'iscrowd' must be 0 or 1, got {_shown(annotation['iscrowd'])}")
     for key in ("hier_level", "level"):
         level = annotation.get(key)
         if level is not None and not (
             _finite_number(level) and float(level).is_integer() and level >= 0
         ):
-            raise InputError(f"{where}: {key!r} must be an integer >= 0, got {level!r}")
+            raise InputError(f"{where}: {key!r} must be an integer >= 0, got {_shown(level)}")
     bbox = annotation.get("bbox")
     if bbox is not None and not (
         isinstance(bbox, list)
@@ -210,7 +255,9 @@ def check_annotation_fields(annotation: dict, where: str) -> None:
         and bbox[2] >= 0
         and bbox[3] >= 0
     ):
-        raise InputError(f"{where}: 'bbox' must be [x, y, width, height] finite, got {bbox!r}")
+        raise InputError(
+            f"{where}: 'bbox' must be [x, y, width, height] finite, got {_shown(bbox)}"
+        )
     segmentation = annotation.get("segmentation")
     if segmentation is None or segmentation == []:
         return
@@ -221,19 +268,20 @@ def check_annotation_fields(annotation: dict, where: str) -> None:
             and len(size) == 2
             and all(isinstance(v, int) and v >= 0 for v in size)
         ):
-            raise InputError(f"{where}: RLE 'size' must be [height, width], got {size!r}")
-        if isinstance(counts, str):
-            if not _RLE_CHARACTERS.fullmatch(counts):
-                raise InputError(f"{where}: RLE 'counts' is not a COCO compressed RLE string")
-        elif not (
-            isinstance(counts, list)
-            and all(isinstance(v, int) and v >= 0 for v in counts)
-            and sum(counts) == size[0] * size[1]
-        ):
+            raise InputError(f"{where}: RLE 'size' must be [height, width], got {_shown(size)}")
+        if isinstance(counts, str) and not _RLE_CHARACTERS.fullmatch(counts):
+            raise InputError(f"{where}: RLE 'counts' is not a COCO compressed RLE string")
+        # Decoded, not just its characters checked: pycocotools reads past the end of a
+        # truncated string (garbage masks) and COCOeval's IoU loops forever on one.
+        from hassod.hierarchy import _rle_runs
+
+        try:
+            _rle_runs([{"size": size, "counts": counts}])
+        except ValueError as error:
+            reason = str(error).removeprefix("masks[0]: ")
             raise InputError(
-                f"{where}: uncompressed RLE 'counts' must be run lengths adding up to "
-                "height x width"
-            )
+                f"{where}: corrupt RLE: its runs must add up to height x width ({reason})"
+            ) from None
     elif isinstance(segmentation, list):
         for polygon in segmentation:
             if not (
@@ -263,6 +311,12 @@ def _checked_images(images, where: str) -> list[dict]:
     for index, image in enumerate(images):
         if not isinstance(image, dict) or "id" not in image:
             raise InputError(f"{where}: image {index} is not an object with an 'id'")
+        check_id(image["id"], f"{where}: image {index}")
+        if image.get("file_name") is not None and not isinstance(image["file_name"], str):
+            raise InputError(
+                f"{where}: image {index}'s 'file_name' must be a string, got "
+                f"{_shown(image['file_name'])}"
+            )
         if image["id"] in seen:
             raise InputError(f"{where}: image id {image['id']!r} appears twice")
         seen.add(image["id"])
@@ -293,6 +347,10 @@ def select(
     max_masks: int | None = None,
 ) -> list[dict]:
     """Annotations with score >= ``score_threshold``, the ``max_masks`` best (stable by score)."""
+    if score_threshold is not None and not math.isfinite(score_threshold):
+        raise ValueError(f"score_threshold must be a finite number, got {score_threshold}")
+    if max_masks is not None and max_masks < 0:  # kept[:-1] would silently drop the last
+        raise ValueError(f"max_masks must be >= 0 (None: no limit), got {max_masks}")
     kept = [a for a in annotations if score_threshold is None or score_of(a) >= score_threshold]
     if max_masks is not None and len(kept) > max_masks:
         order = sorted(range(len(kept)), key=lambda index: -score_of(kept[index]))
@@ -348,8 +406,15 @@ class ImageIndex:
     def __init__(self, images: Sequence[dict], within: str) -> None:
         self.within = within
         self._by_base: dict[str, list[tuple[tuple[str, ...], dict]]] = {}
-        for image in images:
-            name = image.get("file_name") or _url_file_name(image.get("coco_url"))
+        for position, image in enumerate(images):
+            if not isinstance(image, dict):
+                raise InputError(f"{within}: image {position} is not an object")
+            name = image.get("file_name")
+            if name is not None and not isinstance(name, str):
+                raise InputError(
+                    f"{within}: image {position}'s 'file_name' must be a string, got {_shown(name)}"
+                )
+            name = name or _url_file_name(image.get("coco_url"))
             if name:
                 parts = PurePosixPath(name).parts
                 self._by_base.setdefault(parts[-1], []).append((parts, image))
@@ -403,9 +468,10 @@ def to_rle(annotation: dict, height: int, width: int, where: str = "annotation")
     elif annotation.get("bbox"):
         x, y, w, h = (float(v) for v in annotation["bbox"])
         box = np.zeros((height, width), dtype=np.uint8, order="F")
-        # Clamped at both ends: a negative end would wrap around and paint the wrong side.
-        top, bottom = (min(max(round(v), 0), height) for v in (y, y + h))
-        left, right = (min(max(round(v), 0), width) for v in (x, x + w))
+        # Clamped at both ends: a negative end would wrap around and paint the wrong side;
+        # clamped before rounding, as a huge box's end (1e308 + 1e308) is infinite.
+        top, bottom = (round(min(max(v, 0), height)) for v in (y, y + h))
+        left, right = (round(min(max(v, 0), width)) for v in (x, x + w))
         box[top:bottom, left:right] = 1
         rle = mask_utils.encode(box)
     else:

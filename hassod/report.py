@@ -226,6 +226,10 @@ def write_report(
     """
     from hassod.visualize import LEVEL_PANEL_NAMES, region_colours
 
+    # Checked before any work: records[:-1] would silently leave out the last image.
+    if limit is not None and limit < 0:
+        raise ValueError(f"limit must be >= 0 (None: all), got {limit}")
+    select((), score_threshold, max_masks)  # the same checks for these two
     images_dir, out_dir = Path(images_dir), Path(out_dir)
     if not images_dir.is_dir():
         raise InputError(f"images folder not found: {images_dir}")
@@ -356,6 +360,7 @@ def _histograms(out_dir: Path, level_counts: np.ndarray, counts: Sequence[int]) 
     """levels.png (masks per level) and masks_per_image.png, with matplotlib (Agg, no pyplot)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     figure = Figure(figsize=(4.2, 3.0), dpi=100, layout="constrained")
     axes = figure.add_subplot()
@@ -373,6 +378,7 @@ def _histograms(out_dir: Path, level_counts: np.ndarray, counts: Sequence[int]) 
     axes.hist(counts, bins=bins, color="#3b75af", edgecolor="white")
     axes.set_xlabel("masks in the image")
     axes.set_ylabel("images")
+    axes.yaxis.set_major_locator(MaxNLocator(integer=True))  # image counts: no 0.5 ticks
     axes.set_title(f"masks per image ({len(counts)} images)")
     _save_figure(FigureCanvasAgg(figure), out_dir / "masks_per_image.png")
 
@@ -527,21 +533,37 @@ def _tree_html(slug: str, item: ImageMasks, colours: np.ndarray, parents: Sequen
         siblings.sort(key=lambda index: -areas[index])
     placed: set[int] = set()
 
-    def entry(index: int) -> str:
-        placed.add(index)
+    def label(index: int) -> str:
         annotation = item.annotations[index]
         colour = "#{:02x}{:02x}{:02x}".format(*(int(c) for c in colours[index]))
         details = [mask_caption(annotation, index), f"{int(areas[index])} px"]
         threshold = threshold_of(annotation)
         if threshold is not None:
             details.append(f"θ {threshold:g}")
-        nested = [entry(child) for child in children.get(index, []) if child not in placed]
-        inner = f"<ul>{''.join(nested)}</ul>" if nested else ""
         return (
-            f'<li><span class="entry" tabindex="0" data-overlay="ov-{slug}-{index}">'
+            f'<span class="entry" tabindex="0" data-overlay="ov-{slug}-{index}">'
             f'<i class="swatch" style="background:{colour}"></i>'
-            f"{html.escape(' · '.join(details))}</span>{inner}</li>"
+            f"{html.escape(' · '.join(details))}</span>"
         )
+
+    def entry(root: int) -> str:
+        # A stack, not recursion: a hand-written parent chain may be thousands deep.
+        parts, stack = [], [root]
+        while stack:
+            top = stack.pop()
+            if isinstance(top, str):  # the end of a nested list
+                parts.append(top)
+                continue
+            placed.add(top)
+            parts.append(f"<li>{label(top)}")
+            nested = [child for child in children.get(top, []) if child not in placed]
+            if nested:
+                parts.append("<ul>")
+                stack.append("</ul></li>")
+                stack.extend(reversed(nested))
+            else:
+                parts.append("</li>")
+        return "".join(parts)
 
     roots = [entry(index) for index in children.get(-1, [])]
     # Anything left (a parent cycle in a hand-written file) is listed at the top level.

@@ -19,7 +19,7 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from hassod.labels import InputError, read_json
+from hassod.labels import InputError, check_annotation_fields, read_json
 
 CATEGORY = {"id": 1, "name": "object", "supercategory": "object"}
 _KEPT = ("segmentation", "area", "bbox")
@@ -89,6 +89,8 @@ def sa1b_to_coco(files: Iterable[str | os.PathLike]) -> dict:
                     f"{path}: annotation {index}'s mask size {size} differs from the image's "
                     f"[height, width] {[record['height'], record['width']]}"
                 )
+            # A truncated RLE here would hang `hassod evaluate` on the written ground truth.
+            check_annotation_fields(annotation, f"{path}: annotation {index}")
             kept = {key: annotation[key] for key in _KEPT if key in annotation}
             kept.update(id=len(annotations) + 1, image_id=record["id"], category_id=1, iscrowd=0)
             annotations.append(kept)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from hassod._io import atomic_write_json
 from hassod.coco import assemble
+from hassod.labels import InputError, load_labels
 from hassod.run_errors import UsageError
 from hassod.work_folder import MANIFEST, WorkFolder, identity_differences, run_identity
 
@@ -142,9 +143,39 @@ def _load_shard(path: Path, allow_partial: bool) -> tuple[dict, list, list[dict]
         return manifest["info"], list(entries.values()), list(failures.values())
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-        info, images, annotations = data["info"], data["images"], data["annotations"]
-    except (OSError, ValueError, KeyError, TypeError) as error:
+    except (OSError, ValueError) as error:
         raise UsageError(f"cannot read shard {path}: {error}") from None
+    missing = [
+        key
+        for key, kind in (("info", dict), ("images", list), ("annotations", list))
+        if not isinstance(data, dict) or not isinstance(data.get(key), kind)
+    ]
+    if missing:
+        found = (
+            "a JSON list (a COCO results list?)"
+            if isinstance(data, list)
+            else f"a JSON {type(data).__name__}"
+            if not isinstance(data, dict)
+            else "a dict without " + ", ".join(map(repr, missing))
+        )
+        raise UsageError(
+            f"{path} is not a hassod output JSON: expected a dict with an 'info' object and "
+            f"'images' and 'annotations' lists (as `hassod discover` writes), got {found}"
+        )
+    try:  # ids, file names and fields checked as everywhere else
+        load_labels(data, "shard", str(path))
+    except InputError as error:
+        raise UsageError(str(error)) from None
+    info, images, annotations = data["info"], data["images"], data["annotations"]
+    for index, item in enumerate([*images, *annotations]):
+        for key in ("id", "parent_id") if index >= len(images) else ("id",):
+            value = item.get(key)
+            # Parents are stored relative to the image's first annotation id: integers only.
+            if value is not None and not isinstance(value, int):
+                raise UsageError(f"shard {path}: {key} {value!r} is not an integer")
+    for image in images:
+        if not isinstance(image.get("file_name"), str):
+            raise UsageError(f"shard {path}: image id {image['id']!r} has no 'file_name'")
     by_image: dict[int, list[dict]] = {image["id"]: [] for image in images}
     for annotation in annotations:
         by_image[annotation["image_id"]].append(annotation)

@@ -9,6 +9,36 @@ from PIL import Image, ImageDraw
 
 from hassod.cluster import ClusterResult
 
+#: Largest side in pixels of a figure's row of panels and of a panel: an image of extreme aspect
+#: ratio (1 x 3000) would otherwise make panels millions of pixels wide at the asked height;
+#: such figures are scaled down until they fit (panel_height is then lower than asked).
+MAX_FIGURE_SIDE = 8192
+
+
+def _image_array(image, name: str = "image") -> np.ndarray:
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"{name} must be (H, W, 3) uint8, got {image.shape} {image.dtype}")
+    if min(image.shape[:2]) < 1:
+        raise ValueError(f"{name} must be at least 1x1 pixels, got {image.shape[:2]}")
+    return image
+
+
+def _panel_size(height: int, width: int, panel_height: int, count: int) -> tuple[int, int]:
+    """(panel height, panel width) keeping the image's aspect ratio, ``count`` panels side by
+    side within :data:`MAX_FIGURE_SIDE`."""
+    if isinstance(panel_height, bool) or not isinstance(panel_height, (int, np.integer)):
+        raise ValueError(f"panel_height must be an integer, got {panel_height!r}")
+    if panel_height < 1:
+        raise ValueError(f"panel_height must be >= 1, got {panel_height}")
+    panel_height = min(int(panel_height), MAX_FIGURE_SIDE)
+    panel_width = max(1, round(width * panel_height / height))
+    limit = max(1, MAX_FIGURE_SIDE // count)
+    if panel_width > limit:
+        panel_width = limit
+        panel_height = max(1, round(height * panel_width / width))
+    return panel_height, panel_width
+
 
 def region_colours(count: int, seed: int = 0) -> np.ndarray:
     """(count, 3) uint8 distinct-looking colours (golden-ratio hues, fixed saturation)."""
@@ -30,10 +60,16 @@ def label_overlay(image: np.ndarray, labels: np.ndarray, alpha: float = 0.55) ->
     Returns:
         (H, W, 3) uint8 with region boundaries drawn in white.
     """
-    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-        raise ValueError(f"image must be (H, W, 3) uint8, got {image.shape} {image.dtype}")
-    if labels.ndim != 2:
-        raise ValueError(f"labels must be 2-D, got shape {labels.shape}")
+    image = _image_array(image)
+    labels = np.asarray(labels)
+    if labels.ndim != 2 or min(labels.shape) < 1:
+        raise ValueError(f"labels must be a non-empty 2-D array, got shape {labels.shape}")
+    # Ids index the colour table: a float or negative id would fail or take another's colour.
+    if labels.dtype.kind not in "iu" or labels.min() < 0:
+        raise ValueError(
+            f"labels must be integer region ids >= 0, got {labels.dtype} with minimum "
+            f"{labels.min()}"
+        )
     height, width = image.shape[:2]
     rows = np.arange(height) * labels.shape[0] // height
     cols = np.arange(width) * labels.shape[1] // width
@@ -50,9 +86,11 @@ def label_overlay(image: np.ndarray, labels: np.ndarray, alpha: float = 0.55) ->
 def partition_figure(
     image: np.ndarray, result: ClusterResult, panel_height: int = 320
 ) -> Image.Image:
-    """Input | partition at each threshold, side by side, with captions."""
+    """Input | partition at each threshold, side by side, with captions (scaled down to fit
+    :data:`MAX_FIGURE_SIDE`)."""
+    image = _image_array(image)
     height, width = image.shape[:2]
-    panel_width = max(1, round(width * panel_height / height))
+    panel_height, panel_width = _panel_size(height, width, panel_height, 1 + len(result.thresholds))
     panels = [image] + [
         label_overlay(image, result.labels[t]) for t in range(len(result.thresholds))
     ]
@@ -90,12 +128,22 @@ def mask_overlay(
     Returns:
         (H, W, 3) uint8.
     """
-    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-        raise ValueError(f"image must be (H, W, 3) uint8, got {image.shape} {image.dtype}")
+    image = _image_array(image)
     masks = np.asarray(masks, dtype=bool)
     if masks.ndim != 3 or masks.shape[1:] != image.shape[:2]:
         raise ValueError(f"masks must be (M, H, W) matching the image, got {masks.shape}")
-    widths = np.broadcast_to(np.asarray(outline_widths, dtype=np.int64), (len(masks),))
+    # zip() below would silently paint only as many masks as there are colours.
+    if np.shape(colours) != (len(masks), 3):
+        raise ValueError(
+            f"colours must be ({len(masks)}, 3), one per mask, got {np.shape(colours)}"
+        )
+    outline_widths = np.asarray(outline_widths, dtype=np.int64)
+    if outline_widths.ndim > 1 or outline_widths.size not in (1, len(masks)):
+        raise ValueError(
+            f"outline_widths must be one width or one per mask ({len(masks)}), got "
+            f"{outline_widths.size}"
+        )
+    widths = np.broadcast_to(outline_widths.reshape(-1), (len(masks),))
     blended = image.astype(np.float32)
     for mask, colour, width in zip(masks, np.asarray(colours, dtype=np.float32), widths):
         blended[mask] = (1 - alpha) * blended[mask] + alpha * colour
@@ -138,11 +186,12 @@ def level_figure(
         image: (H, W, 3) uint8 RGB.
         masks: (M, H, W) bool pseudo-label masks at the image's size.
         levels: (M,) int hierarchy levels, 0 whole, 1 part, 2 subpart (deeper counts as 2).
-        panel_height: height of each panel in pixels; panels keep the image's aspect ratio.
+        panel_height: height of each panel in pixels; panels keep the image's aspect ratio,
+            scaled down where the row of panels would be wider than :data:`MAX_FIGURE_SIDE`.
         panels: after the input, one panel per entry: the masks of that level and coarser
             (0: wholes, 1: wholes and parts, 2: all), in the order given.
         colours: (M, 3) uint8 colour of each mask (default :func:`region_colours`).
-        outline_widths: outline width in panel pixels of wholes, parts and subparts.
+        outline_widths: outline width in panel pixels of wholes, parts and subparts (three).
         legend: None, or one caption per mask: adds a legend under the panels (outline width
             per level, then each shown mask's colour and caption, in painting order; at most
             ``legend_rows`` rows, the rest counted).
@@ -151,11 +200,9 @@ def level_figure(
     are painted first so parts stay visible on top of their wholes. Masks are painted at the
     panel's resolution (nearest-neighbour resampled) so outlines stay sharp.
     """
-    image = np.asarray(image)
+    image = _image_array(image)
     masks = np.asarray(masks, dtype=bool)
     levels = np.minimum(np.asarray(levels, dtype=np.int64).reshape(-1), 2)
-    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-        raise ValueError(f"image must be (H, W, 3) uint8, got {image.shape} {image.dtype}")
     if masks.ndim != 3 or masks.shape[1:] != image.shape[:2] or len(levels) != len(masks):
         raise ValueError(
             f"masks must be (M, H, W) matching the image {image.shape[:2]} with M levels, got "
@@ -169,10 +216,14 @@ def level_figure(
         raise ValueError(f"colours must be ({len(masks)}, 3), got {colours.shape}")
     if legend is not None and len(legend) != len(masks):
         raise ValueError(f"legend needs one caption per mask ({len(masks)}), got {len(legend)}")
+    if len(outline_widths) != 3:
+        raise ValueError(
+            f"outline_widths needs 3 widths (whole, part, subpart), got {list(outline_widths)}"
+        )
     widths = np.asarray(outline_widths, dtype=np.int64)[levels]
 
     height, width = image.shape[:2]
-    panel_width = max(1, round(width * panel_height / height))
+    panel_height, panel_width = _panel_size(height, width, panel_height, 1 + len(panels))
     if (panel_height, panel_width) != (height, width):
         rows = ((np.arange(panel_height) + 0.5) * height / panel_height).astype(np.int64)
         cols = ((np.arange(panel_width) + 0.5) * width / panel_width).astype(np.int64)
@@ -234,7 +285,8 @@ def _legend_columns(figure_width: int) -> int:
 
 
 def _legend_height(figure_width: int, entries: Sequence, max_rows: int) -> int:
-    rows = min(max_rows, -(-len(entries) // _legend_columns(figure_width)))
+    # At least one row: an image without masks still says "no masks" there.
+    rows = max(1, min(max_rows, -(-len(entries) // _legend_columns(figure_width))))
     return 8 + _LEGEND_LINE * (1 + rows) + 4
 
 

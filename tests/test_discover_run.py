@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -850,3 +851,34 @@ def test_an_image_replaced_under_its_name_is_processed_again(photos, tmp_path, c
     assert (record["width"], record["height"]) == (77, 55)
     assert _discover(images, out) == 0  # nothing changed since: nothing redone
     assert "0 images processed" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ([{"image_id": 1, "bbox": [0, 0, 1, 1], "score": 1}], "got a JSON list .*results list"),
+        ({}, "got a dict without 'info', 'images', 'annotations'"),
+        (
+            {"info": {}, "images": [{"id": [1], "file_name": "a.png"}], "annotations": []},
+            "image 0: 'id' must be an integer",
+        ),
+        (
+            {
+                "info": {},
+                "images": [{"id": 1, "file_name": "a.png"}],
+                "annotations": [{"id": 1, "image_id": 1, "bbox": [0, 0, 1, 1], "parent_id": "p"}],
+            },
+            "parent_id 'p' is not an integer",
+        ),
+    ],
+)
+def test_merge_shards_names_what_a_wrong_file_is(tmp_path, capsys, content, message):
+    """A results list or {} gave 'list indices must be integers...' / "'info'"; a list id a
+    traceback."""
+    path = tmp_path / "x.json"
+    path.write_text(json.dumps(content))
+    out = str(tmp_path / "m.json")
+    assert main(["merge-shards", str(path), "--out", out, "--allow-partial"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("hassod merge-shards: error: ") and len(err.splitlines()) == 1
+    assert re.search(message, err), err

@@ -515,7 +515,7 @@ def test_results_with_hashed_file_name_ids_are_refused_with_the_fix():
     for result, image in zip(hashed, gt["images"]):
         result["image_id"] = image_id_for(image["file_name"])
     for only_gt_images in (False, True):  # nothing would be left to evaluate
-        with pytest.raises(InputError, match="all 2 predicted images") as error:
+        with pytest.raises(InputError, match="all 2 images with predictions") as error:
             evaluate(hashed, gt, only_gt_images=only_gt_images)
         assert "rerun it with --image-ids GT.json" in str(error.value)
         assert "--only-gt-images" not in str(error.value)
@@ -538,8 +538,13 @@ def test_only_gt_images_leaves_out_predictions_on_other_images():
     pseudo = pseudo_labels_with_an_extra_image(gt)
     with pytest.raises(InputError, match="no image named 'extra.png'") as error:
         evaluate(pseudo, gt)
-    assert "1 of the 2 predicted images" in str(error.value)
+    assert "1 of the 2 images with predictions" in str(error.value)
     assert "pass --only-gt-images" in str(error.value)
+    # An image listed without masks is no image with predictions (said "predicted images").
+    pseudo["images"].append({"id": 7, "file_name": "img1.png"})
+    with pytest.raises(InputError, match="1 of the 2 images with predictions"):
+        evaluate(pseudo, gt)
+    pseudo["images"].pop()
     result = evaluate(pseudo, gt, only_gt_images=True)
     expected = evaluate({**pseudo, "annotations": pseudo["annotations"][:2]}, gt)
     assert result["segm"] == expected["segm"] and result["segm"]["AR@100"] == 1.0
@@ -656,6 +661,8 @@ def test_evaluate_command_shows_progress_on_stderr_unless_quiet(tmp_path, capsys
         ("segmentation", [[1, 2, 3]], "a polygon must be"),
         ("segmentation", {"size": [4, 4], "counts": "garbage!!"}, "compressed RLE"),
         ("segmentation", {"size": [4, 4], "counts": [3, 4]}, "add.*up to"),
+        ("segmentation", {"size": [128, 128], "counts": "Ug011"}, "corrupt RLE.*743 pixels"),
+        ("segmentation", {"size": [4, 4], "counts": "o"}, "corrupt RLE.*truncated"),
         ("segmentation", {"size": [4], "counts": "04"}, "RLE 'size'"),
         ("segmentation", "polygon", "must be an RLE object or a list"),
     ],
@@ -669,6 +676,114 @@ def test_bad_annotation_fields_are_refused_with_their_place(field, value, messag
     load_labels([good])  # the unchanged annotation passes
     with pytest.raises(InputError, match=f"annotation 0: .*{message}"):
         load_labels([{**good, field: value}])
+
+
+@pytest.mark.parametrize("corrupt", ["gt", "pred"])
+def test_evaluate_command_refuses_a_truncated_rle_quickly(tmp_path, corrupt):
+    """A compressed RLE whose runs do not cover its size made COCOeval's IoU loop forever:
+    run in a subprocess with a timeout, so that a regression fails instead of hanging."""
+    import subprocess
+    import sys
+
+    gt = dataset([[(10, 10, 60, 60)]])
+    results = results_from_boxes(gt, [[(10, 10, 60, 60)]])
+    height, width = gt["images"][0]["height"], gt["images"][0]["width"]
+    truncated = {"size": [height, width], "counts": "Ug011"}
+    if corrupt == "gt":
+        gt["annotations"][0]["segmentation"] = truncated
+    else:
+        results[0]["segmentation"] = truncated
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    (tmp_path / "pred.json").write_text(json.dumps(results))
+    args = ["evaluate", "--pred", str(tmp_path / "pred.json"), "--gt", str(tmp_path / "gt.json")]
+    completed = subprocess.run(
+        [sys.executable, "-m", "hassod", *args, "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert completed.returncode == 2, completed.stderr
+    assert completed.stderr.startswith("hassod evaluate: error: ")
+    assert "annotation 0: corrupt RLE" in completed.stderr
+    assert "Traceback" not in completed.stderr
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda d: d["images"][0].update(id=[1]), r"image 0: 'id' must be an integer or a str"),
+        (lambda d: d["images"][0].update(file_name=5), r"'file_name' must be a string, got 5"),
+        (lambda d: d["annotations"][0].update(parent_id=[1]), "'parent_id' must be an integer"),
+        (lambda d: d["annotations"][0].update(image_id={}), "'image_id' must be an integer"),
+        (lambda d: d["annotations"][0].update(score=10**400), r"'score' must be a finite.*\.\.\."),
+        (lambda d: d["annotations"][0].update(threshold="x"), "'threshold' must be a finite"),
+        (lambda d: d["annotations"][0].update(area="big"), "'area' must be a finite number"),
+        (lambda d: d["annotations"][0].update(category_id="x"), "'category_id' must be an int"),
+        (lambda d: d["annotations"][0].update(iscrowd="0"), "'iscrowd' must be 0 or 1"),
+        (
+            lambda d: d["annotations"][0].update(segmentation=None, bbox=None),
+            "has neither 'segmentation' nor 'bbox'",
+        ),
+        (
+            lambda d: d["annotations"].append({**d["annotations"][0]}),
+            "annotation id 1 already used by annotation 0; ids must be unique",
+        ),
+    ],
+)
+def test_hand_edited_labels_are_refused_with_their_place(change, message):
+    """Each of these gave a traceback (unhashable ids, OverflowError, a float() of a string,
+    pycocotools on None) or a silently wrong result (iscrowd "0" counted as a crowd)."""
+    from hassod.labels import load_labels
+
+    labels = dataset([[(10, 10, 60, 60)]])
+    load_labels(copy.deepcopy(labels))
+    change(labels)
+    with pytest.raises(InputError, match=message):
+        load_labels(labels)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda d: d["images"][0].update(id=[1]), r"image 0: 'id' must be an integer or a str"),
+        (lambda d: d["annotations"][0].update(image_id=[1]), "'image_id' must be an integer"),
+        (lambda d: d["annotations"][0].update(area="big"), "'area' must be a finite number"),
+        (lambda d: d["annotations"][0].update(iscrowd="yes"), "'iscrowd' must be 0 or 1"),
+        (lambda d: d["annotations"][0].update(category_id="x"), "'category_id' must be an int"),
+    ],
+)
+def test_hand_edited_ground_truth_is_refused_with_its_place(change, message):
+    from hassod.evaluate import load_ground_truth
+
+    gt = dataset([[(10, 10, 60, 60)]])
+    load_ground_truth(copy.deepcopy(gt))
+    change(gt)
+    with pytest.raises(InputError, match=f"ground truth .*{message}"):
+        load_ground_truth(gt)
+
+
+def test_ground_truth_annotation_ids_may_repeat_as_they_are_renumbered():
+    gt = dataset([[(10, 10, 60, 60), (100, 100, 50, 50)]])
+    gt["annotations"][1]["id"] = gt["annotations"][0]["id"]
+    results = results_from_boxes(gt, [[(10, 10, 60, 60), (100, 100, 50, 50)]])
+    assert evaluate(results, gt)["segm"]["AR@100"] == 1.0
+
+
+def test_image_index_refuses_a_file_name_that_is_not_a_string():
+    """`hassod predict --image-ids` looks its images up here: a number was a TypeError."""
+    from hassod.labels import ImageIndex
+
+    with pytest.raises(InputError, match="ids.json: image 1's 'file_name' must be a string"):
+        ImageIndex([{"id": 1, "file_name": "a.png"}, {"id": 2, "file_name": 7}], "ids.json")
+
+
+def test_a_huge_box_without_mask_is_clipped_not_an_overflow():
+    from hassod.labels import to_rle
+
+    rle = to_rle({"bbox": [1e308] * 4}, 20, 30)
+    assert mask_utils.area(rle) == 0
+    rle = to_rle({"bbox": [-1e308, -1e308, 1.7e308, 1.7e308]}, 20, 30)
+    assert mask_utils.area(rle) == 20 * 30
 
 
 def test_ground_truth_masks_must_match_their_images_size():

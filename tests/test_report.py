@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from hassod.cli import main
-from hassod.coco import assemble, image_record, mask_annotations
+from hassod.coco import assemble, encode_mask, image_id_for, image_record, mask_annotations
 from hassod.report import OUTLINE_WIDTHS, parse_levels, write_report
 from hassod.visualize import CAPTION_HEIGHT, _outline, level_figure, region_colours
 
@@ -453,3 +453,115 @@ def test_report_renders_in_headless_chromium_without_console_errors(scene):
     assert body is not None, done.stdout[:500]
     assert 'data-entries="6"' in body.group(0)
     assert 'data-selftest="ok"' in body.group(0)  # hovering each entry shows its overlay
+
+
+def test_mask_tree_of_a_deep_parent_chain_is_drawn_without_recursion():
+    """A hand-written parent chain thousands deep (`report --max-masks 0`) raised
+    RecursionError; the nested lists still follow the chain, and a cycle is still listed."""
+    from hassod.report import ImageMasks, _tree_html
+
+    depth = 3000
+    masks = np.zeros((depth, 2, 2), dtype=bool)
+    annotations = [{"id": index + 1, "bbox": [0, 0, 1, 1]} for index in range(depth)]
+    item = ImageMasks(np.zeros((2, 2, 3), np.uint8), annotations, masks, np.zeros(depth), depth)
+    colours = np.zeros((depth, 3), dtype=np.uint8)
+    page = _tree_html("s", item, colours, [-1, *range(depth - 1)])
+    assert page.count("<li>") == depth and page.count("<ul>") == depth - 1
+    assert page.endswith("</li>" + "</ul></li>" * (depth - 1) + "</ul>")
+    cycle = _tree_html("s", item, colours, [depth - 1, *range(depth - 1)])
+    assert cycle.count("<li>") == depth  # every mask listed once
+
+
+@pytest.mark.parametrize(
+    ("command", "option", "value"),
+    [
+        ("show", "--max-masks", "-1"),
+        ("show", "--score-threshold", "nan"),
+        ("report", "--max-masks", "-5"),
+        ("report", "--limit", "-1"),
+        ("report", "--score-threshold", "inf"),
+    ],
+)
+def test_negative_counts_and_nan_thresholds_are_refused(scene, capsys, command, option, value):
+    """A negative count acted as a Python slice (the last masks or images silently left
+    out); nan kept no mask."""
+    target = scene["images"] / "scene.png" if command == "show" else scene["images"]
+    out = scene["dir"] / ("fig.png" if command == "show" else "report")
+    args = [command, str(target), "--labels", str(scene["labels"]), "--out", str(out)]
+    with pytest.raises(SystemExit) as exit_info:
+        main([*args, option, value])
+    assert exit_info.value.code == 2
+    assert f"argument {option}: expected" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_python_api_refuses_negative_counts_too(scene):
+    from hassod.labels import select
+    from hassod.report import write_report
+
+    with pytest.raises(ValueError, match="max_masks must be >= 0"):
+        select([{"score": 1.0}], max_masks=-1)
+    with pytest.raises(ValueError, match="score_threshold must be a finite"):
+        select([{"score": 1.0}], score_threshold=float("nan"))
+    with pytest.raises(ValueError, match="limit must be >= 0"):
+        write_report(scene["images"], scene["labels"], scene["dir"] / "r", limit=-1)
+    assert not (scene["dir"] / "r").exists()
+
+
+def test_show_refuses_an_absurd_panel_height(scene, capsys):
+    """--panel-height 100000 was a MemoryError traceback."""
+    args = ["show", str(scene["images"] / "scene.png"), "--labels", str(scene["labels"])]
+    with pytest.raises(SystemExit) as exit_info:
+        main([*args, "--out", str(scene["dir"] / "f.png"), "--panel-height", "100000"])
+    assert exit_info.value.code == 2
+    assert "--panel-height must be between 16 and 8192" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "message"),
+    [
+        (lambda: encode_mask(np.zeros((2, 3, 4), bool)), ValueError, r"2-D \(H, W\)"),
+        (lambda: encode_mask(np.zeros(5, bool)), ValueError, r"2-D \(H, W\)"),
+        (lambda: image_id_for(None), TypeError, "file_name must be a str"),
+        (
+            lambda: mask_annotations(np.ones((2, 3, 3), bool), [0], [-1, -1], [0.1] * 2, [1] * 2),
+            ValueError,
+            "differ in length",
+        ),
+        (lambda: assemble([({"id": 1}, [])], {}), ValueError, "'file_name' string"),
+    ],
+)
+def test_coco_helpers_refuse_bad_arguments_clearly(call, error, message):
+    with pytest.raises(error, match=message):
+        call()
+
+
+def test_legend_of_an_image_without_masks_has_room_for_its_no_masks_line():
+    """The legend counted 0 rows, so 'no masks' was drawn below the figure's edge."""
+    image = np.zeros((40, 40, 3), np.uint8)
+    one = level_figure(image, np.ones((1, 40, 40), bool), [0], panel_height=40, legend=["#1"])
+    none = level_figure(image, np.zeros((0, 40, 40), bool), [], panel_height=40, legend=[])
+    assert none.size == one.size
+    legend = np.asarray(none)[40 + 22 + 8 + 20 :]  # the row under the outline widths
+    assert (legend < 128).any()  # the text is there
+
+
+def test_masks_per_image_histogram_has_integer_ticks(tmp_path, monkeypatch):
+    from hassod import report
+
+    canvases = []
+    monkeypatch.setattr(report, "_save_figure", lambda canvas, path: canvases.append(canvas))
+    report._histograms(tmp_path, np.array([3, 1, 0]), [2, 3])  # counts of 1: 0.25 ticks before
+    ticks = canvases[1].figure.axes[0].get_yticks()
+    assert len(ticks) > 1 and all(float(tick).is_integer() for tick in ticks)
+
+
+def test_show_out_must_be_a_png_name(scene, capsys):
+    """`--out shows/sub` silently wrote a PNG named 'sub'."""
+    out = scene["dir"] / "shows" / "sub"
+    args = ["show", str(scene["images"] / "scene.png"), "--labels", str(scene["labels"])]
+    with pytest.raises(SystemExit) as exit_info:
+        main([*args, "--out", str(out)])
+    assert exit_info.value.code == 2
+    assert "--out must be a .png file name" in capsys.readouterr().err
+    assert main([*args, "--out", str(scene["dir"] / "fig.PNG")]) == 0

@@ -107,6 +107,9 @@ def test_command_writes_the_json(tmp_path, capsys):
          '"annotations": [{"segmentation": {"size": 7, "counts": ""}}]}', "mask size 7 differs"),
         ('{"image": {"image_id": 1, "file_name": "a", "width": 2, "height": 2}, '
          '"annotations": [{"id": 3}]}', "annotation 0 has no 'segmentation'"),
+        ('{"image": {"image_id": 1, "file_name": "a", "width": 2, "height": 2}, '
+         '"annotations": [{"segmentation": {"size": [2, 2], "counts": "1"}}]}',
+         "annotation 0: corrupt RLE"),
         ("{broken", "not valid JSON"),
     ],
 )  # fmt: skip

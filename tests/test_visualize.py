@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 
@@ -50,3 +52,58 @@ def test_level_figure_of_an_image_without_masks():
     image = np.full((1, 1, 3), 200, np.uint8)
     figure = level_figure(image, np.zeros((0, 1, 1), bool), np.zeros(0, np.int64), legend=[])
     assert figure.size[0] > 0 and figure.size[1] > 0
+
+
+def test_figures_of_extreme_aspect_ratios_stay_within_the_pixel_budget():
+    """A 1 x 3000 image made a 3,840,000-pixel-wide figure (52 s, 11 GB)."""
+    from hassod.visualize import MAX_FIGURE_SIDE, level_figure
+
+    image = np.zeros((1, 3000, 3), dtype=np.uint8)
+    masks = np.zeros((1, 1, 3000), dtype=bool)
+    masks[0, 0, :100] = True
+    figure = level_figure(image, masks, np.zeros(1), panel_height=320, legend=["#1"])
+    assert figure.size[0] <= MAX_FIGURE_SIDE
+    tall = level_figure(np.zeros((3000, 1, 3), np.uint8), np.zeros((0, 3000, 1)), [], 10**6)
+    assert tall.size[1] <= MAX_FIGURE_SIDE + 200
+    result = SimpleNamespace(labels=np.zeros((1, 1, 3000), int), thresholds=[0.4], num_regions=[1])
+    assert partition_figure(image, result).size[0] <= MAX_FIGURE_SIDE
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda: label_overlay(np.zeros((4, 4, 3), np.uint8), -np.ones((2, 2), int)), ">= 0"),
+        (lambda: label_overlay(np.zeros((4, 4, 3), np.uint8), np.zeros((2, 2))), "integer"),
+        (lambda: label_overlay([[0]], np.zeros((2, 2), int)), r"image must be \(H, W, 3\)"),
+        (
+            lambda: partition_figure(
+                np.zeros((0, 4, 3), np.uint8),
+                SimpleNamespace(labels=np.zeros((1, 1, 1), int), thresholds=[0.4], num_regions=[1]),
+            ),
+            "at least 1x1",
+        ),
+        (lambda: _level([0, 0, 0, 3]), "at least 1x1"),
+        (lambda: _level([4, 4, 1, 1], outline_widths=(1, 2)), "needs 3 widths"),
+        (lambda: _overlay(colours=np.zeros((1, 3), np.uint8)), r"colours must be \(2, 3\)"),
+        (lambda: _overlay(outline_widths=[1, 2, 3]), "one width or one per mask"),
+    ],
+)
+def test_bad_arguments_are_clear_value_errors(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
+
+
+def _level(shape, **options):
+    from hassod.visualize import level_figure
+
+    masks_count, _, height, width = shape
+    image = np.zeros((height, width, 3), np.uint8)
+    masks = np.zeros((masks_count, height, width), bool)
+    return level_figure(image, masks, np.zeros(masks_count), **options)
+
+
+def _overlay(**options):
+    from hassod.visualize import mask_overlay
+
+    options.setdefault("colours", np.zeros((2, 3), np.uint8))
+    return mask_overlay(np.zeros((4, 4, 3), np.uint8), np.ones((2, 4, 4), bool), **options)
