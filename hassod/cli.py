@@ -460,7 +460,8 @@ def _add_show_parser(commands) -> None:
         "--gt",
         dest="images_json",
         type=Path,
-        help="dataset JSON naming the images of a results list (e.g. the ground truth)",
+        help="dataset JSON naming the images of a results list (e.g. the ground truth); "
+        "without it, a results list's ids are taken for `hassod predict`'s (from file paths)",
     )
     show.add_argument(
         "--panel-height",
@@ -473,7 +474,13 @@ def _add_show_parser(commands) -> None:
 
 def run_show_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from hassod.labels import InputError, load_labels, match_image, read_json
-    from hassod.report import image_figure, image_masks, image_names, read_labelled_image
+    from hassod.report import (
+        image_figure,
+        image_masks,
+        image_names,
+        read_labelled_image,
+        record_by_predict_id,
+    )
 
     panels = _parse_levels(args.levels, parser)
     from hassod.visualize import MAX_FIGURE_SIDE
@@ -498,7 +505,17 @@ def run_show_command(args: argparse.Namespace, parser: argparse.ArgumentParser) 
                 raise InputError(f"{args.images_json} is not a COCO JSON with an 'images' list")
             named = named["images"]
         within = f"labels {labels.source}" if labels.images is not None else str(args.images_json)
-        record = match_image(image_names(labels, named), args.image, within)
+        if labels.images is None and named is None:  # `hassod predict IMAGES_DIR`'s results
+            record = record_by_predict_id(labels, args.image)
+            if record is None:
+                raise InputError(
+                    f"labels {labels.source} are a results list with nothing for {args.image} "
+                    "under the ids `hassod predict` gives files (from their path in the folder "
+                    "it ran on): if predict found nothing there, there is nothing to draw; "
+                    "results numbered by a dataset JSON need that JSON (--images)"
+                )
+        else:
+            record = match_image(image_names(labels, named), args.image, within)
         annotations = labels.by_image().get(record["id"], [])
         if not annotations and labels.is_results_list:
             warning = _unmatched_results_warning(labels, named, record, args.images_json)
@@ -566,7 +583,8 @@ def _add_report_parser(commands) -> None:
         "--images",
         dest="images_json",
         type=Path,
-        help="dataset JSON naming a results list's images (default --gt)",
+        help="dataset JSON naming a results list's images (default --gt, else the ids `hassod "
+        "predict` gives the folder's files)",
     )
     report.add_argument(
         "--things-only",

@@ -62,6 +62,25 @@ def parse_levels(text: str) -> tuple[int, ...]:
     return tuple(levels)
 
 
+def predict_records(names: Sequence[str]) -> list[dict]:
+    """Image records with the ids ``hassod predict`` gives files when it is not handed a
+    dataset JSON: :func:`hassod.coco.image_id_for` of each path relative to its folder."""
+    from hassod.coco import image_id_for
+
+    return [{"id": image_id_for(name), "file_name": name} for name in names]
+
+
+def record_by_predict_id(labels: Labels, image: str | os.PathLike) -> dict | None:
+    """The record of ``image`` in a results list that ``hassod predict`` numbered by file
+    name: the id of one of its path's endings ("x.jpg", "sub/x.jpg", ...) has results. None
+    when no ending does."""
+    parts = Path(os.path.abspath(image)).parts[1:]
+    endings = ["/".join(parts[-count:]) for count in range(1, len(parts) + 1)]
+    by_image = labels.by_image()
+    found = [record for record in predict_records(endings) if record["id"] in by_image]
+    return found[0] if found else None
+
+
 def image_names(labels: Labels, images: Sequence[dict] | None = None) -> list[dict]:
     """The image records that name the labels' images: the labels' own, else ``images``.
 
@@ -211,7 +230,8 @@ def write_report(
         gt: ground truth (path or dict) for the evaluation tables (all images, all
             predictions: the score threshold and mask limit only affect the pictures).
         images: for a results list: the dataset JSON (path or dict) naming its images;
-            default ``gt``.
+            default ``gt``, else the images of ``images_dir`` with the ids ``hassod predict``
+            gives them (:func:`predict_records`).
         things_only: evaluation without stuff categories (see :func:`hassod.evaluate.evaluate`).
         only_gt_images: evaluation without the labels of images the ground truth lacks (see
             :func:`hassod.evaluate.evaluate`; the pictures and statistics keep them).
@@ -234,7 +254,7 @@ def write_report(
     if not images_dir.is_dir():
         raise InputError(f"images folder not found: {images_dir}")
     labels = labels if isinstance(labels, Labels) else load_labels(labels, "labels")
-    named = images
+    named, from_folder = images, False
     if named is None and labels.images is None:
         named = gt
     if isinstance(named, (str, os.PathLike)):
@@ -243,11 +263,23 @@ def write_report(
         if not isinstance(named, dict) or not isinstance(named.get("images"), list):
             raise InputError("the images JSON must be a COCO dict with an 'images' list")
         named = named["images"]
+    elif labels.images is None:  # `hassod predict IMAGES_DIR`'s results: ids from file names
+        from hassod.image_folder import list_images
+
+        named = predict_records(list_images(images_dir))
+        from_folder = True
     records = sorted(image_names(labels, named), key=lambda r: str(r.get("file_name", "")))
     by_image = labels.by_image()
     if labels.images is None:
         known = {record["id"] for record in records}
         unknown = [image_id for image_id in by_image if image_id not in known]
+        if unknown and from_folder:
+            raise InputError(
+                f"labels {labels.source}: {len(unknown)} image ids are not in {images_dir} as "
+                f"`hassod predict` numbers its images (by their path in it), e.g. "
+                f"{unknown[0]!r}: give the folder predict ran on, or the dataset JSON the "
+                "results are numbered by (--images or --gt)"
+            )
         if unknown:
             raise InputError(
                 f"labels {labels.source}: {len(unknown)} image ids are not in the images JSON, "

@@ -205,14 +205,41 @@ def test_show_results_list_with_images_json_and_default_level(scene, capsys):
     out = scene["dir"] / "fig.png"
     image = scene["images"] / "scene.png"
     args = ["show", str(image), "--labels", str(scene["dir"] / "results.json"), "--out", str(out)]
-    assert main(args) == 2
-    assert "results list" in capsys.readouterr().err
     code = main([*args, "--images", str(scene["labels"]), "--panel-height", str(HEIGHT)])
     assert code == 0
-    panels = panel_slices(np.asarray(Image.open(out).convert("RGB")), WIDTH, 4)
+    figure = np.asarray(Image.open(out).convert("RGB"))
+    # the ids are `hassod predict`'s for scene.png: found without the images JSON too
+    assert main([*args, "--panel-height", str(HEIGHT)]) == 0
+    assert np.array_equal(np.asarray(Image.open(out).convert("RGB")), figure)
+    panels = panel_slices(figure, WIDTH, 4)
     assert (panels[1][100, 30] != GREY).any()  # mask 0 (no level): in the whole panel
     assert (panels[1][40, 60] == panels[1][100, 30]).all()  # mask 1 (part) not yet
     assert not (panels[2][40, 60] == panels[1][40, 60]).all()
+
+
+def test_predict_results_on_a_folder_are_shown_and_reported_without_a_dataset_json(scene, capsys):
+    """`hassod predict IMAGES_DIR --out preds.json` numbers images by their path in the
+    folder (image_id_for): show and report find them from the files."""
+    nested = scene["images"] / "sub" / "deeper.png"
+    nested.parent.mkdir()
+    (scene["images"] / "scene.png").rename(nested)
+    segmentation = scene["coco"]["annotations"][0]["segmentation"]
+    results = [{"image_id": image_id_for("sub/deeper.png"), "segmentation": segmentation}]
+    results[0]["score"] = 0.9
+    preds = scene["dir"] / "preds.json"
+    preds.write_text(json.dumps(results))
+    out = scene["dir"] / "fig.png"
+    assert main(["show", str(nested), "--labels", str(preds), "--out", str(out)]) == 0
+    assert "1 of 1 masks of sub/deeper.png" in capsys.readouterr().out
+    report = ["report", str(scene["images"]), "--labels", str(preds)]
+    assert main([*report, "--out", str(scene["dir"] / "report")]) == 0
+    assert "1 images, 1 masks" in capsys.readouterr().out
+    # results of another folder's numbering: said, with what to do
+    preds.write_text(json.dumps([dict(results[0], image_id=image_id_for("deeper.png") + 1)]))
+    assert main(["show", str(nested), "--labels", str(preds), "--out", str(out)]) == 2
+    assert "nothing for" in capsys.readouterr().err
+    assert main([*report, "--out", str(scene["dir"] / "report2")]) == 2
+    assert "image ids are not in" in capsys.readouterr().err
 
 
 def test_show_warns_when_a_results_list_has_nothing_for_the_image(scene, capsys):
