@@ -473,7 +473,7 @@ def _add_show_parser(commands) -> None:
 
 
 def run_show_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from hassod.labels import InputError, load_labels, match_image, read_json
+    from hassod.labels import InputError, failure_of, load_labels, match_image, read_json
     from hassod.report import (
         image_figure,
         image_masks,
@@ -515,7 +515,16 @@ def run_show_command(args: argparse.Namespace, parser: argparse.ArgumentParser) 
                     "results numbered by a dataset JSON need that JSON (--images)"
                 )
         else:
-            record = match_image(image_names(labels, named), args.image, within)
+            try:
+                record = match_image(image_names(labels, named), args.image, within)
+            except InputError:
+                reason = failure_of(labels, args.image)
+                if reason is None:
+                    raise
+                raise InputError(
+                    f"{args.image} is among the images discovery could not use (labels "
+                    f"{labels.source}, 'failed'): {reason}"
+                ) from None
         annotations = labels.by_image().get(record["id"], [])
         if not annotations and labels.is_results_list:
             warning = _unmatched_results_warning(labels, named, record, args.images_json)

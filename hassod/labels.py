@@ -29,7 +29,7 @@ import re
 import reprlib
 import warnings
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -100,11 +100,14 @@ class Labels:
         annotations: the annotation dicts, in file order (not copied: do not modify).
         images: the file's image records, or None for a results list.
         source: the file name, or a description, for messages.
+        failed: the images `hassod discover` could not use (``file_name``, ``reason``), from
+            the file's ``failed`` list.
     """
 
     annotations: list[dict]
     images: list[dict] | None
     source: str
+    failed: list[dict] = field(default_factory=list)
 
     @property
     def is_results_list(self) -> bool:
@@ -182,7 +185,13 @@ def load_labels(source, what: str = "labels", name: str | None = None) -> Labels
             )
         check_annotation_fields(annotation, where)
     _warn_on_dangling_parents(annotations, f"{what} {name}")
-    return Labels(annotations=annotations, images=images, source=name)
+    failed = data.get("failed") if isinstance(data, dict) else None
+    failed = [
+        entry
+        for entry in (failed if isinstance(failed, list) else [])
+        if isinstance(entry, dict) and isinstance(entry.get("file_name"), str)
+    ]
+    return Labels(annotations=annotations, images=images, source=name, failed=failed)
 
 
 def _warn_on_dangling_parents(annotations: Sequence[dict], where: str) -> None:
@@ -374,6 +383,16 @@ def match_image(images: Sequence[dict], file_name: str | os.PathLike, within: st
         base = PurePosixPath(Path(file_name).as_posix()).name
         raise InputError(f"no image named {base!r} in {within} ({len(images)} images)")
     return record
+
+
+def failure_of(labels: Labels, file_name: str | os.PathLike) -> str | None:
+    """Why `hassod discover` could not use ``file_name`` (any path ending with a ``failed``
+    entry's relative path), or None when the labels do not list it as failed."""
+    path = "/" + Path(os.path.abspath(file_name)).as_posix().lstrip("/")
+    for entry in labels.failed:
+        if path.endswith("/" + entry["file_name"]):
+            return str(entry.get("reason") or "no reason given")
+    return None
 
 
 def find_image(images: Sequence[dict], file_name: str | os.PathLike, within: str) -> dict | None:

@@ -242,6 +242,23 @@ def test_predict_results_on_a_folder_are_shown_and_reported_without_a_dataset_js
     assert "image ids are not in" in capsys.readouterr().err
 
 
+def test_show_of_an_image_discovery_failed_on_says_why(scene, capsys):
+    coco = dict(scene["coco"], failed=[{"file_name": "sub/bad.jpg", "reason": "truncated"}])
+    (scene["dir"] / "with_failed.json").write_text(json.dumps(coco))
+    bad = scene["images"] / "sub" / "bad.jpg"
+    bad.parent.mkdir()
+    bad.write_bytes(b"\xff\xd8")
+    args = ["show", str(bad), "--labels", str(scene["dir"] / "with_failed.json")]
+    assert main([*args, "--out", str(scene["dir"] / "fig.png")]) == 2
+    error = capsys.readouterr().err
+    assert "discovery could not use" in error and error.rstrip().endswith(": truncated")
+    other = scene["images"] / "other.jpg"  # not listed at all: the usual message
+    other.write_bytes(b"")
+    args[1] = str(other)
+    assert main([*args, "--out", str(scene["dir"] / "fig.png")]) == 2
+    assert "no image named 'other.jpg'" in capsys.readouterr().err
+
+
 def test_show_warns_when_a_results_list_has_nothing_for_the_image(scene, capsys):
     """0 masks drawn because the ids differ (e.g. `hassod predict` without --image-ids) is
     said on stderr, with the fix; an image of a dataset JSON without masks is not."""
