@@ -296,7 +296,7 @@ def run_export_command(args, parser) -> int:
         model, config = detector_from_checkpoint(args.checkpoint, args.weights)
         options = detectron2_weights.detectron2_options(config.model, config.data)
         state = detectron2_weights.export_detectron2(model)
-        detectron2_weights.write_detectron2_file(args.out, state)
+        detectron2_weights.write_detectron2_file(args.out, state, config)
     except (FileNotFoundError, ValueError, OSError) as error:
         print(f"hassod export-detectron2: error: {error}", file=sys.stderr)
         return EXIT_USAGE
