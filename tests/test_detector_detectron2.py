@@ -661,7 +661,11 @@ def test_export_options_cover_every_model_setting():
     assert fields == set(d2._DIFFERING_OPTIONS) | set(d2._OPTIONS_ELSEWHERE)
     config = tiny_config()
     model = dataclasses.replace(
-        config.model, backbone="resnet18", backbone_width=64, cascade_ious=(0.4, 0.6, 0.7)
+        config.model,
+        backbone="resnet18",
+        backbone_width=64,
+        fpn_channels=64,
+        cascade_ious=(0.4, 0.6, 0.7),
     )
     options = d2.detectron2_options(model, config.data)
     for expected in (
@@ -677,3 +681,63 @@ def test_export_options_cover_every_model_setting():
         assert expected in options, expected
     paper = d2.detectron2_options(ModelConfig(norm="syncbn"), paper_config().data)
     assert not any("TOPK" in option or "IOU" in option for option in paper)
+
+
+def test_export_refusal_lists_every_obstacle_with_the_settings_that_fix_them():
+    """cpu-small used to be refused one obstacle per attempt, without naming the layer or
+    the setting; the refusal now lists all and gives a --config JSON that clears them."""
+    from hassod.detector.config import config_from_dict, cpu_small_config
+
+    small = cpu_small_config()
+    with pytest.raises(d2.Detectron2WeightsError) as refused:
+        d2.detectron2_options(small.model, small.data)
+    message = str(refused.value)
+    for part in (
+        "no ResNet-10",
+        "only at width 64",
+        "backbone_width is 16",
+        "the FPN's layers (fpn_lateral2-5, fpn_output2-5) have 32 channels (fpn_channels)",
+    ):
+        assert part in message, part
+    fix = message.split("--config JSON: ")[1].split(" (README")[0]
+    assert json.loads(fix) == {
+        "model": {"backbone": "resnet18", "backbone_width": 64, "fpn_channels": 64}
+    }
+    fixed = config_from_dict(json.loads(fix), base=small)
+    assert d2.export_blockers(fixed.model) == []
+    d2.detectron2_options(fixed.model, fixed.data)
+    padded = dataclasses.replace(fixed.model, size_divisible=64)
+    with pytest.raises(d2.Detectron2WeightsError, match='pads to 64.*"size_divisible": 32'):
+        d2.detectron2_options(padded)
+    with pytest.raises(d2.Detectron2WeightsError, match="fewer: .*backbone.fpn_lateral2.norm"):
+        d2.export_detectron2(_random_model(small.model))
+
+
+def test_the_readmes_exportable_cpu_model_trains_exports_and_reads_back(tmp_path, capsys):
+    from pathlib import Path
+
+    from hassod.cli import main
+    from hassod.detector.synthetic import write_dataset
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    settings = '{"model": {"backbone": "resnet18", "backbone_width": 64, "fpn_channels": 64}}'
+    assert settings in readme
+    (tmp_path / "small.json").write_text(settings)
+    pseudo, images = write_dataset(tmp_path / "data", count=2, size=96, seed=1)
+    common = ["--device", "cpu", "--quiet"]
+    assert (
+        main(
+            ["train", str(pseudo), str(images), "--preset", "cpu-small", "--config"]
+            + [str(tmp_path / "small.json"), "--iterations", "2", "--mean-teacher-iterations"]
+            + ["0", "--out", str(tmp_path / "run"), *common]
+        )
+        == 0
+    )
+    final = tmp_path / "run" / "checkpoints" / "model_final.pth"
+    assert main(["export-detectron2", str(final), str(tmp_path / "d2.pth")]) == 0
+    for checkpoint, out in ((final, "a.json"), (tmp_path / "d2.pth", "b.json")):
+        predict = ["predict", str(images), "--checkpoint", str(checkpoint)]
+        assert main([*predict, "--out", str(tmp_path / out), *common]) == 0
+    capsys.readouterr()
+    original = json.loads((tmp_path / "a.json").read_text())
+    assert original and json.loads((tmp_path / "b.json").read_text()) == original

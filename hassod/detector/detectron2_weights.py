@@ -465,14 +465,16 @@ def detectron2_name(name: str) -> str:
 def export_detectron2(model: torch.nn.Module) -> dict:
     """A HassodDetector's state dict under Detectron2's names (classifier rows in Detectron2's
     order: object, background), ready for ``torch.save({"model": ...})``."""
-    config = model.config
-    if config.norm == "gn" and any(
-        module.num_groups != 32
-        for module in model.modules()
-        if isinstance(module, torch.nn.GroupNorm)
-    ):
+    # Only what makes the weights wrong is refused here; what keeps Detectron2 from building
+    # the network at all is detectron2_options' (export_blockers), listed all at once.
+    narrow = [  # named as Detectron2 names them
+        detectron2_name(f"{name}.weight").removesuffix(".weight")
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.GroupNorm) and module.num_groups != 32
+    ]
+    if narrow:
         raise Detectron2WeightsError(
-            "Detectron2's GroupNorm has 32 groups; this model's narrow layers have fewer"
+            "Detectron2's GroupNorm has 32 groups; these layers have fewer: " + ", ".join(narrow)
         )
     exported = {}
     for name, tensor in model.state_dict().items():
@@ -527,17 +529,88 @@ _OPTIONS_ELSEWHERE = (
 )
 
 
+def _gn_has_32_groups(channels: int) -> bool:
+    # hassod's GroupNorm takes 32 groups only from 64 channels on, in multiples of 32
+    # (backbone._groups); Detectron2's always has 32.
+    return channels % 32 == 0 and channels >= 64
+
+
+def export_blockers(config: ModelConfig) -> list[tuple[str, dict]]:
+    """Why Detectron2 cannot build this network: ``(reason naming the layers, the model
+    settings that fix it)`` for each obstacle; empty when it can."""
+    blockers = []
+    if config.backbone == "resnet10":
+        blockers.append(
+            (
+                "Detectron2 has no ResNet-10 (one block per stage; backbone resnet10)",
+                {"backbone": "resnet18"},
+            )
+        )
+    basic = config.backbone in ("resnet10", "resnet18", "resnet34")
+    if basic and config.backbone_width != 64:
+        blockers.append(
+            (
+                "Detectron2 builds ResNet-18/34 only at width 64 (its stem and res2 have 64 "
+                f"channels; this model's backbone_width is {config.backbone_width})",
+                {"backbone_width": 64},
+            )
+        )
+    if config.norm == "gn":
+        width = 64 if basic else config.backbone_width  # after the fix above
+        if not _gn_has_32_groups(width):
+            blockers.append(
+                (
+                    "Detectron2's GroupNorm has 32 groups; the ResNet's stem and res2 have "
+                    f"{width} channels (backbone_width), which take fewer here",
+                    {"backbone_width": 64 if width < 64 else -(-width // 32) * 32},
+                )
+            )
+        if not _gn_has_32_groups(config.fpn_channels):
+            blockers.append(
+                (
+                    "Detectron2's GroupNorm has 32 groups; the FPN's layers (fpn_lateral2-5, "
+                    f"fpn_output2-5) have {config.fpn_channels} channels (fpn_channels), which "
+                    "take fewer here",
+                    {"fpn_channels": max(64, -(-config.fpn_channels // 32) * 32)},
+                )
+            )
+    if config.norm not in ("syncbn", "bn", "frozen_bn", "gn"):
+        blockers.append(
+            (f"no Detectron2 normalisation for norm={config.norm!r}", {"norm": "syncbn"})
+        )
+    if config.size_divisible != 32:
+        blockers.append(
+            (
+                "Detectron2 pads images to multiples of 32 (its FPN's size_divisibility); "
+                f"this model pads to {config.size_divisible}",
+                {"size_divisible": 32},
+            )
+        )
+    return blockers
+
+
+def _blockers_message(blockers: list[tuple[str, dict]]) -> str:
+    fixes = {}
+    for _, fix in blockers:
+        fixes.update(fix)
+    reasons = "; ".join(reason for reason, _ in blockers)
+    return (
+        f"Detectron2 cannot build this network: {reasons}. Train it with these settings in "
+        f"the --config JSON: {json.dumps({'model': fixes})} (README: the authors' released "
+        "detector)"
+    )
+
+
 def detectron2_options(config: ModelConfig, data: DataConfig | None = None) -> list[str]:
     """Detectron2 config options (``KEY VALUE`` pairs for the authors'
     ``cascade_mask_rcnn_R_50_FPN.yaml``) under which it builds this network, with the
     settings Detectron2 does not store in weights (anchors, pixel statistics, RPN top-k,
     cascade, thresholds: :data:`_DIFFERING_OPTIONS`) where they differ from the authors'."""
-    depth = {"resnet10": None, "resnet18": 18, "resnet34": 34, "resnet50": 50, "resnet101": 101}
-    if depth[config.backbone] is None:
-        raise Detectron2WeightsError("Detectron2 has no ResNet-10 (one block per stage)")
+    blockers = export_blockers(config)
+    if blockers:
+        raise Detectron2WeightsError(_blockers_message(blockers))
+    depth = {"resnet18": 18, "resnet34": 34, "resnet50": 50, "resnet101": 101}
     basic = config.backbone in ("resnet18", "resnet34")
-    if basic and config.backbone_width != 64:
-        raise Detectron2WeightsError("Detectron2 builds ResNet-18/34 only at width 64")
     norms = {
         "syncbn": ("SyncBN", "SyncBN"),
         "bn": ("SyncBN", "SyncBN"),
