@@ -260,3 +260,59 @@ def test_predict_help_gives_the_test_sizes_the_code_uses(checkpoint_path, capsys
     data = tiny_config().data
     assert (predictor.min_size, predictor.max_size) == (data.test_min_size, data.test_max_size)
     assert Predictor(checkpoint_path, device="cpu", min_size=64).min_size == 64
+
+
+def test_filter_levels_names_a_detection_without_a_level():
+    detections = [{"hier_level": 0}, {"hier_level": np.int64(2)}, {"score": 0.9}]
+    assert filter_levels(detections[:2], "subpart") == [detections[1]]
+    with pytest.raises(ValueError, match="detection 2 has no integer 'hier_level'"):
+        filter_levels(detections, "whole")
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"min_size": 1, "max_size": 1}, "min_size must be at least 32 pixels"),
+        ({"min_size": -5}, "min_size must be at least 32 pixels"),
+        ({"min_size": 0}, "min_size must be at least 32"),  # not the checkpoint's size
+        ({"max_size": 8}, "max_size must be at least 32"),
+        ({"score_threshold": float("nan")}, r"score_threshold must be in \[0, 1\], got nan"),
+        ({"mask_threshold": 2}, r"mask_threshold must be in \(0, 1\), got 2"),
+        ({"mask_threshold": 0.0}, r"mask_threshold must be in \(0, 1\)"),
+        ({"max_detections": 0}, "max_detections must be >= 1"),
+    ],
+)
+def test_predictor_refuses_unusable_options(checkpoint_path, options, message):
+    """They ended in PyTorch's INTERNAL ASSERT, or gave no detections / empty masks silently."""
+    with pytest.raises(ValueError, match=message):
+        Predictor(checkpoint_path, device="cpu", **options)
+
+
+def test_predictor_refuses_an_empty_image(checkpoint_path):
+    with pytest.raises(ValueError, match=r"image is empty \(0 x 5 pixels\)"):
+        Predictor(checkpoint_path, device="cpu")(np.zeros((0, 5, 3), dtype=np.uint8))
+
+
+def test_predict_cli_refuses_bad_sizes_and_thresholds(
+    checkpoint_path, images_dir, tmp_path, capsys
+):
+    from hassod.cli import main
+
+    common = ["predict", str(images_dir), "--checkpoint", str(checkpoint_path), "--quiet"]
+    common += ["--device", "cpu", "--out", str(tmp_path / "out.json")]
+    for options, message in (
+        (["--min-size", "1", "--max-size", "1"], "min_size must be at least 32 pixels"),
+        (["--score-threshold", "nan"], "score_threshold must be in [0, 1], got nan"),
+    ):
+        assert main([*common, *options]) == 2
+        err = capsys.readouterr().err
+        assert f"hassod predict: error: {message}" in err and "Traceback" not in err
+    assert not (tmp_path / "out.json").exists()
+
+
+def test_predict_summary_counts_one_image_in_the_singular(tmp_path):
+    from hassod.detector.predict import PredictSummary
+
+    text = PredictSummary(tmp_path / "p.json", 1, 3, [{"file_name": "x"}]).format()
+    assert text.endswith("on 1 image; 1 image could not be read (listed on stderr)")
+    assert PredictSummary(tmp_path / "p.json", 2, 0).format().endswith("on 2 images")

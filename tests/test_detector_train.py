@@ -741,3 +741,59 @@ def test_config_json_is_laid_over_the_preset(tmp_path, capsys):
         with pytest.raises(SystemExit):
             config_of("--config", str(settings))
         assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"base_lr": float("nan")}, r"base_lr \(--lr\) must be a finite number"),
+        ({"momentum": float("nan")}, "momentum must be a finite number"),
+        ({"weight_decay": -1}, "weight_decay must be >= 0, got -1"),
+        ({"warmup_iters": -5}, "warmup_iters must be >= 0"),
+        ({"checkpoint_period": 0}, r"checkpoint_period \(--checkpoint-period\) must be >= 1"),
+        ({"log_period": 0}, "log_period must be >= 1"),
+        ({"iterations": "3"}, r"iterations \(--iterations\) must be an integer, got '3'"),
+        ({"amp": "yes"}, "amp must be true or false"),
+        ({"batch_size": 1, "micro_batch": 5}, r"micro_batch \(--micro-batch\) must be at most"),
+        ({"model": {"fpn_channels": 0}}, "model.fpn_channels must be >= 1"),
+        ({"model": {"num_levels": 0}}, "model.num_levels must be 3"),
+        ({"model": {"cascade_ious": [2, 2, 2]}}, r"model.cascade_ious must be in \(0, 1\)"),
+        ({"model": {"anchor_sizes": []}}, "model.anchor_sizes needs 5 entries"),
+        ({"model": {"rpn_nms_thresh": float("nan")}}, "model.rpn_nms_thresh must be a finite"),
+        ({"model": None}, "model must be a JSON object of settings"),
+        ({"model": [1]}, "model must be a JSON object of settings"),
+        ({"data": {"min_sizes": [1]}}, "data.min_sizes must be >= 32"),
+        ({"data": {"test_min_size": 8}}, "data.test_min_size must be >= 32"),
+        ({"mean_teacher": {"ema_keep_rate": float("nan")}}, "mean_teacher.ema_keep_rate"),
+        ({"mean_teacher": {"labeled_batch": 0}}, "mean_teacher.labeled_batch must be >= 1"),
+    ],
+)
+def test_every_setting_is_checked_before_training(settings, message):
+    """NaN, negative, zero-period, string and out-of-range settings are refused up front,
+    naming the setting (they used to train a NaN model, or fail after training started)."""
+    from hassod.detector.config import config_from_dict, cpu_small_config
+
+    with pytest.raises((TypeError, ValueError), match=message):
+        config_from_dict(settings, base=cpu_small_config())
+
+
+def test_train_checks_a_config_changed_after_it_was_built(synthetic, tmp_path, capsys):
+    from hassod.cli import main
+
+    config = tiny_config(iterations=1)
+    config.log_period = 0
+    with pytest.raises(ValueError, match="log_period must be >= 1"):
+        train(config, *synthetic, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+    json_path, images = synthetic
+    command = ["train", str(json_path), str(images), "--preset", "cpu-small", "--quiet"]
+    for options, message in (
+        (["--lr", "nan"], "base_lr (--lr) must be a finite number, got nan"),
+        (["--checkpoint-period", "0"], "checkpoint_period (--checkpoint-period) must be >= 1"),
+        (["--micro-batch", "5", "--batch-size", "1"], "micro_batch (--micro-batch) must be"),
+    ):
+        with pytest.raises(SystemExit) as exit_info:
+            main([*command, "--out", str(tmp_path / "cli"), *options])
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err
+        assert f"hassod train: error: train settings: {message}" in err and "Traceback" not in err

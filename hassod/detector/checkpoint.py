@@ -201,7 +201,9 @@ def detector_from_checkpoint(path_or_payload, weights: str = "student", map_loca
     payload = path_or_payload if loaded else read_payload(path_or_payload, map_location)
     if payload.get("format") != FORMAT and detectron2_weights.is_detectron2_checkpoint(payload):
         return detectron2_weights.convert_detectron2_detector(
-            detectron2_weights.model_state(payload), weights
+            detectron2_weights.model_state(payload),
+            weights,
+            detectron2_weights.stored_settings(payload),  # a hassod export's own settings
         )
     if not loaded or not isinstance(payload.get("config"), TrainConfig):
         payload = _hassod_payload(payload, "the checkpoint" if loaded else path_or_payload)

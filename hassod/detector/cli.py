@@ -151,18 +151,22 @@ def add_predict_parser(commands) -> None:
         help="which network of the checkpoint (default student: the one the authors evaluate "
         "after Mean Teacher; teacher: its EMA; auto: the teacher when present)",
     )
-    predict.add_argument("--score-threshold", type=float, help="minimum score (default 0)")
+    predict.add_argument(
+        "--score-threshold", type=float, help="minimum score, in [0, 1] (default 0)"
+    )
     predict.add_argument("--max-detections", type=int, help="per image (default 1000)")
     predict.add_argument(
         "--min-size",
         type=int,
-        help="test short side in pixels (default: the checkpoint's test_min_size: 800 for the "
+        help="test short side in pixels, at least 32 (default: the checkpoint's "
+        "test_min_size: 800 for the "
         "paper preset and Detectron2 checkpoints, 128 for cpu-small)",
     )
     predict.add_argument(
         "--max-size",
         type=int,
-        help="test long side cap in pixels (default: the checkpoint's test_max_size: 1333 for "
+        help="test long side cap in pixels, at least 32 (default: the checkpoint's "
+        "test_max_size: 1333 for "
         "the paper preset, 160 for cpu-small)",
     )
     predict.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
@@ -292,7 +296,7 @@ def run_export_command(args, parser) -> int:
         model, config = detector_from_checkpoint(args.checkpoint, args.weights)
         options = detectron2_weights.detectron2_options(config.model, config.data)
         state = detectron2_weights.export_detectron2(model)
-        detectron2_weights.write_detectron2_file(args.out, state)
+        detectron2_weights.write_detectron2_file(args.out, state, config)
     except (FileNotFoundError, ValueError, OSError) as error:
         print(f"hassod export-detectron2: error: {error}", file=sys.stderr)
         return EXIT_USAGE

@@ -14,6 +14,7 @@ Mean Teacher (EMA keep rate 0.9996, teacher score > 0.7, coverage 0.75, adaptive
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 
 NORMS = ("auto", "frozen_bn", "bn", "syncbn", "gn")
@@ -74,28 +75,59 @@ class ModelConfig:
     size_divisible: int = 32
 
     def __post_init__(self):
+        _check_fields(self, "model.", _MODEL_LIMITS)
         if self.backbone not in BACKBONES:
-            raise ValueError(f"backbone must be one of {BACKBONES}, got {self.backbone!r}")
-        if self.backbone_width < 4 or self.backbone_width % 4:
-            raise ValueError(f"backbone_width must be a multiple of 4, got {self.backbone_width}")
-        if self.norm not in NORMS:
-            raise ValueError(f"norm must be one of {NORMS}, got {self.norm!r}")
-        if len(self.cascade_ious) != len(self.cascade_box_weights):
+            raise ValueError(f"model.backbone must be one of {BACKBONES}, got {self.backbone!r}")
+        if self.backbone_width % 4:
             raise ValueError(
-                "cascade_ious and cascade_box_weights must have one entry per stage, got "
-                f"{len(self.cascade_ious)} and {len(self.cascade_box_weights)}"
+                f"model.backbone_width must be a multiple of 4, got {self.backbone_width}"
             )
+        if self.norm not in NORMS:
+            raise ValueError(f"model.norm must be one of {NORMS}, got {self.norm!r}")
         if self.anchor_generator not in ANCHOR_GENERATORS:
             raise ValueError(
-                f"anchor_generator must be one of {ANCHOR_GENERATORS}, "
+                f"model.anchor_generator must be one of {ANCHOR_GENERATORS}, "
                 f"got {self.anchor_generator!r}"
             )
         if len(self.anchor_sizes) != 5:
-            raise ValueError(f"anchor_sizes needs 5 entries (P2-P6), got {self.anchor_sizes}")
-        if self.detections_per_image < 1:
-            raise ValueError(f"detections_per_image must be >= 1, got {self.detections_per_image}")
-        if not 0.0 <= self.drop_loss_iou < 1.0:
-            raise ValueError(f"drop_loss_iou must be in [0, 1), got {self.drop_loss_iou}")
+            raise ValueError(
+                f"model.anchor_sizes needs 5 entries (P2-P6), got {list(self.anchor_sizes)}"
+            )
+        _check_numbers("model.anchor_sizes", self.anchor_sizes, low=0, low_open=True)
+        if not self.aspect_ratios:
+            raise ValueError("model.aspect_ratios needs at least one ratio, got []")
+        _check_numbers("model.aspect_ratios", self.aspect_ratios, low=0, low_open=True)
+        # IoU thresholds that label proposals: 0 or 1 would make every / no proposal a
+        # foreground (the authors' stages use 0.5, 0.6, 0.7)
+        if not self.cascade_ious:
+            raise ValueError("model.cascade_ious needs one IoU per cascade stage, got []")
+        _check_numbers("model.cascade_ious", self.cascade_ious, 0, 1, low_open=True, high_open=True)
+        if len(self.cascade_ious) != len(self.cascade_box_weights):
+            raise ValueError(
+                "model.cascade_ious and model.cascade_box_weights must have one entry per "
+                f"stage, got {len(self.cascade_ious)} and {len(self.cascade_box_weights)}"
+            )
+        for weights in self.cascade_box_weights:
+            if not isinstance(weights, (tuple, list)) or len(weights) != 4:
+                raise ValueError(
+                    "model.cascade_box_weights needs 4 weights (x, y, w, h) per stage, "
+                    f"got {_literal(weights)!r}"
+                )
+            _check_numbers("model.cascade_box_weights", weights, low=0, low_open=True)
+        for name in ("pixel_mean", "pixel_std"):
+            values = getattr(self, name)
+            if len(values) != 3:
+                raise ValueError(f"model.{name} needs 3 values (R, G, B), got {_literal(values)}")
+        _check_numbers("model.pixel_mean", self.pixel_mean)
+        _check_numbers("model.pixel_std", self.pixel_std, low=0, low_open=True)
+        if self.num_levels != 3:  # pseudo-labels, teacher targets and predict use three
+            raise ValueError(
+                f"model.num_levels must be 3 (whole, part, subpart), got {self.num_levels}"
+            )
+        if self.size_divisible % 32:  # the FPN adds upsampled stride-32 maps to finer ones
+            raise ValueError(
+                f"model.size_divisible must be a multiple of 32, got {self.size_divisible}"
+            )
 
 
 @dataclass
@@ -116,12 +148,14 @@ class DataConfig:
     aspect_ratio_grouping: bool = True
 
     def __post_init__(self):
-        if not self.min_sizes or min(self.min_sizes) < 1:
-            raise ValueError(f"min_sizes must be positive sizes, got {self.min_sizes}")
-        if not 0.0 < self.copy_paste_min_ratio <= self.copy_paste_max_ratio <= 1.0:
+        _check_fields(self, "data.", _DATA_LIMITS)
+        if not self.min_sizes:
+            raise ValueError("data.min_sizes needs at least one size, got []")
+        _check_numbers("data.min_sizes", self.min_sizes, low=MIN_IMAGE_SIZE, integer=True)
+        if not self.copy_paste_min_ratio <= self.copy_paste_max_ratio:
             raise ValueError(
-                "copy-paste ratios must satisfy 0 < min <= max <= 1, got "
-                f"{self.copy_paste_min_ratio}, {self.copy_paste_max_ratio}"
+                "data.copy_paste_min_ratio must be <= data.copy_paste_max_ratio, got "
+                f"{self.copy_paste_min_ratio} > {self.copy_paste_max_ratio}"
             )
 
 
@@ -154,12 +188,7 @@ class MeanTeacherConfig:
     warmup_iters: int = 0  # linear LR warm-up in front of the cosine (authors' script: 1000)
 
     def __post_init__(self):
-        if self.iterations < 0:
-            raise ValueError(f"mean-teacher iterations must be >= 0, got {self.iterations}")
-        if self.warmup_iters < 0:
-            raise ValueError(f"mean-teacher warmup_iters must be >= 0, got {self.warmup_iters}")
-        if not 0.0 <= self.ema_keep_rate <= 1.0:
-            raise ValueError(f"ema_keep_rate must be in [0, 1], got {self.ema_keep_rate}")
+        _check_fields(self, "mean_teacher.", _MEAN_TEACHER_LIMITS)
 
 
 @dataclass
@@ -185,18 +214,181 @@ class TrainConfig:
     seed: int = 0
 
     def __post_init__(self):
-        if self.iterations < 0:
-            raise ValueError(f"iterations must be >= 0, got {self.iterations}")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-        if self.micro_batch < 0:
-            raise ValueError(f"micro_batch must be >= 0, got {self.micro_batch}")
-        if self.base_lr <= 0:
-            raise ValueError(f"base_lr must be > 0, got {self.base_lr}")
+        for name, cls in (
+            ("model", ModelConfig),
+            ("data", DataConfig),
+            ("mean_teacher", MeanTeacherConfig),
+        ):
+            if not isinstance(getattr(self, name), cls):
+                raise TypeError(f"{name} must be a {cls.__name__}, got {getattr(self, name)!r}")
+        _check_fields(self, "", _TRAIN_LIMITS)
+        largest = self.batch_size
+        if self.mean_teacher.iterations:  # the weak and strong views of each labelled image
+            teacher = self.mean_teacher
+            largest = max(largest, 2 * teacher.labeled_batch, teacher.unlabeled_batch)
+        if self.micro_batch > largest:
+            raise ValueError(
+                f"micro_batch (--micro-batch) must be at most the images of one iteration "
+                f"({largest}: batch_size, or the Mean Teacher batches), got {self.micro_batch}; "
+                "0 runs each iteration's images in one pass"
+            )
 
     @property
     def total_iterations(self) -> int:
         return self.iterations + self.mean_teacher.iterations
+
+
+# Smallest resize target (train and test sizes): one cell of the stride-32 FPN level. Much
+# smaller targets are no use and a 1-pixel one fails inside PyTorch's resize.
+MIN_IMAGE_SIZE = 32
+
+# (low, high, low_open, high_open) of each numeric setting; None: unbounded. Types come from
+# the annotations: an int setting takes an int, a float one a finite int or float.
+_POSITIVE = (1, None, False, False)
+_COUNT = (0, None, False, False)
+_FRACTION = (0.0, 1.0, False, False)  # [0, 1]
+_OPEN_FRACTION = (0.0, 1.0, True, False)  # (0, 1]
+_PROBABILITY_BELOW_ONE = (0.0, 1.0, False, True)  # [0, 1)
+_MODEL_LIMITS = {
+    "backbone_width": (4, None, False, False),
+    "fpn_channels": _POSITIVE,
+    "box_head_dim": _POSITIVE,
+    "mask_head_channels": _POSITIVE,
+    "mask_head_convs": _COUNT,
+    "rpn_pre_nms_top_n_train": _POSITIVE,
+    "rpn_pre_nms_top_n_test": _POSITIVE,
+    "rpn_post_nms_top_n_train": _POSITIVE,
+    "rpn_post_nms_top_n_test": _POSITIVE,
+    "rpn_nms_thresh": _OPEN_FRACTION,
+    "rpn_batch_size_per_image": _POSITIVE,
+    "rpn_positive_fraction": _OPEN_FRACTION,
+    "roi_batch_size_per_image": _POSITIVE,
+    "roi_positive_fraction": _OPEN_FRACTION,
+    "level_loss_alpha": _FRACTION,
+    "level_loss_gamma": _COUNT,
+    "drop_loss_iou": _PROBABILITY_BELOW_ONE,
+    "score_thresh": _FRACTION,  # 1 keeps nothing (a test of an empty result)
+    "nms_thresh": _OPEN_FRACTION,
+    "detections_per_image": _POSITIVE,
+    "size_divisible": _POSITIVE,
+}
+_DATA_LIMITS = {
+    "max_size": (MIN_IMAGE_SIZE, None, False, False),
+    "test_min_size": (MIN_IMAGE_SIZE, None, False, False),
+    "test_max_size": (MIN_IMAGE_SIZE, None, False, False),
+    "flip_prob": _FRACTION,
+    "copy_paste_prob": _FRACTION,
+    "copy_paste_min_ratio": _OPEN_FRACTION,
+    "copy_paste_max_ratio": _OPEN_FRACTION,
+    "num_workers": _COUNT,
+}
+_MEAN_TEACHER_LIMITS = {
+    "iterations": _COUNT,
+    "labeled_batch": _POSITIVE,
+    "unlabeled_batch": _POSITIVE,
+    "ema_keep_rate": _FRACTION,
+    "score_threshold": _PROBABILITY_BELOW_ONE,
+    "cover": _OPEN_FRACTION,
+    "pseudo_weight": _COUNT,
+    "teacher_weight": _COUNT,
+    "warmup_iters": _COUNT,
+}
+_TRAIN_LIMITS = {
+    "iterations": _COUNT,
+    "batch_size": _POSITIVE,
+    "micro_batch": _COUNT,
+    "base_lr": (0.0, None, True, False),
+    "warmup_iters": _COUNT,
+    "warmup_factor": _FRACTION,
+    "momentum": _PROBABILITY_BELOW_ONE,
+    "weight_decay": _COUNT,
+    "weight_decay_norm": _COUNT,
+    "clip_grad_norm": _COUNT,
+    "checkpoint_period": _POSITIVE,
+    "log_period": _POSITIVE,
+    "seed": _COUNT,
+}
+# The `hassod train` options that set a setting, named in its error messages.
+_OPTIONS = {
+    "iterations": "--iterations",
+    "batch_size": "--batch-size",
+    "micro_batch": "--micro-batch",
+    "base_lr": "--lr",
+    "seed": "--seed",
+    "checkpoint_period": "--checkpoint-period",
+    "mean_teacher.iterations": "--mean-teacher-iterations",
+    "data.num_workers": "--workers",
+}
+
+
+def _literal(value):
+    """Tuples as lists, as a JSON config writes them."""
+    if isinstance(value, (tuple, list)):
+        return [_literal(item) for item in value]
+    return value
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_number(name: str, value, kind: str, limits=(None, None, False, False)) -> None:
+    """ValueError / TypeError naming setting ``name`` unless ``value`` is a ``kind`` ("int"
+    or "float": finite) inside ``limits`` (low, high, low_open, high_open)."""
+    label = f"{name} ({_OPTIONS[name]})" if name in _OPTIONS else name
+    if kind == "int" and not _is_int(value):
+        raise TypeError(f"{label} must be an integer, got {value!r}")
+    if kind == "float" and not (_is_int(value) or isinstance(value, float)):
+        raise TypeError(f"{label} must be a number, got {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"{label} must be a finite number, got {value!r}")
+    low, high, low_open, high_open = limits
+    too_low = low is not None and (value <= low if low_open else value < low)
+    too_high = high is not None and (value >= high if high_open else value > high)
+    if too_low or too_high:
+        if high is None:
+            expected = f"{'>' if low_open else '>='} {low}"
+        else:
+            expected = f"in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+        raise ValueError(f"{label} must be {expected}, got {value!r}")
+
+
+def _check_numbers(
+    name: str, values, low=None, high=None, *, low_open=False, high_open=False, integer=False
+) -> None:
+    if not isinstance(values, (tuple, list)):
+        raise TypeError(f"{name} must be a list of numbers, got {values!r}")
+    for value in values:
+        try:
+            _check_number(name, value, "int" if integer else "float")
+            _check_number(name, value, "float", (low, high, low_open, high_open))
+        except (TypeError, ValueError) as error:
+            raise type(error)(f"{error} in {_literal(values)}") from None
+
+
+def _check_fields(section, prefix: str, limits: dict) -> None:
+    """Type of every scalar setting of a config dataclass (from its annotations), range of
+    the numeric ones in ``limits``; errors name the setting as ``prefix + name``."""
+    for item in dataclasses.fields(section):
+        value, name = getattr(section, item.name), prefix + item.name
+        if item.type in ("int", "float"):
+            _check_number(name, value, item.type, limits.get(item.name, (None,) * 2 + (False,) * 2))
+        elif item.type == "bool" and not isinstance(value, bool):
+            raise TypeError(f"{name} must be true or false, got {value!r}")
+        elif item.type == "str" and not isinstance(value, str):
+            raise TypeError(f"{name} must be a string, got {value!r}")
+        elif item.type == "tuple" and not isinstance(value, (tuple, list)):
+            raise TypeError(f"{name} must be a list, got {value!r}")
+
+
+def check_config(config: TrainConfig) -> None:
+    """Check every setting again (a dataclass can be changed after it was built): TypeError
+    or ValueError naming the setting and what it takes. :func:`hassod.detector.train` runs it
+    before training starts."""
+    if not isinstance(config, TrainConfig):
+        raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
+    for section in (config.model, config.data, config.mean_teacher, config):
+        section.__post_init__()
 
 
 def paper_config() -> TrainConfig:
@@ -268,14 +460,15 @@ def _tuples(value):
     return value
 
 
-def _section(cls, data: dict | None, base=None):
-    data = dict(data or {})
+def _section(cls, data, base, name: str):
+    if not isinstance(data, dict):
+        raise TypeError(f"{name} must be a JSON object of settings, got {data!r}")
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:
         raise ValueError(f"unknown {cls.__name__} settings: {', '.join(unknown)}")
     values = {key: _tuples(value) for key, value in data.items()}
-    return cls(**values) if base is None else dataclasses.replace(base, **values)
+    return dataclasses.replace(base, **values)
 
 
 def config_from_dict(data: dict, base: TrainConfig | None = None) -> TrainConfig:
@@ -284,11 +477,15 @@ def config_from_dict(data: dict, base: TrainConfig | None = None) -> TrainConfig
     With ``base`` (e.g. a preset), settings the dict leaves out keep the base's values, section
     by section: ``{"model": {"backbone": "resnet18"}}`` changes only the backbone.
     """
+    if not isinstance(data, dict):
+        raise TypeError(f"settings must be a JSON object, got {data!r}")
     data = dict(data)
     if base is None:
         base = TrainConfig()
-    model = _section(ModelConfig, data.pop("model", None), base.model)
-    data_config = _section(DataConfig, data.pop("data", None), base.data)
-    mean_teacher = _section(MeanTeacherConfig, data.pop("mean_teacher", None), base.mean_teacher)
-    top = _section(TrainConfig, data, base)
+    model = _section(ModelConfig, data.pop("model", {}), base.model, "model")
+    data_config = _section(DataConfig, data.pop("data", {}), base.data, "data")
+    mean_teacher = _section(
+        MeanTeacherConfig, data.pop("mean_teacher", {}), base.mean_teacher, "mean_teacher"
+    )
+    top = _section(TrainConfig, data, base, "settings")
     return dataclasses.replace(top, model=model, data=data_config, mean_teacher=mean_teacher)

@@ -17,8 +17,11 @@ widths, normalisation, stages, levels) and refuses what this model cannot hold e
 - the ResNet is assumed to stride in its 3x3 convolutions (``STRIDE_IN_1X1: False``, the
   authors' and CutLER's setting, and torchvision's); MSRA-style ImageNet ResNets stride in
   the 1x1 and would compute something else -- the weights cannot tell;
-- settings not stored in weights (cascade IoUs and box weights, test sizes, thresholds) are
-  the authors' config's, which :func:`~hassod.detector.config.paper_config` holds.
+- settings not stored in weights (cascade IoUs and box weights, anchors, RPN top-k, test
+  sizes, thresholds) are the authors' config's, which
+  :func:`~hassod.detector.config.paper_config` holds -- unless the file is hassod's own
+  export, which carries its run's settings under ``hassod_config`` (a JSON string that
+  Detectron2's checkpointer returns unread as extra data), and those are used.
 
 :func:`export_detectron2` goes the other way (``hassod export-detectron2``): a hassod
 checkpoint's network under Detectron2's names, for the authors' ``train_net.py --eval-only``
@@ -29,6 +32,7 @@ and demo, with the config options that make Detectron2 build the same network
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 from pathlib import Path
 
@@ -37,9 +41,20 @@ import torch
 from hassod.detector.anchors import detectron2_cell_anchors
 from hassod.detector.backbone import detectron2_resnet_name
 from hassod.detector.checkpoint import check_weights
-from hassod.detector.config import DataConfig, ModelConfig, paper_config
+from hassod.detector.config import (
+    DataConfig,
+    ModelConfig,
+    TrainConfig,
+    config_from_dict,
+    config_to_dict,
+    paper_config,
+)
 
 TEACHER, STUDENT = "modelTeacher.", "modelStudent."
+# Top-level key of an exported file holding the run's TrainConfig as JSON. fvcore's
+# Checkpointer.load returns unknown top-level keys as extra data and Detectron2's .pkl
+# reader keeps them, so Detectron2 ignores it; a JSON string loads under weights_only.
+SETTINGS_KEY = "hassod_config"
 _PREDICTOR_KEY = "roi_heads.box_predictor.0.cls_score.weight"
 # ResNets by block kind and blocks per stage (res2..res5).
 _RESNETS = {
@@ -289,11 +304,14 @@ def hassod_name(name: str) -> str | None:
     raise Detectron2WeightsError(f"unexpected tensor {name!r}: not a layer of hassod's detector")
 
 
-def convert_detectron2_detector(state: dict, weights: str = "student") -> tuple:
+def convert_detectron2_detector(
+    state: dict, weights: str = "student", settings: TrainConfig | None = None
+) -> tuple:
     """``(HassodDetector in eval mode, TrainConfig)`` from a Detectron2 state dict.
 
     ``state``: a checkpoint's ``model`` dict (tensors or NumPy arrays), of one network or a
     Mean Teacher pair (``weights`` picks, see :func:`select_model`). The config is
+    ``settings`` (a hassod export's own, :func:`stored_settings`) when given, else
     :func:`~hassod.detector.config.paper_config` with the model section read from the
     weights. Every tensor must find its layer with the same shape, and every layer a tensor.
     """
@@ -301,6 +319,9 @@ def convert_detectron2_detector(state: dict, weights: str = "student") -> tuple:
 
     state = {name: torch.as_tensor(value) for name, value in select_model(state, weights).items()}
     model_config = infer_model_config(state)
+    if settings is not None:
+        _check_settings_fit(settings.model, model_config)
+        model_config = settings.model
     model = HassodDetector(model_config, model_config.norm)
     target = model.state_dict()
     converted, problems = {}, []
@@ -333,8 +354,45 @@ def convert_detectron2_detector(state: dict, weights: str = "student") -> tuple:
         )
     model.load_state_dict(converted)
     model.eval()
-    config = dataclasses.replace(paper_config(), model=model_config)
+    config = settings or dataclasses.replace(paper_config(), model=model_config)
     return model, config
+
+
+# Architecture settings the weights determine; the stored settings must agree with them.
+_ARCHITECTURE = (
+    "backbone",
+    "backbone_width",
+    "fpn_channels",
+    "box_head_dim",
+    "mask_head_channels",
+    "mask_head_convs",
+)
+
+
+def _check_settings_fit(stored: ModelConfig, inferred: ModelConfig) -> None:
+    differing = [
+        f"{name} {getattr(stored, name)} vs {getattr(inferred, name)}"
+        for name in _ARCHITECTURE
+        if getattr(stored, name) != getattr(inferred, name)
+    ]
+    if differing:
+        raise Detectron2WeightsError(
+            f"the file's {SETTINGS_KEY} does not describe its weights (settings vs weights: "
+            + "; ".join(differing)
+            + "): the weights were replaced after export"
+        )
+
+
+def stored_settings(raw: dict) -> TrainConfig | None:
+    """The run settings a hassod export carries (:data:`SETTINGS_KEY`), or None (the authors'
+    files and other Detectron2 checkpoints have none)."""
+    text = raw.get(SETTINGS_KEY) if isinstance(raw, dict) else None
+    if text is None:
+        return None
+    try:
+        return config_from_dict(json.loads(text))
+    except (TypeError, ValueError) as error:
+        raise Detectron2WeightsError(f"unreadable {SETTINGS_KEY} in the file: {error}") from None
 
 
 def model_state(raw: dict) -> dict:
@@ -407,14 +465,16 @@ def detectron2_name(name: str) -> str:
 def export_detectron2(model: torch.nn.Module) -> dict:
     """A HassodDetector's state dict under Detectron2's names (classifier rows in Detectron2's
     order: object, background), ready for ``torch.save({"model": ...})``."""
-    config = model.config
-    if config.norm == "gn" and any(
-        module.num_groups != 32
-        for module in model.modules()
-        if isinstance(module, torch.nn.GroupNorm)
-    ):
+    # Only what makes the weights wrong is refused here; what keeps Detectron2 from building
+    # the network at all is detectron2_options' (export_blockers), listed all at once.
+    narrow = [  # named as Detectron2 names them
+        detectron2_name(f"{name}.weight").removesuffix(".weight")
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.GroupNorm) and module.num_groups != 32
+    ]
+    if narrow:
         raise Detectron2WeightsError(
-            "Detectron2's GroupNorm has 32 groups; this model's narrow layers have fewer"
+            "Detectron2's GroupNorm has 32 groups; these layers have fewer: " + ", ".join(narrow)
         )
     exported = {}
     for name, tensor in model.state_dict().items():
@@ -426,17 +486,131 @@ def export_detectron2(model: torch.nn.Module) -> dict:
     return exported
 
 
+# ModelConfig settings -> the Detectron2 option that holds them, given where they differ from
+# the authors' config (the architecture's options are always given).
+_DIFFERING_OPTIONS = {
+    "pixel_mean": "MODEL.PIXEL_MEAN",
+    "pixel_std": "MODEL.PIXEL_STD",
+    "rpn_pre_nms_top_n_train": "MODEL.RPN.PRE_NMS_TOPK_TRAIN",
+    "rpn_pre_nms_top_n_test": "MODEL.RPN.PRE_NMS_TOPK_TEST",
+    "rpn_post_nms_top_n_train": "MODEL.RPN.POST_NMS_TOPK_TRAIN",
+    "rpn_post_nms_top_n_test": "MODEL.RPN.POST_NMS_TOPK_TEST",
+    "rpn_nms_thresh": "MODEL.RPN.NMS_THRESH",
+    "rpn_batch_size_per_image": "MODEL.RPN.BATCH_SIZE_PER_IMAGE",
+    "rpn_positive_fraction": "MODEL.RPN.POSITIVE_FRACTION",
+    "roi_batch_size_per_image": "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE",
+    "roi_positive_fraction": "MODEL.ROI_HEADS.POSITIVE_FRACTION",
+    "cascade_ious": "MODEL.ROI_BOX_CASCADE_HEAD.IOUS",
+    "cascade_box_weights": "MODEL.ROI_BOX_CASCADE_HEAD.BBOX_REG_WEIGHTS",
+    "score_thresh": "MODEL.ROI_HEADS.SCORE_THRESH_TEST",
+    "nms_thresh": "MODEL.ROI_HEADS.NMS_THRESH_TEST",
+}
+# ModelConfig settings without an option here: the architecture's (always given), the
+# anchors (given as SIZES / ASPECT_RATIOS; the generator is warned about), the fixed three
+# levels, training losses of the authors' fork (no effect on the exported network) and the
+# padding (Detectron2's FPN fixes 32; another value refuses the export).
+_OPTIONS_ELSEWHERE = (
+    "backbone",
+    "backbone_width",
+    "norm",
+    "fpn_channels",
+    "box_head_dim",
+    "mask_head_channels",
+    "mask_head_convs",
+    "detections_per_image",
+    "anchor_sizes",
+    "aspect_ratios",
+    "anchor_generator",
+    "num_levels",
+    "level_loss_alpha",
+    "level_loss_gamma",
+    "drop_loss_iou",
+    "size_divisible",
+)
+
+
+def _gn_has_32_groups(channels: int) -> bool:
+    # hassod's GroupNorm takes 32 groups only from 64 channels on, in multiples of 32
+    # (backbone._groups); Detectron2's always has 32.
+    return channels % 32 == 0 and channels >= 64
+
+
+def export_blockers(config: ModelConfig) -> list[tuple[str, dict]]:
+    """Why Detectron2 cannot build this network: ``(reason naming the layers, the model
+    settings that fix it)`` for each obstacle; empty when it can."""
+    blockers = []
+    if config.backbone == "resnet10":
+        blockers.append(
+            (
+                "Detectron2 has no ResNet-10 (one block per stage; backbone resnet10)",
+                {"backbone": "resnet18"},
+            )
+        )
+    basic = config.backbone in ("resnet10", "resnet18", "resnet34")
+    if basic and config.backbone_width != 64:
+        blockers.append(
+            (
+                "Detectron2 builds ResNet-18/34 only at width 64 (its stem and res2 have 64 "
+                f"channels; this model's backbone_width is {config.backbone_width})",
+                {"backbone_width": 64},
+            )
+        )
+    if config.norm == "gn":
+        width = 64 if basic else config.backbone_width  # after the fix above
+        if not _gn_has_32_groups(width):
+            blockers.append(
+                (
+                    "Detectron2's GroupNorm has 32 groups; the ResNet's stem and res2 have "
+                    f"{width} channels (backbone_width), which take fewer here",
+                    {"backbone_width": 64 if width < 64 else -(-width // 32) * 32},
+                )
+            )
+        if not _gn_has_32_groups(config.fpn_channels):
+            blockers.append(
+                (
+                    "Detectron2's GroupNorm has 32 groups; the FPN's layers (fpn_lateral2-5, "
+                    f"fpn_output2-5) have {config.fpn_channels} channels (fpn_channels), which "
+                    "take fewer here",
+                    {"fpn_channels": max(64, -(-config.fpn_channels // 32) * 32)},
+                )
+            )
+    if config.norm not in ("syncbn", "bn", "frozen_bn", "gn"):
+        blockers.append(
+            (f"no Detectron2 normalisation for norm={config.norm!r}", {"norm": "syncbn"})
+        )
+    if config.size_divisible != 32:
+        blockers.append(
+            (
+                "Detectron2 pads images to multiples of 32 (its FPN's size_divisibility); "
+                f"this model pads to {config.size_divisible}",
+                {"size_divisible": 32},
+            )
+        )
+    return blockers
+
+
+def _blockers_message(blockers: list[tuple[str, dict]]) -> str:
+    fixes = {}
+    for _, fix in blockers:
+        fixes.update(fix)
+    reasons = "; ".join(reason for reason, _ in blockers)
+    return (
+        f"Detectron2 cannot build this network: {reasons}. Train it with these settings in "
+        f"the --config JSON: {json.dumps({'model': fixes})} (README: the authors' released "
+        "detector)"
+    )
+
+
 def detectron2_options(config: ModelConfig, data: DataConfig | None = None) -> list[str]:
     """Detectron2 config options (``KEY VALUE`` pairs for the authors'
     ``cascade_mask_rcnn_R_50_FPN.yaml``) under which it builds this network, with the
-    settings Detectron2 does not store in weights (anchors, pixel statistics, cascade) where
-    they differ from the authors'."""
-    depth = {"resnet10": None, "resnet18": 18, "resnet34": 34, "resnet50": 50, "resnet101": 101}
-    if depth[config.backbone] is None:
-        raise Detectron2WeightsError("Detectron2 has no ResNet-10 (one block per stage)")
+    settings Detectron2 does not store in weights (anchors, pixel statistics, RPN top-k,
+    cascade, thresholds: :data:`_DIFFERING_OPTIONS`) where they differ from the authors'."""
+    blockers = export_blockers(config)
+    if blockers:
+        raise Detectron2WeightsError(_blockers_message(blockers))
+    depth = {"resnet18": 18, "resnet34": 34, "resnet50": 50, "resnet101": 101}
     basic = config.backbone in ("resnet18", "resnet34")
-    if basic and config.backbone_width != 64:
-        raise Detectron2WeightsError("Detectron2 builds ResNet-18/34 only at width 64")
     norms = {
         "syncbn": ("SyncBN", "SyncBN"),
         "bn": ("SyncBN", "SyncBN"),
@@ -468,18 +642,14 @@ def detectron2_options(config: ModelConfig, data: DataConfig | None = None) -> l
         options["MODEL.RESNETS.RES5_DILATION"] = 1
     # Settings the authors' config fixes, when this network was built with others.
     authors = ModelConfig()
-    differing = {
-        "MODEL.PIXEL_MEAN": "pixel_mean",
-        "MODEL.PIXEL_STD": "pixel_std",
-        "MODEL.ROI_BOX_CASCADE_HEAD.IOUS": "cascade_ious",
-        "MODEL.ROI_BOX_CASCADE_HEAD.BBOX_REG_WEIGHTS": "cascade_box_weights",
-        "MODEL.ROI_HEADS.NMS_THRESH_TEST": "nms_thresh",
-        "MODEL.RPN.NMS_THRESH": "rpn_nms_thresh",
-    }
-    for key, field in differing.items():
+    for field, key in _DIFFERING_OPTIONS.items():
         value = getattr(config, field)
-        if value != getattr(authors, field):
-            options[key] = f'"{_literal(value)}"'
+        if _literal(value) != _literal(getattr(authors, field)):
+            text = _literal(value)
+            options[key] = f'"{text}"' if isinstance(text, list) else text
+    if tuple(config.cascade_ious) != tuple(authors.cascade_ious):
+        # Detectron2's CascadeROIHeads asserts that the first stage's IoU is this one
+        options["MODEL.ROI_HEADS.IOU_THRESHOLDS"] = f'"{[config.cascade_ious[0]]}"'
     if data is not None and (data.test_min_size, data.test_max_size) != (800, 1333):
         options["INPUT.MIN_SIZE_TEST"] = data.test_min_size
         options["INPUT.MAX_SIZE_TEST"] = data.test_max_size
@@ -497,21 +667,25 @@ def _literal(value):
     return value
 
 
-def write_detectron2_file(path: str | Path, state: dict) -> None:
+def write_detectron2_file(path: str | Path, state: dict, config: TrainConfig | None = None) -> None:
     """Write an exported state dict as Detectron2 reads it, atomically: ``.pkl`` as its
     pickle of NumPy arrays (``{"model": ..., "__author__": ...}``), anything else with
-    ``torch.save`` (``{"model": ...}``)."""
+    ``torch.save`` (``{"model": ...}``). With ``config`` (the run's settings) the file also
+    carries them as JSON under :data:`SETTINGS_KEY`, which Detectron2 ignores and hassod
+    reads back (anchors, RPN top-k, test sizes... the weights do not hold)."""
     from hassod._io import atomic_write_file
+
+    extra = {} if config is None else {SETTINGS_KEY: json.dumps(config_to_dict(config))}
 
     if Path(path).suffix == ".pkl":
         import pickle
 
         arrays = {name: tensor.numpy() for name, tensor in state.items()}
-        payload = {"model": arrays, "__author__": "hassod"}
+        payload = {"model": arrays, "__author__": "hassod", **extra}
         # Protocol 4 (Python 3, which Detectron2 needs): arrays as bytes, not latin-1 text.
         # Written under NumPy 2 it names numpy._core, which NumPy >= 1.26 reads.
         write = lambda handle: pickle.dump(payload, handle, protocol=4)  # noqa: E731
     else:
-        payload = {"model": state, "__author__": "hassod"}
+        payload = {"model": state, "__author__": "hassod", **extra}
         write = lambda handle: torch.save(payload, handle)  # noqa: E731
     atomic_write_file(path, write, parents=True)

@@ -19,6 +19,8 @@ keeps the chosen levels (``whole``, ``part``, ``subpart`` or 0, 1, 2).
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 import os
 import sys
 from collections.abc import Iterable, Sequence
@@ -32,6 +34,7 @@ from hassod.coco import CATEGORY, LEVEL_NAMES, image_id_for
 from hassod.detector import augment
 from hassod.detector.cascade import clip_nonempty
 from hassod.detector.checkpoint import detector_from_checkpoint
+from hassod.detector.config import MIN_IMAGE_SIZE
 from hassod.detector.paste import paste_masks
 from hassod.detector.training import resolve_device
 
@@ -64,9 +67,65 @@ def parse_levels(levels) -> frozenset:
 
 
 def filter_levels(detections: Iterable[dict], levels) -> list[dict]:
-    """The detections whose ``hier_level`` is one of ``levels`` (see :func:`parse_levels`)."""
+    """The detections whose ``hier_level`` is one of ``levels`` (see :func:`parse_levels`).
+
+    Raises ValueError for a detection without an integer ``hier_level`` (e.g. results of
+    another detector: they carry no level to filter by)."""
     chosen = parse_levels(levels)
-    return [detection for detection in detections if int(detection["hier_level"]) in chosen]
+    kept = []
+    for index, detection in enumerate(detections):
+        level = detection.get("hier_level") if isinstance(detection, dict) else None
+        if not isinstance(level, numbers.Integral) or isinstance(level, bool):
+            raise ValueError(
+                f"detection {index} has no integer 'hier_level' (got {level!r}): filter_levels "
+                "takes hassod predict results, whose level is 0 (whole), 1 (part) or 2 (subpart)"
+            )
+        if int(level) in chosen:
+            kept.append(detection)
+    return kept
+
+
+_CHECKED_OPTIONS = ("score_threshold", "max_detections", "min_size", "max_size", "mask_threshold")
+
+
+def check_predict_options(
+    score_threshold: float | None = None,
+    max_detections: int | None = None,
+    min_size: int | None = None,
+    max_size: int | None = None,
+    mask_threshold: float = 0.5,
+) -> None:
+    """ValueError / TypeError naming the option unless each is None (the checkpoint's
+    setting) or usable: a score threshold in [0, 1], at least one detection, test sizes of at
+    least ``MIN_IMAGE_SIZE`` (32) px, a mask threshold in (0, 1)."""
+    for name, value in (("min_size", min_size), ("max_size", max_size)):
+        if value is None:
+            continue
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise TypeError(f"{name} must be an integer number of pixels, got {value!r}")
+        if value < MIN_IMAGE_SIZE:
+            raise ValueError(
+                f"{name} must be at least {MIN_IMAGE_SIZE} pixels (one cell of the detector's "
+                f"coarsest feature map), got {value}; leave it out for the checkpoint's size"
+            )
+    if max_detections is not None:
+        if not isinstance(max_detections, int) or isinstance(max_detections, bool):
+            raise TypeError(f"max_detections must be an integer, got {max_detections!r}")
+        if max_detections < 1:
+            raise ValueError(f"max_detections must be >= 1, got {max_detections}")
+    for name, value, low_open, high_open in (
+        ("score_threshold", score_threshold, False, False),
+        ("mask_threshold", mask_threshold, True, True),
+    ):
+        if value is None and name == "score_threshold":
+            continue
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise TypeError(f"{name} must be a number, got {value!r}")
+        low_bad = value <= 0 if low_open else value < 0
+        high_bad = value >= 1 if high_open else value > 1
+        if not math.isfinite(value) or low_bad or high_bad:
+            interval = f"{'(' if low_open else '['}0, 1{')' if high_open else ']'}"
+            raise ValueError(f"{name} must be in {interval}, got {value}")
 
 
 def _encode(masks: np.ndarray) -> list[dict]:
@@ -88,12 +147,16 @@ class Predictor:
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:N``.
         weights: ``student`` (default; the authors evaluate the student after Mean Teacher),
             ``teacher`` (its EMA) or ``auto`` (the teacher when present, else the student).
-        score_threshold: keep detections scoring above it (default: the model's, 0.0).
-        max_detections: at most this many per image (default: the model's, 1000).
-        min_size, max_size: test resize (default: the checkpoint's ``data.test_min_size`` /
-            ``test_max_size``; 800 / 1333 in the paper preset).
-        mask_threshold: a pixel is in a mask where its pasted probability is >= this (0.5;
-            Detectron2's paste, :func:`hassod.detector.paste.paste_masks`).
+        score_threshold: keep detections scoring above it, in [0, 1] (default: the model's,
+            0.0).
+        max_detections: at most this many per image, >= 1 (default: the model's, 1000).
+        min_size, max_size: test resize in pixels, at least 32 (None: the checkpoint's
+            ``data.test_min_size`` / ``test_max_size``; 800 / 1333 in the paper preset).
+        mask_threshold: a pixel is in a mask where its pasted probability is >= this, in
+            (0, 1) (0.5; Detectron2's paste, :func:`hassod.detector.paste.paste_masks`).
+
+    Raises ValueError / TypeError naming an option outside those ranges
+    (:func:`check_predict_options`).
     """
 
     def __init__(
@@ -108,6 +171,7 @@ class Predictor:
         max_size: int | None = None,
         mask_threshold: float = 0.5,
     ):
+        check_predict_options(score_threshold, max_detections, min_size, max_size, mask_threshold)
         self.device = resolve_device(device)
         model, config = detector_from_checkpoint(checkpoint, weights)
         model_config = config.model
@@ -115,19 +179,16 @@ class Predictor:
         if score_threshold is not None:
             changes["score_thresh"] = float(score_threshold)
         if max_detections is not None:
-            if max_detections < 1:
-                raise ValueError(f"max_detections must be >= 1, got {max_detections}")
-            changes["detections_per_image"] = int(max_detections)
+            changes["detections_per_image"] = max_detections
         if changes:
             model_config = dataclasses.replace(model_config, **changes)
             model.config = model_config
             model.roi_heads.config = model_config
         self.model = model.to(self.device).eval()
         self.config = config
-        self.min_size = int(min_size or config.data.test_min_size)
-        self.max_size = int(max_size or config.data.test_max_size)
-        if not mask_threshold > 0:
-            raise ValueError(f"mask_threshold must be > 0, got {mask_threshold}")
+        # only None means the checkpoint's size (0 is refused above, not a default)
+        self.min_size = config.data.test_min_size if min_size is None else min_size
+        self.max_size = config.data.test_max_size if max_size is None else max_size
         self.mask_threshold = mask_threshold
 
     @torch.no_grad()
@@ -140,6 +201,8 @@ class Predictor:
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise ValueError(f"image must be (H, W, 3) uint8 RGB, got {image.shape} {image.dtype}")
         height, width = image.shape[:2]
+        if height == 0 or width == 0:
+            raise ValueError(f"image is empty ({height} x {width} pixels)")
         tensor = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
         size = augment.scaled_size(height, width, self.min_size, self.max_size)
         resized = augment.resize_image(tensor, size).to(self.device)
@@ -208,6 +271,10 @@ def _as_array(image) -> np.ndarray:
     return np.asarray(image)
 
 
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}{'' if number == 1 else 's'}"
+
+
 @dataclass
 class PredictSummary:
     out: Path
@@ -218,9 +285,12 @@ class PredictSummary:
 
     def format(self) -> str:
         levels = ", ".join(f"{name} {self.per_level.get(name, 0)}" for name in LEVEL_NAMES)
-        text = f"wrote {self.out}: {self.detections} detections ({levels}) on {self.images} images"
+        text = (
+            f"wrote {self.out}: {self.detections} detections ({levels}) on "
+            f"{_count(self.images, 'image')}"
+        )
         if self.failed:
-            text += f"; {len(self.failed)} images could not be read (listed on stderr)"
+            text += f"; {_count(len(self.failed), 'image')} could not be read (listed on stderr)"
         return text
 
 
@@ -251,6 +321,8 @@ def predict_images(
     from hassod.discover import UnreadableImage, read_image
     from hassod.discover_run import atomic_write_json, list_images
 
+    checked = {k: v for k, v in predictor_options.items() if k in _CHECKED_OPTIONS}
+    check_predict_options(**checked)  # before the images are listed and the model loads
     images, out = Path(images), Path(out)
     if images.is_file():
         root, names = images.parent, [images.name]

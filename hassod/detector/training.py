@@ -39,7 +39,7 @@ import torch
 from hassod.detector import checkpoint as ckpt
 from hassod.detector import distributed, schedule
 from hassod.detector.backbone import resolve_norm
-from hassod.detector.config import TrainConfig, config_to_dict
+from hassod.detector.config import TrainConfig, check_config, config_to_dict
 from hassod.detector.data import PseudoLabels, TrainBatches, load_pseudo_labels, make_loader
 from hassod.detector.mean_teacher import ema_update, skip_detections_below, teacher_targets
 from hassod.detector.metrics import MetricsWriter
@@ -203,6 +203,7 @@ class Trainer:
         progress: bool = True,
         distributed_mode: bool | None = None,
     ):
+        check_config(config)
         self.out_dir = Path(out_dir)
         self.labels = labels
         self.progress = progress
@@ -628,9 +629,11 @@ def train(config: TrainConfig, pseudo_json, image_root, out_dir, **options: Any)
     (``backbone_weights``, ``resume``, ``init_from``, ``device``, ``progress``,
     ``distributed_mode``).
 
-    Returns a :class:`TrainResult`; raises :class:`hassod.detector.data.DataError` for unusable
-    input and :class:`Interrupted` (after saving) on SIGINT/SIGTERM.
+    Returns a :class:`TrainResult`; raises TypeError / ValueError for a bad setting (naming
+    it), :class:`hassod.detector.data.DataError` for unusable input and :class:`Interrupted`
+    (after saving) on SIGINT/SIGTERM.
     """
+    check_config(config)  # a NaN LR or a zero log period would fail only after training
     check_run_folder(out_dir, options.get("resume", False))  # before reading a large JSON
     labels = load_pseudo_labels(pseudo_json, image_root)
     trainer = Trainer(config, labels, out_dir, **options)
