@@ -62,6 +62,25 @@ def test_json_without_annotations_is_refused(synthetic, tmp_path):
         load_pseudo_labels(path, images)
 
 
+def test_a_corrupt_rle_is_left_out_not_decoded(synthetic, tmp_path):
+    """pycocotools decodes a truncated RLE string from memory past its end: such an
+    annotation is counted and left out, with a warning naming it."""
+    json_path, images = synthetic
+
+    def truncate(coco):
+        rle = coco["annotations"][1]["segmentation"]
+        if not isinstance(rle, dict):  # polygons: make it an RLE
+            coco["annotations"][1]["segmentation"] = rle = {"size": [96, 96], "counts": ""}
+        rle["counts"] = "Ug011"
+
+    path = _rewrite(json_path, tmp_path, truncate)
+    with pytest.warns(UserWarning, match="1 malformed annotations .* corrupt RLE"):
+        labels = load_pseudo_labels(path, images)
+    assert labels.report["annotations_malformed"] == 1
+    total = len(json.loads(json_path.read_text())["annotations"])
+    assert sum(len(e.levels) for e in labels.entries) == total - 1
+
+
 def test_annotations_without_level_are_whole_objects(synthetic, tmp_path):
     json_path, images = synthetic
 

@@ -27,6 +27,7 @@ import torch
 from hassod.detector import augment
 from hassod.detector.config import TrainConfig
 from hassod.detector.sampling import GroupedStream, ShuffledStream
+from hassod.labels import InputError, check_annotation_fields
 
 NUM_LEVELS = 3
 _STREAM_PSEUDO, _STREAM_UNLABELED = 0, 1
@@ -98,11 +99,13 @@ def load_pseudo_labels(json_path, image_root, *, keep_empty: bool = False) -> Ps
         "annotations_crowd": 0,
         "annotations_without_segmentation": 0,
         "annotations_unknown_image": 0,
+        "annotations_malformed": 0,
         "images_without_annotations": 0,
         "images_missing_file": 0,
         "images_bad_record": 0,
     }
     entries: dict[int, ImageEntry] = {}
+    malformed = ""  # the first malformed annotation's error
     for record in coco["images"]:
         try:
             entry = ImageEntry(
@@ -129,6 +132,12 @@ def load_pseudo_labels(json_path, image_root, *, keep_empty: bool = False) -> Ps
         segmentation = annotation.get("segmentation")
         if not segmentation:
             report["annotations_without_segmentation"] += 1
+            continue
+        try:  # a corrupt RLE would decode to garbage (pycocotools reads past its end)
+            check_annotation_fields(annotation, f"annotation {annotation.get('id', '?')!r}")
+        except InputError as error:
+            report["annotations_malformed"] += 1
+            malformed = malformed or str(error)
             continue
         level = annotation.get("hier_level")
         if level is None:
@@ -162,6 +171,12 @@ def load_pseudo_labels(json_path, image_root, *, keep_empty: bool = False) -> Ps
         warnings.warn(
             f"{report['annotations_bad_level']} annotations have a hier_level outside 0-2; "
             "clipped into that range",
+            stacklevel=2,
+        )
+    if report["annotations_malformed"]:
+        warnings.warn(
+            f"{report['annotations_malformed']} malformed annotations in {json_path} are left "
+            f"out, e.g. {malformed}",
             stacklevel=2,
         )
     if report["images_missing_file"]:
