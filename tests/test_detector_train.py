@@ -358,7 +358,7 @@ def test_teacher_targets_train_the_student_branch(synthetic, tmp_path):
         mean_teacher=dataclasses.replace(
             tiny_config().mean_teacher,
             iterations=1,
-            score_threshold=-1.0,
+            score_threshold=0.0,  # every detection of the untrained teacher
             labeled_batch=1,
             unlabeled_batch=2,
         ),
