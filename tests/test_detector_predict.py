@@ -231,6 +231,31 @@ def test_predict_images_refuses_images_the_image_ids_json_lacks(
     assert not out.exists()  # each refused before any work
 
 
+def test_skip_unlisted_predicts_on_the_listed_images_only(
+    checkpoint_path, images_dir, tmp_path, capsys
+):
+    """A folder larger than the annotated subset: the unlisted images are left out, counted."""
+    from hassod.cli import main
+
+    gt_path = tmp_path / "gt.json"
+    gt_path.write_text(json.dumps(gt_of([("a.png", 101, (70, 90))])))
+    out = tmp_path / "preds.json"
+    command = ["predict", str(images_dir), "--checkpoint", str(checkpoint_path)]
+    command += ["--out", str(out), "--device", "cpu", "--quiet", "--image-ids", str(gt_path)]
+    assert main(command) == 2
+    assert "--skip-unlisted" in capsys.readouterr().err
+    assert main([*command, "--skip-unlisted"]) == 0
+    assert "1 image; 2 images not in the --image-ids JSON skipped" in capsys.readouterr().out
+    results = json.loads(out.read_text())
+    assert {result["image_id"] for result in results} <= {101}
+    alone = predict_images(images_dir / "a.png", checkpoint_path, out, device="cpu")
+    assert [r["bbox"] for r in results] == [r["bbox"] for r in json.loads(out.read_text())]
+    assert alone.images == 1
+    with pytest.raises(SystemExit):
+        main([*command[:-2], "--skip-unlisted"])  # without --image-ids
+    assert "goes with --image-ids" in capsys.readouterr().err
+
+
 def test_predict_cli_image_ids_errors_exit_2(checkpoint_path, images_dir, tmp_path, capsys):
     from hassod.cli import main
 

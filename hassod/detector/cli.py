@@ -140,8 +140,14 @@ def add_predict_parser(commands) -> None:
         metavar="JSON",
         help="COCO JSON (e.g. the ground truth) whose 'images' give each image's id, matched by "
         "file name (a record's file_name may be any tail of the image's path); every image "
-        "must be listed there (exit 2 otherwise). Default: hashed relative file names, as "
-        "`hassod discover`",
+        "must be listed there (exit 2 otherwise; see --skip-unlisted). Default: hashed "
+        "relative file names, as `hassod discover`",
+    )
+    predict.add_argument(
+        "--skip-unlisted",
+        action="store_true",
+        help="with --image-ids: leave out the images that JSON does not list (say how many) "
+        "instead of refusing, e.g. a folder larger than the annotated subset",
     )
     predict.add_argument(
         "--weights",
@@ -316,6 +322,8 @@ def run_predict_command(args, parser) -> int:
     from hassod.detector.predict import parse_levels, predict_images
 
     _writable_file(args.out, parser)  # before the run, not after it
+    if args.skip_unlisted and args.image_ids is None:
+        parser.error("--skip-unlisted goes with --image-ids")
 
     try:
         levels = parse_levels(args.levels)
@@ -328,6 +336,7 @@ def run_predict_command(args, parser) -> int:
             args.out,
             levels=levels,
             image_ids=args.image_ids,
+            skip_unlisted=args.skip_unlisted,
             progress=not args.quiet,
             device=args.device,
             weights=args.weights,

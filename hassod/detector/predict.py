@@ -282,6 +282,7 @@ class PredictSummary:
     detections: int
     failed: list = field(default_factory=list)  # {"file_name", "reason"}
     per_level: dict = field(default_factory=dict)
+    unlisted: int = 0  # images skipped as the image_ids JSON does not list them
 
     def format(self) -> str:
         levels = ", ".join(f"{name} {self.per_level.get(name, 0)}" for name in LEVEL_NAMES)
@@ -291,6 +292,8 @@ class PredictSummary:
         )
         if self.failed:
             text += f"; {_count(len(self.failed), 'image')} could not be read (listed on stderr)"
+        if self.unlisted:
+            text += f"; {_count(self.unlisted, 'image')} not in the --image-ids JSON skipped"
         return text
 
 
@@ -301,6 +304,7 @@ def predict_images(
     *,
     levels=None,
     image_ids=None,
+    skip_unlisted: bool = False,
     progress: bool = False,
     **predictor_options,
 ) -> PredictSummary:
@@ -310,8 +314,10 @@ def predict_images(
     single file: its name), the rule ``hassod discover`` uses, so the results pair with a
     pseudo-label JSON made from the same folder. With ``image_ids`` (a COCO JSON path or dict,
     e.g. the ground truth) each image takes the id of its record there instead, matched by file
-    name (:func:`image_ids_from`), so the results pair with that JSON (``hassod evaluate``).
-    Unreadable images are skipped and listed in the summary. The output is written atomically.
+    name (:func:`image_ids_from`), so the results pair with that JSON (``hassod evaluate``);
+    images it does not list are refused, or with ``skip_unlisted`` left out (e.g. a folder
+    larger than the annotated subset). Unreadable images are skipped and listed in the summary.
+    The output is written atomically.
 
     Raises:
         FileNotFoundError: no images.
@@ -333,10 +339,15 @@ def predict_images(
     else:
         raise FileNotFoundError(f"images not found: {images}")
     chosen = parse_levels(levels)
+    unlisted = 0
     if image_ids is None:
         ids = {name: image_id_for(name) for name in names}
     else:
-        ids = image_ids_from(image_ids, names, root)
+        ids = image_ids_from(image_ids, names, root, skip_unlisted=skip_unlisted)
+        unlisted = len(names) - len(ids)
+        names = [name for name in names if name in ids]
+        if not names:
+            raise FileNotFoundError(f"none of the images under {images} are in {image_ids}")
     predictor = Predictor(checkpoint, **predictor_options)
     results, failed = [], []
     iterator = names
@@ -358,10 +369,14 @@ def predict_images(
         per_level[LEVEL_NAMES[result["hier_level"]]] += 1
     for item in failed:
         print(f"hassod predict: skipped {item['file_name']}: {item['reason']}", file=sys.stderr)
-    return PredictSummary(out, len(names) - len(failed), len(results), failed, per_level)
+    return PredictSummary(
+        out, len(names) - len(failed), len(results), failed, per_level, unlisted=unlisted
+    )
 
 
-def image_ids_from(dataset, names: Sequence[str], root: str | os.PathLike = ".") -> dict[str, int]:
+def image_ids_from(
+    dataset, names: Sequence[str], root: str | os.PathLike = ".", *, skip_unlisted: bool = False
+) -> dict[str, int]:
     """Each image's id from a COCO JSON's ``images`` records, matched by file name.
 
     Args:
@@ -370,6 +385,8 @@ def image_ids_from(dataset, names: Sequence[str], root: str | os.PathLike = ".")
         root: their folder; the absolute path is matched, so a record's ``file_name`` may be
             any tail of it ("x.jpg", "val2017/x.jpg"; :func:`hassod.labels.match_image`), and
             only a tail: "train2017/x.jpg" is not the image "val2017/x.jpg".
+
+        skip_unlisted: leave images without a record out of the result instead of refusing.
 
     Returns:
         ``{name: id}``.
@@ -397,12 +414,12 @@ def image_ids_from(dataset, names: Sequence[str], root: str | os.PathLike = ".")
                 f"record {record.get('file_name')!r}: predict on files with distinct names"
             )
         owners[image_id], ids[name] = name, image_id
-    if unmatched:
+    if unmatched and not skip_unlisted:
         shown = ", ".join(unmatched[:5]) + (" ..." if len(unmatched) > 5 else "")
         raise InputError(
             f"--image-ids {source}: {len(unmatched)} of {len(names)} images are not in its "
             f"'images' (matched by file name), so they would have no id there: {shown}. "
-            "Predict on that JSON's images only (a folder or file of them), or leave out "
+            "Pass --skip-unlisted to predict on the listed ones only, or leave out "
             "--image-ids (ids: hashed file names)"
         )
     return ids
