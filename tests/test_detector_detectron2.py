@@ -719,9 +719,10 @@ def test_the_readmes_exportable_cpu_model_trains_exports_and_reads_back(tmp_path
     from hassod.cli import main
     from hassod.detector.synthetic import write_dataset
 
-    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    readme = Path(__file__).parent.parent / "README.md"
     settings = '{"model": {"backbone": "resnet18", "backbone_width": 64, "fpn_channels": 64}}'
-    assert settings in readme
+    if readme.is_file():  # tests run from a source checkout (not beside an installed package)
+        assert settings in readme.read_text(encoding="utf-8")
     (tmp_path / "small.json").write_text(settings)
     pseudo, images = write_dataset(tmp_path / "data", count=2, size=96, seed=1)
     common = ["--device", "cpu", "--quiet"]

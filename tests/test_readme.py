@@ -22,6 +22,9 @@ from PIL import Image
 from hassod.cli import _subcommands, build_parser
 
 README = Path(__file__).resolve().parents[1] / "README.md"
+pytestmark = pytest.mark.skipif(
+    not README.is_file(), reason="no README.md beside tests/ (not a source checkout)"
+)
 # Options of other programs the README shows: pytest-benchmark's, Detectron2's train_net and
 # torchrun's.
 OTHER_PROGRAMS_OPTIONS = {"--benchmark-enable", "--eval-only", "--nproc-per-node"}
