@@ -797,3 +797,38 @@ def test_train_checks_a_config_changed_after_it_was_built(synthetic, tmp_path, c
         assert exit_info.value.code == 2
         err = capsys.readouterr().err
         assert f"hassod train: error: train settings: {message}" in err and "Traceback" not in err
+
+
+def test_batches_that_do_not_split_over_the_processes_name_the_setting(synthetic):
+    from hassod.detector.data import TrainBatches
+
+    labels = load_pseudo_labels(*synthetic)
+    config = tiny_config(iterations=2, mean_teacher=1)  # Mean Teacher batches of 1 + 2
+    config = dataclasses.replace(config, batch_size=2)
+    with pytest.raises(ValueError, match=r'mean_teacher.labeled_batch 1 .* 2 processes.*"mean_te'):
+        TrainBatches(labels, config, rank=0, world_size=2)
+    with pytest.raises(
+        ValueError, match=r"batch_size \(--batch-size\) 2 is not divisible by the 3"
+    ):
+        TrainBatches(labels, config, rank=0, world_size=3)
+
+
+def test_resume_says_which_settings_it_does_not_apply(synthetic, tmp_path, capsys):
+    from hassod.cli import main
+
+    json_path, images = synthetic
+    out = tmp_path / "run"
+    command = ["train", str(json_path), str(images), "--out", str(out), "--preset", "cpu-small"]
+    command += ["--quiet", "--device", "cpu", "--iterations", "1", "--batch-size", "2"]
+    command += ["--mean-teacher-iterations", "0"]
+    assert main(command) == 0
+    capsys.readouterr()
+    settings = tmp_path / "settings.json"
+    settings.write_text('{"model": {"box_head_dim": 32}, "checkpoint_period": 7}')
+    changed = [*command, "--resume", "--iterations", "3", "--lr", "0.5", "--config", str(settings)]
+    assert main(changed) == 0
+    error = capsys.readouterr().err
+    assert "not applied: iterations 3 (the run's: 1), base_lr 0.5" in error
+    assert "model.box_head_dim 32" in error and "checkpoint_period" not in error
+    assert main([*command, "--resume"]) == 0  # the same settings: nothing to say
+    assert "not applied" not in capsys.readouterr().err

@@ -7,6 +7,7 @@ Importing this module is light (argparse only); torch loads when a command runs.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -79,7 +80,12 @@ def add_train_parser(commands) -> None:
     train.add_argument(
         "--mean-teacher-iterations", type=int, help="Mean Teacher iterations (0: none)"
     )
-    train.add_argument("--batch-size", type=int, help="images per iteration over all processes")
+    train.add_argument(
+        "--batch-size",
+        type=int,
+        help="burn-in images per iteration over all processes (the Mean Teacher phase's are "
+        "mean_teacher.labeled_batch and unlabeled_batch, set in a --config JSON)",
+    )
     train.add_argument("--micro-batch", type=int, help="images per forward pass (accumulate)")
     train.add_argument("--lr", type=float, help="base learning rate")
     train.add_argument("--seed", type=int, help="random seed")
@@ -225,14 +231,76 @@ def is_main_process(environ=None) -> bool:
     return environ.get("RANK", "0") in ("", "0")
 
 
+@contextlib.contextmanager
+def _warnings_ignored():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
+def _not_applied_on_resume(args, config) -> list[str]:
+    """Settings given on the command line (or in --config) that a resumed run does not use:
+    it continues with those stored in OUT/config.json (what was trained does not change);
+    only the checkpoint and log periods and the loader workers follow the command."""
+    import json
+
+    from hassod.detector.config import config_from_dict
+
+    stored_path = args.out / "config.json"
+    if not (args.resume and stored_path.is_file()):
+        return []
+    try:
+        stored = config_from_dict(json.loads(stored_path.read_text(encoding="utf-8")))
+    except (OSError, ValueError, TypeError):
+        return []  # the run's checkpoint carries its settings; the trainer reads those
+    given = {
+        "iterations": args.iterations,
+        "batch_size": args.batch_size,
+        "micro_batch": args.micro_batch,
+        "base_lr": args.lr,
+        "seed": args.seed,
+        "mean_teacher.iterations": args.mean_teacher_iterations,
+        "amp": False if args.no_amp else None,
+    }
+    if args.config is not None:
+        settings = json.loads(args.config.read_text(encoding="utf-8"))
+        for key, value in settings.items():
+            names = value if isinstance(value, dict) else {None: value}
+            for name in names:
+                path = key if name is None else f"{key}.{name}"
+                given.setdefault(path, True)  # compared below through the built config
+    ignored = []
+    for path, value in given.items():
+        if value is None or path in ("checkpoint_period", "log_period", "data.num_workers"):
+            continue
+        wanted, kept = config, stored
+        for part in path.split("."):
+            wanted, kept = getattr(wanted, part), getattr(kept, part)
+        if wanted != kept:
+            ignored.append(f"{path} {wanted!r} (the run's: {kept!r})")
+    return ignored
+
+
 def run_train_command(args, parser) -> int:
     config = _train_config(args, parser)
     from hassod.cli import _warnings_as_lines
     from hassod.detector.data import DataError
     from hassod.detector.training import Interrupted, train
 
+    ignored = _not_applied_on_resume(args, config)
+    if ignored and is_main_process():
+        print(
+            f"hassod train: warning: --resume continues the run in {args.out} with its own "
+            f"settings; not applied: {', '.join(ignored)}",
+            file=sys.stderr,
+        )
+
+    # Every process meets the same warnings: rank 0 prints them.
+    shown = _warnings_as_lines("train") if is_main_process() else _warnings_ignored()
     try:
-        with _warnings_as_lines("train"):
+        with shown:
             result = train(
                 config,
                 args.pseudo_json,
@@ -248,7 +316,8 @@ def run_train_command(args, parser) -> int:
         print(f"hassod train: error: {error}", file=sys.stderr)
         return EXIT_USAGE
     except Interrupted as error:
-        print(f"hassod train: {error}", file=sys.stderr)
+        if is_main_process():  # rank 0 saves, and says so, for every process
+            print(f"hassod train: {error}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except RuntimeError as error:
         print(f"hassod train: {error}", file=sys.stderr)

@@ -297,12 +297,17 @@ class TrainBatches(torch.utils.data.Dataset):
         self.rank = rank
         self.world_size = world_size
         self.burn_in = config.iterations
-        self.per_rank = _share(config.batch_size, world_size, "batch_size")
+        self.per_rank = _share(config.batch_size, world_size, "batch_size (--batch-size)")
         mean_teacher = config.mean_teacher
         if mean_teacher.iterations:
-            self.labeled_per_rank = _share(mean_teacher.labeled_batch, world_size, "labeled_batch")
-            self.unlabeled_per_rank = _share(
-                mean_teacher.unlabeled_batch, world_size, "unlabeled_batch"
+            self.labeled_per_rank, self.unlabeled_per_rank = (
+                _share(
+                    getattr(mean_teacher, name),
+                    world_size,
+                    f"mean_teacher.{name}",
+                    f'(in a --config JSON, e.g. {{"mean_teacher": {{"{name}": {world_size}}}}})',
+                )
+                for name in ("labeled_batch", "unlabeled_batch")
             )
         self._streams: dict = {}
         self._bad: dict[int, str] = {}
@@ -440,9 +445,13 @@ class TrainBatches(torch.utils.data.Dataset):
         }
 
 
-def _share(total: int, world_size: int, name: str) -> int:
+def _share(total: int, world_size: int, name: str, how: str = "") -> int:
+    """Each process's part of a batch of ``total`` images; ``how`` says where to set it."""
     if total % world_size:
-        raise ValueError(f"{name} {total} is not divisible by the {world_size} processes")
+        raise ValueError(
+            f"{name} {total} is not divisible by the {world_size} processes: set a multiple "
+            f"of {world_size} {how}".rstrip()
+        )
     return total // world_size
 
 
