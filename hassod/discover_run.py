@@ -505,6 +505,8 @@ def run_discover(options: RunOptions) -> RunSummary:
             config = _replace_size(config, size)
         info = run_info(config.backbone, source, sha256, options.amp, config, "", shard)
         manifest = prepare_manifest(folder, info, options.restart)
+        if options.restart:  # the discarded run's JSON must not pass for this run's output
+            json_path.unlink(missing_ok=True)
         info["date_created"] = manifest["date_created"]
 
         entries, failures, stamps = folder.load_with_stamps()

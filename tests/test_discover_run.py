@@ -205,6 +205,22 @@ def test_resume_with_other_settings_is_refused_unless_restart(photos, tmp_path, 
     assert {a["threshold"] for a in data["annotations"]} <= {0.3, 0.1}
 
 
+def test_an_interrupted_restart_leaves_no_output_of_the_discarded_run(
+    photos, tmp_path, monkeypatch, capsys
+):
+    out = tmp_path / "pseudo.json"
+    assert _discover(photos, out, "--limit", "1") == 0
+    assert out.exists()
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(discover_run, "discover_records", interrupted)
+    restart = ["--thresholds", "0.3", "0.1", "--restart"]
+    assert _discover(photos, out, *restart) == discover_run.EXIT_INTERRUPTED
+    assert not out.exists()  # not the old settings' labels beside the new run's work folder
+
+
 # ---------------------------------------------------------------------------------------------
 # Shards
 # ---------------------------------------------------------------------------------------------
