@@ -90,12 +90,21 @@ def merge_shards(inputs: Sequence[str | Path], out: str | Path, allow_partial: b
                 "every input must be one shard (from --shard or torchrun); use --allow-partial "
                 "to merge other outputs"
             )
-        counts = {shard["count"] for shard in shards}
-        indices = sorted(shard["index"] for shard in shards)
-        if len(counts) != 1 or indices != list(range(counts.pop())):
+        counts = sorted({shard["count"] for shard in shards})
+        if len(counts) != 1:
             raise UsageError(
-                f"shards {indices} of {sorted({shard['count'] for shard in shards})} do not make "
-                "one complete set 0..N-1; use --allow-partial to merge them anyway"
+                f"the inputs are shards of {' and of '.join(map(str, counts))}: give the shards "
+                "of one run"
+            )
+        indices = [shard["index"] for shard in shards]
+        repeated = sorted({index for index in indices if indices.count(index) > 1})
+        missing = sorted(set(range(counts[0])) - set(indices))
+        if repeated or missing:
+            said = [f"shard {i}/{counts[0]} given twice" for i in repeated]
+            said += [f"shard {i}/{counts[0]} missing" for i in missing]
+            raise UsageError(
+                f"{'; '.join(said)}: give each shard of the run once (use --allow-partial to "
+                "merge an incomplete set anyway)"
             )
     entries, failures = [], {}
     seen: dict[str, str] = {}

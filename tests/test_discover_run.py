@@ -253,7 +253,10 @@ def test_two_shards_merged_equal_a_single_run(reference, photos, tmp_path, monke
 
     # An incomplete set, and shards made with other settings, are refused.
     assert main(["merge-shards", str(shard_files[0]), "--out", str(merged)]) == 2
-    assert "complete set" in capsys.readouterr().err
+    assert "shard 1/2 missing: give each shard of the run once" in capsys.readouterr().err
+    twice = [str(shard_files[0]), str(shard_files[0]), str(shard_files[1])]
+    assert main(["merge-shards", *twice, "--out", str(merged)]) == 2
+    assert "shard 0/2 given twice" in capsys.readouterr().err
     assert main(["merge-shards", str(shard_files[0]), "--out", str(merged), "--allow-partial"]) == 0
     other = tmp_path / "other.json"
     assert _discover(photos, other, "--shard", "1/2", "--thresholds", "0.4", "0.2") == 0
