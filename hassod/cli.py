@@ -49,10 +49,13 @@ def _run_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
 
     if args.command == "train":
         return detector_cli.run_train_command(args, parser)
+    # Their warnings (e.g. a checkpoint's settings loaded as stored) as one line each.
     if args.command == "predict":
-        return detector_cli.run_predict_command(args, parser)
+        with _warnings_as_lines("predict"):
+            return detector_cli.run_predict_command(args, parser)
     if args.command == "export-detectron2":
-        return detector_cli.run_export_command(args, parser)
+        with _warnings_as_lines("export-detectron2"):
+            return detector_cli.run_export_command(args, parser)
     if args.command == "evaluate":
         return run_evaluate_command(args, parser)
     if args.command == "show":

@@ -341,3 +341,26 @@ def test_predict_summary_counts_one_image_in_the_singular(tmp_path):
     text = PredictSummary(tmp_path / "p.json", 1, 3, [{"file_name": "x"}]).format()
     assert text.endswith("on 1 image; 1 image could not be read (listed on stderr)")
     assert PredictSummary(tmp_path / "p.json", 2, 0).format().endswith("on 2 images")
+
+
+def test_a_checkpoint_whose_settings_fail_a_newer_check_still_predicts(
+    checkpoint_path, images_dir, tmp_path, capsys
+):
+    """Settings earlier versions accepted (micro_batch above the batch, a type the checks now
+    refuse) must not make a trained network unusable: loaded as stored, with a warning."""
+    from hassod.cli import main
+
+    payload = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+    payload["config"]["micro_batch"] = 99
+    payload["config"]["amp"] = 0
+    old = tmp_path / "old.pth"
+    torch.save(payload, old)
+    with pytest.warns(UserWarning, match="fails a check of this version .* loaded as stored"):
+        loaded = ckpt.load_checkpoint(old)
+    assert loaded["config"].micro_batch == 99
+    out = tmp_path / "preds.json"
+    command = ["predict", str(images_dir / "a.png"), "--checkpoint", str(old), "--out", str(out)]
+    assert main([*command, "--device", "cpu", "--quiet"]) == 0
+    assert "hassod predict: warning:" in capsys.readouterr().err
+    predict_images(images_dir / "a.png", checkpoint_path, tmp_path / "new.json", device="cpu")
+    assert out.read_text() == (tmp_path / "new.json").read_text()  # the same network

@@ -832,3 +832,16 @@ def test_resume_says_which_settings_it_does_not_apply(synthetic, tmp_path, capsy
     assert "model.box_head_dim 32" in error and "checkpoint_period" not in error
     assert main([*command, "--resume"]) == 0  # the same settings: nothing to say
     assert "not applied" not in capsys.readouterr().err
+
+
+def test_train_options_are_checked_together_not_one_by_one():
+    """--micro-batch 2 with --batch-size 1 is valid once Mean Teacher (2 x 1 labelled views)
+    is on: applying the options one at a time refused it before the last was set."""
+    from hassod.cli import build_parser
+    from hassod.detector.cli import _train_config
+
+    parser = build_parser()
+    options = "--preset cpu-small --batch-size 1 --micro-batch 2 --mean-teacher-iterations 5"
+    args = parser.parse_args(["train", "p.json", "images", "--out", "o", *options.split()])
+    config = _train_config(args, parser)
+    assert (config.batch_size, config.micro_batch, config.mean_teacher.iterations) == (1, 2, 5)

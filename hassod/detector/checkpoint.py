@@ -10,12 +10,18 @@ from __future__ import annotations
 
 import os
 import random
+import warnings
 from pathlib import Path
 
 import torch
 
 from hassod._io import load_array_pickle
-from hassod.detector.config import TrainConfig, config_from_dict, config_to_dict
+from hassod.detector.config import (
+    TrainConfig,
+    config_from_dict,
+    config_to_dict,
+    settings_unchecked,
+)
 
 FORMAT = "hassod-detector/1"
 LAST = "last_checkpoint"
@@ -172,7 +178,18 @@ def _hassod_payload(payload: dict, path) -> dict:
     stored["data"] = {"aspect_ratio_grouping": False, **(stored.get("data") or {})}
     # ... and those written before the Detectron2 anchors with torchvision's.
     stored["model"] = {"anchor_generator": "torchvision", **(stored.get("model") or {})}
-    payload["config"] = config_from_dict(stored)
+    try:
+        payload["config"] = config_from_dict(stored)
+    except (TypeError, ValueError) as error:
+        # A check added since the run was trained: its network still loads (training it
+        # further is refused by the checks train() runs, naming the setting).
+        warnings.warn(
+            f"{path}: a stored training setting fails a check of this version ({error}); "
+            "loaded as stored",
+            stacklevel=2,
+        )
+        with settings_unchecked():
+            payload["config"] = config_from_dict(stored)
     return payload
 
 

@@ -186,42 +186,49 @@ def add_predict_parser(commands) -> None:
 
 
 def _train_config(args, parser):
+    from hassod.detector.config import check_config, preset, settings_unchecked
+
+    try:
+        with settings_unchecked():  # the options apply one by one: the result is checked once
+            config = _configured(args, preset(args.preset))
+        check_config(config)
+    except (OSError, ValueError, TypeError) as error:
+        parser.error(f"train settings: {error}")
+    return config
+
+
+def _configured(args, config):
+    """``config`` with --config's JSON laid over it, then the command-line options."""
     import dataclasses
     import json
 
-    from hassod.detector.config import config_from_dict, preset
+    from hassod.detector.config import config_from_dict
 
-    try:
-        config = preset(args.preset)
-        if args.config is not None:
-            settings = json.loads(args.config.read_text(encoding="utf-8"))
-            if not isinstance(settings, dict):
-                raise ValueError(f"{args.config} holds no JSON object of settings")
-            config = config_from_dict(settings, base=config)  # on top of --preset
-        changes = {
-            "iterations": args.iterations,
-            "batch_size": args.batch_size,
-            "micro_batch": args.micro_batch,
-            "base_lr": args.lr,
-            "seed": args.seed,
-            "checkpoint_period": args.checkpoint_period,
-        }
-        config = dataclasses.replace(config, **{k: v for k, v in changes.items() if v is not None})
-        if args.no_amp:
-            config = dataclasses.replace(config, amp=False)
-        if args.mean_teacher_iterations is not None:
-            config = dataclasses.replace(
-                config,
-                mean_teacher=dataclasses.replace(
-                    config.mean_teacher, iterations=args.mean_teacher_iterations
-                ),
-            )
-        if args.workers is not None:
-            config = dataclasses.replace(
-                config, data=dataclasses.replace(config.data, num_workers=args.workers)
-            )
-    except (OSError, ValueError, TypeError) as error:
-        parser.error(f"train settings: {error}")
+    if args.config is not None:
+        settings = json.loads(args.config.read_text(encoding="utf-8"))
+        if not isinstance(settings, dict):
+            raise ValueError(f"{args.config} holds no JSON object of settings")
+        config = config_from_dict(settings, base=config)
+    changes = {
+        "iterations": args.iterations,
+        "batch_size": args.batch_size,
+        "micro_batch": args.micro_batch,
+        "base_lr": args.lr,
+        "seed": args.seed,
+        "checkpoint_period": args.checkpoint_period,
+    }
+    config = dataclasses.replace(config, **{k: v for k, v in changes.items() if v is not None})
+    if args.no_amp:
+        config = dataclasses.replace(config, amp=False)
+    if args.mean_teacher_iterations is not None:
+        mean_teacher = dataclasses.replace(
+            config.mean_teacher, iterations=args.mean_teacher_iterations
+        )
+        config = dataclasses.replace(config, mean_teacher=mean_teacher)
+    if args.workers is not None:
+        config = dataclasses.replace(
+            config, data=dataclasses.replace(config.data, num_workers=args.workers)
+        )
     return config
 
 
@@ -372,7 +379,7 @@ def run_export_command(args, parser) -> int:
         options = detectron2_weights.detectron2_options(config.model, config.data)
         state = detectron2_weights.export_detectron2(model)
         detectron2_weights.write_detectron2_file(args.out, state, config)
-    except (FileNotFoundError, ValueError, OSError) as error:
+    except (FileNotFoundError, ValueError, TypeError, OSError) as error:
         print(f"hassod export-detectron2: error: {error}", file=sys.stderr)
         return EXIT_USAGE
     if config.model.anchor_generator != "detectron2":
@@ -414,7 +421,7 @@ def run_predict_command(args, parser) -> int:
             min_size=args.min_size,
             max_size=args.max_size,
         )
-    except (FileNotFoundError, ValueError) as error:
+    except (FileNotFoundError, ValueError, TypeError) as error:
         print(f"hassod predict: error: {error}", file=sys.stderr)
         return EXIT_USAGE
     except RuntimeError as error:

@@ -13,10 +13,15 @@ Mean Teacher (EMA keep rate 0.9996, teacher score > 0.7, coverage 0.75, adaptive
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+# False inside settings_unchecked(): the dataclasses' __post_init__ checks are skipped.
+_CHECKING = contextvars.ContextVar("hassod_config_checks", default=True)
 NORMS = ("auto", "frozen_bn", "bn", "syncbn", "gn")
 ANCHOR_GENERATORS = ("detectron2", "torchvision")  # see hassod.detector.anchors
 BACKBONES = ("resnet50", "resnet101", "resnet34", "resnet18", "resnet10")
@@ -75,6 +80,8 @@ class ModelConfig:
     size_divisible: int = 32
 
     def __post_init__(self):
+        if not _CHECKING.get():  # see settings_unchecked()
+            return
         _check_fields(self, "model.", _MODEL_LIMITS)
         if self.backbone not in BACKBONES:
             raise ValueError(f"model.backbone must be one of {BACKBONES}, got {self.backbone!r}")
@@ -148,6 +155,8 @@ class DataConfig:
     aspect_ratio_grouping: bool = True
 
     def __post_init__(self):
+        if not _CHECKING.get():  # see settings_unchecked()
+            return
         _check_fields(self, "data.", _DATA_LIMITS)
         if not self.min_sizes:
             raise ValueError("data.min_sizes needs at least one size, got []")
@@ -188,6 +197,8 @@ class MeanTeacherConfig:
     warmup_iters: int = 0  # linear LR warm-up in front of the cosine (authors' script: 1000)
 
     def __post_init__(self):
+        if not _CHECKING.get():  # see settings_unchecked()
+            return
         _check_fields(self, "mean_teacher.", _MEAN_TEACHER_LIMITS)
 
 
@@ -214,6 +225,8 @@ class TrainConfig:
     seed: int = 0
 
     def __post_init__(self):
+        if not _CHECKING.get():  # see settings_unchecked()
+            return
         for name, cls in (
             ("model", ModelConfig),
             ("data", DataConfig),
@@ -381,14 +394,30 @@ def _check_fields(section, prefix: str, limits: dict) -> None:
             raise TypeError(f"{name} must be a list, got {value!r}")
 
 
+@contextlib.contextmanager
+def settings_unchecked() -> Iterator[None]:
+    """Build configs without the setting checks: for the settings stored in a checkpoint of an
+    earlier version, which may fail a check added since (its network still loads), and for
+    settings changed one at a time and checked once at the end (:func:`check_config`)."""
+    token = _CHECKING.set(False)
+    try:
+        yield
+    finally:
+        _CHECKING.reset(token)
+
+
 def check_config(config: TrainConfig) -> None:
     """Check every setting again (a dataclass can be changed after it was built): TypeError
     or ValueError naming the setting and what it takes. :func:`hassod.detector.train` runs it
     before training starts."""
     if not isinstance(config, TrainConfig):
         raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
-    for section in (config.model, config.data, config.mean_teacher, config):
-        section.__post_init__()
+    token = _CHECKING.set(True)
+    try:
+        for section in (config.model, config.data, config.mean_teacher, config):
+            section.__post_init__()
+    finally:
+        _CHECKING.reset(token)
 
 
 def paper_config() -> TrainConfig:
