@@ -72,10 +72,12 @@ def predict_records(names: Sequence[str]) -> list[dict]:
 
 def record_by_predict_id(labels: Labels, image: str | os.PathLike) -> dict | None:
     """The record of ``image`` in a results list that ``hassod predict`` numbered by file
-    name: the id of one of its path's endings ("x.jpg", "sub/x.jpg", ...) has results. None
-    when no ending does."""
+    name: the id of one of its path's endings ("x.jpg", "sub/x.jpg", ...) has results, the
+    longest such ending (with both x.jpg and sub/x.jpg in the folder predict ran on, the image
+    sub/x.jpg is "sub/x.jpg" there, as match_image prefers the longest record). None when no
+    ending has results."""
     parts = Path(os.path.abspath(image)).parts[1:]
-    endings = ["/".join(parts[-count:]) for count in range(1, len(parts) + 1)]
+    endings = ["/".join(parts[-count:]) for count in range(len(parts), 0, -1)]
     by_image = labels.by_image()
     found = [record for record in predict_records(endings) if record["id"] in by_image]
     return found[0] if found else None

@@ -231,6 +231,17 @@ def test_predict_results_on_a_folder_are_shown_and_reported_without_a_dataset_js
     out = scene["dir"] / "fig.png"
     assert main(["show", str(nested), "--labels", str(preds), "--out", str(out)]) == 0
     assert "1 of 1 masks of sub/deeper.png" in capsys.readouterr().out
+    # deeper.png beside sub/ in the same folder, with results too: each image gets its own
+    Image.open(nested).save(scene["images"] / "deeper.png")
+    twin = dict(results[0], image_id=image_id_for("deeper.png"), score=0.3)
+    preds.write_text(json.dumps([*results, twin]))
+    assert main(["show", str(nested), "--labels", str(preds), "--out", str(out)]) == 0
+    assert "1 of 1 masks of sub/deeper.png" in capsys.readouterr().out
+    top = scene["images"] / "deeper.png"
+    assert main(["show", str(top), "--labels", str(preds), "--out", str(out)]) == 0
+    assert "1 of 1 masks of deeper.png" in capsys.readouterr().out
+    (scene["images"] / "deeper.png").unlink()
+    preds.write_text(json.dumps(results))
     report = ["report", str(scene["images"]), "--labels", str(preds)]
     assert main([*report, "--out", str(scene["dir"] / "report")]) == 0
     assert "1 images, 1 masks" in capsys.readouterr().out
