@@ -157,6 +157,7 @@ def load_labels(source, what: str = "labels", name: str | None = None) -> Labels
         )
     known = None if images is None else {image["id"] for image in images}
     first_of_id: dict = {}
+    repeated = None  # (where, id, first index) of the first repeated annotation id
     for index, annotation in enumerate(annotations):
         where = f"{what} {name}: annotation {index}"
         if not isinstance(annotation, dict):
@@ -169,13 +170,9 @@ def load_labels(source, what: str = "labels", name: str | None = None) -> Labels
             raise InputError(f"{where} has neither 'segmentation' nor 'bbox'")
         if annotation.get("id") is not None:
             check_id(annotation["id"], where, "id")
-            # parent_id names an annotation by id: a repeated id makes the trees ambiguous.
-            if annotation["id"] in first_of_id:
-                raise InputError(
-                    f"{where}: annotation id {annotation['id']!r} already used by annotation "
-                    f"{first_of_id[annotation['id']]}; ids must be unique"
-                )
-            first_of_id[annotation["id"]] = index
+            if annotation["id"] in first_of_id and repeated is None:
+                repeated = (where, annotation["id"], first_of_id[annotation["id"]])
+            first_of_id.setdefault(annotation["id"], index)
         if annotation.get("parent_id") is not None:
             check_id(annotation["parent_id"], where, "parent_id")
         if known is not None and annotation["image_id"] not in known:
@@ -184,6 +181,14 @@ def load_labels(source, what: str = "labels", name: str | None = None) -> Labels
                 "file's 'images'"
             )
         check_annotation_fields(annotation, where)
+    # parent_id names an annotation by id: with a repeated id the trees are ambiguous.
+    # Without parent_id the ids are unused (pycocotools renumbers results lists anyway).
+    if repeated is not None and any(a.get("parent_id") is not None for a in annotations):
+        where, repeated_id, first = repeated
+        raise InputError(
+            f"{where}: annotation id {repeated_id!r} already used by annotation {first}; ids "
+            "must be unique where parent_id refers to them"
+        )
     _warn_on_dangling_parents(annotations, f"{what} {name}")
     failed = data.get("failed") if isinstance(data, dict) else None
     failed = [
@@ -228,7 +233,10 @@ def _shown(value) -> str:
 
 def check_id(value, where: str, key: str = "id") -> None:
     """An image or annotation id must be an integer or a string (COCO's are integers): a list
-    or an object cannot be looked up, a float or a bool would match the wrong id."""
+    or an object cannot be looked up, a bool or a fractional float would match the wrong id.
+    A whole float (1.0, as some exporters write) equals, and looks up as, the integer."""
+    if isinstance(value, float) and value.is_integer():
+        return
     if isinstance(value, bool) or not isinstance(value, (int, str)):
         raise InputError(f"{where}: {key!r} must be an integer or a string, got {_shown(value)}")
 

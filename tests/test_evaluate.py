@@ -725,9 +725,10 @@ def test_evaluate_command_refuses_a_truncated_rle_quickly(tmp_path, corrupt):
             "has neither 'segmentation' nor 'bbox'",
         ),
         (
-            lambda d: d["annotations"].append({**d["annotations"][0]}),
-            "annotation id 1 already used by annotation 0; ids must be unique",
+            lambda d: d["annotations"].append({**d["annotations"][0], "parent_id": 1}),
+            "annotation id 1 already used by annotation 0; ids must be unique where parent_id",
         ),
+        (lambda d: d["annotations"][0].update(image_id=1.5), "'image_id' must be an integer"),
     ],
 )
 def test_hand_edited_labels_are_refused_with_their_place(change, message):
@@ -740,6 +741,22 @@ def test_hand_edited_labels_are_refused_with_their_place(change, message):
     change(labels)
     with pytest.raises(InputError, match=message):
         load_labels(labels)
+
+
+def test_results_lists_pycocotools_takes_are_taken():
+    """Concatenated per-file results repeat ids (unused without parent_id: pycocotools
+    renumbers them) and some exporters write whole-number ids as floats: both load, and a
+    float id scores as its integer."""
+    from hassod.labels import load_labels
+
+    gt = dataset([[(10, 10, 60, 60)]])
+    image_id = gt["images"][0]["id"]
+    result = {"image_id": image_id, "bbox": [10, 10, 50, 50], "score": 0.9, "category_id": 1}
+    results = [dict(result, id=1), dict(result, id=1, score=0.5)]
+    assert len(load_labels(results).annotations) == 2
+    as_float = [dict(result, image_id=float(image_id))]
+    ours = evaluate(as_float, gt, iou_types=("bbox",))
+    assert ours["bbox"] == evaluate([result], gt, iou_types=("bbox",))["bbox"]
 
 
 @pytest.mark.parametrize(
