@@ -164,7 +164,9 @@ def add_predict_parser(commands) -> None:
         "after Mean Teacher; teacher: its EMA; auto: the teacher when present)",
     )
     predict.add_argument(
-        "--score-threshold", type=float, help="minimum score, in [0, 1] (default 0)"
+        "--score-threshold",
+        type=float,
+        help="keep detections scoring above this, in [0, 1] (default 0)",
     )
     predict.add_argument("--max-detections", type=int, help="per image (default 1000)")
     predict.add_argument(
