@@ -147,11 +147,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     discover.add_argument(
         "--crf-method",
-        default="spmm",
-        choices=sorted(CRF_METHODS),
-        help="how the torch CRF backend filters: spmm (sparse products, float32; default), "
-        "triton (fused Triton kernels, float32) or triton-float16 (label columns stored in "
-        "float16: about half the memory traffic, Q within about 1e-2)",
+        default="auto",
+        choices=["auto", *sorted(CRF_METHODS)],
+        help="how the torch CRF backend filters: triton (fused Triton kernels, float32), spmm "
+        "(sparse products, float32) or triton-float16 (label columns stored in float16, Q "
+        "within about 1e-2); auto (default): triton on a CUDA device when Triton is "
+        "importable, else spmm",
     )
     discover.add_argument(
         "--device", default="auto", help="cpu, cuda, cuda:N or auto (default: cuda if present)"
@@ -721,8 +722,14 @@ def _crf_params(args: argparse.Namespace, parser: argparse.ArgumentParser):
     from hassod.postprocess import CrfParams
 
     backend = _crf_backend(args)
-    method = getattr(args, "crf_method", "spmm")
-    if method != "spmm":
+    method = getattr(args, "crf_method", "auto")
+    if method == "auto":
+        method = "spmm"
+        if backend == "torch" and _runs_on_cuda(args):
+            from hassod import crf_triton
+
+            method = "triton" if crf_triton.available() else "spmm"
+    elif method != "spmm":
         if backend != "torch":
             parser.error(f"--crf-method {method} applies to the torch CRF backend, not {backend}")
         if not _runs_on_cuda(args):

@@ -62,7 +62,8 @@ MIN_PROBABILITY = 1e-5
 _MAX_ELEVATED = 2.0**22
 
 
-#: How the lattice filter runs: ``"spmm"`` (sparse CSR matrix products, the default),
+#: How the lattice filter runs (``"auto"``, the default, picks: :func:`auto_method`):
+#: ``"spmm"`` (sparse CSR matrix products),
 #: ``"gather"`` (index_add / index_select per simplex corner and blur neighbour),
 #: ``"hybrid"`` (matrix products for splat and slice, index_select for the blur) or
 #: ``"triton"`` (:mod:`hassod.crf_triton`: gather kernels with the mean-field update fused into
@@ -201,8 +202,9 @@ class _Kernel:
         start, other = (out, scratch) if passes % 2 == 0 else (scratch, out)
         plan = lattice.splat_plan if crf_triton.SPLAT_BY_DEGREE else None
         crf_triton.splat(
-            lattice.vertex_crow, lattice.splat_points, self.splat_values, values, start, plan=plan
-        )
+            lattice.vertex_crow, lattice.splat_points, self.splat_values, values, start,
+            plan=plan, rows=crf_triton.SPLAT_ROWS,
+        )  # fmt: skip
         return crf_triton.blur_axes(start, other, lattice.blur_neighbours)
 
     def filter_triton(self, values: torch.Tensor) -> torch.Tensor:
@@ -483,6 +485,14 @@ def _build_kernel(
     return _Kernel(lattice, weights * norm[:, None], weights * alpha * norm[:, None] * compat)
 
 
+def auto_method(device: torch.device) -> str:
+    """``method="auto"``: the Triton kernels on a CUDA device when Triton is importable (the
+    same float32 arithmetic, summed in another order; 67.6 against 37.2 images/s for the
+    sparse products on an H100, benchmarks/README.md), else the sparse products (Triton on a
+    CPU tensor only runs interpreted)."""
+    return "triton" if device.type == "cuda" and crf_triton.available() else "spmm"
+
+
 class CrfBatch:
     """The CRF kernels of a batch of images on one device, for any number of label sets each.
 
@@ -496,7 +506,8 @@ class CrfBatch:
             (``"spmm"``), per-corner index_add / index_select (``"gather"``), products for
             splat and slice with index_select for the blur (``"hybrid"``), or Triton kernels
             with the mean-field update fused into the slice (``"triton"``; compiled on CUDA,
-            interpreted, very slowly, on the CPU).
+            interpreted, very slowly, on the CPU); ``"auto"`` (default, :func:`auto_method`):
+            ``"triton"`` on CUDA, else ``"spmm"``.
         precision: storage type of the label columns during inference, ``"float32"``
             (default) or ``"float16"`` (``method="triton"`` only: half the memory traffic;
             arithmetic stays float32, Q moves by up to about 1e-2).
@@ -514,23 +525,25 @@ class CrfBatch:
         gaussian: tuple[float, float] | None = DEFAULT_GAUSSIAN,
         bilateral: tuple[float, float, float] | None = DEFAULT_BILATERAL,
         device: str | torch.device | None = None,
-        method: str = "spmm",
+        method: str = "auto",
         precision: str = "float32",
     ) -> None:
         images = list(images)
         if not images:
             raise ValueError("images must hold at least one image")
-        if method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+        if method not in ("auto", *METHODS):
+            raise ValueError(f"method must be 'auto' or one of {METHODS}, got {method!r}")
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        self.device = _pick_device(images[0], device)
+        if method == "auto":
+            method = auto_method(self.device)
         if precision != "float32" and method != "triton":
             raise ValueError(f"precision={precision!r} needs method='triton'")
         if method == "triton" and not crf_triton.available():
             raise RuntimeError(crf_triton.IMPORT_ERROR)
         self.method = method
         self.precision = precision
-        self.device = _pick_device(images[0], device)
         tensors = [_as_image(image, self.device, f"images[{i}]") for i, image in enumerate(images)]
         self.gaussian = _check_gaussian(gaussian)
         self.bilateral = _check_bilateral(bilateral)

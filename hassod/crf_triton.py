@@ -51,7 +51,8 @@ STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 #: Widest row (label columns, all sets together) the fused update handles in one program.
 MAX_COLUMNS = 8192
 # Elements per program tile: enough loads in flight to cover memory latency, few registers.
-_TILE = 2048
+# 1024: the H100 sweep's best for the blur pair and the fused slice (2048 was 2-14 % slower).
+_TILE = 1024
 # Columns per program in the column-parallel kernels (splat, blur).
 _COLUMN_BLOCK = 128
 # Entries of a vertex gathered per step of the splat.
@@ -542,6 +543,12 @@ def splat_plan(crow: torch.Tensor, max_light: int = 16, window: int = 1024) -> S
 #: program per vertex. The per-vertex default is what ran first; bench_crf_gpu.py --sweep
 #: times both on the GPU.
 SPLAT_BY_DEGREE = False
+#: Vertices per program of :class:`hassod.crf_torch.CrfBatch`'s splat (``splat(rows=...)``,
+#: one entry of each per step). On the H100 (64 photos, 96 label columns, float32) the
+#: bilateral splat took 9.7 ms with 4, against 25.3 ms with a program per vertex gathering 16
+#: entries a step, 13.3-13.5 ms by degree and 15.9 / 21.9 ms with 8 / 16 rows; float16 10.5 ms
+#: (10.2 with 8).
+SPLAT_ROWS = 4
 
 
 def splat(
@@ -681,12 +688,12 @@ def blur_pair(
     out: torch.Tensor,
     *,
     tile: int = _TILE,
-    num_warps: int = 8,
+    num_warps: int = 4,
 ) -> torch.Tensor:
     """Two blur passes in one kernel: :func:`blur` along ``first`` (minus, plus), then along
     ``second``, without storing the intermediate (the same float32 arithmetic). Launch
-    settings as in :func:`blur`; the default 8 warps give 8 elements per thread, about 56
-    registers on sm_90 in float32 (16 per thread took 94)."""
+    settings as in :func:`blur`; the default 4 warps on 1024-element tiles give 8 elements
+    per thread, about 56 registers on sm_90 in float32 (16 per thread took 94)."""
     neighbours = (first[0], first[1], second[0], second[1])
     return _launch_blur(_BLUR_PAIR, values, out, neighbours, tile, num_warps)
 

@@ -288,7 +288,7 @@ def test_bad_inputs():
         two.infer([probs, [probs]])
     with pytest.raises(ValueError, match="same length"):
         dense_crf_batch_torch([image], [probs, probs], device="cpu")
-    with pytest.raises(ValueError, match="method must be one of"):
+    with pytest.raises(ValueError, match="method must be 'auto' or one of"):
         CrfBatch([image], device="cpu", method="dense")
     with pytest.raises(ValueError, match="too large"):
         CrfBatch([image], gaussian=(1e-7, 3.0), device="cpu")
@@ -374,3 +374,14 @@ def test_byte_swapped_inputs_are_accepted_like_on_the_cpu_path():
     expected = CrfBatch([image], device="cpu").infer([probs], iterations=1)[0]
     got = CrfBatch([image], device="cpu").infer([probs.astype(">f4")], iterations=1)[0]
     torch.testing.assert_close(got, expected, rtol=0, atol=0)
+
+
+def test_auto_method_is_triton_on_cuda_and_the_sparse_products_elsewhere():
+    from hassod import crf_triton
+    from hassod.crf_torch import auto_method
+
+    assert auto_method(torch.device("cpu")) == "spmm"
+    expected = "triton" if crf_triton.available() else "spmm"
+    assert auto_method(torch.device("cuda", 0)) == expected
+    image = np.zeros((4, 5, 3), dtype=np.uint8)
+    assert CrfBatch([image], device="cpu").method == "spmm"

@@ -647,6 +647,10 @@ def test_crf_backend_option_reaches_the_config():
     torch_crf = _discovery_config(argparse.Namespace(**base, crf="torch", device="cpu"), parser)
     assert torch_crf.crf.backend == "torch"
     assert (torch_crf.crf.torch_method, torch_crf.crf.torch_precision) == ("spmm", "float32")
+    # --crf-method auto (the default): the Triton kernels for the torch backend on CUDA.
+    for crf, device, expected in (("torch", "cuda", "triton"), ("torch", "cpu", "spmm")):
+        namespace = argparse.Namespace(**base, crf=crf, device=device, crf_method="auto")
+        assert _discovery_config(namespace, parser).crf.torch_method == expected
     # --crf-method: how the torch backend filters.
     for choice, method, precision in (
         ("triton", "triton", "float32"),
