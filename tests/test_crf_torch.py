@@ -359,8 +359,9 @@ def test_gpu_equals_torch_cpu_path_closely():
     rng = np.random.default_rng(13)
     images = [random_image(rng, 64, 48) for _ in range(3)]
     probs = [random_probs(rng, 9, 64, 48) for _ in range(3)]
-    cpu = CrfBatch(images, device="cpu").infer(probs)
-    gpu_batch = CrfBatch(images, device="cuda")
+    # the same method on both (auto picks the Triton kernels on CUDA: tests/test_crf_triton.py)
+    cpu = CrfBatch(images, device="cpu", method="spmm").infer(probs)
+    gpu_batch = CrfBatch(images, device="cuda", method="spmm")
     assert gpu_batch.num_vertices == CrfBatch(images, device="cpu").num_vertices
     for a, b in zip(cpu, gpu_batch.infer(probs)):
         assert torch.allclose(a, b.cpu(), atol=TOLERANCE)
