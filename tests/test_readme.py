@@ -25,9 +25,9 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 pytestmark = pytest.mark.skipif(
     not README.is_file(), reason="no README.md beside tests/ (not a source checkout)"
 )
-# Options of other programs the README shows: pytest-benchmark's, Detectron2's train_net and
-# torchrun's.
-OTHER_PROGRAMS_OPTIONS = {"--benchmark-enable", "--eval-only", "--nproc-per-node"}
+# Options of other programs the READMEs show: pytest-benchmark's, Detectron2's train_net,
+# torchrun's and benchmarks/bench_crf_gpu.py's.
+OTHER_PROGRAMS_OPTIONS = {"--benchmark-enable", "--eval-only", "--nproc-per-node", "--sweep"}
 
 
 def code_blocks(text: str) -> list[tuple[str, str]]:
