@@ -300,15 +300,14 @@ class TrainBatches(torch.utils.data.Dataset):
         self.per_rank = _share(config.batch_size, world_size, "batch_size (--batch-size)")
         mean_teacher = config.mean_teacher
         if mean_teacher.iterations:
-            self.labeled_per_rank, self.unlabeled_per_rank = (
-                _share(
-                    getattr(mean_teacher, name),
-                    world_size,
-                    f"mean_teacher.{name}",
-                    f'(in a --config JSON, e.g. {{"mean_teacher": {{"{name}": {world_size}}}}})',
-                )
-                for name in ("labeled_batch", "unlabeled_batch")
-            )
+
+            def teacher_share(name: str) -> int:
+                example = f'{{"mean_teacher": {{"{name}": {world_size}}}}}'
+                how = f"(in a --config JSON, e.g. {example})"
+                return _share(getattr(mean_teacher, name), world_size, f"mean_teacher.{name}", how)
+
+            self.labeled_per_rank = teacher_share("labeled_batch")
+            self.unlabeled_per_rank = teacher_share("unlabeled_batch")
         self._streams: dict = {}
         self._bad: dict[int, str] = {}
         self._landscape = np.array([e.width > e.height for e in labels.entries], dtype=bool)
