@@ -536,7 +536,7 @@ def run_discover(options: RunOptions) -> RunSummary:
             with pil_limits(), _signals_as_interrupt():
                 _pipeline(
                     todo, images_dir, model, config, options, device, workers, folder,
-                    timings, counts,
+                    timings, counts, done_before=len(names) - len(todo),
                 )  # fmt: skip
 
         entries, failures = folder.load()
@@ -591,8 +591,13 @@ def _pipeline(
     folder: WorkFolder,
     timings: dict[str, float],
     counts: dict[str, int],
+    done_before: int = 0,
 ) -> None:
-    """Decode (threads) -> backbone (here, batched) -> post-processing (pool) -> chunks."""
+    """Decode (threads) -> backbone (here, batched) -> post-processing (pool) -> chunks.
+
+    ``done_before``: images of the listing a previous run finished; a resumed run's bar starts
+    there, so it counts the whole listing.
+    """
     from tqdm import tqdm
 
     batch_size = options.batch_size
@@ -614,8 +619,8 @@ def _pipeline(
         last_flush = time.monotonic()
 
     progress = tqdm(
-        total=len(todo), unit="img", desc="discover", disable=not options.progress,
-        dynamic_ncols=True, smoothing=0.1,
+        total=done_before + len(todo), initial=done_before, unit="img", desc="discover",
+        disable=not options.progress, dynamic_ncols=True, smoothing=0.1,
     )  # fmt: skip
 
     def record(results: Iterable[_Result]) -> None:

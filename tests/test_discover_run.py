@@ -192,6 +192,17 @@ def test_resume_after_an_interrupt_is_byte_identical(
     assert out.read_bytes() == reference.read_bytes()
 
 
+def test_resumed_progress_bar_counts_the_whole_listing(photos, tmp_path, capsys):
+    out = tmp_path / "pseudo.json"
+    assert _discover(photos, out, "--limit", "2") == 0
+    capsys.readouterr()
+    noisy = [option for option in TINY if option != "--quiet"]
+    assert main(["discover", str(photos), "--out", str(out), *noisy, "--workers", "0"]) == 0
+    bar = capsys.readouterr().err
+    assert "5/5" in bar  # starts at the 2 done before, not a fresh 0/3
+    assert "3/3" not in bar
+
+
 def test_resume_with_other_settings_is_refused_unless_restart(photos, tmp_path, capsys):
     out = tmp_path / "pseudo.json"
     assert _discover(photos, out, "--limit", "1") == 0
