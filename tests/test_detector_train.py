@@ -244,6 +244,11 @@ def test_resume_reproduces_training_bit_for_bit(synthetic, tmp_path):
     assert final["iteration"] == 4 and final["teacher"] is not None
     rows = list(csv.DictReader((tmp_path / "resumed" / "metrics.csv").open()))
     assert [int(row["iteration"]) for row in rows] == [3]
+    # the row's period began before the stop: it averages iterations 3 and 4, as the full run's
+    full_rows = list(csv.DictReader((tmp_path / "full" / "metrics.csv").open()))
+    assert [int(row["iteration"]) for row in full_rows] == [1, 3]
+    for column in ("total_loss", "lr", "teacher_weight", "loss_mask", "teacher_loss_rpn_cls"):
+        assert rows[0][column] == full_rows[1][column], column
 
 
 def test_each_process_resumes_its_own_rng_stream(synthetic, tmp_path, monkeypatch):

@@ -3,8 +3,9 @@
 ``OUT/metrics.csv`` has one row per logging period with the period's mean of every value.
 TensorBoard logs go to ``OUT/tensorboard/`` only when the ``tensorboard`` package is installed
 (``torch.utils.tensorboard`` needs it); otherwise the CSV is the only log and one line says so.
-On resume, rows at or after the resumed iteration are dropped first, so a resumed run's CSV
-reads as if it had never stopped.
+On resume, rows at or after the resumed iteration are dropped first, and the sums of the
+period the checkpoint fell in come back from it (:meth:`MetricsWriter.pending`), so a resumed
+run's CSV reads as if it had never stopped.
 """
 
 from __future__ import annotations
@@ -82,6 +83,17 @@ class MetricsWriter:
                 continue
             self._sums[key] = self._sums.get(key, 0.0) + float(value)
             self._counts[key] = self._counts.get(key, 0) + 1
+
+    def pending(self) -> dict:
+        """The sums and counts added since the last write, for a checkpoint: a run resumed
+        from it averages its first period over the iterations before the stop too."""
+        return {"sums": dict(self._sums), "counts": dict(self._counts)}
+
+    def restore(self, pending: dict | None) -> None:
+        """Continue the period a checkpoint's :meth:`pending` was taken in."""
+        if pending:
+            self._sums = {key: float(value) for key, value in pending["sums"].items()}
+            self._counts = {key: int(value) for key, value in pending["counts"].items()}
 
     def write(self, iteration: int, phase: str) -> dict:
         """Write the mean of the values added since the last write; returns them."""

@@ -273,6 +273,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
         self.start_iteration = 0
         self.skipped: dict[str, str] = {}
+        self._metrics_pending: dict | None = None
         if payload is not None:
             self._restore(payload)
         else:
@@ -309,6 +310,7 @@ class Trainer:
             self.scaler.load_state_dict(payload["scaler"])
         self.start_iteration = int(payload["iteration"])
         self.skipped = dict(payload.get("extra", {}).get("skipped_images", {}))
+        self._metrics_pending = payload.get("extra", {}).get("metrics_pending")
         states = payload.get("rng_per_rank") or [payload["rng"]]
         if len(states) == self.dist.world_size:
             ckpt.set_rng_state(states[self.dist.rank])
@@ -328,9 +330,12 @@ class Trainer:
             param.requires_grad_(False)
         return teacher
 
-    def save(self, iteration: int, name: str | None = None) -> Path | None:
+    def save(
+        self, iteration: int, name: str | None = None, metrics_pending: dict | None = None
+    ) -> Path | None:
         """Checkpoint after ``iteration`` finished iterations (rank 0 writes; every process
-        must call it: the RNG states of all processes are gathered into the file)."""
+        must call it: the RNG states of all processes are gathered into the file);
+        ``metrics_pending``: the metrics of the unfinished logging period."""
         path = None
         rng_per_rank = distributed.all_gather_objects(ckpt.rng_state(), self.dist)
         if self.dist.is_main:
@@ -344,7 +349,11 @@ class Trainer:
                 teacher=self.teacher,
                 optimizer=self.optimizer,
                 scaler=self.scaler,
-                extra={"skipped_images": dict(self.skipped), "world_size": self.dist.world_size},
+                extra={
+                    "skipped_images": dict(self.skipped),
+                    "world_size": self.dist.world_size,
+                    "metrics_pending": metrics_pending or {},
+                },
                 rng_per_rank=rng_per_rank,
             )
             ckpt.mark_last(directory, path)
@@ -499,6 +508,7 @@ class Trainer:
         writer = MetricsWriter(
             self.out_dir, len(config.model.cascade_ious), self.start_iteration, self.dist.is_main
         )
+        writer.restore(self._metrics_pending)
         if writer.tensorboard_note and self.progress:
             print(f"hassod train: {writer.tensorboard_note}", file=sys.stderr)
         result = TrainResult(
@@ -569,9 +579,9 @@ class Trainer:
                 if stop:
                     break
                 if iteration % config.checkpoint_period == 0 and iteration < total:
-                    result.checkpoint = self.save(iteration)
+                    result.checkpoint = self.save(iteration, metrics_pending=writer.pending())
             if stop or self._stop_signal is not None:
-                result.checkpoint = self.save(iteration)
+                result.checkpoint = self.save(iteration, metrics_pending=writer.pending())
                 result.iterations_done = iteration
                 result.seconds = time.perf_counter() - started
                 result.skipped_images = dict(self.skipped)
