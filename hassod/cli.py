@@ -827,16 +827,17 @@ def run_merge_command(args: argparse.Namespace) -> int:
 
 
 def run_sa1b_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from tqdm import tqdm
-
     from hassod._io import atomic_write_json
+    from hassod._progress import progress_bar
     from hassod.labels import InputError
     from hassod.sa1b import sa1b_files, sa1b_to_coco
 
     _writable_file(args.out, parser)
     try:
         files = sa1b_files(args.folder)
-        bar = tqdm(files, desc="SA-1B files", unit="file", disable=args.quiet, leave=False)
+        bar = progress_bar(
+            files, desc="SA-1B files", unit="file", enabled=not args.quiet, leave=False
+        )
         coco = sa1b_to_coco(bar)
     except InputError as error:
         print(f"hassod sa1b-to-coco: error: {error}", file=sys.stderr)

@@ -598,7 +598,7 @@ def _pipeline(
     ``done_before``: images of the listing a previous run finished; a resumed run's bar starts
     there, so it counts the whole listing.
     """
-    from tqdm import tqdm
+    from hassod._progress import progress_bar
 
     batch_size = options.batch_size
     decode_threads = max(2, min(8, usable_cpus()))
@@ -618,9 +618,9 @@ def _pipeline(
             buffer_stamps.clear()
         last_flush = time.monotonic()
 
-    progress = tqdm(
+    progress = progress_bar(
         total=done_before + len(todo), initial=done_before, unit="img", desc="discover",
-        disable=not options.progress, dynamic_ncols=True, smoothing=0.1,
+        enabled=options.progress, dynamic_ncols=True, smoothing=0.1,
     )  # fmt: skip
 
     def record(results: Iterable[_Result]) -> None:

@@ -235,10 +235,11 @@ def _missing_masks_message(dataset: dict, gt) -> str | None:
 
 
 def _bar(enabled: bool, total: int | None, description: str, unit: str):
-    """A tqdm bar on stderr that clears itself when done (the tables follow on stdout)."""
-    from tqdm import tqdm
+    """A bar on stderr that clears itself when done on a terminal (the tables follow on
+    stdout); lines in a log file."""
+    from hassod._progress import progress_bar
 
-    return tqdm(total=total, desc=description, unit=unit, disable=not enabled, leave=False)
+    return progress_bar(total=total, desc=description, unit=unit, enabled=enabled, leave=False)
 
 
 def _checked_iou_types(iou_types: Sequence[str]) -> tuple[str, ...]:

@@ -318,9 +318,9 @@ def write_report(
     gallery, missing = [], []
     shown = records[:limit] if limit is not None else records
     if progress:
-        from tqdm import tqdm
+        from hassod._progress import progress_bar
 
-        shown = tqdm(shown, desc="report", unit="img")
+        shown = progress_bar(shown, desc="report", unit="img")
     for number, record in enumerate(shown):
         file_name = str(record.get("file_name", record["id"]))
         path = _find_image(images_dir, file_name)

@@ -14,6 +14,7 @@ import pytest
 import tqdm
 from pycocotools import mask as mask_utils
 
+import hassod._progress
 from hassod.cli import main
 from hassod.coco import image_id_for
 from hassod.evaluate import METRICS, InputError, evaluate, format_breakdown, format_metrics
@@ -624,10 +625,11 @@ def test_evaluate_command_input_errors_exit_2(tmp_path, capsys):
 
 
 def test_evaluate_command_shows_progress_on_stderr_unless_quiet(tmp_path, capsys, monkeypatch):
-    # Draw every step, not 10 times a second: the bars clear themselves when done.
+    # Draw every step on a terminal, not 10 times a second: the bars clear themselves when done.
     monkeypatch.setattr(
         tqdm.tqdm, "__init__", functools.partialmethod(tqdm.tqdm.__init__, mininterval=0)
     )
+    monkeypatch.setattr(hassod._progress, "_is_terminal", lambda stream: True)
     gt = dataset([[(10, 10, 60, 60)], [(20, 20, 40, 40)]])
     results = results_from_boxes(gt, [[(10, 10, 60, 60)], [(20, 20, 40, 40)]])
     for result, threshold in zip(results, (0.4, 0.2)):

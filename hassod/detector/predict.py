@@ -352,9 +352,9 @@ def predict_images(
     results, failed = [], []
     iterator = names
     if progress:
-        from tqdm import tqdm
+        from hassod._progress import progress_bar
 
-        iterator = tqdm(names, unit="img", desc="predict")
+        iterator = progress_bar(names, unit="img", desc="predict")
     for name in iterator:
         try:
             image = read_image(root / name, None)

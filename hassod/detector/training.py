@@ -527,9 +527,9 @@ class Trainer:
         )
         bar = None
         if self.progress and self.dist.is_main:
-            from tqdm import tqdm
+            from hassod._progress import progress_bar
 
-            bar = tqdm(
+            bar = progress_bar(
                 total=total,
                 initial=self.start_iteration,
                 unit="it",
