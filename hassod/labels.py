@@ -290,12 +290,12 @@ def check_annotation_fields(annotation: dict, where: str) -> None:
             raise InputError(f"{where}: RLE 'counts' is not a COCO compressed RLE string")
         # Decoded, not just its characters checked: pycocotools reads past the end of a
         # truncated string (garbage masks) and COCOeval's IoU loops forever on one.
-        from hassod.hierarchy import _rle_runs
+        from hassod.hierarchy import check_rle
 
         try:
-            _rle_runs([{"size": size, "counts": counts}])
+            check_rle(segmentation, "mask")
         except ValueError as error:
-            reason = str(error).removeprefix("masks[0]: ")
+            reason = str(error).removeprefix("mask: ")
             raise InputError(
                 f"{where}: corrupt RLE: its runs must add up to height x width ({reason})"
             ) from None

@@ -17,6 +17,8 @@ from hypothesis.extra import numpy as hnp
 from pycocotools import mask as mask_utils
 
 import hassod
+import hassod._native
+from hassod.hierarchy import _rle_runs, check_rle
 from hassod.reference import reference_coverage_matrix, reference_dedup, reference_hierarchy
 from hassod.reference.hierarchy import reference_dedup_intersections, reference_forest
 
@@ -889,6 +891,50 @@ def test_invalid_counts_string_characters(counts):
 def test_truncated_counts_string():
     with pytest.raises(ValueError, match="truncated"):
         hassod.coverage_matrix([{"size": [2, 2], "counts": "P"}])  # continuation bit, no more
+
+
+@pytest.mark.parametrize(
+    "counts",
+    [[3], [5], [1, 1, 1], [2, 2, 1], [], [0, 5], "1", "5", b"11", "P", "4!", [-1, 5], ["1", "3"]],
+)
+def test_check_rle_refuses_what_the_run_arrays_refuse(counts):
+    rle = {"size": [2, 2], "counts": counts}
+    with pytest.raises(ValueError, match="RLE") as expected:
+        _rle_runs([rle])
+    with pytest.raises(ValueError, match="RLE") as error:
+        check_rle(rle, "masks[0]")
+    assert str(error.value) == str(expected.value)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    mask=hnp.arrays(
+        np.uint8, hnp.array_shapes(min_dims=2, max_dims=2, max_side=40), elements=st.integers(0, 1)
+    ),
+    cut=st.integers(-3, 3),
+)
+def test_native_pixel_count_equals_the_decoded_runs_sum(mask, cut):
+    """The native count against the plain sum of pycocotools' runs, on random masks and on
+    their strings cut short or extended (which must be refused or miscounted alike)."""
+    rle = mask_utils.encode(np.asfortranarray(mask))
+    counts = rle["counts"].decode("ascii")
+    if cut < 0:
+        counts = counts[:cut]
+    elif cut > 0:
+        counts = counts + "1" * cut
+    try:
+        expected = int(hassod._native.cpu_module().decode_rle(counts).sum(dtype=np.int64))
+    except ValueError:
+        with pytest.raises(ValueError):
+            hassod._native.cpu_module().rle_pixel_count(counts)
+        return
+    assert hassod._native.cpu_module().rle_pixel_count(counts) == expected
+    if cut == 0:
+        assert expected == mask.size
+        check_rle({"size": list(mask.shape), "counts": counts}, "m")
+    elif expected != mask.size:
+        with pytest.raises(ValueError, match="RLE runs cover"):
+            check_rle({"size": list(mask.shape), "counts": counts}, "m")
 
 
 @pytest.mark.parametrize("counts", [[-1, 5], [2**32, 0], [0.9, 3.1], ["1", "3"]])

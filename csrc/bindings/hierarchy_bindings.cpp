@@ -149,6 +149,8 @@ void bind_hierarchy(py::module_& m) {
   m.def("dedup_masks", &dedup, py::arg("intersections"), py::arg("iou"),
         "Ascending indices of masks kept after dropping near-duplicates of earlier masks.");
   m.def("decode_rle", &decode_rle, py::arg("counts"), "Run lengths of a COCO compressed RLE string.");
+  m.def("rle_pixel_count", &rle_string_pixels, py::arg("counts"),
+        "Pixels covered by a COCO compressed RLE string's runs (their sum).");
 }
 
 }  // namespace hassod::bindings

@@ -34,4 +34,10 @@ std::vector<std::uint32_t> decode_rle_string(const std::string& counts) {
   return runs;
 }
 
+std::uint64_t rle_string_pixels(const std::string& counts) {
+  std::uint64_t pixels = 0;
+  for (const std::uint32_t run : decode_rle_string(counts)) pixels += run;
+  return pixels;
+}
+
 }  // namespace hassod
