@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import numbers
 
 import numpy as np
@@ -33,6 +34,48 @@ def real_number(value, name: str, expected: str) -> float:
         return float(value)
     except (TypeError, ValueError):
         raise ValueError(f"{name} must be {expected}, got {value!r}") from None
+
+
+def is_finite_number(value) -> bool:
+    """An int or a float, not a bool, and finite: a number as JSON or a config file holds it
+    (NumPy scalars and strings are not; an int beyond float's range is not finite)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # JSON allows 10**400
+        return False
+
+
+def check_number(
+    label: str,
+    value,
+    *,
+    integer: bool = False,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> None:
+    """TypeError / ValueError saying ``{label} must be ...`` unless ``value`` is a finite int
+    (``integer``) or number, not a bool, inside the limits (open or closed at each end)."""
+    is_int = isinstance(value, int) and not isinstance(value, bool)
+    if integer and not is_int:
+        raise TypeError(f"{label} must be an integer, got {value!r}")
+    if not (is_int or isinstance(value, float)):
+        raise TypeError(f"{label} must be a number, got {value!r}")
+    if not is_finite_number(value):
+        raise ValueError(f"{label} must be a finite number, got {value!r}")
+    too_low = low is not None and (value <= low if low_open else value < low)
+    too_high = high is not None and (value >= high if high_open else value > high)
+    if too_low or too_high:
+        if high is None:
+            expected = f"{'>' if low_open else '>='} {low}"
+        elif low is None:
+            expected = f"{'<' if high_open else '<='} {high}"
+        else:
+            expected = f"in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+        raise ValueError(f"{label} must be {expected}, got {value!r}")
 
 
 def cpu_tensor_values(tensor, name: str, elsewhere: str):

@@ -34,6 +34,7 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
+from hassod._checks import is_finite_number
 from hassod.coco import LEVEL_NAMES
 
 __all__ = [
@@ -217,15 +218,6 @@ def _warn_on_dangling_parents(annotations: Sequence[dict], where: str) -> None:
         )
 
 
-def _finite_number(value) -> bool:
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
-        return False
-    try:
-        return math.isfinite(value)
-    except OverflowError:  # an int beyond float's range (JSON allows 10**400)
-        return False
-
-
 def _shown(value) -> str:
     """``repr`` cut short, so that a 400-digit number or a long list keeps a message one line."""
     return reprlib.repr(value)
@@ -247,13 +239,13 @@ def check_annotation_fields(annotation: dict, where: str) -> None:
     corrupt RLE string) or silently (a NaN box shifts the metrics)."""
     for key in ("score", "threshold"):
         value = annotation.get(key)
-        if value is not None and not _finite_number(value):
+        if value is not None and not is_finite_number(value):
             raise InputError(f"{where}: {key!r} must be a finite number, got {_shown(value)}")
     area = annotation.get("area")  # COCOeval's area ranges compare it with numbers
-    if area is not None and not (_finite_number(area) and area >= 0):
+    if area is not None and not (is_finite_number(area) and area >= 0):
         raise InputError(f"{where}: 'area' must be a finite number >= 0, got {_shown(area)}")
     category = annotation.get("category_id")
-    if category is not None and not (_finite_number(category) and float(category).is_integer()):
+    if category is not None and not (is_finite_number(category) and float(category).is_integer()):
         raise InputError(f"{where}: 'category_id' must be an integer, got {_shown(category)}")
     # COCO's 0/1 (or false/true): bool("0") would make a string "0" a crowd region.
     if annotation.get("iscrowd") not in (None, 0, 1):
@@ -261,14 +253,14 @@ def check_annotation_fields(annotation: dict, where: str) -> None:
     for key in ("hier_level", "level"):
         level = annotation.get(key)
         if level is not None and not (
-            _finite_number(level) and float(level).is_integer() and level >= 0
+            is_finite_number(level) and float(level).is_integer() and level >= 0
         ):
             raise InputError(f"{where}: {key!r} must be an integer >= 0, got {_shown(level)}")
     bbox = annotation.get("bbox")
     if bbox is not None and not (
         isinstance(bbox, list)
         and len(bbox) == 4
-        and all(_finite_number(v) for v in bbox)
+        and all(is_finite_number(v) for v in bbox)
         and bbox[2] >= 0
         and bbox[3] >= 0
     ):
@@ -305,7 +297,7 @@ def check_annotation_fields(annotation: dict, where: str) -> None:
                 isinstance(polygon, list)
                 and len(polygon) >= 6
                 and len(polygon) % 2 == 0
-                and all(_finite_number(v) for v in polygon)
+                and all(is_finite_number(v) for v in polygon)
             ):
                 raise InputError(
                     f"{where}: a polygon must be a list of at least 3 finite x, y pairs"

@@ -16,9 +16,10 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import dataclasses
-import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+
+from hassod._checks import check_number
 
 # False inside settings_unchecked(): the dataclasses' __post_init__ checks are skipped.
 _CHECKING = contextvars.ContextVar("hassod_config_checks", default=True)
@@ -341,29 +342,15 @@ def _literal(value):
     return value
 
 
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def _check_number(name: str, value, kind: str, limits=(None, None, False, False)) -> None:
-    """ValueError / TypeError naming setting ``name`` unless ``value`` is a ``kind`` ("int"
-    or "float": finite) inside ``limits`` (low, high, low_open, high_open)."""
+    """ValueError / TypeError naming setting ``name`` (and its option) unless ``value`` is a
+    ``kind`` ("int" or "float": finite) inside ``limits`` (low, high, low_open, high_open)."""
     label = f"{name} ({_OPTIONS[name]})" if name in _OPTIONS else name
-    if kind == "int" and not _is_int(value):
-        raise TypeError(f"{label} must be an integer, got {value!r}")
-    if kind == "float" and not (_is_int(value) or isinstance(value, float)):
-        raise TypeError(f"{label} must be a number, got {value!r}")
-    if not math.isfinite(value):
-        raise ValueError(f"{label} must be a finite number, got {value!r}")
     low, high, low_open, high_open = limits
-    too_low = low is not None and (value <= low if low_open else value < low)
-    too_high = high is not None and (value >= high if high_open else value > high)
-    if too_low or too_high:
-        if high is None:
-            expected = f"{'>' if low_open else '>='} {low}"
-        else:
-            expected = f"in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
-        raise ValueError(f"{label} must be {expected}, got {value!r}")
+    check_number(
+        label, value, integer=kind == "int", low=low, high=high, low_open=low_open,
+        high_open=high_open,
+    )  # fmt: skip
 
 
 def _check_numbers(

@@ -19,7 +19,6 @@ keeps the chosen levels (``whole``, ``part``, ``subpart`` or 0, 1, 2).
 from __future__ import annotations
 
 import dataclasses
-import math
 import numbers
 import os
 import sys
@@ -30,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from hassod._checks import check_number
 from hassod.coco import CATEGORY, LEVEL_NAMES, image_id_for
 from hassod.detector import augment
 from hassod.detector.cascade import clip_nonempty
@@ -109,23 +109,10 @@ def check_predict_options(
                 f"coarsest feature map), got {value}; leave it out for the checkpoint's size"
             )
     if max_detections is not None:
-        if not isinstance(max_detections, int) or isinstance(max_detections, bool):
-            raise TypeError(f"max_detections must be an integer, got {max_detections!r}")
-        if max_detections < 1:
-            raise ValueError(f"max_detections must be >= 1, got {max_detections}")
-    for name, value, low_open, high_open in (
-        ("score_threshold", score_threshold, False, False),
-        ("mask_threshold", mask_threshold, True, True),
-    ):
-        if value is None and name == "score_threshold":
-            continue
-        if not isinstance(value, (int, float)) or isinstance(value, bool):
-            raise TypeError(f"{name} must be a number, got {value!r}")
-        low_bad = value <= 0 if low_open else value < 0
-        high_bad = value >= 1 if high_open else value > 1
-        if not math.isfinite(value) or low_bad or high_bad:
-            interval = f"{'(' if low_open else '['}0, 1{')' if high_open else ']'}"
-            raise ValueError(f"{name} must be in {interval}, got {value}")
+        check_number("max_detections", max_detections, integer=True, low=1)
+    if score_threshold is not None:
+        check_number("score_threshold", score_threshold, low=0, high=1)
+    check_number("mask_threshold", mask_threshold, low=0, high=1, low_open=True, high_open=True)
 
 
 def _encode(masks: np.ndarray) -> list[dict]:
