@@ -728,7 +728,7 @@ def test_config_json_is_laid_over_the_preset(tmp_path, capsys):
     def config_of(*options: str):
         parser = build_parser()
         args = parser.parse_args(["train", "p.json", "images", "--out", "o", *options])
-        return _train_config(args, parser)
+        return _train_config(args, parser)[0]
 
     settings = tmp_path / "settings.json"
     settings.write_text('{"model": {"backbone": "resnet18"}, "batch_size": 3}')
@@ -848,5 +848,5 @@ def test_train_options_are_checked_together_not_one_by_one():
     parser = build_parser()
     options = "--preset cpu-small --batch-size 1 --micro-batch 2 --mean-teacher-iterations 5"
     args = parser.parse_args(["train", "p.json", "images", "--out", "o", *options.split()])
-    config = _train_config(args, parser)
+    config, _ = _train_config(args, parser)
     assert (config.batch_size, config.micro_batch, config.mean_teacher.iterations) == (1, 2, 5)

@@ -188,28 +188,38 @@ def add_predict_parser(commands) -> None:
 
 
 def _train_config(args, parser):
+    """The run's settings (the preset, --config's JSON, the options) and that JSON's object
+    (None without --config), read once."""
     from hassod.detector.config import check_config, preset, settings_unchecked
 
     try:
+        settings = _config_settings(args)
         with settings_unchecked():  # the options apply one by one: the result is checked once
-            config = _configured(args, preset(args.preset))
+            config = _configured(args, preset(args.preset), settings)
         check_config(config)
     except (OSError, ValueError, TypeError) as error:
         parser.error(f"train settings: {error}")
-    return config
+    return config, settings
 
 
-def _configured(args, config):
-    """``config`` with --config's JSON laid over it, then the command-line options."""
-    import dataclasses
+def _config_settings(args) -> dict | None:
     import json
+
+    if args.config is None:
+        return None
+    settings = json.loads(args.config.read_text(encoding="utf-8"))
+    if not isinstance(settings, dict):
+        raise ValueError(f"{args.config} holds no JSON object of settings")
+    return settings
+
+
+def _configured(args, config, settings: dict | None):
+    """``config`` with --config's ``settings`` laid over it, then the command-line options."""
+    import dataclasses
 
     from hassod.detector.config import config_from_dict
 
-    if args.config is not None:
-        settings = json.loads(args.config.read_text(encoding="utf-8"))
-        if not isinstance(settings, dict):
-            raise ValueError(f"{args.config} holds no JSON object of settings")
+    if settings is not None:
         config = config_from_dict(settings, base=config)
     changes = {
         "iterations": args.iterations,
@@ -249,7 +259,7 @@ def _warnings_ignored():
         yield
 
 
-def _not_applied_on_resume(args, config) -> list[str]:
+def _not_applied_on_resume(args, config, settings: dict | None) -> list[str]:
     """Settings given on the command line (or in --config) that a resumed run does not use:
     it continues with those stored in OUT/config.json (what was trained does not change);
     only the checkpoint and log periods and the loader workers follow the command."""
@@ -273,13 +283,11 @@ def _not_applied_on_resume(args, config) -> list[str]:
         "mean_teacher.iterations": args.mean_teacher_iterations,
         "amp": False if args.no_amp else None,
     }
-    if args.config is not None:
-        settings = json.loads(args.config.read_text(encoding="utf-8"))
-        for key, value in settings.items():
-            names = value if isinstance(value, dict) else {None: value}
-            for name in names:
-                path = key if name is None else f"{key}.{name}"
-                given.setdefault(path, True)  # compared below through the built config
+    for key, value in (settings or {}).items():
+        names = value if isinstance(value, dict) else {None: value}
+        for name in names:
+            path = key if name is None else f"{key}.{name}"
+            given.setdefault(path, True)  # compared below through the built config
     ignored = []
     for path, value in given.items():
         if value is None or path in ("checkpoint_period", "log_period", "data.num_workers"):
@@ -293,12 +301,12 @@ def _not_applied_on_resume(args, config) -> list[str]:
 
 
 def run_train_command(args, parser) -> int:
-    config = _train_config(args, parser)
+    config, settings = _train_config(args, parser)
     from hassod.cli import _warnings_as_lines
     from hassod.detector.data import DataError
     from hassod.detector.training import Interrupted, train
 
-    ignored = _not_applied_on_resume(args, config)
+    ignored = _not_applied_on_resume(args, config, settings)
     if ignored and is_main_process():
         print(
             f"hassod train: warning: --resume continues the run in {args.out} with its own "
