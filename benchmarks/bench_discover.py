@@ -10,8 +10,12 @@ Usage:
         the GPU run of benchmarks/gpu_discover.sh (generated scenes, no download).
 
 Each configuration is one :func:`hassod.discover_run.run_discover` call (exactly what the CLI
-runs) on a fresh output, after one warm-up call on a single image (imports, first kernels,
-CUDA context). Its :class:`~hassod.discover_run.RunSummary` gives the wall time, the set-up
+runs) on a fresh output, after one warm-up call per CRF backend on the first image (imports,
+first kernels, CUDA context), or on the first ``--warmup-images N`` images: with N = all
+(``--warmup-images 0``), the timed runs meet the batch shapes the warm-up met, so the Triton
+CRF's kernels, compiled once per shape class (a long run amortises that; Triton's disk cache
+keeps them for later runs), are not compiled inside the timing. The warm-up's wall time is
+reported too. Its :class:`~hassod.discover_run.RunSummary` gives the wall time, the set-up
 time (listing, weights, work folder; excluded from images/s) and the seconds per stage summed
 over threads and worker processes: ``decode`` (read + resize + normalise, threads),
 ``backbone`` (batched, main process; a batch's time is shared among its images), ``cluster``,
@@ -235,11 +239,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         choices=("native", "torch", *TORCH_VARIANTS, "pydensecrf"),
         help="CRF backends, one run each (default: hassod's default only)",
     )
-    parser.add_argument("--no-warmup", action="store_true", help="skip the 1-image warm-up run")
+    parser.add_argument("--no-warmup", action="store_true", help="skip the warm-up run")
+    parser.add_argument(
+        "--warmup-images",
+        type=int,
+        default=1,
+        help="images of the warm-up run (the first ones; 0: all of them), default 1",
+    )
     parser.add_argument(
         "--out", type=Path, default=ROOT / "benchmarks" / "results" / "discover.json"
     )
     args = parser.parse_args(argv)
+    if args.warmup_images < 0:
+        parser.error(f"--warmup-images must be >= 0, got {args.warmup_images}")
     unknown = sorted(set(args.crf_backend or ()) - set(crf_backends()))
     if unknown:
         parser.error(f"this hassod has no CRF backend {', '.join(unknown)}")
@@ -270,13 +282,21 @@ def main(argv: list[str] | None = None) -> int:
         work = root / "out"
         work.mkdir()
         backends = args.crf_backend or [None]
+        warmups = []
         if not args.no_warmup:  # compiles, cuSPARSE handles, allocator: per CRF backend
             warm_dir = root / "warmup"
             warm_dir.mkdir()
-            first = sorted(images_dir.iterdir())[0]
-            (warm_dir / first.name).symlink_to(first)
+            listed = sorted(images_dir.iterdir())
+            for image in listed[: args.warmup_images or len(listed)]:
+                (warm_dir / image.name).symlink_to(image)
             for crf in backends:
-                run_config(warm_dir, work, args, args.amp[0], crf, 0, f"warmup {crf}")
+                workers = workers_list[-1] if args.warmup_images != 1 else 0
+                warm = run_config(warm_dir, work, args, args.amp[0], crf, workers, f"warmup {crf}")
+                warmups.append(
+                    {"crf_backend": crf, "images": warm["images"], "wall_s": warm["wall_s"]}
+                )
+                print(f"warm-up, {warm['crf_backend']} CRF: {warm['images']} images in "
+                      f"{warm['wall_s']:.1f} s", file=sys.stderr, flush=True)  # fmt: skip
         runs = []
         machine = describe_machine() | describe_torch(args.device)
 
@@ -292,6 +312,7 @@ def main(argv: list[str] | None = None) -> int:
                 "device": args.device,
                 "batch_size": args.batch_size,
                 "runs": runs,
+                "warmups": warmups,
                 "paper": PAPER,
                 "machine": machine,
                 "seconds": time.perf_counter() - started,

@@ -6,7 +6,7 @@
 #   2. benchmarks/gpu_crf.sh            the batched CRF: tests on CUDA + benchmark
 #   3. benchmarks/gpu_check_hierarchy.sh the CUDA hierarchy: tests + benchmark (SKIP_BUILD=1)
 #   4. benchmarks/gpu_detector.sh       stage-2 training it/s (ITERS/WARMUP shortened)
-#   5. benchmarks/gpu_discover.sh       stage 1 end to end, bf16, torch vs native CRF
+#   5. benchmarks/gpu_discover.sh       stage 1 end to end, bf16, Triton CRF vs native CRF
 # Each step gets at most its own limit and what is left of the budget; a failing step does not
 # stop the later ones. The JSON reports land in $OUT (or benchmarks/results/); a summary of
 # exit codes ends the output. Wheels for pycocotools / pydensecrf2 travel in .whl/.
@@ -52,7 +52,7 @@ step build 240 env HASSOD_CUDA=1 "$PYTHON" -m pip install -e . --no-build-isolat
 step crf 270 bash benchmarks/gpu_crf.sh
 step hierarchy 90 env SKIP_BUILD=1 bash benchmarks/gpu_check_hierarchy.sh
 step detector 150 env ITERS=${DETECTOR_ITERS:-10} WARMUP=${DETECTOR_WARMUP:-3} bash benchmarks/gpu_detector.sh
-step discover 150 env AMP=bf16 CRF="${DISCOVER_CRF:-torch native}" bash benchmarks/gpu_discover.sh
+step discover 200 env AMP=bf16 CRF="${DISCOVER_CRF:-native torch-triton}" bash benchmarks/gpu_discover.sh
 
 echo
 echo "######## summary (${SECONDS} s)"

@@ -10,7 +10,7 @@
 #      (about 50 / 20 / 12 regions), 10 iterations, on the GPU (methods spmm, triton,
 #      triton-float16; METHODS=... to choose) vs the native CPU CRF on every core vs
 #      pydensecrf in one process, and the Triton kernels under several launch settings
-#      (--sweep); writes $OUT/crf_gpu.json (or benchmarks/results/).
+#      (--sweep; SWEEP=0 leaves it out); writes $OUT/crf_gpu.json (or benchmarks/results/).
 # Needs, offline: a python3 (PYTHON=...) with torch (CUDA), numpy, scipy, pillow, scikit-image,
 # pybind11, cmake, pytest (the device image has them), plus pydensecrf2 and pycocotools, which
 # it lacks: carry wheels in .whl/ (see gpu_common.sh). hassod's CPU module is built in place
@@ -44,6 +44,8 @@ if ! grep -q " passed" /tmp/crf_gpu_tests.log || grep -q -E " failed| error" /tm
 fi
 
 echo "== benchmark"  # also after failed tests: one device call should bring back both
-"$PYTHON" benchmarks/bench_crf_gpu.py --images "$IMAGES" ${METHODS:+--methods "$METHODS"} --sweep \
+sweep=()
+[ "${SWEEP:-1}" = 1 ] && sweep=(--sweep)  # SWEEP=0: no launch-settings sweep (saves ~1 minute)
+"$PYTHON" benchmarks/bench_crf_gpu.py --images "$IMAGES" ${METHODS:+--methods "$METHODS"} "${sweep[@]}" \
   --out "$results/crf_gpu.json"
 [ "$tests_ok" = 1 ]

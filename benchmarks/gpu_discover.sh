@@ -6,7 +6,9 @@
 # (shapes and textures, benchmarks/photos.py), at 480x480, --device cuda --batch-size 32, one
 # run in fp32 and one under bf16 autocast, post-processing in a pool of every CPU. It prints
 # images/s and the time per stage (decode, backbone, cluster, CRF+filters, hierarchy, encode)
-# and writes the JSON to $OUT/discover_gpu.json (or benchmarks/results/).
+# and writes the JSON to $OUT/discover_gpu.json (or benchmarks/results/). Each CRF backend is
+# warmed up on all the images first (WARMUP=N: the first N), so that the Triton CRF's kernels
+# are compiled for the batch shapes before the timed runs (a long run amortises the compile).
 #
 # Random weights with raw keys merge each image into 1-6 regions, which would make the CRF
 # unrealistically cheap; the keys are therefore centred per image (--feature-transform center),
@@ -35,7 +37,8 @@ SIZE=${SIZE:-480}
 BATCH=${BATCH:-32}
 AMP=${AMP:-off bf16}
 WORKERS=${WORKERS:-$(nproc)}
-CRF=${CRF:-}  # e.g. "native pydensecrf": one run per CRF backend (default: hassod's default)
+CRF=${CRF:-}  # e.g. "native torch torch-triton": one run per CRF backend (default: native)
+WARMUP=${WARMUP:-0}  # warm-up images per CRF backend, 0: all
 export PYTHONUNBUFFERED=1
 results=${OUT:-benchmarks/results}
 mkdir -p "$results"
@@ -53,5 +56,5 @@ fi
 # shellcheck disable=SC2086  # AMP is a list
 timeout --foreground 270 "$PYTHON" benchmarks/bench_discover.py --synthetic "$IMAGES" --backbone "$BACKBONE" \
   --random-weights --feature-transform center --size "$SIZE" --device "$DEVICE" \
-  --batch-size "$BATCH" --amp $AMP --workers "$WORKERS" "${crf_args[@]}" \
+  --batch-size "$BATCH" --amp $AMP --workers "$WORKERS" --warmup-images "$WARMUP" "${crf_args[@]}" \
   --out "$results/discover_gpu.json"

@@ -85,3 +85,18 @@ def test_crf_backend_names_map_to_crf_params():
         "triton",
         "float16",
     )
+
+
+def test_warm_up_on_every_image_is_recorded(tmp_path):
+    out = tmp_path / "discover.json"
+    argv = [
+        "--synthetic", "2", "--backbone", "vit_small_patch14_dinov2", "--random-weights",
+        "--size", "112", "--feature-transform", "center", "--device", "cpu",
+        "--batch-size", "2", "--amp", "off", "--workers", "0", "--warmup-images", "0",
+        "--out", str(out),
+    ]  # fmt: skip
+    assert main(argv) == 0
+    report = json.loads(out.read_text())
+    (warmup,) = report["warmups"]
+    assert warmup["images"] == 2 and warmup["wall_s"] > 0
+    assert [run["images"] for run in report["runs"]] == [2]
