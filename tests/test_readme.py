@@ -135,6 +135,22 @@ def test_every_option_named_exists(document):
     assert not sorted(named - known)
 
 
+def test_defaults_the_readme_quotes_are_the_parsers():
+    """`--option` ... (default N): N is that option's default in every command that has it."""
+    text = " ".join(README.read_text().split())
+    quoted = re.findall(r"`(--[a-z][a-z0-9-]*)`[^`(]{0,40}\(default (-?\d+(?:\.\d+)?)", text)
+    assert quoted, "the README quotes --panel-height's default"
+    defaults: dict[str, list] = {}
+    for sub in _subcommands(build_parser()).choices.values():
+        for action in sub._actions:
+            for option in action.option_strings:
+                defaults.setdefault(option, []).append(action.default)
+    for option, number in quoted:
+        assert defaults[option], option
+        wrong = [value for value in defaults[option] if value != float(number)]
+        assert not wrong, f"README: {option} (default {number}); the parser's: {wrong}"
+
+
 def test_the_script_reader_finds_the_options():
     assert {"--quick", "--out", "--weights"} <= script_options(BENCHMARKS / "bench_cluster.py")
 
