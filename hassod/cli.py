@@ -516,7 +516,7 @@ def _add_show_parser(commands) -> None:
         "--panel-height",
         type=int,
         default=320,
-        help="panel height in pixels (default 320, at most 8192; lower where the panels of a "
+        help="panel height in pixels, 16 to 8192 (default 320; lower where the panels of a "
         "very wide image would make the figure wider than 8192 pixels)",
     )
 
