@@ -85,7 +85,8 @@ class Hierarchy:
         return _flatnonzero(self.parent < 0)
 
     def children(self, index: int) -> np.ndarray:
-        """Indices of the masks whose parent is ``index``, ascending."""
+        """Indices of the masks whose parent is ``index`` (negative: from the end), ascending;
+        IndexError outside ``-K .. K-1``."""
         if not -len(self) <= index < len(self):
             raise IndexError(f"mask index {index} out of range for {len(self)} masks")
         return _flatnonzero(self.parent == index % len(self))
