@@ -80,3 +80,13 @@ def test_stated_defaults_are_the_parsers():
 )
 def test_the_pattern_reads_a_stated_default(help_text, stated):
     assert stated_defaults(argparse.Action(["--x"], "x", help=help_text)) == stated
+
+
+def test_every_argument_has_a_help_text():
+    bare = [
+        f"hassod {name} {'/'.join(action.option_strings) or action.dest}"
+        for name, sub in _subcommands(build_parser()).choices.items()
+        for action in sub._actions
+        if not action.help
+    ]
+    assert not bare
