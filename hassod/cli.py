@@ -3,14 +3,16 @@
 Commands: ``discover`` (stage 1 over a folder: COCO pseudo-labels, resumable and sharded),
 ``merge-shards``, ``demo`` (discovery on three sample photos, with pictures), ``cluster``
 (one image's partitions as a picture), ``evaluate`` (class-agnostic AR / AP against COCO ground
-truth), ``show`` (one image's masks level by level, as a picture) and ``report`` (a static HTML
-report of a label set).
+truth), ``show`` (one image's masks level by level, as a picture), ``report`` (a static HTML
+report of a label set) and ``sa1b-to-coco`` (SA-1B's per-image files as one ground truth);
+stage 2's ``train``, ``predict`` and ``export-detectron2`` live in :mod:`hassod.detector.cli`.
 
-Exit codes: 0 success (``discover``: images that could not be used are listed in the JSON's
-``failed``, not an error), 1 a run-time failure (e.g. weights that cannot be loaded, such as
-the default hub weights offline without ``--weights``), 2 bad arguments or input found before
-any work (missing or empty images folder, unwritable output, settings that differ from a stored
-run; argparse's convention), 130 interrupted (finished images are saved; re-run to resume).
+Exit codes of ``discover`` (each command's ``--help`` lists its own): 0 success (images that
+could not be used are listed in the JSON's ``failed``, not an error), 1 a run-time failure
+(e.g. weights that cannot be loaded, such as the default hub weights offline without
+``--weights``), 2 bad arguments or input found before any work (missing or empty images folder,
+unwritable output, settings that differ from a stored run; argparse's convention), 130
+interrupted (finished images are saved; re-run to resume).
 """
 
 from __future__ import annotations
@@ -92,10 +94,20 @@ def build_parser() -> argparse.ArgumentParser:
             "Extract frozen ViT attention keys from an image, cluster them at each threshold "
             "and write a picture of the partitions (PNG) plus the label maps (NPZ)."
         ),
+        epilog="exit codes:\n  0    success\n  1    weights that cannot be loaded (offline "
+        "without --weights)\n  2    bad arguments, an unreadable image, an unwritable --out",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     cluster.add_argument("image", nargs="?", help="image file (default: scikit-image astronaut)")
-    cluster.add_argument("--out", type=Path, default=Path("hassod_cluster"), help="output folder")
-    cluster.add_argument("--backbone", default=DEFAULT_BACKBONE, help="timm ViT name")
+    cluster.add_argument(
+        "--out",
+        type=Path,
+        default=Path("hassod_cluster"),
+        help="output folder, gets NAME_partitions.png and NAME_labels.npz (default hassod_cluster)",
+    )
+    cluster.add_argument(
+        "--backbone", default=DEFAULT_BACKBONE, help=f"timm ViT name (default {DEFAULT_BACKBONE})"
+    )
     cluster.add_argument("--weights", type=Path, help="local checkpoint (else the timm hub)")
     cluster.add_argument(
         "--random-weights", action="store_true", help="random backbone, for smoke tests only"
@@ -108,7 +120,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="feature transform (default: none for DINO v1, center for other backbones)",
     )
     cluster.add_argument(
-        "--thresholds", type=float, nargs="+", default=[0.4, 0.2, 0.1], help="merge thresholds"
+        "--thresholds",
+        type=float,
+        nargs="+",
+        default=[0.4, 0.2, 0.1],
+        help="merge thresholds (default 0.4 0.2 0.1)",
     )
     discover = commands.add_parser(
         "discover",
@@ -128,7 +144,11 @@ def build_parser() -> argparse.ArgumentParser:
     discover.add_argument("--out", type=Path, required=True, help="output COCO JSON file")
     _add_model_arguments(discover)
     discover.add_argument(
-        "--thresholds", type=float, nargs="+", default=[0.4, 0.2, 0.1], help="merge thresholds"
+        "--thresholds",
+        type=float,
+        nargs="+",
+        default=[0.4, 0.2, 0.1],
+        help="merge thresholds (default 0.4 0.2 0.1)",
     )
     discover.add_argument(
         "--near-duplicate-iou",
@@ -167,8 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers",
         type=int,
         default=None,
-        help="processes for clustering/CRF/filters (default: usable CPUs, or 0 on a CPU-only run "
-        "with two CPUs or fewer; 0: in this process)",
+        help="processes for clustering/CRF/filters (default: usable CPUs, per process under "
+        "torchrun, or 0 on a CPU-only run with two CPUs or fewer; 0: in this process)",
     )
     discover.add_argument(
         "--batch-size", type=int, default=4, help="images per backbone batch (default 4)"
@@ -209,7 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
             "inputs made with different settings, and incomplete shard sets unless "
             "--allow-partial."
         ),
-        epilog=_EXIT_CODES,
+        epilog=_MERGE_EXIT_CODES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     merge.add_argument("inputs", nargs="+", type=Path, help="shard JSON files or shard folders")
@@ -245,15 +265,25 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Write scikit-image's astronaut, coffee and chelsea photos to OUT/images/, run "
             "`discover` on them (OUT/pseudo.json) and draw OUT/figures/NAME.png: input | whole "
-            "objects | whole + parts | whole + parts + subparts."
+            "objects | whole + parts | whole + parts + subparts. Every run starts afresh."
         ),
-        epilog=_EXIT_CODES,
+        epilog=_DEMO_EXIT_CODES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    demo.add_argument("--out", type=Path, default=Path("hassod_demo"), help="output folder")
+    demo.add_argument(
+        "--out", type=Path, default=Path("hassod_demo"), help="output folder (default hassod_demo)"
+    )
     _add_model_arguments(demo)
-    demo.add_argument("--device", default="auto", help="cpu, cuda or auto")
-    demo.add_argument("--workers", type=int, default=None, help="post-processing processes")
+    demo.add_argument(
+        "--device", default="auto", help="cpu, cuda, cuda:N or auto (default: cuda if present)"
+    )
+    demo.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="post-processing processes (default as for discover: usable CPUs, or 0 on a "
+        "CPU-only run with two CPUs or fewer)",
+    )
 
     _add_evaluate_parser(commands)
     _add_show_parser(commands)
@@ -279,6 +309,20 @@ _EXIT_CODES = """exit codes:
   2    bad arguments or input, found before any work: missing or empty images folder,
        unwritable output, settings that differ from the stored run (see --restart)
   130  interrupted: finished images are saved; run the same command again to resume"""
+
+
+_MERGE_EXIT_CODES = """exit codes:
+  0    success
+  2    bad input: a missing or unreadable input, inputs made with other settings, shards of
+       different runs, an incomplete set or an unfinished shard folder (without
+       --allow-partial), an image in two shards, an unwritable --out"""
+
+
+_DEMO_EXIT_CODES = """exit codes:
+  0    success
+  1    run-time failure, e.g. weights that cannot be loaded (offline without --weights)
+  2    bad arguments, an unwritable --out
+  130  interrupted"""
 
 
 _EXIT_CODES_INSPECT = """exit codes:
@@ -450,7 +494,8 @@ def _add_show_parser(commands) -> None:
             "Draw the masks of IMAGE from a label JSON as the paper's Figures 1 and 5: the "
             "input, then whole objects, wholes + parts, wholes + parts + subparts; one colour "
             "per mask, outlines 3/2/1 px for whole/part/subpart, and a legend. The image is "
-            "found among the JSON's images by file name; a results list needs --images. "
+            "found among the JSON's images by file name; a results list needs --images, "
+            "unless its image ids are those `hassod predict` gives a folder's files. "
             "Levels come from 'hier_level' or 'level' (none: whole)."
         ),
         epilog=_EXIT_CODES_INSPECT,
@@ -471,7 +516,7 @@ def _add_show_parser(commands) -> None:
         "--panel-height",
         type=int,
         default=320,
-        help="panel height in pixels (default 320, at most 8192; lower where the panels of a "
+        help="panel height in pixels, 16 to 8192 (default 320; lower where the panels of a "
         "very wide image would make the figure wider than 8192 pixels)",
     )
 
@@ -681,13 +726,14 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
         "--feature-transform",
         default="auto",
         choices=["auto", "none", "remove-key-bias", "center"],
-        help="key transform (auto: none for DINO v1, center for other backbones)",
+        help="key transform (default auto: none for DINO v1, center for other backbones)",
     )
     parser.add_argument(
         "--pos-embed-resize",
         default="auto",
         choices=["auto", "dino", "size"],
-        help="how the position table is resized to the input's token grid (auto: DINO v1's own "
+        help="how the position table is resized to the input's token grid (default auto: DINO "
+        "v1's own "
         "way, scale (grid+0.1)/old, for DINO v1 backbones; an explicit size for the others)",
     )
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -34,6 +35,9 @@ from hassod._checks import (
     real_number,
 )
 from hassod._native import cpu_module
+
+if TYPE_CHECKING:  # annotations only: importing hassod does not import torch
+    import torch
 
 DEFAULT_THRESHOLDS: tuple[float, ...] = (0.4, 0.2, 0.1)  # paper's theta_merge values
 
@@ -90,6 +94,11 @@ class ClusterResult:
 
         Any ``theta`` above :attr:`stop_similarity` can be answered (in particular every
         threshold at or above the lowest one of the run).
+
+        Raises:
+            ValueError: ``theta`` is not a number in [-1, 1], or not above
+                :attr:`stop_similarity` (the run stopped before reaching it: cluster again
+                with a threshold <= ``theta``).
         """
         count = self.num_merges_at(theta)
         height, width = self.shape
@@ -99,7 +108,9 @@ class ClusterResult:
         return flat.reshape(height, width)
 
     def masks(self, t: int) -> np.ndarray:
-        """(R_t, H, W) bool one-hot region masks for threshold index ``t``."""
+        """(R_t, H, W) bool one-hot region masks for threshold index ``t`` (an index into
+        :attr:`thresholds`, negative ones from the end; IndexError outside them); mask ``r``
+        is region ``r`` of ``labels[t]``."""
         if not -len(self.thresholds) <= t < len(self.thresholds):
             raise IndexError(f"threshold index {t} out of range for {len(self.thresholds)}")
         regions = np.arange(int(self.num_regions[t]), dtype=np.int32)
@@ -117,21 +128,24 @@ class ClusterResult:
 
 
 def fast_cluster(
-    features, thresholds: float | Sequence[float] = DEFAULT_THRESHOLDS
+    features: np.ndarray | torch.Tensor,
+    thresholds: float | Sequence[float] = DEFAULT_THRESHOLDS,
 ) -> ClusterResult:
     """Cluster one (H, W, C) feature grid with the native core.
 
     Args:
         features: (H, W, C) float16/float32/float64 NumPy array or CPU torch tensor (bfloat16
             too) of raw, unnormalised features. float16 and bfloat16 are widened exactly.
-        thresholds: merge thresholds in [-1, 1]; any order (sorted descending). Default: the
-            paper's (0.4, 0.2, 0.1).
+        thresholds: one merge threshold or several, each a cosine in [-1, 1]; any order
+            (sorted descending). Default: the paper's (0.4, 0.2, 0.1).
 
     Returns:
-        A :class:`ClusterResult`.
+        A :class:`ClusterResult`: ``labels`` (T, H, W) int32, one partition per threshold in
+        descending order, and the merge sequence.
 
     Raises:
-        ValueError: wrong rank, empty grid, unsupported dtype, non-finite values or thresholds.
+        ValueError: wrong rank, empty grid, unsupported dtype, a tensor not on the CPU, no
+            threshold, or a threshold that is not a number in [-1, 1].
     """
     grid = as_feature_grid(features)
     levels = check_thresholds(thresholds)
@@ -139,17 +153,25 @@ def fast_cluster(
 
 
 def fast_cluster_batch(
-    features,
+    features: np.ndarray | torch.Tensor | Sequence[np.ndarray | torch.Tensor],
     thresholds: float | Sequence[float] = DEFAULT_THRESHOLDS,
     num_threads: int | None = None,
 ) -> list[ClusterResult]:
     """Cluster many grids in parallel native threads (GIL released).
 
     Args:
-        features: a (B, H, W, C) array or tensor, or a sequence of (H, W, C) grids (shapes may
-            differ).
-        thresholds: as for :func:`fast_cluster`.
-        num_threads: worker threads; None uses every hardware thread.
+        features: a (B, H, W, C) array or CPU tensor, or a sequence of (H, W, C) grids (shapes
+            and dtypes may differ); each grid as for :func:`fast_cluster`.
+        thresholds: as for :func:`fast_cluster`, the same for every grid.
+        num_threads: worker threads, 1 to 1024; None uses every hardware thread. The results
+            do not depend on it.
+
+    Returns:
+        One :class:`ClusterResult` per grid, in input order (an empty list for no grids).
+
+    Raises:
+        ValueError: an array or tensor that is not 4-D, a grid :func:`fast_cluster` would
+            refuse (named ``features[i]``), bad thresholds or ``num_threads``.
     """
     threads = check_num_threads(num_threads)
     if is_torch_tensor(features) or isinstance(features, np.ndarray):

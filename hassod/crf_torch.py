@@ -514,7 +514,7 @@ class CrfBatch:
             splat and slice with index_select for the blur (``"hybrid"``), or Triton kernels
             with the mean-field update fused into the slice (``"triton"``; compiled on CUDA,
             interpreted, very slowly, on the CPU); ``"auto"`` (default, :func:`auto_method`):
-            ``"triton"`` on CUDA, else ``"spmm"``.
+            ``"triton"`` on CUDA when Triton is importable, else ``"spmm"``.
         precision: storage type of the label columns during inference, ``"float32"``
             (default) or ``"float16"`` (``method="triton"`` only: half the memory traffic;
             arithmetic stays float32, Q moves by up to about 1e-2).

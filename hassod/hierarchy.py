@@ -22,6 +22,7 @@ import math
 import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Union
 
 import numpy as np
 
@@ -35,6 +36,13 @@ from hassod._checks import (
     soft_mask_error,
 )
 from hassod._native import cpu_module
+
+if TYPE_CHECKING:  # annotations only: importing hassod does not import torch
+    import torch
+
+#: What the functions below take as masks: a (K, H, W) bool or integer NumPy array or torch
+#: tensor (CPU or CUDA), or a sequence of COCO RLE dicts of one image size.
+Masks = Union[np.ndarray, "torch.Tensor", Sequence[dict]]
 
 PSEUDO_LABEL_COVER = 0.9  # paper / authors' code, initial pseudo-labels
 TEACHER_COVER = 0.75  # levels recomputed from Mean Teacher predictions
@@ -77,7 +85,8 @@ class Hierarchy:
         return _flatnonzero(self.parent < 0)
 
     def children(self, index: int) -> np.ndarray:
-        """Indices of the masks whose parent is ``index``, ascending."""
+        """Indices of the masks whose parent is ``index`` (negative: from the end), ascending;
+        IndexError outside ``-K .. K-1``."""
         if not -len(self) <= index < len(self):
             raise IndexError(f"mask index {index} out of range for {len(self)} masks")
         return _flatnonzero(self.parent == index % len(self))
@@ -88,17 +97,22 @@ class Hierarchy:
         return f"Hierarchy(masks={len(self)}, {levels}, cover={self.cover:g})"
 
 
-def coverage_matrix(masks) -> tuple[np.ndarray, np.ndarray]:
+def coverage_matrix(masks: Masks) -> tuple[np.ndarray, np.ndarray]:
     """All pairwise intersections of K masks.
 
     Args:
-        masks: (K, H, W) bool or uint8 (non-zero = inside) NumPy array or torch tensor (CPU or
-            CUDA), or a list of COCO RLE dicts (``{"size": [H, W], "counts": str | bytes |
-            list}``, as pycocotools writes them) of one image size — RLEs are not decoded.
+        masks: (K, H, W) bool or integer (non-zero = inside; uint8 and bool are read without
+            a copy) NumPy array or torch tensor (CPU or CUDA), or a list of COCO RLE dicts
+            (``{"size": [H, W], "counts": str | bytes | list}``, as pycocotools writes them)
+            of one image size — RLEs are not decoded. An empty list gives (0, 0) results.
 
     Returns:
         ``(intersections, areas)``: (K, K) int64 ``|M_i ∩ M_j|`` and its (K,) diagonal; torch
         tensors on the masks' device for CUDA masks.
+
+    Raises:
+        ValueError: masks that are not (K, H, W), of a float (soft) dtype, or RLEs that are
+            malformed, of different sizes, or whose runs do not cover their size.
     """
     if _cuda.is_cuda_tensor(masks):
         return _cuda.coverage_matrix(masks)
@@ -114,19 +128,29 @@ def coverage_matrix(masks) -> tuple[np.ndarray, np.ndarray]:
 
 
 def build_hierarchy(
-    masks=None,
+    masks: Masks | None = None,
     cover: float = PSEUDO_LABEL_COVER,
     *,
-    intersections: np.ndarray | None = None,
+    intersections: np.ndarray | torch.Tensor | None = None,
 ) -> Hierarchy:
     """Coverage forest and levels of K masks (see the module docstring for the rule).
 
     Args:
         masks: as for :func:`coverage_matrix`; or None with ``intersections``.
-        cover: coverage threshold in (0, 1]; 0.9 for pseudo-labels (paper).
-        intersections: a (K, K) intersection matrix (diagonal = areas) instead of masks.
+        cover: coverage threshold in (0, 1]; 0.9 for pseudo-labels (paper), 0.75 for the
+            teacher's detections.
+        intersections: a (K, K) integer intersection matrix (diagonal = areas), e.g. from
+            :func:`coverage_matrix`, instead of masks.
 
-    CUDA masks or intersections give a :class:`Hierarchy` of torch tensors on their device.
+    Returns:
+        A :class:`Hierarchy`: ``parent`` (K,) int32 (-1: root), ``depth`` (K,) int32,
+        ``level`` (K,) int8 (0 whole, 1 part, 2 subpart), ``intersections`` (K, K) int64.
+        CUDA masks or intersections give one of torch tensors on their device.
+
+    Raises:
+        ValueError: both or neither of ``masks`` and ``intersections``; masks
+            :func:`coverage_matrix` refuses; an intersection matrix that is not square,
+            integer, non-negative, symmetric and within its diagonal; ``cover`` outside (0, 1].
     """
     cover = _check_fraction(cover, "cover")
     intersections = _intersections_of(masks, intersections)
@@ -138,16 +162,26 @@ def build_hierarchy(
 
 
 def build_hierarchy_batch(
-    batch: Sequence, cover: float = PSEUDO_LABEL_COVER, num_threads: int | None = None
+    batch: Sequence[np.ndarray | torch.Tensor],
+    cover: float = PSEUDO_LABEL_COVER,
+    num_threads: int | None = None,
 ) -> list[Hierarchy]:
     """:func:`build_hierarchy` for many images' mask stacks on native threads (GIL released).
 
     Args:
-        batch: a sequence of (K_i, H_i, W_i) bool/uint8 mask stacks (sizes may differ). CUDA
-            tensors (all on one device) are processed on it in one pass, and give Hierarchies
-            of torch tensors there.
+        batch: a sequence of (K_i, H_i, W_i) bool or integer mask stacks, NumPy arrays or CPU
+            tensors (sizes may differ; no RLEs). CUDA tensors (all on one device) are
+            processed on it in one pass, and give Hierarchies of torch tensors there.
         cover: as for :func:`build_hierarchy`.
-        num_threads: worker threads; None uses every hardware thread (CPU path only).
+        num_threads: worker threads, 1 to 1024; None uses every hardware thread (CPU path
+            only). The results do not depend on it.
+
+    Returns:
+        One :class:`Hierarchy` per stack, in input order (an empty list for an empty batch).
+
+    Raises:
+        ValueError: a stack that is not (K, H, W) or holds floats (named ``batch[i]``), CUDA
+            and CPU stacks mixed, ``cover`` outside (0, 1], bad ``num_threads``.
     """
     cover = _check_fraction(cover, "cover")
     threads = check_num_threads(num_threads)
@@ -173,7 +207,12 @@ def build_hierarchy_batch(
     ]
 
 
-def dedup_masks(masks=None, iou: float = 1.0, *, intersections: np.ndarray | None = None):
+def dedup_masks(
+    masks: Masks | None = None,
+    iou: float = 1.0,
+    *,
+    intersections: np.ndarray | torch.Tensor | None = None,
+) -> np.ndarray | torch.Tensor:
     """Indices of the masks to keep when identical or near-identical masks repeat.
 
     Masks are taken in index order; a mask is dropped when its IoU with a mask already kept is
@@ -181,8 +220,17 @@ def dedup_masks(masks=None, iou: float = 1.0, *, intersections: np.ndarray | Non
     thresholds' masks in a fixed order, which makes the choice reproducible). ``iou=1.0`` (the
     default) removes exact duplicates only. Two empty masks count as identical.
 
+    Args:
+        masks: as for :func:`coverage_matrix`; or None with ``intersections``.
+        iou: the IoU in (0, 1] at which a mask counts as a duplicate of a kept one.
+        intersections: a (K, K) intersection matrix instead of masks, as for
+            :func:`build_hierarchy`.
+
     Returns:
         (K',) int64 ascending indices (a torch tensor on the device of CUDA input).
+
+    Raises:
+        ValueError: as :func:`build_hierarchy` (``iou`` in place of ``cover``).
     """
     iou = _check_fraction(iou, "iou")
     intersections = _intersections_of(masks, intersections)

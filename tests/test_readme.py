@@ -1,12 +1,17 @@
 """README.md stays true to the code: its command lines parse with hassod's own parser, every
-option it names exists, and its Python examples run (placeholders such as ``probs_khw`` filled
-with small arrays; the files they name made in a temporary folder)."""
+option it names exists (hassod's, or a benchmark script's), the scripts it names exist, the
+Python signatures it quotes are the functions' own, and its Python examples run (placeholders
+such as ``probs_khw`` filled with small arrays; the files they name made in a temporary
+folder)."""
 
 from __future__ import annotations
 
 import argparse
+import ast
 import contextlib
 import dataclasses
+import importlib
+import inspect
 import io
 import json
 import re
@@ -21,13 +26,16 @@ from PIL import Image
 
 from hassod.cli import _subcommands, build_parser
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+BENCHMARKS = ROOT / "benchmarks"
+FOLDERS = ("benchmarks", "tests")
 pytestmark = pytest.mark.skipif(
     not README.is_file(), reason="no README.md beside tests/ (not a source checkout)"
 )
-# Options of other programs the READMEs show: pytest-benchmark's, Detectron2's train_net,
-# torchrun's and benchmarks/bench_crf_gpu.py's.
-OTHER_PROGRAMS_OPTIONS = {"--benchmark-enable", "--eval-only", "--nproc-per-node", "--sweep"}
+# Options of other programs the READMEs show: pytest-benchmark's, Detectron2's train_net and
+# torchrun's (the benchmark scripts' are read from their sources).
+OTHER_PROGRAMS_OPTIONS = {"--benchmark-enable", "--eval-only", "--nproc-per-node"}
 
 
 def code_blocks(text: str) -> list[tuple[str, str]]:
@@ -107,13 +115,108 @@ def test_inline_commands_name_their_own_options():
         assert not unknown, f"`{span}`: {words[1]} has no {unknown}"
 
 
+def script_options(script: Path) -> set[str]:
+    """The options a benchmark script's argparse parser declares (read from its source: the
+    scripts import torch and more at the top)."""
+    return set(re.findall(r"add_argument\(\s*\"(--[a-z][a-z0-9-]*)\"", script.read_text()))
+
+
+def benchmark_options() -> set[str]:
+    return set().union(*(script_options(path) for path in BENCHMARKS.glob("*.py")))
+
+
 @pytest.mark.parametrize("document", ["README.md", "benchmarks/README.md"])
 def test_every_option_named_exists(document):
     known = set().union(*options_by_command().values()) | OTHER_PROGRAMS_OPTIONS
-    text = (README.parent / document).read_text()
+    known |= benchmark_options()
+    text = (ROOT / document).read_text()
     named = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", text))
     assert named, document
     assert not sorted(named - known)
+
+
+def test_defaults_the_readme_quotes_are_the_parsers():
+    """`--option` ... (default N): N is that option's default in every command that has it."""
+    text = " ".join(README.read_text().split())
+    quoted = re.findall(r"`(--[a-z][a-z0-9-]*)`[^`(]{0,40}\(default (-?\d+(?:\.\d+)?)", text)
+    assert quoted, "the README quotes --panel-height's default"
+    defaults: dict[str, list] = {}
+    for sub in _subcommands(build_parser()).choices.values():
+        for action in sub._actions:
+            for option in action.option_strings:
+                defaults.setdefault(option, []).append(action.default)
+    for option, number in quoted:
+        assert defaults[option], option
+        wrong = [value for value in defaults[option] if value != float(number)]
+        assert not wrong, f"README: {option} (default {number}); the parser's: {wrong}"
+
+
+def test_the_script_reader_finds_the_options():
+    assert {"--quick", "--out", "--weights"} <= script_options(BENCHMARKS / "bench_cluster.py")
+
+
+@pytest.mark.parametrize("document", ["README.md", "benchmarks/README.md"])
+def test_every_benchmark_script_named_exists(document):
+    """`bench_x.py`, `gpu_x.sh`, `test_x.py`, `benchmarks/x.py` and `tests/x.py` name files of
+    benchmarks/ or tests/, and a command line `python benchmarks/x.py --option` names options
+    that script has."""
+    text = " ".join((ROOT / document).read_text().split())
+    pattern = r"(?<![\w/.-])((?:benchmarks|tests)/\w+\.(?:py|sh)|(?:bench|gpu|test)_\w+\.(?:py|sh))"
+    named = {Path(name).name for name in re.findall(pattern, text)}
+    assert len(named) >= 3, document
+    missing = [
+        name for name in named if not any((ROOT / folder / name).is_file() for folder in FOLDERS)
+    ]
+    assert not sorted(missing)
+    for script, options in re.findall(r"python benchmarks/([a-z_]+\.py)((?: --[a-z-]+)*)", text):
+        unknown = set(options.split()) - script_options(BENCHMARKS / script)
+        assert not unknown, f"{script} has no {sorted(unknown)}"
+
+
+def quoted_signatures(text: str) -> list[tuple[str, dict]]:
+    """``hassod.module.function(..., name=literal, ...)`` spans of the prose: (dotted name,
+    {keyword: value})."""
+    found = []
+    for dotted, arguments in re.findall(r"`(hassod(?:\.\w+)+)\(([^`]*)\)`", text):
+        call = ast.parse(f"f({arguments})", mode="eval").body
+        keywords = {kw.arg: ast.literal_eval(kw.value) for kw in call.keywords}
+        if keywords:
+            found.append((dotted, keywords))
+    return found
+
+
+def resolve(dotted: str):
+    parts = dotted.split(".")
+    for split in range(len(parts), 0, -1):
+        try:
+            target = importlib.import_module(".".join(parts[:split]))
+        except ImportError:
+            continue
+        for name in parts[split:]:
+            target = getattr(target, name)
+        return target
+    raise ImportError(dotted)
+
+
+def test_quoted_signatures_are_the_functions_own():
+    """Keyword defaults the README quotes in a signature are the real ones, and a quoted
+    signature leaves out none of the function's parameters."""
+    quoted = quoted_signatures(" ".join(README.read_text().split()))
+    assert quoted, "the README quotes hassod.evaluate.evaluate's signature"
+    for dotted, keywords in quoted:
+        parameters = inspect.signature(resolve(dotted)).parameters
+        actual = {
+            name: parameter.default
+            for name, parameter in parameters.items()
+            if parameter.default is not inspect.Parameter.empty
+        }
+        wrong = {
+            name: (value, actual.get(name, "<no such keyword>"))
+            for name, value in keywords.items()
+            if actual.get(name, "<no such keyword>") != value
+        }
+        assert not wrong, f"{dotted}: README (quoted, real): {wrong}"
+        assert not sorted(set(actual) - set(keywords)), f"{dotted}: README leaves out keywords"
 
 
 def python_blocks() -> list[str]:

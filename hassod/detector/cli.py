@@ -45,6 +45,18 @@ def _weights_choice(value: str) -> str:
     )
 
 
+def _preset_default(setting) -> str:
+    """The help's note on an option's default: its value in each preset (``setting`` reads it
+    from a TrainConfig), so the help cannot drift from hassod.detector.config."""
+    from hassod.detector.config import PRESETS
+
+    values = [(name, setting(make())) for name, make in PRESETS.items()]
+    if len({repr(value) for _, value in values}) == 1:
+        return f"default: --config's, else {values[0][1]!r}"
+    presets = ", ".join(f"{value!r} for {name}" for name, value in values)
+    return f"default: --config's, else the preset's: {presets}"
+
+
 def add_train_parser(commands) -> None:
     train = commands.add_parser(
         "train",
@@ -76,23 +88,50 @@ def add_train_parser(commands) -> None:
         'e.g. {"model": {"backbone": "resnet18"}, "batch_size": 8}',
     )
     train.add_argument("--backbone-weights", type=Path, help="self-supervised ResNet checkpoint")
-    train.add_argument("--iterations", type=int, help="burn-in iterations")
     train.add_argument(
-        "--mean-teacher-iterations", type=int, help="Mean Teacher iterations (0: none)"
+        "--iterations",
+        type=int,
+        help=f"burn-in iterations ({_preset_default(lambda c: c.iterations)})",
+    )
+    train.add_argument(
+        "--mean-teacher-iterations",
+        type=int,
+        help="Mean Teacher iterations, 0: none "
+        f"({_preset_default(lambda c: c.mean_teacher.iterations)})",
     )
     train.add_argument(
         "--batch-size",
         type=int,
-        help="burn-in images per iteration over all processes (the Mean Teacher phase's are "
+        help="burn-in images per iteration over all processes "
+        f"({_preset_default(lambda c: c.batch_size)}; the Mean Teacher phase's are "
         "mean_teacher.labeled_batch and unlabeled_batch, set in a --config JSON)",
     )
-    train.add_argument("--micro-batch", type=int, help="images per forward pass (accumulate)")
-    train.add_argument("--lr", type=float, help="base learning rate")
-    train.add_argument("--seed", type=int, help="random seed")
-    train.add_argument("--workers", type=int, help="data loader processes")
-    train.add_argument("--checkpoint-period", type=int, help="iterations between checkpoints")
+    train.add_argument(
+        "--micro-batch",
+        type=int,
+        help="images per forward pass on one process, accumulated; 0: its whole share "
+        f"({_preset_default(lambda c: c.micro_batch)})",
+    )
+    train.add_argument(
+        "--lr", type=float, help=f"base learning rate ({_preset_default(lambda c: c.base_lr)})"
+    )
+    train.add_argument(
+        "--seed", type=int, help=f"random seed ({_preset_default(lambda c: c.seed)})"
+    )
+    train.add_argument(
+        "--workers",
+        type=int,
+        help=f"data loader processes ({_preset_default(lambda c: c.data.num_workers)})",
+    )
+    train.add_argument(
+        "--checkpoint-period",
+        type=int,
+        help=f"iterations between checkpoints ({_preset_default(lambda c: c.checkpoint_period)})",
+    )
     train.add_argument("--no-amp", action="store_true", help="fp32 on CUDA (AMP is the default)")
-    train.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    train.add_argument(
+        "--device", default="auto", help="cpu, cuda, cuda:N or auto (default: cuda if present)"
+    )
     train.add_argument(
         "--resume",
         action="store_true",
@@ -166,9 +205,16 @@ def add_predict_parser(commands) -> None:
     predict.add_argument(
         "--score-threshold",
         type=float,
-        help="keep detections scoring above this, in [0, 1] (default 0)",
+        help="keep detections scoring above this, in [0, 1] (default: the checkpoint's "
+        "score_thresh, 0 in both presets and for Detectron2 checkpoints)",
     )
-    predict.add_argument("--max-detections", type=int, help="per image (default 1000)")
+    predict.add_argument(
+        "--max-detections",
+        type=int,
+        help="at most this many detections per image (default: the checkpoint's "
+        "detections_per_image: 1000 for the paper preset and Detectron2 checkpoints, 100 for "
+        "cpu-small)",
+    )
     predict.add_argument(
         "--min-size",
         type=int,
@@ -183,7 +229,9 @@ def add_predict_parser(commands) -> None:
         "test_max_size: 1333 for "
         "the paper preset, 160 for cpu-small)",
     )
-    predict.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    predict.add_argument(
+        "--device", default="auto", help="cpu, cuda, cuda:N or auto (default: cuda if present)"
+    )
     predict.add_argument("--quiet", action="store_true", help="no progress bar")
 
 

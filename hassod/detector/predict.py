@@ -205,7 +205,15 @@ class Predictor:
 
     def __call__(self, image, levels=None, image_id: int = 0) -> list[dict]:
         """COCO result dicts of one image (an (H, W, 3) uint8 array, a PIL image or a path),
-        best score first, keeping the chosen ``levels``."""
+        best score first, keeping the chosen ``levels`` (:func:`parse_levels`: e.g.
+        ``"whole,part"`` or ``[0, 1]``; None: all), each with ``image_id`` (see the module
+        docstring for the fields).
+
+        Raises:
+            ValueError: an image that is not (H, W, 3) uint8 RGB or is empty, an unknown level;
+                :class:`hassod.discover.UnreadableImage` (a ValueError) for a path that
+                cannot be read.
+        """
         image = _as_array(image)
         detection = self.raw(image)
         chosen = parse_levels(levels)

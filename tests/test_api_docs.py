@@ -1,0 +1,40 @@
+"""The public names of ``hassod`` (its ``__all__``) document themselves: every function says
+what it returns and raises and annotates its parameters; every class has a docstring."""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+
+import hassod
+
+FUNCTIONS = [name for name in hassod.__all__ if inspect.isfunction(getattr(hassod, name, None))]
+CLASSES = [name for name in hassod.__all__ if inspect.isclass(getattr(hassod, name, None))]
+
+
+def test_the_lists_found_the_api():
+    assert {"fast_cluster", "build_hierarchy", "dedup_masks"} <= set(FUNCTIONS)
+    assert {"ClusterResult", "Hierarchy"} <= set(CLASSES)
+
+
+@pytest.mark.parametrize("name", FUNCTIONS)
+def test_functions_state_returns_raises_and_types(name):
+    function = getattr(hassod, name)
+    doc = inspect.getdoc(function) or ""
+    assert "Args:" in doc and "Returns:" in doc and "Raises:" in doc, name
+    signature = inspect.signature(function)
+    untyped = [p for p, v in signature.parameters.items() if v.annotation is v.empty]
+    assert not untyped, f"{name}: parameters without a type hint: {untyped}"
+    assert signature.return_annotation is not signature.empty, name
+    for parameter in signature.parameters:
+        assert parameter in doc, f"{name}'s docstring does not mention {parameter}"
+
+
+@pytest.mark.parametrize("name", CLASSES)
+def test_classes_document_their_fields(name):
+    cls = getattr(hassod, name)
+    doc = inspect.getdoc(cls) or ""
+    assert "Attributes:" in doc, name
+    for field in getattr(cls, "__dataclass_fields__", {}):
+        assert field in doc, f"{name}'s docstring does not describe {field}"
