@@ -115,6 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     cluster.add_argument("--size", type=int, help="input side (default 480 rounded to the patch)")
     cluster.add_argument(
         "--transform",
+        "--feature-transform",  # discover's name for it
+        dest="transform",
         default=None,
         choices=["none", "remove-key-bias", "center"],
         help="feature transform (default: none for DINO v1, center for other backbones)",

@@ -72,6 +72,7 @@ from hassod.discover import (
     discover_records,
     fixed_size,
 )
+from hassod.features import RANDOM_WEIGHTS_SEED
 from hassod.image_folder import IMAGE_EXTENSIONS, check_ids, decode, list_images, pil_limits
 from hassod.run_errors import (
     EXIT_INTERRUPTED,
@@ -96,7 +97,6 @@ from hassod.work_folder import (
 __all__ = [
     # Defined here.
     "FLUSH_SECONDS",
-    "RANDOM_WEIGHTS_SEED",
     "STAGES",
     "RunOptions",
     "RunSummary",
@@ -112,6 +112,7 @@ __all__ = [
     "EXIT_USAGE",
     "IMAGE_EXTENSIONS",
     "Interrupted",
+    "RANDOM_WEIGHTS_SEED",
     "RunError",
     "UsageError",
     "atomic_write_json",
@@ -129,8 +130,6 @@ __all__ = [
 STAGES = ("decode", "backbone", "cluster", "crf+filters", "hierarchy", "encode")
 #: A chunk is written at least this often while images finish (seconds).
 FLUSH_SECONDS = 60.0
-#: Seed of ``--random-weights`` models: every run, shard and resume gets the same network.
-RANDOM_WEIGHTS_SEED = 0
 
 
 @dataclass
@@ -408,20 +407,13 @@ def load_backbone(
     pos_embed_resize: str | None = None,
 ):
     """``(model, weights source, sha256 or None)``; :class:`RunError` when loading fails."""
-    import torch
-
     from hassod.features import load_vit
 
     try:
-        if random_weights:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(RANDOM_WEIGHTS_SEED)
-                model = load_vit(
-                    backbone,
-                    random_weights=True,
-                    img_size=img_size,
-                    pos_embed_resize=pos_embed_resize,
-                )
+        if random_weights:  # seeded: the same network in every run (load_vit)
+            model = load_vit(
+                backbone, random_weights=True, img_size=img_size, pos_embed_resize=pos_embed_resize
+            )
             return model, f"random (seed {RANDOM_WEIGHTS_SEED})", None
         model = load_vit(
             backbone, weights=weights, img_size=img_size, pos_embed_resize=pos_embed_resize

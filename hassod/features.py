@@ -76,6 +76,11 @@ class _StopForward(Exception):
 # ---------------------------------------------------------------------------------------------
 
 
+#: Seed of ``random_weights=True`` models (``--random-weights``): every command, run, shard
+#: and resume gets the same network.
+RANDOM_WEIGHTS_SEED = 0
+
+
 def load_vit(
     name: str = DEFAULT_MODEL,
     weights: str | Path | Mapping[str, Any] | None = None,
@@ -97,7 +102,9 @@ def load_vit(
             every backbone key must then match (missing or unexpected keys raise). ``pos_embed``
             is resized to the model's grid when it differs (``pos_embed_resize``).
             None: timm's pretrained download (needs the network or a filled cache).
-        random_weights: keep timm's random initialisation; for smoke tests only.
+        random_weights: timm's random initialisation, drawn from seed
+            :data:`RANDOM_WEIGHTS_SEED` (the global RNG is left as it was), so that every
+            command and run gets the same network; for smoke tests only.
         img_size: input side the model is built for; its token grid is ``img_size // patch``.
             ``dynamic_img_size`` is on as well, so any multiple of the patch size runs.
         device: where the model lives.
@@ -137,11 +144,15 @@ def load_vit(
         else:
             state_dict, source = _read_checkpoint(Path(weights)), str(weights)
 
+    import torch
+
     # num_classes=0: the classifier head is not part of the feature extractor.
     try:
-        model = timm.create_model(
-            name, pretrained=False, num_classes=0, img_size=img_size, dynamic_img_size=True
-        )
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(RANDOM_WEIGHTS_SEED)
+            model = timm.create_model(
+                name, pretrained=False, num_classes=0, img_size=img_size, dynamic_img_size=True
+            )
     except RuntimeError as error:  # timm's "Unknown model" and friends
         raise ValueError(f"cannot build timm model {name!r}: {error}") from error
     except TypeError as error:  # a non-ViT family that takes no img_size / dynamic_img_size

@@ -30,6 +30,17 @@ def test_cluster_random_weights_writes_picture_and_labels(tmp_path, capsys):
     assert not list(tmp_path.glob(".*.tmp"))  # temporary files renamed away
 
 
+def test_cluster_takes_discovers_name_for_the_transform(tmp_path):
+    """--feature-transform (discover's name) and --transform give the same partitions."""
+    common = ["cluster", *SMALL, "--random-weights"]
+    assert main([*common, "--transform", "none", "--out", str(tmp_path / "a")]) == 0
+    assert main([*common, "--feature-transform", "none", "--out", str(tmp_path / "b")]) == 0
+    assert main([*common, "--feature-transform", "center", "--out", str(tmp_path / "c")]) == 0
+    labels = [np.load(tmp_path / d / "astronaut_labels.npz")["labels"] for d in "abc"]
+    assert np.array_equal(labels[0], labels[1])
+    assert not np.array_equal(labels[0], labels[2])  # the option is applied, not ignored
+
+
 @pytest.mark.skipif(not WEIGHTS.is_file(), reason="shared DINOv2 weights not present (../shared)")
 def test_cluster_real_photo_with_shared_weights(tmp_path):
     code = main(

@@ -812,3 +812,17 @@ def test_native_cluster_equals_reference_on_dinov2_keys(dinov2, coco_keys, name,
     if transform == "center":
         assert native.num_regions[0] > 1, "centred keys must exercise real merging"
         assert native.num_regions[0] > native.num_regions[-1]
+
+
+def test_random_weights_are_the_same_network_every_time_and_leave_the_rng_alone():
+    """`hassod cluster --random-weights` drew a new network per run (partitions changed from
+    one run to the next, and differed from discover's seeded one)."""
+    torch.manual_seed(123)
+    expected_next = torch.rand(3)
+    torch.manual_seed(123)
+    first = features.load_vit(TINY, random_weights=True, img_size=224).state_dict()
+    assert torch.equal(torch.rand(3), expected_next)  # the caller's stream continues as it was
+    second = features.load_vit(TINY, random_weights=True, img_size=224).state_dict()
+    assert first.keys() == second.keys()
+    assert all(torch.equal(first[key], second[key]) for key in first)
+    assert any(tensor.float().std() > 0 for tensor in first.values())  # random, not constant
