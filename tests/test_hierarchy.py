@@ -250,6 +250,13 @@ def check_forest_invariants(hierarchy) -> None:
         assert inter[child, parent] / areas[parent] < hierarchy.cover
         assert hierarchy.depth[child] == hierarchy.depth[parent] + 1
     np.testing.assert_array_equal(hierarchy.level, np.minimum(hierarchy.depth, 2))
+    # roots and children() read the parent array as a plain scan does (mask 0 is a parent
+    # often enough here that `parent <= 0` for roots would show)
+    parents = [int(p) for p in hierarchy.parent]
+    assert hierarchy.roots.tolist() == [i for i, p in enumerate(parents) if p == -1]
+    for index in range(len(parents)):
+        expected = [i for i, p in enumerate(parents) if p == index]
+        assert hierarchy.children(index).tolist() == expected
 
 
 # --------------------------------------------------------------------------------------------
