@@ -143,15 +143,35 @@ def test_teacher_targets_threshold_and_recompute_levels():
     assert empty["boxes"].shape == (0, 4) and empty["levels"].shape == (0,)
 
 
-def test_teacher_detections_with_empty_masks_stay_as_whole_objects():
+@pytest.mark.parametrize("low", [0.0, 0.4])
+def test_teacher_detections_with_empty_masks_stay_as_whole_objects(low):
     # the authors keep every detection above the threshold; an empty mask is a root (level 0)
     boxes = torch.tensor([[0.0, 0.0, 40.0, 40.0], [5.0, 5.0, 20.0, 20.0], [2.0, 2.0, 9.0, 9.0]])
     probs = torch.ones((3, 1, 28, 28))
-    probs[2] = 0.0  # nothing above 0.5: empty pasted mask
+    probs[2] = low  # nothing at or above 0.5: empty pasted mask
     detection = {"boxes": boxes, "scores": torch.tensor([0.9, 0.9, 0.9]), "mask_probs": probs}
     (target,) = teacher_targets([detection], [(64, 64)], score_threshold=0.7, cover=0.75)
     assert target["boxes"].tolist() == boxes.tolist()
     assert target["levels"].tolist() == [0, 1, 0]
+
+
+@pytest.mark.parametrize(("cover", "levels"), [(0.75, [0, 1]), (0.9, [0, 0])])
+def test_teacher_target_levels_use_the_cover_given(cover, levels):
+    """The levels come from the forest at ``cover`` (0.75 for the teacher, DESIGN.md 5), not
+    the pseudo-labels' 0.9: a 10 x 20 box with 16 of its 20 rows inside a 20 x 20 one has
+    coverage 0.8, a part at 0.75 and a whole at 0.9."""
+    boxes = torch.tensor([[0.0, 0.0, 20.0, 20.0], [0.0, 4.0, 10.0, 24.0]])
+    detection = {
+        "boxes": boxes,
+        "scores": torch.tensor([0.9, 0.9]),
+        "mask_probs": torch.ones(2, 1, 28, 28),
+    }
+    (target,) = teacher_targets([detection], [(40, 40)], score_threshold=0.7, cover=cover)
+    masks = np.zeros((2, 40, 40), dtype=bool)
+    masks[0, 0:20, 0:20] = True
+    masks[1, 4:24, 0:10] = True
+    assert target["levels"].tolist() == levels
+    assert target["levels"].tolist() == list(hassod.build_hierarchy(masks, cover=cover).level)
 
 
 def test_hierarchy_levels_of_a_batch_equal_each_image_alone():
