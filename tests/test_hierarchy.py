@@ -944,10 +944,13 @@ def test_native_pixel_count_equals_the_decoded_runs_sum(mask, cut):
             check_rle({"size": list(mask.shape), "counts": counts}, "m")
 
 
-@pytest.mark.parametrize("counts", [[-1, 5], [2**32, 0], [0.9, 3.1], ["1", "3"]])
+@pytest.mark.parametrize("counts", [[-1, 5], [2**32, 0], [2**32 + 4], [0.9, 3.1], ["1", "3"]])
 def test_negative_or_huge_list_counts(counts):
+    # 2**32 + 4 wraps to 4 in uint32, the pixel count of the 2 x 2 mask: refused by its range
     with pytest.raises(ValueError, match="RLE"):
         hassod.coverage_matrix([{"size": [2, 2], "counts": counts}])
+    with pytest.raises(ValueError, match="RLE"):
+        check_rle({"size": [2, 2], "counts": counts}, "m")
 
 
 @pytest.mark.parametrize(
