@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import warnings
@@ -97,6 +98,49 @@ def test_annotations_without_level_are_whole_objects(synthetic, tmp_path):
         e for e in labels.entries if e.image_id == coco["annotations"][0]["image_id"]
     )
     assert first_image.levels[0] == 0
+
+
+def test_levels_outside_0_to_2_are_clipped_and_crowd_regions_skipped(synthetic, tmp_path):
+    """hier_level 5 counts as a subpart (2), a float 1.0 as a part (1), both counted as bad;
+    an iscrowd annotation is no pseudo-label (Detectron2 leaves crowd regions out too)."""
+    json_path, images = synthetic
+
+    def change(coco):
+        first, second, third = coco["annotations"][:3]
+        first["hier_level"], second["hier_level"], third["iscrowd"] = 5, 1.0, 1
+
+    path = _rewrite(json_path, tmp_path, change)
+    with pytest.warns(UserWarning, match="2 annotations have a hier_level outside 0-2"):
+        labels = load_pseudo_labels(path, images)
+    assert labels.report["annotations_bad_level"] == 2
+    assert labels.report["annotations_crowd"] == 1
+    coco = json.loads(path.read_text())
+    (entry,) = [e for e in labels.entries if e.image_id == coco["annotations"][0]["image_id"]]
+    same_image = [a for a in coco["annotations"] if a["image_id"] == entry.image_id]
+    assert coco["annotations"][2]["image_id"] == entry.image_id  # all three on this image
+    kept = [a for a in same_image if not a.get("iscrowd")]
+    assert entry.segmentations == [a["segmentation"] for a in kept]
+    assert entry.levels[:2] == [2, 1]
+    assert entry.levels[2:] == [a["hier_level"] for a in kept[2:]]
+
+
+def test_copy_paste_takes_objects_from_the_mirror_image_of_the_batch(synthetic, monkeypatch):
+    """Image i of a batch receives objects of image n-1-i (the authors' pairing)."""
+    labels = load_pseudo_labels(*synthetic)
+    config = tiny_config(iterations=2)
+    config = dataclasses.replace(config, batch_size=4)
+    pairs = []
+    paste = augment.copy_paste
+
+    def record(target, source, rng, *ratios):
+        pairs.append((target["file_name"], source["file_name"]))
+        return paste(target, source, rng, *ratios)
+
+    monkeypatch.setattr(augment, "copy_paste", record)
+    batch = TrainBatches(labels, config)[0]
+    names = batch["file_names"]
+    assert len(set(names)) == 4
+    assert pairs == [(name, mirror) for name, mirror in zip(names, names[::-1])]
 
 
 def test_missing_and_corrupt_images_are_skipped_and_counted(synthetic, tmp_path):
