@@ -219,6 +219,22 @@ def test_cascade_stages_scale_the_gradient_into_shared_features_by_one_over_stag
     torch.testing.assert_close(gradients[0] * heads.num_stages, gradients[1])
 
 
+def test_next_stage_proposals_are_clipped_and_empty_boxes_dropped():
+    """Between training stages the regressed boxes are clipped to the image and boxes left
+    without area dropped (Detectron2's ``clip`` then ``nonempty``)."""
+    boxes = torch.tensor(
+        [
+            [0.0, 0.0, 10.0, 10.0],  # inside: kept
+            [5.0, 5.0, 5.0, 20.0],  # zero width: dropped
+            [-10.0, -10.0, -1.0, 30.0],  # left of the image: zero width once clipped
+            [60.0, 50.0, 80.0, 90.0],  # partly outside: clipped to [60, 50, 64, 64]
+            [3.0, 70.0, 9.0, 80.0],  # below the image: zero height once clipped
+        ]
+    )
+    (result,) = CascadeRoIHeads._next_proposals([boxes], [(64, 64)])
+    assert result.tolist() == [[0.0, 0.0, 10.0, 10.0], [60.0, 50.0, 64.0, 64.0]]
+
+
 def test_cascade_stages_match_at_rising_iou():
     config = tiny_config().model
     heads = CascadeRoIHeads(config, config.fpn_channels)
@@ -334,14 +350,19 @@ def test_mask_targets_crop_the_matched_mask():
     assert targets[1].eq(1).all()
 
 
-def test_mask_targets_threshold_the_resampled_mask_at_one_half():
+def test_mask_targets_are_aligned_and_thresholded_at_one_half():
     """A 10-pixel box resampled to 4 bins (2.5 px each): the bin right of the mask's edge
     holds a sliver of it (mean about 0.03) and must be 0, as Detectron2's ``>= 0.5``; the mask is
     the box's left half, so the target is the grid's left half."""
     masks = torch.zeros((1, 10, 10), dtype=torch.uint8)
     masks[0, :, :5] = 1
-    targets = L.mask_targets(masks, torch.tensor([[0.0, 0.0, 10.0, 10.0]]), torch.tensor([0]), 4)
+    box = torch.tensor([[0.0, 0.0, 10.0, 10.0]])
+    targets = L.mask_targets(masks, box, torch.tensor([0]), 4)
     assert targets[0].tolist() == [[1.0, 1.0, 0.0, 0.0]] * 4
+    # one bin per pixel: half-pixel-aligned sampling (aligned=True) reads each pixel's centre,
+    # so the target is the mask itself (unaligned, the right half's column 4 would read 0.5)
+    right = 1 - masks
+    assert torch.equal(L.mask_targets(right, box, torch.tensor([0]), 10)[0], right[0].float())
 
 
 def _resnet10_state(width=16):
