@@ -72,6 +72,14 @@ def test_mean_teacher_warmup_follows_detectron2s_warmup_cosine():
     )
     assert schedule.learning_rate(140, config) == 0.0
     assert schedule.branch_weights(100, config) == (1.0, 2.0)  # the weights do not warm up
+    # a warm-up longer than the phase is cut to it: linear from 0.001 * base to c(40) = 0
+    longer = dataclasses.replace(
+        config, mean_teacher=dataclasses.replace(config.mean_teacher, warmup_iters=60)
+    )
+    assert schedule.learning_rate(120, longer) == pytest.approx(base * 0.001 * (1 - 20 / 40))
+    assert schedule.learning_rate(130, longer) == pytest.approx(base * 0.001 * (1 - 30 / 40))
+    # c(t) is clamped to [0, 1] outside [0, total]
+    assert schedule.cosine_factor(-5, 40) == 1.0 and schedule.cosine_factor(50, 40) == 0.0
 
 
 def test_branch_weights_cosine_schedule():
@@ -518,6 +526,31 @@ def test_mean_teacher_starts_without_burn_in_momentum(synthetic, tmp_path):
             torch.testing.assert_close(buffer, expected, rtol=1e-6, atol=1e-8)
             checked += 1
     assert checked > 10
+
+
+def test_weight_decay_spares_only_the_normalisation_parameters():
+    """SGD's two groups: every trainable parameter of a normalisation layer with
+    ``weight_decay_norm`` (0, Detectron2's default), all others with ``weight_decay``."""
+    from hassod.detector.model import HassodDetector
+    from hassod.detector.training import _parameter_groups
+
+    config = tiny_config()
+    model = HassodDetector(config.model, "gn")
+    norm_types = (torch.nn.GroupNorm, torch.nn.BatchNorm2d, torch.nn.LayerNorm)
+    norm = {
+        id(p)
+        for m in model.modules()
+        if isinstance(m, norm_types)
+        for p in m.parameters(recurse=False)
+        if p.requires_grad
+    }
+    trainable = {id(p) for p in model.parameters() if p.requires_grad}
+    others, norms = _parameter_groups(model, config)
+    assert norm and config.weight_decay > 0 and config.weight_decay_norm == 0.0
+    assert others["weight_decay"] == config.weight_decay
+    assert norms["weight_decay"] == config.weight_decay_norm
+    assert {id(p) for p in norms["params"]} == norm
+    assert {id(p) for p in others["params"]} == trainable - norm
 
 
 def test_chunks_split_evenly_in_order():
