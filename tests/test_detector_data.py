@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import warnings
@@ -99,6 +100,49 @@ def test_annotations_without_level_are_whole_objects(synthetic, tmp_path):
     assert first_image.levels[0] == 0
 
 
+def test_levels_outside_0_to_2_are_clipped_and_crowd_regions_skipped(synthetic, tmp_path):
+    """hier_level 5 counts as a subpart (2), a float 1.0 as a part (1), both counted as bad;
+    an iscrowd annotation is no pseudo-label (Detectron2 leaves crowd regions out too)."""
+    json_path, images = synthetic
+
+    def change(coco):
+        first, second, third = coco["annotations"][:3]
+        first["hier_level"], second["hier_level"], third["iscrowd"] = 5, 1.0, 1
+
+    path = _rewrite(json_path, tmp_path, change)
+    with pytest.warns(UserWarning, match="2 annotations have a hier_level outside 0-2"):
+        labels = load_pseudo_labels(path, images)
+    assert labels.report["annotations_bad_level"] == 2
+    assert labels.report["annotations_crowd"] == 1
+    coco = json.loads(path.read_text())
+    (entry,) = [e for e in labels.entries if e.image_id == coco["annotations"][0]["image_id"]]
+    same_image = [a for a in coco["annotations"] if a["image_id"] == entry.image_id]
+    assert coco["annotations"][2]["image_id"] == entry.image_id  # all three on this image
+    kept = [a for a in same_image if not a.get("iscrowd")]
+    assert entry.segmentations == [a["segmentation"] for a in kept]
+    assert entry.levels[:2] == [2, 1]
+    assert entry.levels[2:] == [a["hier_level"] for a in kept[2:]]
+
+
+def test_copy_paste_takes_objects_from_the_mirror_image_of_the_batch(synthetic, monkeypatch):
+    """Image i of a batch receives objects of image n-1-i (the authors' pairing)."""
+    labels = load_pseudo_labels(*synthetic)
+    config = tiny_config(iterations=2)
+    config = dataclasses.replace(config, batch_size=4)
+    pairs = []
+    paste = augment.copy_paste
+
+    def record(target, source, rng, *ratios):
+        pairs.append((target["file_name"], source["file_name"]))
+        return paste(target, source, rng, *ratios)
+
+    monkeypatch.setattr(augment, "copy_paste", record)
+    batch = TrainBatches(labels, config)[0]
+    names = batch["file_names"]
+    assert len(set(names)) == 4
+    assert pairs == [(name, mirror) for name, mirror in zip(names, names[::-1])]
+
+
 def test_missing_and_corrupt_images_are_skipped_and_counted(synthetic, tmp_path):
     json_path, images = synthetic
     folder = tmp_path / "images"
@@ -156,9 +200,52 @@ def test_mean_teacher_batches_have_both_views(synthetic):
     images, targets = batch["labeled"]
     assert len(images) == 2 and len(targets) == 2  # strong + weak view of one image
     assert images[0].shape == images[1].shape and targets[0] is targets[1]
+    assert not torch.equal(images[0], images[1])  # the strong view is photometrically changed
     assert len(batch["unlabeled_weak"]) == len(batch["unlabeled_strong"]) == 2
     for weak, strong in zip(batch["unlabeled_weak"], batch["unlabeled_strong"]):
         assert weak.shape == strong.shape and weak.dtype == strong.dtype == torch.uint8
+
+
+def test_mean_teacher_unlabeled_images_come_from_their_own_stream(synthetic, monkeypatch):
+    """The unlabeled images follow stream 1, shuffled independently of the pseudo-label
+    stream 0 (burn-in's, whose batches of two would otherwise repeat here)."""
+    from hassod.detector import data
+    from hassod.detector.sampling import GroupedStream, ShuffledStream
+
+    labels = load_pseudo_labels(*synthetic)
+    config = tiny_config(iterations=1, mean_teacher=4)
+    read, seen = data.read_sample, []
+    monkeypatch.setattr(
+        data, "read_sample", lambda labels, index: seen.append(index) or read(labels, index)
+    )
+    batches = TrainBatches(labels, config)
+    landscape = [e.width > e.height for e in labels.entries]
+    unlabeled = GroupedStream(ShuffledStream(len(labels), config.seed, 1), landscape, 2)
+    pseudo = GroupedStream(ShuffledStream(len(labels), config.seed, 0), landscape, 2)
+    for step in range(4):
+        seen.clear()
+        batches[1 + step]
+        assert len(seen) == 3  # one labeled image, then two unlabeled ones
+        assert seen[1:] == [unlabeled.index_at(2 * step + k) for k in range(2)]
+    ones = [unlabeled.index_at(p) for p in range(8)]
+    assert ones != [pseudo.index_at(p) for p in range(8)]  # the two streams differ here
+
+
+def test_images_without_annotations_are_dropped_unless_kept(synthetic, tmp_path):
+    json_path, images = synthetic
+
+    def empty_first_image(coco):
+        first = coco["images"][0]["id"]
+        coco["annotations"] = [a for a in coco["annotations"] if a["image_id"] != first]
+
+    path = _rewrite(json_path, tmp_path, empty_first_image)
+    dropped = load_pseudo_labels(path, images)
+    assert len(dropped) == 3 and dropped.report["images_without_annotations"] == 1
+    kept = load_pseudo_labels(path, images, keep_empty=True)
+    assert len(kept) == 4 and kept.report["images_without_annotations"] == 0
+    assert sorted(e.file_name for e in kept.entries if not e.segmentations) == [
+        json.loads(path.read_text())["images"][0]["file_name"]
+    ]
 
 
 def test_scaled_size_follows_the_short_side_and_caps_the_long_side():

@@ -159,6 +159,82 @@ def test_inference_averages_stage_scores_and_level_probabilities():
     assert torch.allclose(detection["boxes"].sort(dim=0).values, proposals[0].sort(dim=0).values)
 
 
+def _random_features(config, size=64, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    return {
+        name: torch.randn(
+            1, config.fpn_channels, size // 2 ** (i + 2), size // 2 ** (i + 2), generator=generator
+        )
+        for i, name in enumerate("0123")
+    }
+
+
+def test_level_loss_sees_exactly_the_foreground_proposals(monkeypatch):
+    """The level head's focal loss runs over foreground proposals only (DESIGN.md 5), in
+    every stage: as many rows as the stage's classification labels have ones."""
+    config = tiny_config().model
+    heads = CascadeRoIHeads(config, config.fpn_channels).train()
+    seen_labels, seen_levels = [], []
+    classification, level_loss = L.classification_loss, L.level_focal_loss
+
+    def record_labels(logits, labels, weights=None):
+        seen_labels.append(labels.clone())
+        return classification(logits, labels, weights)
+
+    def record_levels(logits, targets, alpha, gamma):
+        seen_levels.append((logits.shape[0], targets.clone()))
+        return level_loss(logits, targets, alpha, gamma)
+
+    monkeypatch.setattr(L, "classification_loss", record_labels)
+    monkeypatch.setattr(L, "level_focal_loss", record_levels)
+    target = square_target(64)
+    proposals = [torch.tensor([[0.0, 0.0, 30.0, 30.0], [40.0, 0.0, 60.0, 20.0]])]
+    torch.manual_seed(0)
+    heads(_random_features(config), proposals, [(64, 64)], [target])
+    assert len(seen_labels) == len(seen_levels) == heads.num_stages
+    for labels, (rows, levels) in zip(seen_labels, seen_levels):
+        foreground = int((labels > 0).sum())
+        assert 0 < foreground < len(labels)  # both kinds present: the filter matters
+        assert rows == foreground == len(levels)
+        assert set(levels.tolist()) <= set(target["levels"].tolist())
+
+
+def test_cascade_stages_scale_the_gradient_into_shared_features_by_one_over_stages():
+    """Each stage's gradient into the shared features is scaled by 1 / stages (Detectron2's
+    cascade), while its outputs are unchanged."""
+    config = tiny_config().model
+    heads = CascadeRoIHeads(config, config.fpn_channels).train()
+    boxes = [torch.tensor([[0.0, 0.0, 30.0, 30.0], [10.0, 20.0, 50.0, 60.0]])]
+    gradients, outputs = [], []
+    for scale in (True, False):
+        features = {
+            name: value.requires_grad_() for name, value in _random_features(config).items()
+        }
+        class_logits, deltas, levels = heads._run_stage(0, features, boxes, [(64, 64)], scale)
+        (class_logits.sum() + deltas.sum() + levels.sum()).backward()
+        gradients.append(torch.cat([f.grad.flatten() for f in features.values()]))
+        outputs.append(class_logits.detach())
+    assert torch.equal(outputs[0], outputs[1])
+    assert gradients[1].abs().max() > 0
+    torch.testing.assert_close(gradients[0] * heads.num_stages, gradients[1])
+
+
+def test_next_stage_proposals_are_clipped_and_empty_boxes_dropped():
+    """Between training stages the regressed boxes are clipped to the image and boxes left
+    without area dropped (Detectron2's ``clip`` then ``nonempty``)."""
+    boxes = torch.tensor(
+        [
+            [0.0, 0.0, 10.0, 10.0],  # inside: kept
+            [5.0, 5.0, 5.0, 20.0],  # zero width: dropped
+            [-10.0, -10.0, -1.0, 30.0],  # left of the image: zero width once clipped
+            [60.0, 50.0, 80.0, 90.0],  # partly outside: clipped to [60, 50, 64, 64]
+            [3.0, 70.0, 9.0, 80.0],  # below the image: zero height once clipped
+        ]
+    )
+    (result,) = CascadeRoIHeads._next_proposals([boxes], [(64, 64)])
+    assert result.tolist() == [[0.0, 0.0, 10.0, 10.0], [60.0, 50.0, 64.0, 64.0]]
+
+
 def test_cascade_stages_match_at_rising_iou():
     config = tiny_config().model
     heads = CascadeRoIHeads(config, config.fpn_channels)
@@ -234,6 +310,9 @@ def test_drop_loss_masks_exactly_background_proposals_without_overlap():
     assert weights.tolist() == [0.0, 0.0, 1.0, 1.0, 1.0]
     assert L.drop_loss_weights(boxes, gt, labels, 0.0).tolist() == [1.0] * 5
     assert L.drop_loss_weights(boxes, torch.zeros((0, 4)), labels, 0.01).tolist() == [1.0] * 5
+    # the paper's rule drops IoU < threshold only: IoU exactly at it (100 / 200) keeps its loss
+    half = torch.tensor([[0.0, 0.0, 10.0, 20.0], [0.0, 0.0, 10.0, 21.0]])
+    assert L.drop_loss_weights(half, gt, torch.tensor([0, 0]), 0.5).tolist() == [1.0, 0.0]
 
 
 def test_classification_loss_with_drop_weights():
@@ -269,6 +348,21 @@ def test_mask_targets_crop_the_matched_mask():
     targets = L.mask_targets(masks, boxes, torch.tensor([0, 1]), 8)
     assert targets[0, :, :4].eq(1).all() and targets[0, :, 4:].eq(0).all()
     assert targets[1].eq(1).all()
+
+
+def test_mask_targets_are_aligned_and_thresholded_at_one_half():
+    """A 10-pixel box resampled to 4 bins (2.5 px each): the bin right of the mask's edge
+    holds a sliver of it (mean about 0.03) and must be 0, as Detectron2's ``>= 0.5``; the mask is
+    the box's left half, so the target is the grid's left half."""
+    masks = torch.zeros((1, 10, 10), dtype=torch.uint8)
+    masks[0, :, :5] = 1
+    box = torch.tensor([[0.0, 0.0, 10.0, 10.0]])
+    targets = L.mask_targets(masks, box, torch.tensor([0]), 4)
+    assert targets[0].tolist() == [[1.0, 1.0, 0.0, 0.0]] * 4
+    # one bin per pixel: half-pixel-aligned sampling (aligned=True) reads each pixel's centre,
+    # so the target is the mask itself (unaligned, the right half's column 4 would read 0.5)
+    right = 1 - masks
+    assert torch.equal(L.mask_targets(right, box, torch.tensor([0]), 10)[0], right[0].float())
 
 
 def _resnet10_state(width=16):

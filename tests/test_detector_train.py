@@ -72,6 +72,14 @@ def test_mean_teacher_warmup_follows_detectron2s_warmup_cosine():
     )
     assert schedule.learning_rate(140, config) == 0.0
     assert schedule.branch_weights(100, config) == (1.0, 2.0)  # the weights do not warm up
+    # a warm-up longer than the phase is cut to it: linear from 0.001 * base to c(40) = 0
+    longer = dataclasses.replace(
+        config, mean_teacher=dataclasses.replace(config.mean_teacher, warmup_iters=60)
+    )
+    assert schedule.learning_rate(120, longer) == pytest.approx(base * 0.001 * (1 - 20 / 40))
+    assert schedule.learning_rate(130, longer) == pytest.approx(base * 0.001 * (1 - 30 / 40))
+    # c(t) is clamped to [0, 1] outside [0, total]
+    assert schedule.cosine_factor(-5, 40) == 1.0 and schedule.cosine_factor(50, 40) == 0.0
 
 
 def test_branch_weights_cosine_schedule():
@@ -143,15 +151,35 @@ def test_teacher_targets_threshold_and_recompute_levels():
     assert empty["boxes"].shape == (0, 4) and empty["levels"].shape == (0,)
 
 
-def test_teacher_detections_with_empty_masks_stay_as_whole_objects():
+@pytest.mark.parametrize("low", [0.0, 0.4])
+def test_teacher_detections_with_empty_masks_stay_as_whole_objects(low):
     # the authors keep every detection above the threshold; an empty mask is a root (level 0)
     boxes = torch.tensor([[0.0, 0.0, 40.0, 40.0], [5.0, 5.0, 20.0, 20.0], [2.0, 2.0, 9.0, 9.0]])
     probs = torch.ones((3, 1, 28, 28))
-    probs[2] = 0.0  # nothing above 0.5: empty pasted mask
+    probs[2] = low  # nothing at or above 0.5: empty pasted mask
     detection = {"boxes": boxes, "scores": torch.tensor([0.9, 0.9, 0.9]), "mask_probs": probs}
     (target,) = teacher_targets([detection], [(64, 64)], score_threshold=0.7, cover=0.75)
     assert target["boxes"].tolist() == boxes.tolist()
     assert target["levels"].tolist() == [0, 1, 0]
+
+
+@pytest.mark.parametrize(("cover", "levels"), [(0.75, [0, 1]), (0.9, [0, 0])])
+def test_teacher_target_levels_use_the_cover_given(cover, levels):
+    """The levels come from the forest at ``cover`` (0.75 for the teacher, DESIGN.md 5), not
+    the pseudo-labels' 0.9: a 10 x 20 box with 16 of its 20 rows inside a 20 x 20 one has
+    coverage 0.8, a part at 0.75 and a whole at 0.9."""
+    boxes = torch.tensor([[0.0, 0.0, 20.0, 20.0], [0.0, 4.0, 10.0, 24.0]])
+    detection = {
+        "boxes": boxes,
+        "scores": torch.tensor([0.9, 0.9]),
+        "mask_probs": torch.ones(2, 1, 28, 28),
+    }
+    (target,) = teacher_targets([detection], [(40, 40)], score_threshold=0.7, cover=cover)
+    masks = np.zeros((2, 40, 40), dtype=bool)
+    masks[0, 0:20, 0:20] = True
+    masks[1, 4:24, 0:10] = True
+    assert target["levels"].tolist() == levels
+    assert target["levels"].tolist() == list(hassod.build_hierarchy(masks, cover=cover).level)
 
 
 def test_hierarchy_levels_of_a_batch_equal_each_image_alone():
@@ -498,6 +526,31 @@ def test_mean_teacher_starts_without_burn_in_momentum(synthetic, tmp_path):
             torch.testing.assert_close(buffer, expected, rtol=1e-6, atol=1e-8)
             checked += 1
     assert checked > 10
+
+
+def test_weight_decay_spares_only_the_normalisation_parameters():
+    """SGD's two groups: every trainable parameter of a normalisation layer with
+    ``weight_decay_norm`` (0, Detectron2's default), all others with ``weight_decay``."""
+    from hassod.detector.model import HassodDetector
+    from hassod.detector.training import _parameter_groups
+
+    config = tiny_config()
+    model = HassodDetector(config.model, "gn")
+    norm_types = (torch.nn.GroupNorm, torch.nn.BatchNorm2d, torch.nn.LayerNorm)
+    norm = {
+        id(p)
+        for m in model.modules()
+        if isinstance(m, norm_types)
+        for p in m.parameters(recurse=False)
+        if p.requires_grad
+    }
+    trainable = {id(p) for p in model.parameters() if p.requires_grad}
+    others, norms = _parameter_groups(model, config)
+    assert norm and config.weight_decay > 0 and config.weight_decay_norm == 0.0
+    assert others["weight_decay"] == config.weight_decay
+    assert norms["weight_decay"] == config.weight_decay_norm
+    assert {id(p) for p in norms["params"]} == norm
+    assert {id(p) for p in others["params"]} == trainable - norm
 
 
 def test_chunks_split_evenly_in_order():

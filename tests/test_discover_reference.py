@@ -413,3 +413,91 @@ def test_ensemble_refuses_masks_of_another_shape_or_unpaired_scores():
         ensemble([(0.1, masks, np.ones(3))], (4, 6))
     empty = ensemble([(0.1, [], []), (0.2, masks, np.ones(2))], (4, 6))
     assert empty.masks.shape == (1, 4, 6)  # the two empty masks are one exact duplicate
+
+
+# --------------------------------------------------------------------------------------------
+# Settings that must reach their step (the reference runs the defaults only)
+# --------------------------------------------------------------------------------------------
+
+
+def covered_pair() -> np.ndarray:
+    """A 100-pixel square and a 25-pixel one with 20 of its pixels inside it: cov = 0.8, so
+    the small one is a child at cover 0.75 and a root at 0.9."""
+    masks = np.zeros((2, 20, 20), dtype=bool)
+    masks[0, 0:10, 0:10] = True
+    masks[1, 6:11, 5:10] = True  # rows 6..9 inside, row 10 outside: 20 of 25
+    return masks
+
+
+@pytest.mark.parametrize(("cover", "parent"), [(0.9, [-1, -1]), (0.75, [-1, 0]), (0.8, [-1, 0])])
+def test_ensemble_builds_the_forest_at_the_cover_it_is_given(cover, parent):
+    """``cover`` (0.75 for teacher predictions) must reach the forest, not the 0.9 default."""
+    masks = covered_pair()
+    result = ensemble([(0.1, masks, np.ones(2))], masks.shape[1:], cover=cover)
+    assert result.parent.tolist() == parent
+    assert result.level.tolist() == [0, 0 if parent[1] < 0 else 1]
+    np.testing.assert_array_equal(result.parent, reference_hierarchy(masks, cover)[0])
+
+
+def test_a_region_at_exactly_the_keep_iou_is_kept(monkeypatch):
+    """Keep a region when IoU(before, after) >= keep_iou (DESIGN.md 3): 0.5 itself passes.
+
+    A stand-in CRF returns chosen marginals on a 4 x 4 grid that is also the CRF and the
+    original size (no resampling): region 0 keeps 4 of its 8 pixels (IoU 4 / 8 = 0.5), region
+    1 grows from 8 to 12 (IoU 8 / 12)."""
+    import hassod.postprocess as postprocess
+
+    labels = np.zeros((4, 4), dtype=np.int32)
+    labels[:, 2:] = 1
+    after = np.zeros((2, 4, 4), dtype=np.float32)
+    after[0, :2, :2] = 1.0
+    after[1] = 1.0 - after[0]
+    monkeypatch.setattr(postprocess, "dense_crf", lambda image, probs, params: after)
+    crf_image = np.zeros((4, 4, 3), dtype=np.uint8)
+    found = postprocess.crf_candidates(labels, crf_image, (4, 4))
+    assert found.agreement.tolist() == [0.5, 8 / 12]
+    assert found.regions.tolist() == [0, 1]
+    np.testing.assert_array_equal(found.masks, after >= 0.5)
+    strict = postprocess.crf_candidates(
+        labels, crf_image, (4, 4), filters=postprocess.FilterParams(keep_iou=0.6)
+    )
+    assert strict.regions.tolist() == [1]
+
+
+def test_filters_drop_empty_masks_even_without_an_area_limit():
+    """An empty mask is never a pseudo-label (DESIGN.md 3: "drop empty masks"), also when
+    min_area = 0 lets it through the area filter."""
+    from hassod.postprocess import FilterParams, filter_masks
+
+    masks = np.zeros((3, 12, 12), dtype=bool)
+    masks[1, 2:5, 3:9] = True
+    kept, indices = filter_masks(masks, FilterParams(min_area=0))
+    assert indices.tolist() == [1]
+    np.testing.assert_array_equal(kept, masks[1:2])
+
+
+def test_configured_filters_reach_both_discovery_paths():
+    """``DiscoveryConfig.filters`` applies from features and from a batch's CRF candidates
+    (:class:`hassod.discover.ThresholdCandidates`, the GPU path): with min_area above the image's
+    pixel count no mask can be left, while the defaults leave some, the same on both paths."""
+    from hassod.cluster import fast_cluster
+    from hassod.discover import ThresholdCandidates
+    from hassod.postprocess import FilterParams, crf_candidates
+
+    features = structured_features(30, 30, 64, seed=1)
+    image = rectangles_image(1, 30, 90, 120)
+    default = DiscoveryConfig(size=240)
+    too_big = dataclasses.replace(default, filters=FilterParams(min_area=90 * 120 + 1))
+    clusters = fast_cluster(features, default.thresholds)
+    crf_image = fixed_size(image, default.size)
+    candidates = ThresholdCandidates(
+        thresholds=tuple(float(t) for t in clusters.thresholds),
+        partitions=tuple(crf_candidates(each, crf_image, (90, 120)) for each in clusters.labels),
+    )
+    from_features = discover_from_features(image, features, default)
+    assert len(from_features.masks) > 0
+    np.testing.assert_array_equal(
+        discover_from_features(image, candidates, default).masks, from_features.masks
+    )
+    assert len(discover_from_features(image, features, too_big).masks) == 0
+    assert len(discover_from_features(image, candidates, too_big).masks) == 0

@@ -415,6 +415,10 @@ def test_read_image_converts_every_mode_to_rgb(messy):
     assert read_image(messy / "rotated.jpg").shape == (64, 48, 3)
     with pytest.raises(UnreadableImage, match="too large"):
         read_image(messy / "huge.png", max_pixels=1000)
+    # the limit is the largest image read: exactly 400 x 300 pixels pass, one fewer does not
+    assert read_image(messy / "huge.png", max_pixels=400 * 300).shape == (300, 400, 3)
+    with pytest.raises(UnreadableImage, match="too large"):
+        read_image(messy / "huge.png", max_pixels=400 * 300 - 1)
 
 
 @pytest.mark.parametrize(

@@ -470,6 +470,28 @@ def test_breakdown_by_threshold_and_level():
     assert "threshold 0.4" in table and "level part" in table and "labels/img" in table
 
 
+def test_breakdown_lists_predictions_without_a_threshold_as_their_own_row():
+    """Labels mixing pseudo-labels (with ``threshold``) and others: the others get a
+    "threshold none" row rather than silently missing from the by-threshold rows."""
+    boxes = [[(10, 10, 100, 100), (150, 20, 60, 60)]]
+    gt = dataset(boxes)
+    annotations = [
+        {"id": 1, "image_id": 10, "bbox": list(map(float, boxes[0][0])), "threshold": 0.1},
+        {"id": 2, "image_id": 10, "bbox": list(map(float, boxes[0][1]))},
+    ]
+    pseudo = {"images": gt["images"], "annotations": annotations}
+    result = evaluate(pseudo, gt, iou_types=["bbox"], breakdown=True)
+    rows = {(row["group"], row["name"]): row for row in result["breakdown"]}
+    assert list(rows) == [
+        ("threshold", "0.1"),
+        ("threshold", "none"),
+        ("all", "ensemble"),
+        ("level", "whole"),
+    ]
+    assert rows["threshold", "none"]["predictions"] == 1
+    assert rows["threshold", "none"]["bbox"]["AR@100"] == 0.5  # one of the two objects
+
+
 # ---------------------------------------------------------------------------------------------
 # Errors
 # ---------------------------------------------------------------------------------------------
@@ -825,16 +847,17 @@ def test_ground_truth_masks_must_match_their_images_size():
         load_ground_truth(gt)
 
 
+@pytest.mark.parametrize("size", [(100, 100), (130, 70), (70, 130)])
 @pytest.mark.parametrize(
     "box",
     [[10, -50, 20, 30], [-40, 10, 20, 30], [90, 95, 40, 40], [-5, -5, 200, 200], [3, 4, 5, 6]],
 )
-def test_box_only_annotations_become_the_box_clipped_to_the_image(box):
+def test_box_only_annotations_become_the_box_clipped_to_the_image(box, size):
     """A box partly or wholly outside the image covers exactly its pixels inside it (no
-    wrap-around of negative ends)."""
+    wrap-around of negative ends; rows clipped to the height, columns to the width)."""
     from hassod.labels import to_rle
 
-    height, width = 100, 100
+    height, width = size
     x, y, w, h = box
     expected = np.zeros((height, width), dtype=bool)
     for row in range(height):  # the plain reference: pixel by pixel
@@ -1040,3 +1063,72 @@ def test_evaluate_command_prints_ground_truth_warnings_as_lines(tmp_path, capsys
     assert main([*args, "--quiet"]) == 0
     err = capsys.readouterr().err
     assert "hassod evaluate: warning: ground truth" in err and "UserWarning" not in err
+
+
+# ---------------------------------------------------------------------------------------------
+# hassod.labels helpers (the reading rules every command shares)
+# ---------------------------------------------------------------------------------------------
+
+
+def test_level_of_reads_hier_level_first_then_level_and_clips_deeper_to_subpart():
+    from hassod.labels import level_of
+
+    assert level_of({"hier_level": 1, "level": 2}) == 1
+    assert level_of({"level": 2}) == 2
+    assert level_of({"hier_level": 0, "level": 2}) == 0
+    assert level_of({"hier_level": 7}) == 2
+    assert level_of({}) == 0
+
+
+def test_select_keeps_scores_at_the_threshold_and_the_best_masks():
+    """``score >= threshold`` (equal passes); ``max_masks`` keeps the highest scores, equal
+    scores in file order, the kept ones in file order."""
+    from hassod.labels import select
+
+    annotations = [{"id": i, "score": s} for i, s in enumerate([0.2, 0.9, 0.5, 0.9, 0.5])]
+    assert [a["id"] for a in select(annotations, score_threshold=0.5)] == [1, 2, 3, 4]
+    assert [a["id"] for a in select(annotations, max_masks=3)] == [1, 2, 3]
+    best = sorted(annotations, key=lambda a: -a["score"])[:3]  # the plain stable ranking
+    assert select(annotations, max_masks=3) == [a for a in annotations if a in best]
+    assert select(annotations, score_threshold=0.95) == []
+
+
+def test_mask_tree_skips_to_the_nearest_shown_ancestor_and_breaks_self_loops():
+    """A parent filtered out (by score, say) is replaced by its nearest ancestor that is
+    shown; a mask naming itself as parent is a root."""
+    from hassod.labels import mask_tree
+
+    chain = [
+        {"id": 1, "parent_id": None},
+        {"id": 2, "parent_id": 1},
+        {"id": 3, "parent_id": 2},
+        {"id": 4, "parent_id": 4},
+    ]
+    shown = [chain[0], chain[2], chain[3]]
+    assert mask_tree(shown, chain) == [-1, 0, -1]
+    assert mask_tree(chain, chain) == [-1, 0, 1, -1]
+
+
+def test_failure_of_matches_whole_path_components_only(tmp_path):
+    """``failed`` names a relative path: "a.jpg" is the reason for ".../a.jpg", not for
+    ".../xa.jpg"."""
+    from hassod.labels import failure_of, load_labels
+
+    labels = load_labels(
+        {
+            "images": [],
+            "annotations": [],
+            "failed": [{"file_name": "a.jpg", "reason": "empty file (0 bytes)"}],
+        }
+    )
+    assert failure_of(labels, tmp_path / "a.jpg") == "empty file (0 bytes)"
+    assert failure_of(labels, tmp_path / "xa.jpg") is None
+
+
+def test_labels_refuse_annotations_of_images_the_file_does_not_list():
+    from hassod.labels import load_labels
+
+    labels = dataset([[(10, 10, 60, 60)]])
+    labels["annotations"][0]["image_id"] = 99
+    with pytest.raises(InputError, match="image_id 99, which is not in the file's 'images'"):
+        load_labels(labels)

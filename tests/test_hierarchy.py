@@ -250,6 +250,13 @@ def check_forest_invariants(hierarchy) -> None:
         assert inter[child, parent] / areas[parent] < hierarchy.cover
         assert hierarchy.depth[child] == hierarchy.depth[parent] + 1
     np.testing.assert_array_equal(hierarchy.level, np.minimum(hierarchy.depth, 2))
+    # roots and children() read the parent array as a plain scan does (mask 0 is a parent
+    # often enough here that `parent <= 0` for roots would show)
+    parents = [int(p) for p in hierarchy.parent]
+    assert hierarchy.roots.tolist() == [i for i, p in enumerate(parents) if p == -1]
+    for index in range(len(parents)):
+        expected = [i for i, p in enumerate(parents) if p == index]
+        assert hierarchy.children(index).tolist() == expected
 
 
 # --------------------------------------------------------------------------------------------
@@ -937,10 +944,13 @@ def test_native_pixel_count_equals_the_decoded_runs_sum(mask, cut):
             check_rle({"size": list(mask.shape), "counts": counts}, "m")
 
 
-@pytest.mark.parametrize("counts", [[-1, 5], [2**32, 0], [0.9, 3.1], ["1", "3"]])
+@pytest.mark.parametrize("counts", [[-1, 5], [2**32, 0], [2**32 + 4], [0.9, 3.1], ["1", "3"]])
 def test_negative_or_huge_list_counts(counts):
+    # 2**32 + 4 wraps to 4 in uint32, the pixel count of the 2 x 2 mask: refused by its range
     with pytest.raises(ValueError, match="RLE"):
         hassod.coverage_matrix([{"size": [2, 2], "counts": counts}])
+    with pytest.raises(ValueError, match="RLE"):
+        check_rle({"size": [2, 2], "counts": counts}, "m")
 
 
 @pytest.mark.parametrize(

@@ -145,6 +145,29 @@ def test_each_mask_coloured_in_its_panels_only(legend):
                 assert np.array_equal(panel[mask], image[mask]), (depth, index)
 
 
+def test_smaller_masks_of_a_level_are_painted_over_larger_ones():
+    """Within a level, larger masks are painted first (level_figure's docstring), so a small
+    whole inside a large one keeps its own outline and is blended last, whatever the order
+    the masks are listed in."""
+    image = np.full((HEIGHT, WIDTH, 3), GREY, dtype=np.uint8)
+    masks = np.zeros((2, HEIGHT, WIDTH), dtype=bool)
+    masks[0, 40:60, 40:60] = True  # small, listed first
+    masks[1, 10:110, 10:150] = True  # large, around it
+    colours = np.array([[250, 0, 0], [0, 0, 250]], dtype=np.uint8)
+    figure = np.asarray(
+        level_figure(
+            image, masks, np.array([0, 0]), panel_height=HEIGHT, panels=(0,), colours=colours
+        )
+    )
+    whole = panel_slices(figure, WIDTH, 2)[1]
+    outline = _outline(masks[0], 1)
+    assert (whole[outline] == colours[0]).all()
+    under = 0.55 * GREY + 0.45 * colours[1].astype(np.float32)  # the large mask's blend
+    expected = (0.55 * under + 0.45 * colours[0].astype(np.float32)).astype(np.uint8)
+    interior = masks[0] & ~outline
+    assert np.abs(whole[interior].astype(int) - expected).max() <= 1
+
+
 def test_level_figure_resamples_to_the_panel_height():
     masks, levels, _ = scene_masks()
     image = np.full((HEIGHT, WIDTH, 3), GREY, dtype=np.uint8)
@@ -403,6 +426,12 @@ def test_report_page_files_tree_and_evaluation(scene, capsys):
     assert metrics["segm"]["AR@100"] == 1.0
     html = index.read_text(encoding="utf-8")
     assert "By merge threshold and level" in html and "threshold 0.4" in html
+    # masks per level, as a plain count of the labels' hier_level (the scene has every level)
+    per_level = [
+        sum(a["hier_level"] == level for a in scene["coco"]["annotations"]) for level in range(3)
+    ]
+    assert per_level == [3, 2, 1]
+    assert "6 masks (6.00 per image): 3 whole, 2 part, 1 subpart." in html
     assert not list(out.rglob(".*tmp"))
     assert main([*args, "--quiet"]) == 0
     assert "report:" not in capsys.readouterr().err
@@ -429,6 +458,32 @@ def test_report_results_list_tree_from_coverage_and_missing_images(scene):
     entries = [(int(overlay.rsplit("-", 1)[1]), depth) for overlay, depth in page.entries]
     assert entries == [(0, 1), (1, 2), (2, 3), (3, 1), (4, 2), (5, 1)]
     assert "gone.png" in summary.index.read_text(encoding="utf-8")
+
+
+def test_report_tree_without_parent_ids_uses_the_teacher_cover(scene):
+    """Without parent_id the tree is the coverage forest at 0.75 (module docstring): a mask
+    with 80% of its pixels inside a larger one is its child there (a root at 0.9)."""
+    image_id = scene["coco"]["images"][0]["id"]
+    large = np.zeros((HEIGHT, WIDTH), dtype=bool)
+    large[10:30, 10:30] = True  # 400 pixels
+    small = np.zeros((HEIGHT, WIDTH), dtype=bool)
+    small[14:34, 12:22] = True  # 200 pixels, rows 14..29 inside the large one: 160 of 200
+    assert (large & small).sum() / small.sum() == 0.8
+    results = [
+        {"image_id": image_id, "segmentation": encode_mask(mask), "score": 0.5}
+        for mask in (large, small)
+    ]
+    (scene["dir"] / "results.json").write_text(json.dumps(results))
+    (scene["dir"] / "images.json").write_text(json.dumps({"images": scene["coco"]["images"]}))
+    summary = write_report(
+        scene["images"],
+        scene["dir"] / "results.json",
+        scene["dir"] / "report",
+        images=scene["dir"] / "images.json",
+    )
+    page = read_page(summary.index)
+    entries = [(int(overlay.rsplit("-", 1)[1]), depth) for overlay, depth in page.entries]
+    assert entries == [(0, 1), (1, 2)]
 
 
 def test_report_errors(scene, capsys):
@@ -589,6 +644,16 @@ def test_show_refuses_an_absurd_panel_height(scene, capsys):
 def test_coco_helpers_refuse_bad_arguments_clearly(call, error, message):
     with pytest.raises(error, match=message):
         call()
+
+
+@pytest.mark.parametrize("file_name", ["a.png", "val2017/000000397133.jpg", "é/ü.JPG"])
+def test_image_ids_are_the_first_48_bits_of_the_file_names_sha256(file_name):
+    """Stable ids that stay exact in JavaScript (< 2**53): the first 6 bytes of the digest."""
+    import hashlib
+
+    digest = hashlib.sha256(file_name.encode("utf-8")).hexdigest()
+    assert image_id_for(file_name) == int(digest[:12], 16)
+    assert 0 < image_id_for(file_name) < 2**48
 
 
 def test_legend_of_an_image_without_masks_has_room_for_its_no_masks_line():
