@@ -355,7 +355,8 @@ def select(
     score_threshold: float | None = None,
     max_masks: int | None = None,
 ) -> list[dict]:
-    """Annotations with score >= ``score_threshold``, the ``max_masks`` best (stable by score)."""
+    """Annotations with score >= ``score_threshold``; of those, the ``max_masks`` best
+    (ties: the earlier first), returned in their input order (drawing order, tree order)."""
     if score_threshold is not None and not math.isfinite(score_threshold):
         raise ValueError(f"score_threshold must be a finite number, got {score_threshold}")
     if max_masks is not None and max_masks < 0:  # kept[:-1] would silently drop the last
