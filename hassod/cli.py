@@ -863,7 +863,8 @@ def run_merge_command(args: argparse.Namespace) -> int:
     from hassod import discover_run
 
     try:
-        coco = discover_run.merge_shards(args.inputs, args.out, args.allow_partial)
+        with _warnings_as_lines("merge-shards"):  # e.g. a damaged chunk of a shard folder
+            coco = discover_run.merge_shards(args.inputs, args.out, args.allow_partial)
     except discover_run.UsageError as error:
         print(f"hassod merge-shards: error: {error}", file=sys.stderr)
         return discover_run.EXIT_USAGE
@@ -951,7 +952,7 @@ def run_cluster(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
             **({"img_size": args.size} if args.size else {}),
         )
     except (FileNotFoundError, ValueError, RuntimeError) as error:
-        print(f"hassod: {error}", file=sys.stderr)
+        print(f"hassod cluster: error: {error}", file=sys.stderr)
         return 1
     size = args.size
     if size is not None:

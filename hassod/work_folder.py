@@ -20,9 +20,9 @@ import datetime as _dt
 import hashlib
 import json
 import os
-import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 from hassod._io import atomic_write_json
@@ -123,6 +123,7 @@ class WorkFolder:
         self.path = path
         self._lock_handle = None
         self._next_chunk: int | None = None  # found once, then counted here (no re-listing)
+        self._reported: set[Path] = set()  # unreadable chunks already warned about
 
     @property
     def manifest_path(self) -> Path:
@@ -220,7 +221,14 @@ class WorkFolder:
                 chunk_failed = list(chunk["failed"])
                 chunk_stamps = dict(chunk.get("stamps", {}))
             except (OSError, ValueError, KeyError, TypeError) as error:
-                print(f"hassod: ignoring unreadable chunk {path}: {error}", file=sys.stderr)
+                if path not in self._reported:  # a run loads the folder twice
+                    self._reported.add(path)
+                    warnings.warn(
+                        f"ignoring unreadable chunk {path} ({error}); its images are processed "
+                        "again",
+                        RuntimeWarning,
+                        stacklevel=2,
+                    )
                 continue
             for image, records in chunk_entries:
                 entries[image["file_name"]] = (image, records)

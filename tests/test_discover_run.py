@@ -192,6 +192,20 @@ def test_resume_after_an_interrupt_is_byte_identical(
     assert out.read_bytes() == reference.read_bytes()
 
 
+def test_an_unreadable_chunk_is_a_warning_line_and_its_images_are_redone(
+    reference, photos, tmp_path, capsys
+):
+    out = tmp_path / "pseudo.json"
+    assert _discover(photos, out, "--chunk-size", "1") == 0
+    chunk = sorted(Path(str(out) + ".parts").glob("chunk-*.json"))[0]
+    chunk.write_text("{damaged")
+    capsys.readouterr()
+    assert _discover(photos, out) == 0
+    err = capsys.readouterr().err
+    assert err.count(f"hassod discover: warning: ignoring unreadable chunk {chunk}") == 1
+    assert out.read_bytes() == reference.read_bytes()
+
+
 def test_resumed_progress_bar_counts_the_whole_listing(photos, tmp_path, capsys):
     out = tmp_path / "pseudo.json"
     assert _discover(photos, out, "--limit", "2") == 0
@@ -261,6 +275,13 @@ def test_two_shards_merged_equal_a_single_run(reference, photos, tmp_path, monke
     folders = sorted(Path(str(out) + ".parts").glob("shard-*"))
     assert main(["merge-shards", *map(str, folders), "--out", str(merged)]) == 0
     assert merged.read_bytes() == reference.read_bytes()
+    damaged = sorted(folders[0].glob("chunk-*.json"))[0]
+    damaged.write_text("{damaged")
+    capsys.readouterr()
+    assert main(["merge-shards", *map(str, folders), "--out", str(merged)]) == 0
+    err = capsys.readouterr().err
+    assert f"hassod merge-shards: warning: ignoring unreadable chunk {damaged}" in err
+    assert len(json.loads(merged.read_text())["images"]) < len(all_names)
 
     # An incomplete set, and shards made with other settings, are refused.
     assert main(["merge-shards", str(shard_files[0]), "--out", str(merged)]) == 2
@@ -918,5 +939,7 @@ def test_merge_shards_names_what_a_wrong_file_is(tmp_path, capsys, content, mess
     out = str(tmp_path / "m.json")
     assert main(["merge-shards", str(path), "--out", out, "--allow-partial"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("hassod merge-shards: error: ") and len(err.splitlines()) == 1
-    assert re.search(message, err), err
+    lines = err.splitlines()  # warnings first, as lines too (no Python source lines)
+    assert lines[-1].startswith("hassod merge-shards: error: ")
+    assert all(line.startswith("hassod merge-shards: ") for line in lines), err
+    assert re.search(message, lines[-1]), err
