@@ -453,8 +453,7 @@ def test_breakdown_by_threshold_and_level():
         },
     ]
     pseudo = {"images": [image], "annotations": annotations}
-    result = evaluate(pseudo, gt, iou_types=["bbox"], breakdown=True)
-    rows = {(row["group"], row["name"]): row for row in result["breakdown"]}
+    result, rows = _bbox_breakdown(pseudo, gt)
     assert list(rows) == [
         ("threshold", "0.1"),
         ("threshold", "0.4"),
@@ -470,6 +469,12 @@ def test_breakdown_by_threshold_and_level():
     assert "threshold 0.4" in table and "level part" in table and "labels/img" in table
 
 
+def _bbox_breakdown(pseudo: dict, gt: dict) -> tuple[dict, dict]:
+    """evaluate()'s box breakdown and its rows by (group, name), in their order."""
+    result = evaluate(pseudo, gt, iou_types=["bbox"], breakdown=True)
+    return result, {(row["group"], row["name"]): row for row in result["breakdown"]}
+
+
 def test_breakdown_lists_predictions_without_a_threshold_as_their_own_row():
     """Labels mixing pseudo-labels (with ``threshold``) and others: the others get a
     "threshold none" row rather than silently missing from the by-threshold rows."""
@@ -480,8 +485,7 @@ def test_breakdown_lists_predictions_without_a_threshold_as_their_own_row():
         {"id": 2, "image_id": 10, "bbox": list(map(float, boxes[0][1]))},
     ]
     pseudo = {"images": gt["images"], "annotations": annotations}
-    result = evaluate(pseudo, gt, iou_types=["bbox"], breakdown=True)
-    rows = {(row["group"], row["name"]): row for row in result["breakdown"]}
+    _, rows = _bbox_breakdown(pseudo, gt)
     assert list(rows) == [
         ("threshold", "0.1"),
         ("threshold", "none"),
