@@ -151,6 +151,36 @@ def test_teacher_targets_threshold_and_recompute_levels():
     assert empty["boxes"].shape == (0, 4) and empty["levels"].shape == (0,)
 
 
+def test_teacher_targets_drop_empty_boxes_and_keep_the_rpn_loss_finite():
+    """A box clipped to zero width or height is no target (Detectron2 drops empty annotation
+    boxes): kept, it would make every anchor positive with an infinite RPN box loss."""
+    boxes = torch.tensor(
+        [
+            [0.0, 0.0, 40.0, 40.0],
+            [63.0, 5.0, 63.0, 20.0],  # zero width: clipped at the right border
+            [5.0, 30.0, 20.0, 30.0],  # zero height
+            [5.0, 5.0, 20.0, 20.0],
+        ]
+    )
+    detection = {
+        "boxes": boxes,
+        "scores": torch.full((4,), 0.9),
+        "mask_probs": torch.ones(4, 1, 28, 28),
+    }
+    (target,) = teacher_targets([detection], [(64, 64)], score_threshold=0.7, cover=0.75)
+    assert target["boxes"].tolist() == boxes[[0, 3]].tolist()
+    assert target["scores"].shape == (2,) and target["levels"].tolist() == [0, 1]
+
+    model = hassod.detector.build_detector(tiny_config().model)
+    model.train()
+    torch.manual_seed(0)
+    images = [torch.randint(0, 255, (3, 64, 64), dtype=torch.uint8)]
+    degenerate = [{"boxes": boxes[1:2], "levels": torch.zeros(1, dtype=torch.int64)}]
+    assert not math.isfinite(model(images, degenerate)["loss_rpn_box"].item())  # the hazard
+    kept = [{"boxes": target["boxes"], "levels": target["levels"]}]
+    assert all(math.isfinite(value.item()) for value in model(images, kept).values())
+
+
 @pytest.mark.parametrize("low", [0.0, 0.4])
 def test_teacher_detections_with_empty_masks_stay_as_whole_objects(low):
     # the authors keep every detection above the threshold; an empty mask is a root (level 0)
@@ -235,6 +265,38 @@ def test_overfit_thirty_iterations_lowers_the_loss(synthetic, tmp_path):
     )
     assert all(math.isfinite(v) for v in losses)
     assert last < 0.7 * first
+
+
+@pytest.mark.parametrize(("pattern", "diverges"), [("nnn", True), ("nnfnnfnn", False)])
+def test_a_run_of_non_finite_losses_stops_training(
+    synthetic, tmp_path, monkeypatch, pattern, diverges
+):
+    """Steps with a non-finite loss are skipped; MAX_NONFINITE_STEPS of them in a row stop the
+    run (Diverged, naming the iterations) instead of going on without learning."""
+    import hassod.detector.training as training
+
+    monkeypatch.setattr(training, "MAX_NONFINITE_STEPS", 3)
+    config = tiny_config(iterations=len(pattern))
+    trainer = _trainer(synthetic, tmp_path, config)
+    branches = trainer.wrapped
+    calls = iter(pattern)
+
+    def losses(*args, **kwargs):
+        pseudo, taught = branches(*args, **kwargs)
+        if next(calls) == "n":
+            name = next(iter(pseudo))
+            pseudo = {**pseudo, name: pseudo[name] * float("nan")}
+        return pseudo, taught
+
+    monkeypatch.setattr(trainer, "wrapped", losses)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if diverges:
+            with pytest.raises(training.Diverged, match="iterations 0-2 all had non-finite"):
+                trainer.fit()
+        else:
+            assert trainer.fit().iterations_done == len(pattern)
+    trainer.close()
 
 
 def test_micro_batches_accumulate_one_step(synthetic, tmp_path):

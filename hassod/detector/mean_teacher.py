@@ -96,14 +96,23 @@ def teacher_targets(
         cover: coverage threshold of the forest the levels are recomputed with.
 
     Returns dicts with ``boxes`` (K, 4), ``levels`` (K,) int64 and ``scores`` (K,), one entry
-    per detection above the threshold. A detection whose pasted mask is empty at 0.5 is kept
+    per detection above the threshold whose box has both sides > 1e-5. An empty box (clipping
+    at the image border can leave one) is dropped, as Detectron2 drops empty annotation boxes:
+    it has IoU 0 with every anchor, so the RPN's low-quality matching makes every anchor
+    positive with an infinite regression target, and the step would be skipped. (The authors'
+    ``threshold_bbox`` keeps such boxes.) A detection whose pasted mask is empty at 0.5 is kept
     for its box: in the forest it is a root that covers nothing, i.e. a whole object, as in
     the authors' ``build_tree_and_assign_levels`` (its coverage 0/0 is NaN, never >= cover).
     """
     targets, masks = [], []
     for detection, size in zip(detections, image_sizes):
-        keep = detection["scores"] > score_threshold
-        boxes = detection["boxes"][keep].float()
+        boxes = detection["boxes"].float()
+        keep = (
+            (detection["scores"] > score_threshold)
+            & ((boxes[:, 2] - boxes[:, 0]) > 1e-5)
+            & ((boxes[:, 3] - boxes[:, 1]) > 1e-5)
+        )
+        boxes = boxes[keep]
         targets.append({"boxes": boxes, "scores": detection["scores"][keep]})
         masks.append(paste_masks(detection["mask_probs"][keep], boxes, tuple(size), 0.5))
     for target, levels in zip(targets, hierarchy_levels(masks, cover)):

@@ -26,7 +26,8 @@ def cosine_factor(step: float, total: float) -> float:
 
 def learning_rate(iteration: int, config: TrainConfig) -> float:
     """The LR of ``iteration`` (0-based). A Mean Teacher warm-up longer than the phase is
-    cut to the phase (Detectron2's scheduler would refuse it)."""
+    cut to the phase, as the authors' Detectron2 scheduler cuts it
+    (``min(warmup / max_iter, 1)``)."""
     mean_teacher = config.mean_teacher
     if iteration >= config.iterations and mean_teacher.iterations:
         step, total = iteration - config.iterations, mean_teacher.iterations

@@ -46,6 +46,8 @@ from hassod.detector.metrics import MetricsWriter
 from hassod.detector.model import HassodDetector, build_detector
 
 CHECKPOINT_DIR = "checkpoints"
+# Steps skipped in a row for a non-finite loss after which the run counts as diverged.
+MAX_NONFINITE_STEPS = 100
 
 
 def rank_gpu(local_rank: int, visible: int) -> int:
@@ -60,6 +62,10 @@ class Interrupted(RuntimeError):
     def __init__(self, message: str, result: TrainResult):
         super().__init__(message)
         self.result = result
+
+
+class Diverged(RuntimeError):
+    """Every one of the last MAX_NONFINITE_STEPS steps had a non-finite loss."""
 
 
 @dataclass
@@ -298,6 +304,7 @@ class Trainer:
             self.wrapped = _Branches(model)
         self.batches = TrainBatches(labels, config, self.dist.rank, self.dist.world_size)
         self._stop_signal = None
+        self.nonfinite_in_a_row = 0  # the same on every process: they skip together
 
     # ----------------------------------------------------------------- state
     def _restore(self, payload: dict) -> None:
@@ -448,8 +455,10 @@ class Trainer:
         if not distributed.all_true(math.isfinite(total_value), self.dist, self.device):
             self.optimizer.zero_grad(set_to_none=True)
             metrics["grad_norm"] = float("nan")
+            self.nonfinite_in_a_row += 1
             warnings.warn(f"iteration {iteration}: non-finite loss, step skipped", stacklevel=2)
             return metrics
+        self.nonfinite_in_a_row = 0
         self.scaler.unscale_(self.optimizer)
         params = [p for group in self.optimizer.param_groups for p in group["params"]]
         metrics["grad_norm"] = float(clip_gradients_per_parameter(params, config.clip_grad_norm))
@@ -555,6 +564,14 @@ class Trainer:
                     self.skipped.setdefault(name, reason)
                 step_start = time.perf_counter()
                 metrics = self.step(iteration, batch)
+                if self.nonfinite_in_a_row >= MAX_NONFINITE_STEPS:
+                    last = ckpt.last_checkpoint(self.out_dir / CHECKPOINT_DIR)
+                    raise Diverged(
+                        f"the run diverged: iterations {iteration + 1 - self.nonfinite_in_a_row}"
+                        f"-{iteration} all had non-finite losses and were skipped; the last "
+                        f"checkpoint is {last if last is not None else 'none'} (resume from it "
+                        "with a lower learning rate, or check the pseudo-labels)"
+                    )
                 metrics["seconds_per_iteration"] = time.perf_counter() - step_start + data_seconds
                 metrics["data_seconds"] = data_seconds
                 # a signal may reach the processes in different iterations: all stop together
@@ -640,8 +657,9 @@ def train(config: TrainConfig, pseudo_json, image_root, out_dir, **options: Any)
     ``distributed_mode``).
 
     Returns a :class:`TrainResult`; raises TypeError / ValueError for a bad setting (naming
-    it), :class:`hassod.detector.data.DataError` for unusable input and :class:`Interrupted`
-    (after saving) on SIGINT/SIGTERM.
+    it), :class:`hassod.detector.data.DataError` for unusable input, :class:`Interrupted`
+    (after saving) on SIGINT/SIGTERM and :class:`Diverged` after ``MAX_NONFINITE_STEPS``
+    steps in a row skipped for a non-finite loss.
     """
     check_config(config)  # a NaN LR or a zero log period would fail only after training
     check_run_folder(out_dir, options.get("resume", False))  # before reading a large JSON
