@@ -183,7 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--amp",
         default="off",
         choices=["off", "bf16", "fp16"],
-        help="autocast the backbone on CUDA (default off: fp32, the reference features)",
+        help="autocast the backbone on CUDA (default off: fp32, the reference features; the "
+        "patch embedding's convolution in TF32 on Ampere and newer, torch's default)",
     )
     discover.add_argument(
         "--workers",
@@ -991,8 +992,8 @@ def run_cluster(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
 
 
 def _read_image(path: str | None, parser: argparse.ArgumentParser):
-    import numpy as np
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    """The image decoded as ``discover`` decodes it (EXIF, 16-bit scaling, any PIL mode)."""
+    from hassod.discover import UnreadableImage, read_image
 
     if path is None:
         import skimage.data
@@ -1002,11 +1003,10 @@ def _read_image(path: str | None, parser: argparse.ArgumentParser):
     if not file.is_file():
         parser.error(f"image not found: {file}")
     try:
-        with Image.open(file) as opened:
-            image = ImageOps.exif_transpose(opened).convert("RGB")
-    except (UnidentifiedImageError, OSError) as error:
+        image = read_image(file, None)
+    except UnreadableImage as error:
         parser.error(f"cannot read image {file}: {error}")
-    return np.asarray(image), file.stem
+    return image, file.stem
 
 
 def _writable_file(path: Path, parser: argparse.ArgumentParser, option: str = "--out") -> Path:

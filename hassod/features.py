@@ -163,6 +163,8 @@ def load_vit(
         state_dict, source = _timm_pretrained_state_dict(name), "timm-pretrained"
     if state_dict is not None:
         load_backbone_state_dict(model, state_dict, name=name)
+        if weights is not None:
+            _warn_if_untagged_dino(name, state_dict)
     model.eval().requires_grad_(False)
     model.hassod_weights = source
     return model.to(device)
@@ -276,6 +278,41 @@ def _backbone_hint(state_dict: Mapping[str, Any]) -> str:
     else:
         suggestion = f"vit_{size}_patch{patch}_224.dino"
     return f"; the file looks like {looks}: try --backbone {suggestion}"
+
+
+# timm's DINO v1 models, by name without the ``.dino`` tag that selects their settings.
+_DINO_V1_ARCHITECTURES = (
+    "vit_small_patch16_224",
+    "vit_small_patch8_224",
+    "vit_base_patch16_224",
+    "vit_base_patch8_224",
+)
+
+
+def _warn_if_untagged_dino(name: str, checkpoint: Mapping[str, Any]) -> None:
+    """Warn when weights without a classifier (DINO's release has none; timm's supervised
+    weights have one) go into a DINO v1 architecture named without ``.dino``: the name, not
+    the file, selects the paper's raw keys and DINO's position-table resize."""
+    if name not in _DINO_V1_ARCHITECTURES:
+        return
+    state: Mapping[str, Any] = checkpoint
+    while True:
+        wrapper = next((key for key in _WRAPPER_KEYS if isinstance(state.get(key), Mapping)), None)
+        if wrapper is None:
+            break
+        state = state[wrapper]
+    keys = {str(key) for key in state}
+    if any(key == "head.weight" or key.endswith(".head.weight") for key in keys):
+        return
+    import warnings
+
+    warnings.warn(
+        f"weights without a classifier head loaded into {name!r}: if they are DINO's, name the "
+        f"backbone {name}.dino for the paper's settings (raw keys, DINO's position-table "
+        "resize); names without .dino centre the keys and resize positions plainly",
+        UserWarning,
+        stacklevel=3,
+    )
 
 
 def _read_checkpoint(path: Path) -> Mapping[str, Any]:

@@ -80,6 +80,36 @@ def test_cluster_corrupt_image_is_a_usage_error(tmp_path, capsys):
     assert "cannot read image" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("mode", ["I;16", "I", "F", "CMYK", "P"])
+def test_cluster_reads_images_as_discover_does(tmp_path, mode):
+    """``cluster`` previews the picture ``discover`` will use: a 16-bit image is scaled to 8
+    bits (PIL's convert("RGB") would clip it to white), any other mode converted alike."""
+    import argparse
+
+    from hassod.cli import _read_image
+    from hassod.detector.predict import _as_array
+    from hassod.discover import read_image
+
+    ramp = np.linspace(0, 1, 32 * 48, dtype=np.float64).reshape(32, 48)
+    if mode == "F":
+        image = Image.fromarray(ramp.astype(np.float32), mode="F")
+        path = tmp_path / "image.tif"
+    elif mode.startswith("I"):
+        image = Image.fromarray((ramp * 65535).astype(np.uint16))
+        image = image if mode == "I;16" else image.convert("I")
+        path = tmp_path / "image.png" if mode == "I;16" else tmp_path / "image.tif"
+    else:
+        image = Image.fromarray((ramp * 255).astype(np.uint8)).convert(mode)
+        path = tmp_path / ("image.jpg" if mode == "CMYK" else "image.png")
+    image.save(path)
+    expected = read_image(path, None)
+    pixels, name = _read_image(str(path), argparse.ArgumentParser())
+    assert name == "image" and pixels.dtype == np.uint8 and np.array_equal(pixels, expected)
+    assert 100 < expected.mean() < 155  # a ramp, not clipped to white
+    with Image.open(path) as opened:  # predict converts PIL images the same way
+        assert np.array_equal(_as_array(opened), expected)
+
+
 def test_cluster_bad_thresholds_is_a_usage_error(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["cluster", *SMALL, "--random-weights", "--thresholds", "1.5"])

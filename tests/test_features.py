@@ -826,3 +826,22 @@ def test_random_weights_are_the_same_network_every_time_and_leave_the_rng_alone(
     assert first.keys() == second.keys()
     assert all(torch.equal(first[key], second[key]) for key in first)
     assert any(tensor.float().std() > 0 for tensor in first.values())  # random, not constant
+
+
+def test_dino_weights_in_an_untagged_dino_architecture_warn(tmp_path):
+    """The backbone's name, not the file, selects the paper's settings: DINO-like weights (no
+    classifier head) loaded under a name without ``.dino`` get a warning naming the tag."""
+    import warnings
+
+    name = "vit_small_patch16_224"
+    state = features.load_vit(f"{name}.dino", random_weights=True, img_size=32).state_dict()
+    path = tmp_path / "dino_deitsmall16_pretrain.pth"
+    torch.save(state, path)
+    with pytest.warns(UserWarning, match=r"name the backbone vit_small_patch16_224\.dino"):
+        features.load_vit(name, path, img_size=32)
+    supervised = {**state, "head.weight": torch.zeros(10, 384), "head.bias": torch.zeros(10)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        features.load_vit(f"{name}.dino", path, img_size=32)  # tagged: the paper's settings
+        features.load_vit(name, {"model": supervised}, img_size=32)  # a classifier: not DINO's
+        features.load_vit(name, random_weights=True, img_size=32)  # no file

@@ -261,8 +261,10 @@ def _as_array(image) -> np.ndarray:
         from hassod.discover import read_image
 
         return read_image(image, None)
-    if hasattr(image, "convert"):  # PIL
-        return np.asarray(image.convert("RGB"))
+    if hasattr(image, "convert"):  # PIL: any mode, converted as stage 1 converts it
+        from hassod.features import _pil_to_rgb
+
+        return np.asarray(_pil_to_rgb(image))
     return np.asarray(image)
 
 
