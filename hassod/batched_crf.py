@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from hassod.crf_torch import CrfBatch
-from hassod.postprocess import CrfCandidates, CrfParams, FilterParams
+from hassod.postprocess import CrfCandidates, CrfParams, FilterParams, upsampled_masks
 
 
 def crf_candidates_batch(
@@ -145,13 +145,5 @@ def _candidates(
     )
     agreement = np.divide(intersection, union, out=np.zeros(len(union)), where=union > 0)
     kept = np.flatnonzero(agreement >= keep_iou)
-    height, width = (int(v) for v in original_size)
-    if len(kept):
-        index = torch.from_numpy(kept).to(after.device)
-        resized = torch.nn.functional.interpolate(
-            after[index][None], size=(height, width), mode="bilinear"
-        )[0]
-        masks = (resized >= 0.5).cpu().numpy()
-    else:
-        masks = np.zeros((0, height, width), dtype=bool)
+    masks = upsampled_masks(after[torch.from_numpy(kept).to(after.device)], original_size)
     return CrfCandidates(masks=masks, regions=kept, agreement=agreement)

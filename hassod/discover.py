@@ -31,8 +31,9 @@ from hassod.postprocess import (
 DEFAULT_BACKBONE = "vit_base_patch8_224.dino"  # DINO ViT-B/8, the paper's
 DEFAULT_SIZE = 480  # images are resized to 480 x 480 (aspect ratio ignored)
 #: Largest image read by default, in pixels (width x height), e.g. 8000 x 5000. Post-processing
-#: holds a few float32 copies of every kept region at the original size (about
-#: 4 bytes x regions x pixels each), so memory grows with this; raise it deliberately.
+#: holds every kept region's mask at the original size as bool (1 byte x regions x pixels, a
+#: few copies of it as masks go through the filters, the ensemble and the hierarchy, plus
+#: 256 MB of float32 while upsampling), so memory grows with this; raise it deliberately.
 DEFAULT_MAX_PIXELS = 40_000_000
 
 

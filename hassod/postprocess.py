@@ -109,6 +109,34 @@ def upsample(masks: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return resized[0].numpy()
 
 
+# Float32 bytes of marginals upsampled at once to the original size: caps the intermediate
+# (85 regions of a 40-megapixel image would otherwise take 13.6 GB) without changing a pixel.
+UPSAMPLE_CHUNK_BYTES = 1 << 28
+
+
+def upsampled_masks(marginals, size: tuple[int, int]) -> np.ndarray:
+    """(K, h, w) marginals (NumPy, or a torch tensor on any device) -> (K, H, W) bool: bilinear
+    :func:`upsample` to ``size``, then ``>= 0.5``, a few regions at a time (each region is
+    resized alone, so the result does not depend on the chunking)."""
+    import torch
+
+    height, width = (int(v) for v in size)
+    if height <= 0 or width <= 0:
+        raise ValueError(f"size must be positive, got {size}")
+    if not isinstance(marginals, torch.Tensor):
+        marginals = torch.from_numpy(np.ascontiguousarray(marginals, dtype=np.float32))
+    if marginals.ndim != 3:
+        raise ValueError(f"marginals must have shape (K, h, w), got {tuple(marginals.shape)}")
+    masks = np.zeros((marginals.shape[0], height, width), dtype=bool)
+    step = max(1, UPSAMPLE_CHUNK_BYTES // (4 * height * width))
+    for start in range(0, marginals.shape[0], step):
+        resized = torch.nn.functional.interpolate(
+            marginals[None, start : start + step].float(), size=(height, width), mode="bilinear"
+        )[0]
+        masks[start : start + step] = (resized >= 0.5).cpu().numpy()
+    return masks
+
+
 def dense_crf(
     image: np.ndarray,
     probs: np.ndarray,
@@ -203,10 +231,13 @@ def filter_masks(
         raise ValueError(f"masks must have shape (K, H, W), got {masks.shape}")
     keep = (masks.sum(axis=(1, 2)) >= params.min_area) & (corner_count(masks) <= params.max_corners)
     indices = np.flatnonzero(keep)
-    kept = masks[indices]
+    kept = masks[indices]  # a copy: the holes are filled in place, one mask at a time
     if params.fill_holes:
-        kept = np.stack([binary_fill_holes(mask) for mask in kept]) if len(kept) else kept
+        for mask in kept:
+            binary_fill_holes(mask, output=mask)
     nonempty = kept.any(axis=(1, 2))  # (not reshape(K, -1): K = 0 is allowed)
+    if nonempty.all():
+        return kept, indices
     return kept[nonempty], indices[nonempty]
 
 
@@ -248,7 +279,7 @@ def crf_candidates(
     after = dense_crf(crf_image, before, crf)
     agreement = crf_agreement(before, after)
     kept_regions = np.flatnonzero(agreement >= filters.keep_iou)
-    at_original = upsample(after[kept_regions], original_size) >= 0.5
+    at_original = upsampled_masks(after[kept_regions], original_size)
     return CrfCandidates(masks=at_original, regions=kept_regions, agreement=agreement)
 
 

@@ -501,3 +501,25 @@ def test_configured_filters_reach_both_discovery_paths():
     )
     assert len(discover_from_features(image, features, too_big).masks) == 0
     assert len(discover_from_features(image, candidates, too_big).masks) == 0
+
+
+@pytest.mark.parametrize("regions_per_chunk", [1, 2, 3, 100])
+def test_marginals_upsampled_in_chunks_equal_the_whole_stack(monkeypatch, regions_per_chunk):
+    """The original-size masks are made a few regions at a time (bounded memory on large
+    images); each region resizes alone, so the masks equal the whole stack's, pixel for pixel."""
+    import hassod.postprocess as postprocess
+
+    rng = np.random.default_rng(regions_per_chunk)
+    height, width = 37, 53
+    monkeypatch.setattr(postprocess, "UPSAMPLE_CHUNK_BYTES", 4 * height * width * regions_per_chunk)
+    marginals = rng.random((7, 12, 16), dtype=np.float32)
+    expected = postprocess.upsample(marginals, (height, width)) >= 0.5
+    got = postprocess.upsampled_masks(marginals, (height, width))
+    assert got.dtype == bool and np.array_equal(got, expected)
+    assert postprocess.upsampled_masks(marginals[:0], (height, width)).shape == (0, height, width)
+    labels, image, size = filter_cases()["photo"]
+    crf_image = fixed_size(image, size)
+    chunked = masks_for_partition(labels[1], crf_image, image.shape[:2], crf_params("native"))
+    monkeypatch.setattr(postprocess, "UPSAMPLE_CHUNK_BYTES", 1 << 40)
+    whole = masks_for_partition(labels[1], crf_image, image.shape[:2], crf_params("native"))
+    assert len(whole.masks) > 1 and np.array_equal(chunked.masks, whole.masks)
