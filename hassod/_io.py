@@ -109,6 +109,27 @@ def atomic_write_file(
         write(handle)
 
 
+def json_signature(description: str) -> bytes:
+    """How a compact JSON written by :func:`atomic_write_json` begins when its first key is
+    ``info`` and ``info``'s first key is ``description``."""
+    return ('{"info":{"description":' + json.dumps(description)).encode("utf-8")
+
+
+def foreign_file(path: str | os.PathLike, signatures: tuple[bytes, ...]) -> bool:
+    """True when ``path`` is a non-empty file whose first bytes (after white space) begin with
+    none of ``signatures``: another program's file, which an output must not replace (a
+    mistyped ``--out`` would otherwise destroy, say, a ground-truth JSON). A file that cannot be
+    read counts as foreign."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(4096).lstrip()
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        return False
+    except OSError:
+        return True
+    return bool(head) and not head.startswith(signatures)
+
+
 def atomic_write_json(
     path: str | os.PathLike, value: Any, *, fsync: bool = True, parents: bool = False
 ) -> None:

@@ -877,12 +877,17 @@ def run_merge_command(args: argparse.Namespace) -> int:
 
 
 def run_sa1b_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from hassod._io import atomic_write_json
+    from hassod._io import atomic_write_json, foreign_file, json_signature
     from hassod._progress import progress_bar
     from hassod.labels import InputError
-    from hassod.sa1b import sa1b_files, sa1b_to_coco
+    from hassod.sa1b import SA1B_DESCRIPTION, sa1b_files, sa1b_to_coco
 
     _writable_file(args.out, parser)
+    if foreign_file(args.out, (json_signature(SA1B_DESCRIPTION),)):
+        parser.error(
+            f"--out {args.out} exists and is not a ground truth that sa1b-to-coco wrote; "
+            "refusing to replace it: choose another --out (or delete the file first)"
+        )
     try:
         files = sa1b_files(args.folder)
         bar = progress_bar(
@@ -905,6 +910,17 @@ def run_demo_command(args: argparse.Namespace, parser: argparse.ArgumentParser) 
     config = _discovery_config(args, parser)
     out_dir = _writable_dir(args.out, parser)
     images_dir = out_dir / "images"
+    demo_files = {f"{name}.png" for name in discover_run.DEMO_IMAGES}
+    if images_dir.is_dir():  # the demo labels every image there: only its own photos
+        from hassod.image_folder import list_images
+
+        others = [name for name in list_images(images_dir) if name not in demo_files]
+        if others:
+            parser.error(
+                f"{images_dir} holds images that are not the demo's ({others[0]!r}"
+                f"{f' and {len(others) - 1} more' if len(others) > 1 else ''}); give the demo a "
+                "new or empty --out folder"
+            )
     discover_run.write_demo_images(images_dir)
     options = discover_run.RunOptions(
         images_dir=images_dir,

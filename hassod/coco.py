@@ -14,6 +14,17 @@ import numpy as np
 
 CATEGORY = {"id": 1, "name": "object", "supercategory": "object"}  # class-agnostic
 LEVEL_NAMES = ("whole", "part", "subpart")
+#: ``info.description`` of stage-1 pseudo-label JSONs; outputs that begin otherwise are not
+#: replaced (:func:`is_foreign_output`).
+PSEUDO_LABEL_DESCRIPTION = "HASSOD stage-1 pseudo-labels (class-agnostic, hierarchical)"
+
+
+def is_foreign_output(path) -> bool:
+    """True when ``path`` exists and is not a pseudo-label JSON that hassod wrote (see
+    :func:`hassod._io.foreign_file`): discovery and merging must not replace it."""
+    from hassod._io import foreign_file, json_signature
+
+    return foreign_file(path, (json_signature(PSEUDO_LABEL_DESCRIPTION),))
 
 
 def image_id_for(file_name: str) -> int:

@@ -63,8 +63,8 @@ import numpy as np
 
 from hassod._io import atomic_write_json
 from hassod.cluster import fast_cluster, fast_cluster_batch
-from hassod.coco import LEVEL_NAMES, assemble
-from hassod.demo import write_demo_images, write_level_figures
+from hassod.coco import LEVEL_NAMES, assemble, is_foreign_output
+from hassod.demo import DEMO_IMAGES, write_demo_images, write_level_figures
 from hassod.discover import (
     DEFAULT_MAX_PIXELS,
     DiscoveryConfig,
@@ -121,6 +121,7 @@ __all__ = [
     "output_paths",
     "parse_shard",
     "shard_from_env",
+    "DEMO_IMAGES",
     "write_demo_images",
     "write_level_figures",
 ]
@@ -449,6 +450,11 @@ def run_discover(options: RunOptions) -> RunSummary:
     if not images_dir.is_dir():
         raise UsageError(f"images folder not found: {images_dir}")
     json_path, parts_dir = output_paths(out, shard)
+    if is_foreign_output(json_path):
+        raise UsageError(
+            f"--out {json_path} exists and is not a pseudo-label JSON of hassod; refusing to "
+            "replace it: choose another --out (or delete the file first)"
+        )
     root_parts = output_paths(out, None)[1]
     names = list_images(images_dir, exclude=[root_parts])
     if not names:

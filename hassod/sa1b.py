@@ -23,6 +23,8 @@ from hassod.labels import InputError, check_annotation_fields, read_json
 
 CATEGORY = {"id": 1, "name": "object", "supercategory": "object"}
 _KEPT = ("segmentation", "area", "bbox")
+#: ``info.description`` of the ground truths it writes (``sa1b-to-coco`` replaces only those).
+SA1B_DESCRIPTION = "SA-1B masks as one class-agnostic COCO ground truth"
 
 
 def sa1b_files(folder: str | os.PathLike) -> list[Path]:
@@ -95,7 +97,7 @@ def sa1b_to_coco(files: Iterable[str | os.PathLike]) -> dict:
             kept.update(id=len(annotations) + 1, image_id=record["id"], category_id=1, iscrowd=0)
             annotations.append(kept)
     return {
-        "info": {"description": "SA-1B masks as one class-agnostic COCO ground truth"},
+        "info": {"description": SA1B_DESCRIPTION},
         "images": images,
         "annotations": annotations,
         "categories": [CATEGORY],

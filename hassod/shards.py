@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from hassod._io import atomic_write_json
-from hassod.coco import assemble
+from hassod.coco import assemble, is_foreign_output
 from hassod.labels import InputError, load_labels
 from hassod.run_errors import UsageError
 from hassod.work_folder import MANIFEST, WorkFolder, identity_differences, run_identity
@@ -74,6 +74,11 @@ def merge_shards(inputs: Sequence[str | Path], out: str | Path, allow_partial: b
     """
     if not inputs:
         raise UsageError("merge-shards needs at least one shard JSON or shard folder")
+    if is_foreign_output(out):
+        raise UsageError(
+            f"--out {out} exists and is not a pseudo-label JSON of hassod; refusing to replace "
+            "it: choose another --out (or delete the file first)"
+        )
     loaded = [_load_shard(Path(item), allow_partial) for item in inputs]
     first_info = loaded[0][0]
     for path, (info, _, _) in zip(inputs, loaded):

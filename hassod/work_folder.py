@@ -26,6 +26,7 @@ import warnings
 from pathlib import Path
 
 from hassod._io import atomic_write_json
+from hassod.coco import PSEUDO_LABEL_DESCRIPTION
 from hassod.discover import DiscoveryConfig
 from hassod.run_errors import UsageError
 
@@ -59,7 +60,7 @@ def run_info(
     from hassod import __version__
 
     info = {
-        "description": "HASSOD stage-1 pseudo-labels (class-agnostic, hierarchical)",
+        "description": PSEUDO_LABEL_DESCRIPTION,
         "hassod_version": __version__,
         "date_created": date_created,
         "backbone": backbone,

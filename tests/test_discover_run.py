@@ -478,6 +478,30 @@ def test_usage_errors_exit_2_before_any_work(tmp_path, photos, capsys, case, mes
     assert not list(tmp_path.rglob("chunk-*.json"))
 
 
+@pytest.mark.parametrize(
+    "content", [b'{"info": {}, "images": [], "annotations": []}', b"[]", b"not json", b"\x89PNG"]
+)
+def test_outputs_never_replace_a_file_hassod_did_not_write(
+    reference, photos, tmp_path, capsys, content
+):
+    """A mistyped --out (a ground truth, a results list, any file) is refused, untouched;
+    hassod's own pseudo-labels are replaced (rerunning resumes), and so is an empty file."""
+    foreign = tmp_path / "instances.json"
+    foreign.write_bytes(content)
+    assert _discover(photos, foreign) == 2
+    assert "not a pseudo-label JSON of hassod" in capsys.readouterr().err
+    assert foreign.read_bytes() == content and not Path(f"{foreign}.parts").exists()
+    arguments = ["merge-shards", str(reference), "--out", str(foreign), "--allow-partial"]
+    assert main(arguments) == 2
+    assert "refusing to replace" in capsys.readouterr().err and foreign.read_bytes() == content
+    own = tmp_path / "own.json"
+    own.write_bytes(reference.read_bytes())
+    assert main([*arguments[:3], str(own), "--allow-partial"]) == 0  # its own kind: replaced
+    empty = tmp_path / "empty.json"
+    empty.touch()
+    assert _discover(photos, empty) == 0 and empty.read_bytes() == reference.read_bytes()
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
 def test_read_only_output_folder_exits_2(photos, tmp_path, capsys):
     locked = tmp_path / "locked"
@@ -540,6 +564,18 @@ def test_demo_writes_pseudo_labels_and_level_figures(tmp_path, capsys):
             width, height = figure.size
         assert height == 320 + 22 and width >= 4 * 320  # four panels, none narrower than tall
     assert "wrote 3 figures" in capsys.readouterr().out
+
+
+def test_demo_refuses_a_folder_holding_other_images(tmp_path, capsys):
+    """The demo labels every image in OUT/images: a user's photo there must not join it."""
+    (tmp_path / "images").mkdir()
+    _photo("rocket", 40, 30).save(tmp_path / "images" / "my_photo.png")
+    args = ["demo", "--backbone", "vit_small_patch14_dinov2", "--random-weights", "--size", "112"]
+    with pytest.raises(SystemExit) as exit_info:
+        main([*args, "--out", str(tmp_path), "--workers", "0"])
+    assert exit_info.value.code == 2
+    assert "'my_photo.png'" in capsys.readouterr().err
+    assert sorted(path.name for path in tmp_path.rglob("*")) == ["images", "my_photo.png"]
 
 
 def test_level_figure_shows_levels_cumulatively():

@@ -94,6 +94,19 @@ def test_command_writes_the_json(tmp_path, capsys):
     assert json.loads(out.read_text())["annotations"][0]["image_id"] == 1
 
 
+def test_command_replaces_only_its_own_output(tmp_path, capsys):
+    folder = _write_sa1b(tmp_path / "sa1b", [[(5, 5, 20, 10)]])
+    out = tmp_path / "gt.json"
+    out.write_text('{"info": {"description": "someone else\'s ground truth"}}')
+    with pytest.raises(SystemExit) as exit_info:
+        main(["sa1b-to-coco", str(folder), "--out", str(out), "--quiet"])
+    assert exit_info.value.code == 2 and "refusing to replace" in capsys.readouterr().err
+    assert "someone else" in out.read_text()
+    out.unlink()
+    for _ in range(2):  # the second run replaces the first's file
+        assert main(["sa1b-to-coco", str(folder), "--out", str(out), "--quiet"]) == 0
+
+
 @pytest.mark.parametrize(
     ("content", "message"),
     [
