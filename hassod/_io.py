@@ -139,6 +139,24 @@ def atomic_write_json(
         json.dump(value, handle, separators=(",", ":"), allow_nan=False)
 
 
+def describe_read_error(error: Exception) -> str:
+    """A short reason for a weight file that did not load."""
+    text = str(error)
+    if "Weights only load failed" in text:
+        # torch's advice (weights_only=False) would run the file's code: not repeated here.
+        if "Unsupported global" in text:
+            named = text.split("Unsupported global:")[-1].strip().splitlines()[0]
+            named = named.split(" was not")[0]  # "GLOBAL datetime.date was not an allowed ..."
+            return (
+                f"it names objects other than tensors, numbers and strings ({named}), which "
+                "hassod does not unpickle (re-save a file you trust as a plain state dict)"
+            )
+        reason = text.split("WeightsUnpickler error:")[-1].strip().splitlines()[0]
+        return f"not a checkpoint, or damaged (unpickling stopped: {reason})"
+    # torch's own messages can be bare (a corrupt pickle says only a number): name the type.
+    return f"not a checkpoint, or damaged ({type(error).__name__}: {text})"
+
+
 # What Detectron2's (and other) NumPy weight pickles reference: arrays, dtypes, scalars.
 _ARRAY_PICKLE_GLOBALS = frozenset(
     {

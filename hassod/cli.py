@@ -958,7 +958,7 @@ def run_cluster(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
     image, name = _read_image(args.image, parser)
     out_dir = _writable_dir(args.out, parser)
 
-    from hassod.features import image_features, load_vit, round_to_patch
+    from hassod.features import InputSizeError, image_features, load_vit, round_to_patch
 
     try:
         model = load_vit(
@@ -968,6 +968,8 @@ def run_cluster(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
             # Build at the input size so the position table is resized once, from the original.
             **({"img_size": args.size} if args.size else {}),
         )
+    except InputSizeError as error:
+        parser.error(f"--size: {error}")
     except (FileNotFoundError, ValueError, RuntimeError) as error:
         print(f"hassod cluster: error: {error}", file=sys.stderr)
         return 1
@@ -1016,6 +1018,8 @@ def _read_image(path: str | None, parser: argparse.ArgumentParser):
 
         return skimage.data.astronaut(), "astronaut"
     file = Path(path)
+    if file.is_dir():
+        parser.error(f"{file} is a folder; give one image file (hassod discover takes folders)")
     if not file.is_file():
         parser.error(f"image not found: {file}")
     try:

@@ -407,8 +407,9 @@ def load_backbone(
     img_size: int,
     pos_embed_resize: str | None = None,
 ):
-    """``(model, weights source, sha256 or None)``; :class:`RunError` when loading fails."""
-    from hassod.features import load_vit
+    """``(model, weights source, sha256 or None)``; :class:`RunError` when loading fails,
+    :class:`UsageError` when ``img_size`` is under one patch."""
+    from hassod.features import InputSizeError, load_vit
 
     try:
         if random_weights:  # seeded: the same network in every run (load_vit)
@@ -419,6 +420,8 @@ def load_backbone(
         model = load_vit(
             backbone, weights=weights, img_size=img_size, pos_embed_resize=pos_embed_resize
         )
+    except InputSizeError as error:
+        raise UsageError(f"--size: {error}") from None
     except (FileNotFoundError, ValueError, RuntimeError, OSError) as error:
         raise RunError(str(error)) from error
     if weights is None:
@@ -472,6 +475,7 @@ def run_discover(options: RunOptions) -> RunSummary:
         raise UsageError("--amp bf16/fp16 needs a CUDA device (--device cuda)")
     workers = default_workers(device) if options.workers is None else options.workers
 
+    missing_parents = [folder for folder in out.absolute().parents if not folder.exists()]
     created = check_output(out, parts_dir)
     folder = WorkFolder(parts_dir)
     folder.lock()
@@ -484,7 +488,7 @@ def run_discover(options: RunOptions) -> RunSummary:
                 config.size,
                 config.resolved_pos_embed_resize,
             )
-        except RunError:
+        except (RunError, UsageError):
             if created:  # leave no empty work folder behind
                 folder.unlock()
                 with contextlib.suppress(OSError):
@@ -492,6 +496,8 @@ def run_discover(options: RunOptions) -> RunSummary:
                     parts_dir.rmdir()
                     if shard is not None:
                         root_parts.rmdir()
+                    for parent in missing_parents:  # innermost first
+                        parent.rmdir()
             raise
         from hassod.features import round_to_patch
 

@@ -67,6 +67,10 @@ _TRAINING_ONLY_KEYS = ("mask_token",)
 Keys = Union["torch.Tensor", np.ndarray]
 
 
+class InputSizeError(ValueError):
+    """The input size asked of :func:`load_vit` is smaller than one patch."""
+
+
 class _StopForward(Exception):
     """Raised by the qkv hook: nothing after the last block's key projection is needed."""
 
@@ -120,7 +124,8 @@ def load_vit(
     Raises:
         FileNotFoundError: ``weights`` names no file.
         ValueError: an unreadable file, a state dict that does not fit the architecture, a model
-            that is not a supported ViT, or ``weights`` together with ``random_weights``.
+            that is not a supported ViT, or ``weights`` together with ``random_weights``;
+            :class:`InputSizeError` (a ValueError) when ``img_size`` is under one patch.
         RuntimeError: ``weights`` is None and the pretrained download failed.
     """
     import timm
@@ -158,6 +163,10 @@ def load_vit(
     except TypeError as error:  # a non-ViT family that takes no img_size / dynamic_img_size
         raise ValueError(f"timm model {name!r} is not a supported ViT: {error}") from error
     _check_supported(model, name)
+    if img_size < patch_size(model):
+        raise InputSizeError(
+            f"size {img_size} is smaller than the patch size {patch_size(model)} of {name}"
+        )
     model.hassod_pos_embed_resize = pos_embed_resize
     if weights is None and not random_weights:
         state_dict, source = _timm_pretrained_state_dict(name), "timm-pretrained"
@@ -321,6 +330,8 @@ def _read_checkpoint(path: Path) -> Mapping[str, Any]:
 
     import torch
 
+    if path.is_dir():
+        raise FileNotFoundError(f"weights path {path} is a folder, not a weights file")
     if not path.is_file():
         raise FileNotFoundError(f"weights file not found: {path}")
     # DINO's full training checkpoints store their command line as an argparse.Namespace: a
@@ -332,10 +343,11 @@ def _read_checkpoint(path: Path) -> Mapping[str, Any]:
             # weights_only: a checkpoint is data; never run code from it.
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # garbage makes the unpickler fail in many ways
+        from hassod._io import describe_read_error
+
         raise ValueError(
-            f"cannot read weights file {path} as a PyTorch checkpoint: expected a state dict "
-            "saved with torch.save (torch.load said: "
-            f"{type(error).__name__}: {str(error).strip()[:300] or 'no details'})"
+            f"cannot read weights file {path} as a PyTorch checkpoint (a state dict saved with "
+            f"torch.save): {describe_read_error(error)[:400]}"
         ) from error
     if not isinstance(checkpoint, Mapping):
         raise ValueError(

@@ -69,6 +69,10 @@ def test_cluster_missing_image_is_a_usage_error(tmp_path, capsys):
         main(["cluster", str(tmp_path / "nope.jpg"), *SMALL, "--random-weights"])
     assert exit_info.value.code == 2
     assert "image not found" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["cluster", str(tmp_path), *SMALL, "--random-weights"])
+    assert exit_info.value.code == 2
+    assert f"{tmp_path} is a folder; give one image file" in capsys.readouterr().err
 
 
 def test_cluster_corrupt_image_is_a_usage_error(tmp_path, capsys):

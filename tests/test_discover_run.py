@@ -502,6 +502,19 @@ def test_outputs_never_replace_a_file_hassod_did_not_write(
     assert _discover(photos, empty) == 0 and empty.read_bytes() == reference.read_bytes()
 
 
+def test_a_size_under_one_patch_is_a_usage_error_and_leaves_no_folders(photos, tmp_path, capsys):
+    out = tmp_path / "new" / "deeper" / "pseudo.json"
+    assert _discover(photos, out, "--size", "5") == 2  # the last --size wins over TINY's
+    assert "--size: size 5 is smaller than the patch size 14 of vit_small_patch14_dinov2" in (
+        capsys.readouterr().err
+    )
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(SystemExit) as exit_info:
+        main(["cluster", "--backbone", "vit_small_patch14_dinov2", "--random-weights", "--size",
+              "3", "--out", str(tmp_path / "cluster")])  # fmt: skip
+    assert exit_info.value.code == 2 and "patch size 14" in capsys.readouterr().err
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
 def test_read_only_output_folder_exits_2(photos, tmp_path, capsys):
     locked = tmp_path / "locked"

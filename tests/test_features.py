@@ -452,6 +452,20 @@ def test_load_vit_missing_file(tmp_path):
     path = tmp_path / "nope" / "dino_vitbase8_pretrain.pth"
     with pytest.raises(FileNotFoundError, match="dino_vitbase8_pretrain.pth"):
         features.load_vit(TINY, path)
+    with pytest.raises(FileNotFoundError, match="is a folder, not a weights file"):
+        features.load_vit(TINY, tmp_path)
+
+
+def test_load_vit_non_checkpoint_says_why_without_torchs_unsafe_advice(tmp_path):
+    """A JSON given as weights: a short reason, not torch's truncated advice to load with
+    weights_only=False (which would run the file's code)."""
+    path = tmp_path / "labels.json"
+    path.write_text('{"info": {}, "images": []}')
+    with pytest.raises(ValueError) as error:
+        features.load_vit(TINY, path)
+    message = str(error.value)
+    assert "cannot read weights file" in message and "not a checkpoint, or damaged" in message
+    assert "weights_only" not in message and "arbitrary code" not in message
 
 
 def test_load_vit_garbage_file(tmp_path):

@@ -129,7 +129,8 @@ def read_weight_file(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"backbone weights not found: {path}")
-    from hassod.detector.checkpoint import describe_read_error, read_weights
+    from hassod._io import describe_read_error
+    from hassod.detector.checkpoint import read_weights
 
     try:
         raw = read_weights(path)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from hassod._io import load_array_pickle
+from hassod._io import describe_read_error, load_array_pickle
 from hassod.detector.config import (
     TrainConfig,
     config_from_dict,
@@ -140,24 +140,6 @@ def read_weights(path: Path, map_location="cpu"):
     # DINO's training checkpoints carry their argparse.Namespace: plain data, safe to admit.
     with torch.serialization.safe_globals([argparse.Namespace]):
         return torch.load(path, map_location=map_location, weights_only=True)
-
-
-def describe_read_error(error: Exception) -> str:
-    """A short reason for a weight file that did not load."""
-    text = str(error)
-    if "Weights only load failed" in text:
-        # torch's advice (weights_only=False) would run the file's code: not repeated here.
-        if "Unsupported global" in text:
-            named = text.split("Unsupported global:")[-1].strip().splitlines()[0]
-            named = named.split(" was not")[0]  # "GLOBAL datetime.date was not an allowed ..."
-            return (
-                f"it names objects other than tensors, numbers and strings ({named}), which "
-                "hassod does not unpickle (re-save a file you trust as a plain state dict)"
-            )
-        reason = text.split("WeightsUnpickler error:")[-1].strip().splitlines()[0]
-        return f"not a checkpoint, or damaged (unpickling stopped: {reason})"
-    # torch's own messages can be bare (a corrupt pickle says only a number): name the type.
-    return f"not a checkpoint, or damaged ({type(error).__name__}: {text})"
 
 
 def load_checkpoint(path, map_location="cpu") -> dict:
