@@ -287,6 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="post-processing processes (default as for discover: usable CPUs, or 0 on a "
         "CPU-only run with two CPUs or fewer)",
     )
+    demo.add_argument("--quiet", action="store_true", help="no progress bar")
 
     _add_evaluate_parser(commands)
     _add_show_parser(commands)
@@ -931,6 +932,7 @@ def run_demo_command(args: argparse.Namespace, parser: argparse.ArgumentParser) 
         device=args.device,
         workers=args.workers,
         restart=True,  # the demo always starts afresh (other settings may have made the last)
+        progress=not args.quiet,
     )
     try:
         with _warnings_as_lines("discover"):

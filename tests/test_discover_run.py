@@ -567,7 +567,9 @@ def test_a_dead_worker_fails_its_images_and_the_pool_recovers():
 
 def test_demo_writes_pseudo_labels_and_level_figures(tmp_path, capsys):
     args = ["demo", "--backbone", "vit_small_patch14_dinov2", "--random-weights", "--size", "112"]
-    assert main([*args, "--out", str(tmp_path), "--workers", "0"]) == 0
+    assert main([*args, "--out", str(tmp_path), "--workers", "0", "--quiet"]) == 0
+    assert "discover:" not in capsys.readouterr().err  # --quiet: no progress bar
+    assert main([*args, "--out", str(tmp_path), "--workers", "0"]) == 0  # a rerun: afresh
     data = json.loads((tmp_path / "pseudo.json").read_text())
     names = ["astronaut.png", "chelsea.png", "coffee.png"]
     assert [image["file_name"] for image in data["images"]] == names
