@@ -372,7 +372,7 @@ def _add_evaluate_parser(commands) -> None:
     )
     evaluate.add_argument(
         "--stuff-min-id",
-        type=int,
+        type=_count,
         default=STUFF_MIN_ID,
         help=f"first stuff category id for --things-only (default {STUFF_MIN_ID})",
     )
@@ -446,7 +446,8 @@ def run_evaluate_command(args: argparse.Namespace, parser: argparse.ArgumentPars
 
 
 def _count(text: str) -> int:
-    """An integer >= 0 (argparse type): a negative count would act as a Python slice."""
+    """An integer >= 0 (argparse type): a negative count would act as a Python slice, a
+    negative --stuff-min-id would call every category stuff."""
     try:
         value = int(text)
     except ValueError:
@@ -526,7 +527,14 @@ def _add_show_parser(commands) -> None:
 
 
 def run_show_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from hassod.labels import InputError, failure_of, load_labels, match_image, read_json
+    from hassod.labels import (
+        InputError,
+        failure_of,
+        load_labels,
+        match_image,
+        plural,
+        read_json,
+    )
     from hassod.report import (
         image_figure,
         image_masks,
@@ -591,7 +599,7 @@ def run_show_command(args: argparse.Namespace, parser: argparse.ArgumentParser) 
     _atomic_save(args.out, lambda handle: figure.save(handle, format="PNG"))
     print(
         f"wrote {args.out} ({figure.size[0]}x{figure.size[1]}): {len(item.annotations)} of "
-        f"{item.total} masks of {record.get('file_name')}"
+        f"{plural(item.total, 'mask')} of {record.get('file_name')}"
     )
     return 0
 
@@ -608,7 +616,8 @@ def _unmatched_results_warning(labels, images: list, record: dict, images_json: 
     matching = len(ids & {image["id"] for image in images})
     if not matching:
         return (
-            f"none of the {len(ids)} image ids in labels {labels.source} is an image of "
+            f"{'the image id' if len(ids) == 1 else f'none of the {len(ids)} image ids'} in "
+            f"labels {labels.source} {'is not' if len(ids) == 1 else 'is'} an image of "
             f"{images_json}: the ids do not match, so {shown}. {HASHED_IDS_HINT}"
         )
     others = (
@@ -665,13 +674,14 @@ def _add_report_parser(commands) -> None:
 
 
 def run_report_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from hassod.labels import InputError
+    from hassod.labels import InputError, plural
     from hassod.report import write_report
 
     panels = _parse_levels(args.levels, parser)
     if not args.images_dir.is_dir():
         parser.error(f"images folder not found: {args.images_dir}")
-    out_dir = _writable_dir(args.out, parser)
+    # Made by write_report once the input is checked: refused input leaves no folder behind.
+    out_dir = _writable_dir(args.out, parser, create=False)
     try:
         summary = write_report(
             args.images_dir,
@@ -690,13 +700,27 @@ def run_report_command(args: argparse.Namespace, parser: argparse.ArgumentParser
     except InputError as error:
         print(f"hassod report: error: {error}", file=sys.stderr)
         return 2
-    print(
-        f"wrote {summary.index}: {summary.images} images, {summary.masks} masks, gallery of "
-        f"{summary.shown}" + (", with evaluation" if summary.evaluated else "")
-    )
+    warn = "hassod report: warning:"
+    for name, reason in summary.unreadable[:MAX_LISTED]:
+        print(f"{warn} left out of the gallery, cannot read {name}: {reason}", file=sys.stderr)
+    if len(summary.unreadable) > MAX_LISTED:
+        more = len(summary.unreadable) - MAX_LISTED
+        print(f"{warn} and {plural(more, 'more image')} that cannot be read", file=sys.stderr)
     if summary.missing:
-        print(f"{len(summary.missing)} gallery images not found in {args.images_dir}")
+        print(
+            f"{warn} {plural(len(summary.missing), 'gallery image')} not found in "
+            f"{args.images_dir} (listed on the page), e.g. {summary.missing[0]!r}",
+            file=sys.stderr,
+        )
+    print(
+        f"wrote {summary.index}: {plural(summary.images, 'image')}, "
+        f"{plural(summary.masks, 'mask')}, gallery of {summary.shown}"
+        + (", with evaluation" if summary.evaluated else "")
+    )
     return 0
+
+
+MAX_LISTED = 10  # report's warnings name this many unreadable images, then count the others
 
 
 def _parse_levels(text: str, parser: argparse.ArgumentParser) -> tuple[int, ...]:
@@ -1057,14 +1081,27 @@ def _writable_file(path: Path, parser: argparse.ArgumentParser, option: str = "-
     return path
 
 
-def _writable_dir(path: Path, parser: argparse.ArgumentParser) -> Path:
+def _writable_dir(
+    path: Path, parser: argparse.ArgumentParser, option: str = "--out", create: bool = True
+) -> Path:
+    """An output folder: not a file, under no file, writable (a probe file, removed at once).
+    Made with its missing parents when ``create``; else only checked (the nearest existing
+    folder above it must be writable), so that input refused later leaves nothing behind."""
+    existing = next(p for p in (path, *path.parents) if p.exists() or p == Path(p.anchor))
+    if existing == path and not path.is_dir():
+        parser.error(f"{option} {path} is a file; give a folder")
+    if not existing.is_dir():
+        parser.error(f"{option} {path}: {existing} is a file, not a folder")
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".hassod_write_test"
-        probe.write_bytes(b"")
-        probe.unlink()
+        if create:
+            path.mkdir(parents=True, exist_ok=True)
+            existing = path
+        import tempfile
+
+        with tempfile.NamedTemporaryFile(dir=existing, prefix=".hassod_write_test"):
+            pass
     except OSError as error:
-        parser.error(f"output folder {path} is not writable: {error}")
+        parser.error(f"output folder {existing} is not writable: {error}")
     return path
 
 

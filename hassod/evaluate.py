@@ -42,7 +42,8 @@ Inputs and how they are handled:
   neither true nor false positives.
 - ``things_only``: ground-truth annotations with ``category_id >= stuff_min_id`` (default 92,
   COCO panoptic's first "stuff" id; ids <= 90 are objects) are dropped before evaluation,
-  crowd ones included. Predictions are never filtered.
+  crowd ones included. Predictions are never filtered. A negative ``stuff_min_id``, and a
+  ground truth left with no object to score (by these filters or any other), are refused.
 - Predictions: a COCO results list (``image_id``, ``bbox`` / ``segmentation``, ``score``) or a
   pseudo-label / COCO dict (``annotations``). A dict's images are matched to the ground truth's
   by file name (:func:`hassod.labels.match_image`), a results list's ``image_id`` must be a
@@ -75,6 +76,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from hassod._checks import real_number
 from hassod.labels import (
     HASHED_IDS_HINT,
     LEVEL_NAMES,
@@ -85,6 +87,7 @@ from hassod.labels import (
     check_id,
     level_of,
     load_labels,
+    plural,
     read_json,
     score_of,
     threshold_of,
@@ -143,7 +146,8 @@ def evaluate(
             ``result["settings"]["note"]``) instead of refusing "segm" (before any COCOeval
             run, with the way out in the message).
         progress: progress bars on stderr (tqdm) for the long loops: reading the predictions
-            (per mask) and each COCOeval run (per image), with its stage in the description.
+            (per mask), then one over all COCOeval runs (per image), its description naming
+            the run and its stage.
 
     Returns:
         ``{"settings": {...}, "counts": {...}, "bbox": {metric: value}, "segm": {...},
@@ -153,7 +157,8 @@ def evaluate(
     Raises:
         InputError: missing or malformed files, predictions of images the ground truth does not
             have (unless ``only_gt_images``; always when none of them has), an unknown IoU
-            type, masks whose size differs from their image's.
+            type, masks whose size differs from their image's, a negative ``stuff_min_id``, a
+            ground truth left with no object to score (e.g. all dropped by ``things_only``).
     """
     iou_types = _checked_iou_types(iou_types)
     dataset, counts = load_ground_truth(gt, things_only, stuff_min_id)
@@ -167,7 +172,7 @@ def evaluate(
     if "segm" in iou_types:
         unmasked = [record for record in records if record["segmentation"] is None]
         missing = unmasked and (
-            f"{len(unmasked)} of {len(records)} predictions have no mask (e.g. one on image "
+            f"{_of(len(unmasked), len(records), 'prediction')} no mask (e.g. one on image "
             f"{unmasked[0]['image_id']!r})"
         )
         # Box-only predictions give box recall (the authors' evaluator decides so, too);
@@ -196,11 +201,18 @@ def evaluate(
     }
     if note:
         result["settings"]["note"] = note
-    for iou_type in iou_types:
-        result[iou_type] = summarize(_run_cocoeval(gt_coco, records, iou_type, progress))
-    if breakdown:
-        num_images = len(dataset["images"])
-        result["breakdown"] = _breakdown(gt_coco, records, iou_types, num_images, progress)
+    groups = _breakdown_groups(records) if breakdown else []
+    runs = len(iou_types) * (1 + len(groups))
+    # One bar over every COCOeval run (its description names the run and its stage): a
+    # breakdown is a dozen runs, each a second on a small set, minutes on COCO val.
+    total = runs * _cocoeval_steps(len(dataset["images"]))
+    with _bar(progress, total, "COCOeval", "step") as bar:
+        for iou_type in iou_types:
+            result[iou_type] = summarize(_run_cocoeval(gt_coco, records, iou_type, bar))
+        if breakdown:
+            num_images = len(dataset["images"])
+            result["breakdown"] = _breakdown(gt_coco, groups, iou_types, num_images, bar)
+        bar.set_description_str(f"COCOeval ({runs} run{'' if runs == 1 else 's'})", False)
     return result
 
 
@@ -217,6 +229,11 @@ def _without_masks(iou_types: tuple, missing, allowed: bool, reason) -> tuple[tu
     )
 
 
+def _of(part: int, whole: int, noun: str) -> str:
+    """'1 of 3 predictions has', '2 of 3 predictions have', '1 of 1 prediction has'."""
+    return f"{part} of {plural(whole, noun)} {'has' if part == 1 else 'have'}"
+
+
 def _gt_name(gt) -> str:
     """How messages name the ground truth: its path, or "in-memory ground truth"."""
     return str(gt) if isinstance(gt, (str, os.PathLike)) else "in-memory ground truth"
@@ -228,9 +245,10 @@ def _missing_masks_message(dataset: dict, gt) -> str | None:
     boxes_only = [a for a in dataset["annotations"] if not a.get("segmentation")]
     if not boxes_only:
         return None
+    share = _of(len(boxes_only), len(dataset["annotations"]), "object")
     return (
-        f"ground truth {_gt_name(gt)}: {len(boxes_only)} of {len(dataset['annotations'])} "
-        f"objects have no 'segmentation' (e.g. one on image id {boxes_only[0]['image_id']!r})"
+        f"ground truth {_gt_name(gt)}: {share} no 'segmentation' (e.g. one on image id "
+        f"{boxes_only[0]['image_id']!r})"
     )
 
 
@@ -260,9 +278,19 @@ def load_ground_truth(
         are not read, so repeated ones do no harm -- ``category_id``
         1, ``iscrowd`` 0/1, ``area`` and ``bbox`` filled in from the mask where missing) and
         ``{"images", "objects", "crowd", "dropped_stuff"}``.
+
+    Raises:
+        InputError: a malformed file, a negative ``stuff_min_id``, or no object left to score
+            (none, or all dropped by ``things_only`` or the other filters; the message says
+            which).
     """
     from pycocotools import mask as mask_utils
 
+    # A bool or a string is a ValueError; a negative id (nan too) would call everything stuff.
+    if not real_number(stuff_min_id, "stuff_min_id", "a category id >= 0") >= 0:
+        raise InputError(
+            f"stuff_min_id (--stuff-min-id) must be a category id >= 0, got {stuff_min_id!r}"
+        )
     data = read_json(gt, "ground truth") if isinstance(gt, (str, os.PathLike)) else gt
     name = _gt_name(gt)
     if not isinstance(data, dict) or not isinstance(data.get("annotations"), list):
@@ -280,6 +308,7 @@ def load_ground_truth(
             raise InputError(f"ground truth {name}: image id {image['id']!r} appears twice")
         images[image["id"]] = image
     annotations, dropped, orphans, rings, shapeless = [], 0, 0, 0, 0
+    categories = set()  # of the annotations things_only looked at
     for index, annotation in enumerate(data["annotations"]):
         where = f"ground truth {name}: annotation {index}"
         if not isinstance(annotation, dict):
@@ -288,9 +317,12 @@ def load_ground_truth(
         if annotation["image_id"] not in images:
             orphans += 1  # pycocotools only looks at the listed images' annotations
             continue
-        if things_only and _category(annotation, where) >= stuff_min_id:
-            dropped += 1
-            continue
+        if things_only:
+            category = _category(annotation, where)
+            categories.add(category)
+            if category >= stuff_min_id:
+                dropped += 1
+                continue
         annotation, removed = _valid_polygons(annotation)
         rings += removed
         if annotation is None:
@@ -335,19 +367,62 @@ def load_ground_truth(
     if orphans:
         counts["dropped_unknown_image"] = orphans
         warnings.warn(
-            f"ground truth {name}: {orphans} annotations name no listed image; left out",
+            f"ground truth {name}: {plural(orphans, 'annotation')} of images it does not list "
+            "left out",
             stacklevel=2,
         )
     if rings:
         counts["dropped_polygons"] = rings
         counts["dropped_objects"] = shapeless
         warnings.warn(
-            f"ground truth {name}: {rings} polygons with fewer than 3 points (or an odd "
-            f"number of coordinates) left out, and {shapeless} objects left with none, as "
-            "Detectron2's loader leaves them out",
+            f"ground truth {name}: {plural(rings, 'polygon')} with fewer than 3 points (or an "
+            f"odd number of coordinates) left out, and {plural(shapeless, 'object')} left with "
+            "none, as Detectron2's loader leaves them out",
             stacklevel=2,
         )
+    if not counts["objects"]:
+        filtered = {
+            "things_only": (dropped, stuff_min_id, categories),
+            "orphans": orphans,
+            "shapeless": shapeless,
+            "crowd": crowd,
+        }
+        raise InputError(_nothing_to_score(name, len(data["annotations"]), filtered))
     return dataset, counts
+
+
+def _nothing_to_score(name: str, total: int, filtered: dict) -> str:
+    """Why no ground-truth object is left to score (every metric would be undefined)."""
+    if not total:
+        return f"ground truth {name} has no annotations: there is nothing to score"
+    dropped, stuff_min_id, categories = filtered["things_only"]
+    reasons = []
+    if dropped:
+        low, high = min(categories), max(categories)
+        ids = f"{low}" if low == high else f"{low} to {high}"
+        option = "" if stuff_min_id == STUFF_MIN_ID else f"--stuff-min-id {stuff_min_id}; "
+        reasons.append(
+            f"{dropped} dropped as stuff by --things-only (things_only=True): category_id >= "
+            f"{stuff_min_id} ({option}its category ids: {ids})"
+        )
+    if filtered["orphans"]:
+        reasons.append(f"{plural(filtered['orphans'], 'annotation')} of unlisted images left out")
+    if filtered["shapeless"]:
+        reasons.append(
+            f"{plural(filtered['shapeless'], 'object')} without a polygon of 3 or more points "
+            "left out"
+        )
+    if filtered["crowd"]:
+        reasons.append(f"{plural(filtered['crowd'], 'crowd region')}, which COCOeval ignores")
+    text = (
+        f"ground truth {name}: none of its {plural(total, 'annotation')} is left to score: "
+        + "; ".join(reasons)
+    )
+    if dropped and stuff_min_id != STUFF_MIN_ID:
+        text += f". COCO panoptic's stuff starts at category id {STUFF_MIN_ID}, the default"
+    elif dropped:
+        text += ". Evaluate without --things-only"
+    return text
 
 
 def _category(annotation: dict, where: str) -> int:
@@ -426,16 +501,24 @@ def _unknown_images_message(
 ) -> str:
     shown = ", ".join(map(repr, unknown[:5])) + (" ..." if len(unknown) > 5 else "")
     # Images with at least one prediction: an image listed with no masks counts in neither.
-    share = f"{len(unknown)} of the {predicted}" if to_gt else f"all {predicted}"
+    if to_gt:
+        share = f"{len(unknown)} of the {plural(predicted, 'image')} with predictions"
+    else:
+        share = (
+            "the only image with predictions"
+            if predicted == 1
+            else (f"all {predicted} images with predictions")
+        )
     if labels.images is None:
+        verb = "is" if len(unknown) == 1 else "are"
         text = (
-            f"{len(unknown)} image ids are not in the ground truth: {shown} ({share} images with "
-            f"predictions). {HASHED_IDS_HINT}"
+            f"{plural(len(unknown), 'image id')} {verb} not in the ground truth: {shown} "
+            f"({share}). {HASHED_IDS_HINT}"
         )
     else:
         text = (
-            f"no image named {shown} in the ground truth ({len(dataset['images'])} images; "
-            f"{share} images with predictions, matched by file name)"
+            f"no image named {shown} in the ground truth "
+            f"({plural(len(dataset['images']), 'image')}; {share}, matched by file name)"
         )
     if to_gt:  # leaving the others out still evaluates something
         text += (
@@ -493,33 +576,40 @@ def _coco(dataset: dict):
     return coco
 
 
-def _run_cocoeval(
-    gt_coco, records: Sequence[dict], iou_type: str, progress: bool = False, label: str = ""
-):
+def _cocoeval_steps(num_images: int) -> int:
+    """The steps a COCOeval run's bar counts: per image its IoUs, then its matching in each of
+    COCOeval's area ranges (all, small, medium, large)."""
+    from pycocotools.cocoeval import Params
+
+    return num_images * (1 + len(Params(iouType="bbox").areaRng))
+
+
+def _run_cocoeval(gt_coco, records: Sequence[dict], iou_type: str, bar=None, label: str = ""):
     """COCOeval, class-agnostic, maxDets 10/100/1000, evaluated and accumulated.
 
-    With ``progress``, a bar counts evaluate()'s steps (per image: its IoUs, then its matching
-    per area range), its description the stage; ``label`` names the run (a breakdown subset).
+    ``bar`` (a tqdm bar, or None) counts evaluate()'s :func:`_cocoeval_steps`, its
+    description the run and its stage; ``label`` names the run (a breakdown subset).
     """
     name = " ".join(filter(None, [label, IOU_TYPE_NAMES[iou_type]]))
-    with _bar(progress, None, f"{name}: loading results", "step") as bar:
-        results = _cocoeval_results(records, iou_type)
-        with contextlib.redirect_stdout(io.StringIO()):
-            if results:
-                detections = gt_coco.loadRes(results)
-            else:  # loadRes cannot take an empty list
-                detections = _coco(
-                    {"images": gt_coco.dataset["images"], "annotations": [], "categories": []}
-                )
-            evaluation = _ticking_cocoeval()(gt_coco, detections, iou_type)
-            evaluation.bar = bar
-            evaluation.params.useCats = 0
-            evaluation.params.maxDets = list(MAX_DETS)
-            bar.reset(len(evaluation.params.imgIds) * (1 + len(evaluation.params.areaRng)))
-            bar.set_description_str(f"{name}: IoUs and matching")
-            evaluation.evaluate()
-            bar.set_description_str(f"{name}: accumulating")
-            evaluation.accumulate()
+    if bar is None:
+        bar = _bar(False, None, "", "step")
+    bar.set_description_str(f"{name}: loading results")
+    results = _cocoeval_results(records, iou_type)
+    with contextlib.redirect_stdout(io.StringIO()):
+        if results:
+            detections = gt_coco.loadRes(results)
+        else:  # loadRes cannot take an empty list
+            detections = _coco(
+                {"images": gt_coco.dataset["images"], "annotations": [], "categories": []}
+            )
+        evaluation = _ticking_cocoeval()(gt_coco, detections, iou_type)
+        evaluation.bar = bar
+        evaluation.params.useCats = 0
+        evaluation.params.maxDets = list(MAX_DETS)
+        bar.set_description_str(f"{name}: IoUs and matching")
+        evaluation.evaluate()
+        bar.set_description_str(f"{name}: accumulating")
+        evaluation.accumulate()
     return evaluation
 
 
@@ -592,11 +682,9 @@ def _mean_defined(values: np.ndarray) -> float | None:
     return float(np.mean(defined)) if defined.size else None
 
 
-def _breakdown(gt_coco, records, iou_types, num_images: int, progress: bool = False) -> list[dict]:
-    """Rows by merge threshold, the whole set, then by level (the paper's Table 2).
-
-    Labels per image = predictions in the subset / ground-truth images.
-    """
+def _breakdown_groups(records: Sequence[dict]) -> list[tuple[str, str, list[dict]]]:
+    """(group, name, records) of each breakdown row: by merge threshold, the whole set, then
+    by level (the paper's Table 2)."""
     groups: list[tuple[str, str, list[dict]]] = []
     thresholds = sorted({r["threshold"] for r in records if r["threshold"] is not None})
     for threshold in thresholds:
@@ -609,6 +697,14 @@ def _breakdown(gt_coco, records, iou_types, num_images: int, progress: bool = Fa
         subset = [r for r in records if r["level"] == level]
         if subset:
             groups.append(("level", name, subset))
+    return groups
+
+
+def _breakdown(gt_coco, groups, iou_types, num_images: int, bar=None) -> list[dict]:
+    """The rows of :func:`_breakdown_groups`' subsets.
+
+    Labels per image = predictions in the subset / ground-truth images.
+    """
     rows = []
     for group, name, subset in groups:
         row = {
@@ -619,7 +715,7 @@ def _breakdown(gt_coco, records, iou_types, num_images: int, progress: bool = Fa
         }
         for iou_type in iou_types:
             label = name if group == "all" else f"{group} {name}"
-            row[iou_type] = summarize(_run_cocoeval(gt_coco, subset, iou_type, progress, label))
+            row[iou_type] = summarize(_run_cocoeval(gt_coco, subset, iou_type, bar, label))
         rows.append(row)
     return rows
 
@@ -649,10 +745,15 @@ def format_metrics(result: dict) -> str:
     counts = result["counts"]
     settings = result["settings"]
     header = (
-        f"class-agnostic, {counts['images']} images, {counts['objects']} objects"
-        f" ({counts['crowd']} crowd regions ignored"
-        + (f", {counts['dropped_stuff']} stuff regions dropped" if settings["things_only"] else "")
-        + f"), {counts['predictions']} predictions"
+        f"class-agnostic, {plural(counts['images'], 'image')}, "
+        f"{plural(counts['objects'], 'object')} ({plural(counts['crowd'], 'crowd region')} "
+        "ignored"
+        + (
+            f", {plural(counts['dropped_stuff'], 'stuff region')} dropped"
+            if settings["things_only"]
+            else ""
+        )
+        + f"), {plural(counts['predictions'], 'prediction')}"
         + _dropped_note(result)
         + f"; AR_s/m/l and AP at {MAX_DETS[-1]} detections"
     )
@@ -671,7 +772,7 @@ def _dropped_note(result: dict) -> str:
     counts = result["counts"]
     images = counts["dropped_images"]
     return (
-        f" ({counts['dropped_predictions']} more on {images} image{'' if images == 1 else 's'} "
+        f" ({counts['dropped_predictions']} more on {plural(images, 'image')} "
         "not in the ground truth left out)"
     )
 

@@ -17,7 +17,7 @@ import html
 import os
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
@@ -34,6 +34,7 @@ from hassod.labels import (
     level_of,
     load_labels,
     mask_tree,
+    plural,
     read_json,
     score_of,
     select,
@@ -159,14 +160,31 @@ def image_figure(
     )
 
 
+class ImageDecodeError(InputError):
+    """An image file that cannot be decoded (``write_report`` leaves its picture out).
+
+    Attributes:
+        reason: why, as the decoder says.
+    """
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(f"cannot read image {path}: {reason}")
+        self.reason = reason
+
+
 def read_labelled_image(path: Path, record: dict, annotations: Sequence[dict]) -> np.ndarray:
-    """Decode an image and check its size against its record and its masks."""
+    """Decode an image and check its size against its record and its masks.
+
+    Raises:
+        ImageDecodeError: the file cannot be decoded.
+        InputError: its size differs from its record's or its masks'.
+    """
     from hassod.discover import UnreadableImage, read_image
 
     try:
         pixels = read_image(path, None)
     except UnreadableImage as error:
-        raise InputError(f"cannot read image {path}: {error}") from None
+        raise ImageDecodeError(path, str(error)) from None
     height, width = pixels.shape[:2]
     expected = (record.get("height", height), record.get("width", width))
     if expected != (height, width):
@@ -204,6 +222,7 @@ class ReportSummary:
     missing: list[str]  # gallery images not found under the images folder
     masks: int
     evaluated: bool
+    unreadable: list[tuple[str, str]] = field(default_factory=list)  # (file name, why)
 
 
 def write_report(
@@ -244,6 +263,14 @@ def write_report(
         panels: levels with a panel in the figures.
         progress: a progress bar (stderr) over the gallery's images.
 
+    Returns:
+        A :class:`ReportSummary`: gallery images missing from ``images_dir`` or that cannot be
+        decoded are left out of the gallery, listed there and on the page.
+
+    Raises:
+        InputError: unusable labels, images JSON or ground truth, or none of the gallery's
+            images in ``images_dir`` (checked before anything is written).
+
     Every file is written through a temporary file and a rename; ``index.html`` last.
     """
     from hassod.visualize import LEVEL_PANEL_NAMES, region_colours
@@ -275,18 +302,34 @@ def write_report(
     if labels.images is None:
         known = {record["id"] for record in records}
         unknown = [image_id for image_id in by_image if image_id not in known]
+        are = "is" if len(unknown) == 1 else "are"
         if unknown and from_folder:
             raise InputError(
-                f"labels {labels.source}: {len(unknown)} image ids are not in {images_dir} as "
-                f"`hassod predict` numbers its images (by their path in it), e.g. "
-                f"{unknown[0]!r}: give the folder predict ran on, or the dataset JSON the "
+                f"labels {labels.source}: {plural(len(unknown), 'image id')} {are} not in "
+                f"{images_dir} as `hassod predict` numbers its images (by their path in it), "
+                f"e.g. {unknown[0]!r}: give the folder predict ran on, or the dataset JSON the "
                 "results are numbered by (--images or --gt)"
             )
         if unknown:
             raise InputError(
-                f"labels {labels.source}: {len(unknown)} image ids are not in the images JSON, "
-                f"e.g. {unknown[0]!r}. {HASHED_IDS_HINT}"
+                f"labels {labels.source}: {plural(len(unknown), 'image id')} {are} not in the "
+                f"images JSON, e.g. {unknown[0]!r}. {HASHED_IDS_HINT}"
             )
+    shown = records[:limit] if limit is not None else records
+    names = [str(record.get("file_name", record["id"])) for record in shown]
+    paths = [_find_image(images_dir, name) for name in names]
+    if names and not any(paths):  # the wrong folder, most likely: as `hassod show` refuses it
+        if len(shown) < len(records):
+            which = "one image" if len(names) == 1 else f"{len(names)} images"
+            what = f"none of the gallery's {which} (the first of {len(records)} by file name) is"
+        elif len(names) == 1:
+            what = "the one image they list is not"
+        else:
+            what = f"none of the {len(names)} images they list is"
+        raise InputError(
+            f"labels {labels.source}: {what} in {images_dir} (looked for {names[0]!r}, also "
+            "by its base name): give the folder their file names are relative to"
+        )
     out_dir.mkdir(parents=True, exist_ok=True)
 
     evaluation = None
@@ -315,20 +358,22 @@ def write_report(
             level_counts[level_of(annotation)] += 1
     _histograms(out_dir, level_counts, counts)
 
-    gallery, missing = [], []
-    shown = records[:limit] if limit is not None else records
+    gallery, missing, unreadable = [], [], []
+    items = list(zip(shown, names, paths))
     if progress:
         from hassod._progress import progress_bar
 
-        shown = progress_bar(shown, desc="report", unit="img")
-    for number, record in enumerate(shown):
-        file_name = str(record.get("file_name", record["id"]))
-        path = _find_image(images_dir, file_name)
+        items = progress_bar(items, desc="report", unit="img")
+    for number, (record, file_name, path) in enumerate(items):
         if path is None:
             missing.append(file_name)
             continue
         annotations = by_image.get(record["id"], [])
-        pixels = read_labelled_image(path, record, annotations)
+        try:
+            pixels = read_labelled_image(path, record, annotations)
+        except ImageDecodeError as error:  # one damaged file does not cost the whole report
+            unreadable.append((file_name, error.reason))
+            continue
         item = image_masks(pixels, annotations, score_threshold, max_masks)
         slug = f"{number + 1:04d}-{_safe(Path(file_name).stem)}"
         colours = region_colours(len(item.masks))
@@ -346,6 +391,7 @@ def write_report(
         evaluation=evaluation,
         gallery=gallery,
         missing=missing,
+        unreadable=unreadable,
         settings={
             "score threshold": score_threshold,
             "masks per image shown": max_masks,
@@ -363,6 +409,7 @@ def write_report(
         missing=missing,
         masks=int(sum(counts)),
         evaluated=evaluation is not None,
+        unreadable=unreadable,
     )
 
 
@@ -413,7 +460,7 @@ def _histograms(out_dir: Path, level_counts: np.ndarray, counts: Sequence[int]) 
     axes.set_xlabel("masks in the image")
     axes.set_ylabel("images")
     axes.yaxis.set_major_locator(MaxNLocator(integer=True))  # image counts: no 0.5 ticks
-    axes.set_title(f"masks per image ({len(counts)} images)")
+    axes.set_title(f"masks per image ({plural(len(counts), 'image')})")
     _save_figure(FigureCanvasAgg(figure), out_dir / "masks_per_image.png")
 
 
@@ -546,7 +593,7 @@ def _image_section(
     tree = _tree_html(slug, item, colours, parents)
     return (
         f'<article id="img-{slug}">\n<h3>{html.escape(file_name)}</h3>\n'
-        f'<p class="note">{shown} masks shown{more}: {summary}</p>\n'
+        f'<p class="note">{plural(shown, "mask")} shown{more}: {summary}</p>\n'
         f'<a href="{_link(f"figures/{slug}.png")}"><img class="figure" '
         f'src="{_link(f"figures/{slug}.png")}" alt="levels of {html.escape(file_name)}"></a>\n'
         f'<div class="viewer"><div class="stage"><img src="{_link(photo)}" width="{width}" '
@@ -653,6 +700,7 @@ def _page(
     evaluation: dict | None,
     gallery: list[str],
     missing: list[str],
+    unreadable: list[tuple[str, str]],
     settings: dict,
     panels: str,
 ) -> str:
@@ -671,6 +719,10 @@ def _page(
         names = ", ".join(html.escape(name) for name in missing[:20])
         extra = f" and {len(missing) - 20} more" if len(missing) > 20 else ""
         missing_html = f'<p class="note">Not found in the images folder: {names}{extra}.</p>'
+    if unreadable:
+        names = "; ".join(html.escape(f"{name} ({why})") for name, why in unreadable[:20])
+        extra = f" and {len(unreadable) - 20} more" if len(unreadable) > 20 else ""
+        missing_html += f'\n<p class="note">Left out, as they cannot be read: {names}{extra}.</p>'
     return f"""<!DOCTYPE html>
 <html lang="en">
 <head>
@@ -681,7 +733,7 @@ def _page(
 </head>
 <body>
 <h1>hassod report: {html.escape(Path(labels.source).name)}</h1>
-<p>{num_images} images, {total} masks ({per_image:.2f} per image): {levels}.</p>
+<p>{plural(num_images, "image")}, {plural(total, "mask")} ({per_image:.2f} per image): {levels}.</p>
 <p class="note">{html.escape(shown_settings)}. Hover over (or tab to) an entry of a mask tree to
 see its mask on the photo.</p>
 <nav><a href="#evaluation">Evaluation</a> · <a href="#statistics">Statistics</a> ·
@@ -691,7 +743,7 @@ see its mask on the photo.</p>
 <h2 id="statistics">Statistics</h2>
 <div class="stats"><img src="levels.png" alt="masks per level">
 <img src="masks_per_image.png" alt="histogram of masks per image"></div>
-<h2 id="gallery">Gallery ({len(gallery)} images)</h2>
+<h2 id="gallery">Gallery ({plural(len(gallery), "image")})</h2>
 <p class="note">Each figure: {html.escape(panels)}; outline width 3 / 2 / 1 px marks
 whole / part / subpart.</p>
 {missing_html}

@@ -401,6 +401,58 @@ def test_things_only_drops_stuff_categories_with_configurable_cutoff():
     assert low["segm"]["AR@100"] == 1.0 and low["counts"]["objects"] == 1
 
 
+def test_a_negative_stuff_min_id_is_refused(tmp_path, capsys):
+    gt = dataset([[(10, 10, 60, 60)]], category_ids=[1])
+    with pytest.raises(
+        InputError, match="stuff_min_id .--stuff-min-id. must be a category id >= 0"
+    ):
+        evaluate([], gt, things_only=True, stuff_min_id=-5)
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    (tmp_path / "pred.json").write_text("[]")
+    args = ["evaluate", "--pred", str(tmp_path / "pred.json"), "--gt", str(tmp_path / "gt.json")]
+    with pytest.raises(SystemExit) as exit_info:
+        main([*args, "--things-only", "--stuff-min-id", "-5"])
+    assert exit_info.value.code == 2
+    assert "--stuff-min-id: expected an integer >= 0, got -5" in capsys.readouterr().err
+
+
+def test_filters_that_leave_no_ground_truth_object_are_refused_naming_the_option(tmp_path, capsys):
+    """--things-only with a --stuff-min-id below every category gave an all-'-' table, rc 0."""
+    boxes = [[(10, 10, 60, 60), (100, 10, 60, 60), (0, 120, 300, 80)]]
+    gt = dataset(boxes, category_ids=[1, 50, 95], crowd=(2,))
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    (tmp_path / "pred.json").write_text(json.dumps(results_from_boxes(gt, boxes)))
+    args = ["evaluate", "--pred", str(tmp_path / "pred.json"), "--gt", str(tmp_path / "gt.json")]
+    assert main([*args, "--things-only", "--stuff-min-id", "1", "--quiet"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "hassod evaluate: error: ground truth" in captured.err
+    assert "none of its 3 annotations is left to score" in captured.err
+    assert (
+        "3 dropped as stuff by --things-only (things_only=True): category_id >= 1 "
+        "(--stuff-min-id 1; its category ids: 1 to 95)" in captured.err
+    )
+    assert "stuff starts at category id 92, the default" in captured.err
+    # Two dropped as stuff, the one left a crowd region: nothing to score either.
+    mostly_stuff = dataset(boxes, category_ids=[92, 93, 1], crowd=(2,))
+    with pytest.raises(InputError, match="2 dropped as .*; 1 crowd region, .*Evaluate without"):
+        evaluate([], mostly_stuff, things_only=True)
+    with pytest.raises(InputError, match="has no annotations: there is nothing to score"):
+        evaluate([], dataset([[]]))
+    kept = evaluate([], gt, things_only=True, stuff_min_id=60)  # the 2 things stay
+    assert kept["counts"]["objects"] == 2 and kept["counts"]["dropped_stuff"] == 1
+
+
+def test_printed_counts_are_singular_for_one():
+    gt = dataset([[(10, 10, 60, 60)]], category_ids=[1])
+    result = evaluate(results_from_boxes(gt, [[(10, 10, 60, 60)]]), gt, things_only=True)
+    header = format_metrics(result).splitlines()[0]
+    assert header.startswith(
+        "class-agnostic, 1 image, 1 object (0 crowd regions ignored, 0 stuff regions dropped), "
+        "1 prediction;"
+    ), header
+
+
 def test_categories_are_folded():
     """Predictions of any category match GT of any category."""
     boxes = [[(10, 10, 60, 60), (100, 10, 60, 60)]]
@@ -515,7 +567,9 @@ def test_errors_are_clear(tmp_path):
         evaluate(broken, gt_path)
     stray = results_from_boxes(gt, [[(10, 10, 60, 60)]])
     stray[0]["image_id"] = 12345
-    with pytest.raises(InputError, match="1 image ids are not in the ground truth: 12345"):
+    with pytest.raises(
+        InputError, match="1 image id is not in the ground truth: 12345 .the only image"
+    ):
         evaluate(stray, gt_path)
     unknown_file = {
         "images": [{"id": 1, "file_name": "other.png"}],
@@ -582,7 +636,7 @@ def test_only_gt_images_leaves_out_predictions_on_other_images():
     # A results list: the same for ids the ground truth lacks.
     results = results_from_boxes(gt, [[(10, 10, 60, 60)]])
     stray = [dict(results[0], image_id=999)]
-    with pytest.raises(InputError, match="1 image ids are not in the ground truth: 999"):
+    with pytest.raises(InputError, match="1 image id is not in the ground truth: 999"):
         evaluate(results + stray, gt)
     kept = evaluate(results + stray, gt, only_gt_images=True)
     assert kept["counts"]["dropped_predictions"] == 1
@@ -650,30 +704,49 @@ def test_evaluate_command_input_errors_exit_2(tmp_path, capsys):
     assert exit_info.value.code == 2
 
 
-def test_evaluate_command_shows_progress_on_stderr_unless_quiet(tmp_path, capsys, monkeypatch):
-    # Draw every step on a terminal, not 10 times a second: the bars clear themselves when done.
-    monkeypatch.setattr(
-        tqdm.tqdm, "__init__", functools.partialmethod(tqdm.tqdm.__init__, mininterval=0)
-    )
-    monkeypatch.setattr(hassod._progress, "_is_terminal", lambda stream: True)
+def _two_images_with_thresholds(tmp_path) -> list[str]:
+    """`hassod evaluate` of perfect predictions on two images, at thresholds 0.4 and 0.2."""
     gt = dataset([[(10, 10, 60, 60)], [(20, 20, 40, 40)]])
     results = results_from_boxes(gt, [[(10, 10, 60, 60)], [(20, 20, 40, 40)]])
     for result, threshold in zip(results, (0.4, 0.2)):
         result["threshold"] = threshold
     (tmp_path / "gt.json").write_text(json.dumps(gt))
     (tmp_path / "pred.json").write_text(json.dumps(results))
-    args = ["evaluate", "--pred", str(tmp_path / "pred.json"), "--gt", str(tmp_path / "gt.json")]
+    return ["evaluate", "--pred", str(tmp_path / "pred.json"), "--gt", str(tmp_path / "gt.json")]
+
+
+def test_evaluate_command_shows_progress_on_stderr_unless_quiet(tmp_path, capsys, monkeypatch):
+    # Draw every step on a terminal, not 10 times a second: the bars clear themselves when done.
+    monkeypatch.setattr(
+        tqdm.tqdm, "__init__", functools.partialmethod(tqdm.tqdm.__init__, mininterval=0)
+    )
+    monkeypatch.setattr(hassod._progress, "_is_terminal", lambda stream: True)
+    args = _two_images_with_thresholds(tmp_path)
     assert main([*args, "--breakdown"]) == 0
     captured = capsys.readouterr()
     assert "reading predictions" in captured.err and "2/2" in captured.err  # per prediction
-    # Each COCOeval run: per image its IoUs, then its matching in 4 area ranges: 2 x 5 steps.
+    # One bar over the COCOeval runs, its description the run and its stage.
     for run in ("box", "mask", "threshold 0.4 box", "ensemble mask"):
-        assert f"{run}: IoUs and matching: 100%" in captured.err, run
+        assert f"{run}: IoUs and matching" in captured.err, run
         assert f"{run}: accumulating" in captured.err, run
-    assert "10/10" in captured.err
+    # 10 runs (box and mask of all, thresholds 0.2 and 0.4, level whole), each per image its
+    # IoUs, then its matching in 4 area ranges: 10 x 2 x 5 steps.
+    assert "100/100" in captured.err and "101/100" not in captured.err
     assert "IoUs" not in captured.out and "AR@100" in captured.out  # the tables stay clean
     assert main([*args, "--breakdown", "--quiet"]) == 0
     assert capsys.readouterr().err == ""
+
+
+def test_evaluate_progress_in_a_log_file_is_a_final_line_per_bar(tmp_path, capsys):
+    """stderr redirected to a file (capsys: not a terminal): each bar's final state once, at
+    its total; no line for tqdm's redraws at creation, reset or a new description (a second's
+    breakdown wrote ~70 lines, "IoUs and matching 0/10" among them, each end twice)."""
+    args = _two_images_with_thresholds(tmp_path)
+    assert main([*args, "--breakdown"]) == 0
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 2, lines
+    assert lines[0].startswith("reading predictions: 100%") and "2/2" in lines[0]
+    assert lines[1].startswith("COCOeval (10 runs): 100%") and "100/100" in lines[1]
 
 
 @pytest.mark.parametrize(
@@ -982,7 +1055,7 @@ def test_ground_truth_polygons_too_short_are_left_out_with_a_warning():
     gt["annotations"][1]["segmentation"] = [square, [5.0, 5.0, 6.0, 6.0]]
     gt["annotations"][0]["segmentation"] = [[1.0, 2.0, 3.0, 4.0]]  # none left: object dropped
     preds = results_from_boxes(gt, [[(100, 50, 40, 40)]])
-    with pytest.warns(UserWarning, match="2 polygons .* and 1 objects left with none"):
+    with pytest.warns(UserWarning, match="2 polygons .* and 1 object left with none"):
         result = evaluate(preds, gt)
     counts = result["counts"]
     assert counts["dropped_polygons"] == 2 and counts["dropped_objects"] == 1
@@ -994,7 +1067,7 @@ def test_ground_truth_annotations_of_unlisted_images_are_left_out():
     gt = dataset([[(10, 10, 60, 60)]])
     gt["annotations"].append({**gt["annotations"][0], "id": 99, "image_id": 777})
     preds = results_from_boxes(gt, [[(10, 10, 60, 60)]])
-    with pytest.warns(UserWarning, match="1 annotations name no listed image"):
+    with pytest.warns(UserWarning, match="1 annotation of images it does not list left out"):
         result = evaluate(preds, gt)
     assert result["counts"]["dropped_unknown_image"] == 1 and result["counts"]["objects"] == 1
     assert result["segm"]["AR@100"] == 1.0
@@ -1013,13 +1086,13 @@ def test_things_only_refuses_a_category_id_that_is_not_a_number():
 def test_box_only_predictions_are_scored_for_boxes_before_any_mask_run():
     gt = dataset([[(10, 10, 60, 60)], [(20, 20, 30, 30)]])
     boxes = [{"image_id": 10, "bbox": [10, 10, 60, 60], "score": 0.9}]
-    with pytest.raises(InputError, match="1 of 1 predictions have no mask.*--iou-type bbox"):
+    with pytest.raises(InputError, match="1 of 1 prediction has no mask.*--iou-type bbox"):
         evaluate(boxes, gt)  # default: boxes and masks; refused before the box run
     result = evaluate(boxes, gt, masks_when_available=True)  # what `hassod report` asks
     assert "segm" not in result and result["bbox"]["AR@100"] == 0.5
     assert "predictions have no masks" in result["settings"]["note"]
     mixed = boxes + results_from_boxes(gt, [[], [(20, 20, 30, 30)]])
-    with pytest.raises(InputError, match="1 of 2 predictions have no mask"):
+    with pytest.raises(InputError, match="1 of 2 predictions has no mask"):
         evaluate(mixed, gt, masks_when_available=True)
     with pytest.raises(InputError, match="no mask"):
         evaluate(boxes, gt, iou_types=["segm"], masks_when_available=True)

@@ -253,27 +253,27 @@ def test_predict_results_on_a_folder_are_shown_and_reported_without_a_dataset_js
     preds.write_text(json.dumps(results))
     out = scene["dir"] / "fig.png"
     assert main(["show", str(nested), "--labels", str(preds), "--out", str(out)]) == 0
-    assert "1 of 1 masks of sub/deeper.png" in capsys.readouterr().out
+    assert "1 of 1 mask of sub/deeper.png" in capsys.readouterr().out
     # deeper.png beside sub/ in the same folder, with results too: each image gets its own
     Image.open(nested).save(scene["images"] / "deeper.png")
     twin = dict(results[0], image_id=image_id_for("deeper.png"), score=0.3)
     preds.write_text(json.dumps([*results, twin]))
     assert main(["show", str(nested), "--labels", str(preds), "--out", str(out)]) == 0
-    assert "1 of 1 masks of sub/deeper.png" in capsys.readouterr().out
+    assert "1 of 1 mask of sub/deeper.png" in capsys.readouterr().out
     top = scene["images"] / "deeper.png"
     assert main(["show", str(top), "--labels", str(preds), "--out", str(out)]) == 0
-    assert "1 of 1 masks of deeper.png" in capsys.readouterr().out
+    assert "1 of 1 mask of deeper.png" in capsys.readouterr().out
     (scene["images"] / "deeper.png").unlink()
     preds.write_text(json.dumps(results))
     report = ["report", str(scene["images"]), "--labels", str(preds)]
     assert main([*report, "--out", str(scene["dir"] / "report")]) == 0
-    assert "1 images, 1 masks" in capsys.readouterr().out
+    assert "1 image, 1 mask," in capsys.readouterr().out
     # results of another folder's numbering: said, with what to do
     preds.write_text(json.dumps([dict(results[0], image_id=image_id_for("deeper.png") + 1)]))
     assert main(["show", str(nested), "--labels", str(preds), "--out", str(out)]) == 2
     assert "nothing for" in capsys.readouterr().err
     assert main([*report, "--out", str(scene["dir"] / "report2")]) == 2
-    assert "image ids are not in" in capsys.readouterr().err
+    assert "1 image id is not in" in capsys.readouterr().err
 
 
 def test_show_of_an_image_discovery_failed_on_says_why(scene, capsys):
@@ -304,7 +304,7 @@ def test_show_warns_when_a_results_list_has_nothing_for_the_image(scene, capsys)
     assert main([*args, "--images", str(scene["labels"])]) == 0
     captured = capsys.readouterr()
     assert "0 of 0 masks" in captured.out
-    assert "hassod show: warning: none of the 1 image ids" in captured.err
+    assert "hassod show: warning: the image id in labels" in captured.err
     assert "rerun it with --image-ids GT.json" in captured.err
     # Other images of the images JSON have results, this one none.
     images = {"images": [*scene["coco"]["images"], {"id": 424242, "file_name": "other.png"}]}
@@ -402,7 +402,7 @@ def test_report_page_files_tree_and_evaluation(scene, capsys):
     args = ["report", str(scene["images"]), "--labels", str(scene["labels"]), "--out", str(out)]
     assert main([*args, "--gt", str(gt_for(scene)), "--things-only"]) == 0
     captured = capsys.readouterr()
-    assert "1 images, 6 masks, gallery of 1, with evaluation" in captured.out
+    assert "1 image, 6 masks, gallery of 1, with evaluation" in captured.out
     assert "report: 100%" in captured.err  # the gallery's progress bar
     index = out / "index.html"
     page = read_page(index)
@@ -497,6 +497,78 @@ def test_report_errors(scene, capsys):
     args = ["report", str(scene["images"]), "--labels", str(bad), "--out", str(out)]
     assert main(args) == 2
     assert "not valid JSON" in capsys.readouterr().err
+
+
+def _with_second_image(scene, file_name: str) -> list[str]:
+    """The scene's labels with a second image, file_name (no masks); report's arguments."""
+    coco = json.loads(scene["labels"].read_text())
+    coco["images"].append(dict(coco["images"][0], id=2, file_name=file_name))
+    (scene["dir"] / "two.json").write_text(json.dumps(coco))
+    return ["report", str(scene["images"]), "--labels", str(scene["dir"] / "two.json")]
+
+
+def test_report_leaves_out_an_undecodable_image_and_says_so(scene, capsys):
+    """One damaged file aborted the whole report (exit 2, half a report folder behind)."""
+    grey = scene["images"] / "scene.png"
+    (scene["images"] / "broken.png").write_bytes(grey.read_bytes()[:100])  # truncated
+    out = scene["dir"] / "report"
+    assert main([*_with_second_image(scene, "broken.png"), "--out", str(out), "--quiet"]) == 0
+    captured = capsys.readouterr()
+    assert "2 images, 6 masks, gallery of 1" in captured.out
+    lines = captured.err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(
+        "hassod report: warning: left out of the gallery, cannot read broken.png: "
+    ), lines
+    page = read_page(out / "index.html")
+    assert_links_exist(out / "index.html", page)
+    text = (out / "index.html").read_text(encoding="utf-8")
+    assert "Left out, as they cannot be read: broken.png (" in text
+    assert "Gallery (1 image)" in text and "<p>2 images, 6 masks" in text
+
+
+def test_report_of_a_folder_without_the_listed_images_is_refused(scene, capsys):
+    """As `hassod show` refuses an image the labels do not list; a folder missing only some
+    is a warning (it printed "gallery of 0 / 2 gallery images not found", exit 0)."""
+    wrong = scene["dir"] / "wrong"
+    wrong.mkdir()
+    out = scene["dir"] / "report"
+    args = ["report", str(wrong), "--labels", str(scene["labels"]), "--out", str(out)]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "hassod report: error: labels" in err
+    assert f"the one image they list is not in {wrong} (looked for 'scene.png'" in err
+    assert not out.exists()  # refused before anything is written
+    two = _with_second_image(scene, "gone.png")
+    two[1] = str(wrong)
+    assert main([*two, "--out", str(out)]) == 2
+    assert "none of the 2 images they list is in" in capsys.readouterr().err
+    assert main([*two, "--out", str(out), "--limit", "1"]) == 2
+    assert "none of the gallery's one image (the first of 2 by file name)" in (
+        capsys.readouterr().err
+    )
+    two[1] = str(scene["images"])
+    assert main([*two, "--out", str(out), "--quiet"]) == 0
+    captured = capsys.readouterr()
+    assert "gallery of 1" in captured.out
+    assert f"hassod report: warning: 1 gallery image not found in {scene['images']}" in (
+        captured.err
+    )
+    assert "Not found in the images folder: gone.png" in (out / "index.html").read_text("utf-8")
+
+
+def test_report_out_that_is_a_file_is_refused_as_such(scene, capsys):
+    occupied = scene["dir"] / "occupied"
+    occupied.write_text("a file")
+    args = ["report", str(scene["images"]), "--labels", str(scene["labels"])]
+    with pytest.raises(SystemExit) as exit_info:
+        main([*args, "--out", str(occupied)])
+    assert exit_info.value.code == 2
+    assert f"--out {occupied} is a file; give a folder" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([*args, "--out", str(occupied / "report")])
+    assert f"--out {occupied / 'report'}: {occupied} is a file, not a folder" in (
+        capsys.readouterr().err
+    )
 
 
 def test_report_only_gt_images_evaluates_the_annotated_images(scene, capsys):

@@ -107,3 +107,29 @@ def _overlay(**options):
 
     options.setdefault("colours", np.zeros((2, 3), np.uint8))
     return mask_overlay(np.zeros((4, 4, 3), np.uint8), np.ones((2, 4, 4), bool), **options)
+
+
+def test_captions_count_one_mask_and_one_region_in_the_singular(monkeypatch):
+    from PIL import ImageDraw
+
+    from hassod.visualize import level_figure
+
+    drawn = []
+    original = ImageDraw.ImageDraw.text
+
+    def text(self, xy, words, *args, **kwargs):
+        drawn.append(words)
+        return original(self, xy, words, *args, **kwargs)
+
+    monkeypatch.setattr(ImageDraw.ImageDraw, "text", text)
+    image = np.full((40, 60, 3), 128, dtype=np.uint8)
+    masks = np.zeros((3, 40, 60), dtype=bool)
+    masks[:, 5:20, 5:20] = True
+    level_figure(image, masks, np.array([0, 1, 1]), panel_height=40)
+    assert drawn[1:] == ["whole: 1 mask", "whole+part: 3 masks", "whole+part+subpart: 3 masks"]
+    drawn.clear()
+    one = SimpleNamespace(
+        labels=np.zeros((1, 4, 6), dtype=np.int32), thresholds=[0.4], num_regions=[1]
+    )
+    partition_figure(image, one, panel_height=40)
+    assert drawn == ["input", "theta 0.4: 1 region"]
