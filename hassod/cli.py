@@ -887,6 +887,7 @@ def _report_run_error(command: str, error: Exception) -> int:
 
 def run_merge_command(args: argparse.Namespace) -> int:
     from hassod import discover_run
+    from hassod.labels import plural
 
     try:
         with _warnings_as_lines("merge-shards"):  # e.g. a damaged chunk of a shard folder
@@ -895,8 +896,9 @@ def run_merge_command(args: argparse.Namespace) -> int:
         print(f"hassod merge-shards: error: {error}", file=sys.stderr)
         return discover_run.EXIT_USAGE
     print(
-        f"wrote {args.out}: {len(coco['images'])} images, {len(coco['annotations'])} masks, "
-        f"{len(coco['failed'])} failed, from {len(args.inputs)} inputs"
+        f"wrote {args.out}: {plural(len(coco['images']), 'image')}, "
+        f"{plural(len(coco['annotations']), 'mask')}, {len(coco['failed'])} failed, from "
+        f"{plural(len(args.inputs), 'input')}"
     )
     return 0
 
@@ -904,7 +906,7 @@ def run_merge_command(args: argparse.Namespace) -> int:
 def run_sa1b_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from hassod._io import atomic_write_json, foreign_file, json_signature
     from hassod._progress import progress_bar
-    from hassod.labels import InputError
+    from hassod.labels import InputError, plural
     from hassod.sa1b import SA1B_DESCRIPTION, sa1b_files, sa1b_to_coco
 
     _writable_file(args.out, parser)
@@ -923,7 +925,10 @@ def run_sa1b_command(args: argparse.Namespace, parser: argparse.ArgumentParser) 
         print(f"hassod sa1b-to-coco: error: {error}", file=sys.stderr)
         return 2
     atomic_write_json(args.out, coco, parents=True)
-    print(f"wrote {args.out}: {len(coco['images'])} images, {len(coco['annotations'])} masks")
+    print(
+        f"wrote {args.out}: {plural(len(coco['images']), 'image')}, "
+        f"{plural(len(coco['annotations']), 'mask')}"
+    )
     return 0
 
 

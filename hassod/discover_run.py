@@ -74,6 +74,7 @@ from hassod.discover import (
 )
 from hassod.features import RANDOM_WEIGHTS_SEED
 from hassod.image_folder import IMAGE_EXTENSIONS, check_ids, decode, list_images, pil_limits
+from hassod.labels import plural
 from hassod.run_errors import (
     EXIT_INTERRUPTED,
     EXIT_OK,
@@ -179,7 +180,8 @@ class RunSummary:
         working = self.wall - self.setup
         rate = self.processed / working if working > 0 else 0.0
         lines.append(
-            f"hassod discover{where}: {self.processed} images processed in {self.wall:.1f} s "
+            f"hassod discover{where}: {plural(self.processed, 'image')} processed in "
+            f"{self.wall:.1f} s "
             f"({rate:.2f} images/s on {self.device} after {self.setup:.1f} s of setup), "
             f"{self.skipped} already done, {self.failed_now} failed this run"
         )
@@ -190,7 +192,8 @@ class RunSummary:
             for name, count in zip(LEVEL_NAMES, self.masks_per_level)
         )
         lines.append(
-            f"{self.json_path}: {self.images} images, {total} masks = {per_image:.2f} per image "
+            f"{self.json_path}: {plural(self.images, 'image')}, {plural(total, 'mask')} = "
+            f"{per_image:.2f} per image "
             f"({levels}), {len(self.failed)} failed"
         )
         for failure in self.failed[:10]:
@@ -522,8 +525,8 @@ def run_discover(options: RunOptions) -> RunSummary:
         ]
         if changed:
             warnings.warn(
-                f"{len(changed)} image(s) changed since they were processed (e.g. "
-                f"{changed[0]!r}): they are processed again",
+                f"{plural(len(changed), 'image')} changed since processed (e.g. "
+                f"{changed[0]!r}): processed again",
                 RuntimeWarning,
                 stacklevel=2,
             )
@@ -700,7 +703,8 @@ def _pipeline(
         with contextlib.suppress(BaseException):  # keep what already finished
             record(post.collect(block=False))
         raise Interrupted(
-            f"interrupted: {counts['processed']} images finished in this run are saved in "
+            f"interrupted: {plural(counts['processed'], 'image')} finished in this run "
+            f"{'is' if counts['processed'] == 1 else 'are'} saved in "
             f"{folder.path}; run the same command again to resume"
         ) from None
     finally:

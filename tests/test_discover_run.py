@@ -953,9 +953,9 @@ def test_an_image_replaced_under_its_name_is_processed_again(photos, tmp_path, c
     capsys.readouterr()
     assert _discover(images, out) == 0
     captured = capsys.readouterr()
-    assert "1 images processed" in captured.out
+    assert "1 image processed" in captured.out
     # a warning line, not Python's warning with its source line
-    changed = "hassod discover: warning: 1 image(s) changed since they were processed"
+    changed = "hassod discover: warning: 1 image changed since processed"
     assert changed in captured.err and "warnings.warn" not in captured.err
     record = next(i for i in json.loads(out.read_text())["images"] if i["file_name"] == name)
     assert (record["width"], record["height"]) == (77, 55)

@@ -90,7 +90,7 @@ def test_command_writes_the_json(tmp_path, capsys):
     folder = _write_sa1b(tmp_path / "sa1b", [[(5, 5, 20, 10)]])
     out = tmp_path / "gt.json"
     assert main(["sa1b-to-coco", str(folder), "--out", str(out), "--quiet"]) == 0
-    assert "1 images, 1 masks" in capsys.readouterr().out
+    assert "1 image, 1 mask" in capsys.readouterr().out
     assert json.loads(out.read_text())["annotations"][0]["image_id"] == 1
 
 
