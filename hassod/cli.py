@@ -415,10 +415,18 @@ def _warnings_as_lines(command: str):
 def run_evaluate_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     import json
 
+    from hassod._io import foreign_file
     from hassod.evaluate import InputError, evaluate, format_breakdown, format_metrics
 
     if args.out is not None:
         _writable_file(args.out, parser)
+        # What evaluate's metrics JSON begins with (json.dumps of the result, indent 2).
+        signature = json.dumps({"settings": {"iou_types": 0}}, indent=2).split("0")[0]
+        if foreign_file(args.out, (signature.encode("utf-8"),)):
+            parser.error(
+                f"--out {args.out} exists and is not a metrics JSON of hassod evaluate; refusing "
+                "to replace it: choose another --out (or delete the file first)"
+            )
     try:
         with _warnings_as_lines("evaluate"):
             result = evaluate(

@@ -688,6 +688,18 @@ def test_evaluate_command_prints_tables_and_writes_json(tmp_path, capsys):
     saved = json.loads(out.read_text())
     assert saved["segm"]["AR@1000"] == 1.0 and saved["settings"]["max_dets"] == [10, 100, 1000]
     assert not list(out.parent.glob(".*tmp"))
+    arguments = [
+        "evaluate",
+        "--pred",
+        str(tmp_path / "pred.json"),
+        "--gt",
+        str(tmp_path / "gt.json"),
+    ]
+    assert main([*arguments, "--out", str(out), "--quiet"]) == 0  # its own file: replaced
+    with pytest.raises(SystemExit) as exit_info:  # the ground truth, mistyped as --out: kept
+        main([*arguments, "--out", str(tmp_path / "gt.json"), "--quiet"])
+    assert exit_info.value.code == 2 and "refusing to replace" in capsys.readouterr().err
+    assert json.loads((tmp_path / "gt.json").read_text()) == gt
 
 
 def test_evaluate_command_input_errors_exit_2(tmp_path, capsys):
