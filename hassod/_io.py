@@ -115,11 +115,13 @@ def json_signature(description: str) -> bytes:
     return ('{"info":{"description":' + json.dumps(description)).encode("utf-8")
 
 
-def foreign_file(path: str | os.PathLike, signatures: tuple[bytes, ...]) -> bool:
+def foreign_file(
+    path: str | os.PathLike, signatures: tuple[bytes, ...] | Callable[[bytes], bool]
+) -> bool:
     """True when ``path`` is a non-empty file whose first bytes (after white space) begin with
-    none of ``signatures``: another program's file, which an output must not replace (a
-    mistyped ``--out`` would otherwise destroy, say, a ground-truth JSON). A file that cannot be
-    read counts as foreign."""
+    none of ``signatures`` (or, given a function, for which it returns False): another
+    program's file, which an output must not replace (a mistyped ``--out`` would otherwise
+    destroy, say, a ground-truth JSON). A file that cannot be read counts as foreign."""
     try:
         with open(path, "rb") as handle:
             head = handle.read(4096).lstrip()
@@ -127,7 +129,9 @@ def foreign_file(path: str | os.PathLike, signatures: tuple[bytes, ...]) -> bool
         return False
     except OSError:
         return True
-    return bool(head) and not head.startswith(signatures)
+    if not head:
+        return False
+    return not (signatures(head) if callable(signatures) else head.startswith(signatures))
 
 
 def atomic_write_json(

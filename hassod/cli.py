@@ -534,7 +534,18 @@ def _add_show_parser(commands) -> None:
     )
 
 
+_SHOW_SOFTWARE = "hassod show"
+
+
+def _is_show_figure(head: bytes) -> bool:
+    """Whether a file's first bytes are a figure of ``hassod show``: the PNG signature and
+    IHDR chunk (33 bytes), then the stamp's tEXt chunk (length, type, keyword, NUL, text)."""
+    stamp = b"tEXtSoftware\x00" + _SHOW_SOFTWARE.encode()
+    return head.startswith(b"\x89PNG\r\n\x1a\n") and head[37 : 37 + len(stamp)] == stamp
+
+
 def run_show_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from hassod._io import foreign_file
     from hassod.labels import (
         InputError,
         failure_of,
@@ -559,12 +570,19 @@ def run_show_command(args: argparse.Namespace, parser: argparse.ArgumentParser) 
         parser.error(
             f"--panel-height must be between 16 and {MAX_FIGURE_SIDE}, got {args.panel_height}"
         )
+    if args.image.is_dir():
+        parser.error(f"{args.image} is a folder; give one image file (hassod report takes folders)")
     if not args.image.is_file():
         parser.error(f"image not found: {args.image}")
     # The figure is a PNG: a name without the suffix (meant as a folder?) would hide that.
     if args.out.suffix.lower() != ".png":
         parser.error(f"--out must be a .png file name, got {str(args.out)!r}")
     _writable_file(args.out, parser)
+    if foreign_file(args.out, _is_show_figure):  # e.g. the photo itself, mistyped
+        parser.error(
+            f"--out {args.out} exists and is not a figure of hassod show; refusing to replace "
+            "it: choose another --out (or delete the file first)"
+        )
     try:
         labels = load_labels(args.labels, "labels")
         named = None
@@ -604,7 +622,11 @@ def run_show_command(args: argparse.Namespace, parser: argparse.ArgumentParser) 
         print(f"hassod show: error: {error}", file=sys.stderr)
         return 2
     figure = image_figure(item, panels, args.panel_height)
-    _atomic_save(args.out, lambda handle: figure.save(handle, format="PNG"))
+    from PIL.PngImagePlugin import PngInfo
+
+    stamp = PngInfo()
+    stamp.add_text("Software", _SHOW_SOFTWARE)  # lets a later run know the file is its own
+    _atomic_save(args.out, lambda handle: figure.save(handle, format="PNG", pnginfo=stamp))
     print(
         f"wrote {args.out} ({figure.size[0]}x{figure.size[1]}): {len(item.annotations)} of "
         f"{plural(item.total, 'mask')} of {record.get('file_name')}"

@@ -757,3 +757,24 @@ def test_show_out_must_be_a_png_name(scene, capsys):
     assert exit_info.value.code == 2
     assert "--out must be a .png file name" in capsys.readouterr().err
     assert main([*args, "--out", str(scene["dir"] / "fig.PNG")]) == 0
+
+
+def test_show_replaces_only_its_own_figure(scene, tmp_path, capsys):
+    """--out naming the photo itself (or any PNG it did not draw) is refused, the file kept;
+    its own figure from an earlier run is replaced. A folder as the image says so."""
+    photo = tmp_path / "photo.png"
+    shutil.copy(scene["images"] / "scene.png", photo)
+    original = photo.read_bytes()
+    args = ["show", str(scene["images"] / "scene.png"), "--labels", str(scene["labels"])]
+    for out in (photo, scene["images"] / "scene.png"):
+        with pytest.raises(SystemExit) as exit_info:
+            main([*args, "--out", str(out)])
+        assert exit_info.value.code == 2
+        assert "not a figure of hassod show" in capsys.readouterr().err
+    assert photo.read_bytes() == original
+    figure = tmp_path / "figure.png"
+    assert main([*args, "--out", str(figure)]) == 0
+    assert main([*args, "--out", str(figure), "--levels", "whole"]) == 0  # its own: replaced
+    with pytest.raises(SystemExit) as exit_info:
+        main(["show", str(tmp_path), "--labels", str(scene["labels"]), "--out", str(figure)])
+    assert exit_info.value.code == 2 and "is a folder; give one image" in capsys.readouterr().err
