@@ -1102,10 +1102,22 @@ def _writable_file(path: Path, parser: argparse.ArgumentParser, option: str = "-
         path = output_target(path)
     except OSError as error:
         parser.error(f"{option}: {error}")
-    folder = path.parent if str(path.parent) else Path(".")
+    _writable_folder(path.parent if str(path.parent) else Path("."), parser, option, path)
+    return path
+
+
+def _writable_folder(
+    folder: Path, parser: argparse.ArgumentParser, option: str = "--out", named: Path | None = None
+) -> Path:
+    """An output folder that exists and is writable, or can be made in a writable one: its
+    nearest existing folder is probed, nothing is created (the writer makes the missing
+    folders). ``named``: the path the option gave (``folder``'s file), for the message."""
+    named = folder if named is None else named
     existing = next(p for p in (folder, *folder.parents) if p.exists() or p == Path(p.anchor))
     if not existing.is_dir():
-        parser.error(f"{option} {path}: {existing} is a file, not a folder")
+        if existing == named:
+            parser.error(f"{option} {named} is a file, not a folder")
+        parser.error(f"{option} {named}: {existing} is a file, not a folder")
     try:  # a probe file, removed at once: the folder's permissions alone miss read-only mounts
         import tempfile
 
@@ -1113,7 +1125,7 @@ def _writable_file(path: Path, parser: argparse.ArgumentParser, option: str = "-
             pass
     except OSError as error:
         parser.error(f"output folder {existing} is not writable: {error}")
-    return path
+    return folder
 
 
 def _writable_dir(

@@ -75,7 +75,7 @@ def test_a_corrupt_rle_is_left_out_not_decoded(synthetic, tmp_path):
         rle["counts"] = "Ug011"
 
     path = _rewrite(json_path, tmp_path, truncate)
-    with pytest.warns(UserWarning, match="1 malformed annotations .* corrupt RLE"):
+    with pytest.warns(UserWarning, match="1 malformed annotation in .* corrupt RLE"):
         labels = load_pseudo_labels(path, images)
     assert labels.report["annotations_malformed"] == 1
     total = len(json.loads(json_path.read_text())["annotations"])
@@ -151,7 +151,7 @@ def test_missing_and_corrupt_images_are_skipped_and_counted(synthetic, tmp_path)
     for name in names[1:]:
         (folder / name).write_bytes((images / name).read_bytes())
     (folder / names[2]).write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
-    with pytest.warns(UserWarning, match="1 images .* missing"):
+    with pytest.warns(UserWarning, match="1 image listed .* is missing"):
         labels = load_pseudo_labels(json_path, folder)
     assert labels.report["images_missing_file"] == 1 and len(labels) == 3
     config = tiny_config(iterations=4)

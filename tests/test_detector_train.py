@@ -706,8 +706,10 @@ def test_train_cli_exit_codes(synthetic, tmp_path, capsys):
     assert main([*command, "--resume"]) == 0
     assert "nothing to train" in capsys.readouterr().out
     (tmp_path / "file").write_text("x")
-    assert main([*command[:4], str(tmp_path / "file"), *command[5:]]) == 2
-    assert "is a file; give a folder" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:  # refused before the data load
+        main([*command[:4], str(tmp_path / "file"), *command[5:]])
+    assert exit_info.value.code == 2
+    assert f"--out {tmp_path / 'file'} is a file, not a folder" in capsys.readouterr().err
 
 
 def test_only_rank_zero_reports_the_training_summary():
@@ -805,7 +807,7 @@ def test_resuming_a_finished_run_says_so(synthetic, tmp_path, capsys):
     assert "trained iterations 0..1" in capsys.readouterr().out
     assert main([*run, "--resume", "--quiet", "--device", "cpu"]) == 0
     out = capsys.readouterr().out
-    assert "nothing to train" in out and "finished its 1 iterations" in out and "nan" not in out
+    assert "nothing to train" in out and "finished its 1 iteration;" in out and "nan" not in out
 
 
 def test_checkpoints_from_before_grouping_resume_ungrouped(tmp_path):
@@ -965,3 +967,167 @@ def test_train_options_are_checked_together_not_one_by_one():
     args = parser.parse_args(["train", "p.json", "images", "--out", "o", *options.split()])
     config, _ = _train_config(args, parser)
     assert (config.batch_size, config.micro_batch, config.mean_teacher.iterations) == (1, 2, 5)
+
+
+_ONE_STEP = ["--preset", "cpu-small", "--quiet", "--device", "cpu", "--iterations", "1"]
+_ONE_STEP += ["--batch-size", "2", "--mean-teacher-iterations", "0"]
+
+
+def test_train_refuses_an_unwritable_out_before_loading_the_data(synthetic, tmp_path, capsys):
+    """An --out under a file, or in a folder that cannot be written, is one line and exit 2
+    before the data load (fit() used to raise NotADirectoryError / PermissionError)."""
+    from hassod.cli import main
+
+    json_path, images = synthetic
+    (tmp_path / "somefile.jpg").write_text("x")
+    out = tmp_path / "somefile.jpg" / "run"
+    for pseudo in (json_path, tmp_path / "missing.json"):  # the data are not read first
+        with pytest.raises(SystemExit) as exit_info:
+            main(["train", str(pseudo), str(images), "--out", str(out), *_ONE_STEP])
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err
+        assert f"--out {out}: {tmp_path / 'somefile.jpg'} is a file, not a folder" in err
+        assert "Traceback" not in err and "missing.json" not in err
+    assert not list(tmp_path.glob("**/checkpoints"))
+
+
+def test_train_refuses_an_out_whose_folder_cannot_be_written(synthetic, tmp_path, capsys):
+    """A read-only mount (permission bits stop no root process: the probe file fails here)."""
+    import tempfile
+
+    from hassod.cli import main
+
+    def read_only(*args, **kwargs):
+        raise PermissionError(13, "Read-only file system", kwargs.get("dir"))
+
+    json_path, images = synthetic
+    command = ["train", str(json_path), str(images), "--out", str(tmp_path / "ro" / "run")]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(tempfile, "NamedTemporaryFile", read_only)
+        with pytest.raises(SystemExit) as exit_info:
+            main([*command, *_ONE_STEP])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"hassod train: error: output folder {tmp_path} is not writable" in err
+    assert not (tmp_path / "ro").exists()
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
+def test_train_refuses_a_read_only_out_folder(synthetic, tmp_path, capsys):
+    from hassod.cli import main
+
+    json_path, images = synthetic
+    (tmp_path / "ro").mkdir()
+    (tmp_path / "ro").chmod(0o555)
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            out = tmp_path / "ro" / "run"
+            main(["train", str(json_path), str(images), "--out", str(out), *_ONE_STEP])
+    finally:
+        (tmp_path / "ro").chmod(0o755)
+    assert exit_info.value.code == 2
+    assert f"output folder {tmp_path / 'ro'} is not writable" in capsys.readouterr().err
+
+
+def test_resume_on_other_data_says_what_differs(synthetic, tmp_path, capsys):
+    """Checkpoints record the pseudo-labels (path, size, SHA-256, counts) and the image folder;
+    --resume on other data warns in one line and trains on; a moved copy of the JSON is the
+    same data; checkpoints without the record resume silently."""
+    from hassod.cli import main
+
+    json_path, images = synthetic
+    other_json, other_images = write_dataset(tmp_path / "other", count=3, size=96, seed=8)
+    moved = tmp_path / "moved"
+    shutil.copytree(json_path.parent, moved)
+    out = tmp_path / "run"
+    options = ["--out", str(out), "--preset", "cpu-small", "--quiet", "--device", "cpu"]
+    options += "--iterations 2 --batch-size 2 --mean-teacher-iterations 0".split()
+    options += ["--checkpoint-period", "1"]
+    assert main(["train", str(json_path), str(images), *options]) == 0
+    stopped = out / "checkpoints" / "iter_0000001.pth"
+    recorded = ckpt.load_checkpoint(stopped)["extra"]["dataset"]
+    assert recorded == load_pseudo_labels(json_path, images).source
+    assert recorded["pseudo_json_bytes"] == json_path.stat().st_size
+    assert recorded["images_dir"] == str(images.resolve()) and recorded["images"] == 4
+
+    def resume(pseudo, folder) -> str:
+        ckpt.mark_last(stopped.parent, stopped)  # as if the run had stopped after iteration 1
+        capsys.readouterr()
+        assert main(["train", str(pseudo), str(folder), *options, "--resume"]) == 0
+        captured = capsys.readouterr()
+        assert "trained iterations 1..2" in captured.out
+        return "\n".join(
+            line for line in captured.err.splitlines() if "trained on other data" in line
+        )
+
+    warning = resume(other_json, other_images)
+    assert warning.startswith(f"hassod train: warning: --resume: the run in {out} was trained")
+    assert f"pseudo-labels {other_json.resolve()} (3 images, " in warning
+    assert f"are not the run's {json_path.resolve()} (4 images, " in warning
+    assert f"image folder {other_images.resolve()} (the run's: {images.resolve()};" in warning
+    assert warning.endswith("training goes on with the data given")
+    # the same content elsewhere: only the image folder is noted (its images are not hashed)
+    warning = resume(moved / json_path.name, moved / images.name)
+    assert "pseudo-labels" not in warning and f"image folder {moved / images.name}" in warning
+    assert resume(json_path, images) == ""
+    payload = torch.load(stopped, weights_only=True)  # a checkpoint from before the record
+    del payload["extra"]["dataset"]
+    torch.save(payload, stopped)
+    assert resume(other_json, other_images) == ""
+
+
+@pytest.mark.parametrize(
+    "settings, hint",
+    [
+        ({"lr": 0.1}, "unknown TrainConfig settings: lr (did you mean base_lr?)"),
+        ({"batchsize": 2}, "batchsize (did you mean batch_size?)"),
+        ({"workers": 2}, "workers (did you mean data.num_workers?)"),
+        ({"backbone": "resnet18"}, "backbone (did you mean model.backbone?)"),
+        ({"model": {"bakbone": "resnet18"}}, "ModelConfig settings: bakbone (did you mean model."),
+        ({"model": {"batch_size": 2}}, "batch_size (did you mean the top-level batch_size?)"),
+        ({"mean_teacher": {"ema_keep": 0.9}}, "(did you mean mean_teacher.ema_keep_rate?)"),
+        ({"zzz": 1, "lr": 0.1}, "settings: lr (did you mean base_lr?), zzz"),
+    ],
+)
+def test_an_unknown_setting_names_the_likely_one(settings, hint):
+    from hassod.detector.config import config_from_dict, cpu_small_config
+
+    with pytest.raises(ValueError) as caught:
+        config_from_dict(settings, base=cpu_small_config())
+    assert hint in str(caught.value)
+
+
+def test_an_unknown_config_setting_is_one_line_with_the_likely_one(tmp_path, capsys):
+    from hassod.cli import main
+
+    settings = tmp_path / "settings.json"
+    settings.write_text('{"lr": 0.1}')
+    command = ["train", "p.json", "images", "--out", str(tmp_path / "run"), "--config"]
+    with pytest.raises(SystemExit) as exit_info:
+        main([*command, str(settings)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "train settings: unknown TrainConfig settings: lr (did you mean base_lr?)" in err
+
+
+def test_counts_of_one_are_singular(synthetic, tmp_path):
+    from hassod.detector.cli import train_summary
+    from hassod.detector.training import TrainResult
+
+    json_path, images = synthetic
+    result = TrainResult(tmp_path, 0, 1, tmp_path / "final.pth", {"a.png": "bad"}, {}, {}, 1.0)
+    assert train_summary(result).endswith("; 1 unreadable image skipped")
+    result.skipped_images["b.png"] = "bad"
+    assert train_summary(result).endswith("; 2 unreadable images skipped")
+    copy = tmp_path / "copy"
+    shutil.copytree(images, copy)
+    next(copy.iterdir()).unlink()
+    with pytest.warns(UserWarning, match=r"^1 image listed in .* is missing under .*; left out"):
+        load_pseudo_labels(json_path, copy)
+    from hassod.detector.data import DataError, TrainBatches
+
+    one_json, one_folder = write_dataset(tmp_path / "one", count=1, size=96)
+    next(one_folder.iterdir()).write_bytes(b"not an image")
+    batches = TrainBatches(load_pseudo_labels(one_json, one_folder), tiny_config(), 0, 1)
+    with pytest.raises(DataError, match="^the only image could not be read"):
+        batches[0]

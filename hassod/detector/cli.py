@@ -19,8 +19,8 @@ _TRAIN_EXIT_CODES = """exit codes:
   1    run-time failure (e.g. CUDA out of memory)
   2    bad arguments or input: unusable pseudo-label JSON (no images, no annotations), missing
        image folder or backbone weights, weights of another architecture, an unreadable
-       --init-from checkpoint, an OUT that already holds a run (without --resume) or is a
-       file
+       --init-from checkpoint, an OUT that already holds a run (without --resume), is a
+       file or cannot be written (checked before the data load)
   130  interrupted (Ctrl-C, SIGTERM): a checkpoint of the last finished iteration is saved;
        run the same command with --resume to continue exactly"""
 
@@ -136,7 +136,7 @@ def add_train_parser(commands) -> None:
         "--resume",
         action="store_true",
         help="continue from OUT's last checkpoint (a new run when it has none yet, so one "
-        "command serves a job that may be restarted)",
+        "command serves a job that may be restarted); warns when the data differ from the run's",
     )
     train.add_argument(
         "--init-from",
@@ -349,8 +349,10 @@ def _not_applied_on_resume(args, config, settings: dict | None) -> list[str]:
 
 
 def run_train_command(args, parser) -> int:
+    from hassod.cli import _warnings_as_lines, _writable_folder
+
+    _writable_folder(args.out, parser)  # before the data load and the run, not after them
     config, settings = _train_config(args, parser)
-    from hassod.cli import _warnings_as_lines
     from hassod.detector.data import DataError
     from hassod.detector.training import Interrupted, train
 
@@ -491,16 +493,18 @@ def run_predict_command(args, parser) -> int:
 
 def train_summary(result) -> str:
     """The line ``hassod train`` ends with (a :class:`~hassod.detector.training.TrainResult`)."""
+    from hassod._text import counted
+
     skipped = len(result.skipped_images)
     if result.start_iteration >= result.iterations_done:  # resumed a finished run
         return (
-            f"nothing to train: the run had already finished its {result.iterations_done} "
-            f"iterations; checkpoint {result.checkpoint}"
+            "nothing to train: the run had already finished its "
+            f"{counted(result.iterations_done, 'iteration')}; checkpoint {result.checkpoint}"
         )
     return (
         f"trained iterations {result.start_iteration}..{result.iterations_done} in "
         f"{result.seconds:.0f} s ({result.iterations_per_second:.2f} it/s); "
         f"final loss {result.last_losses.get('total_loss', float('nan')):.4f}; "
         f"checkpoint {result.checkpoint}"
-        + (f"; {skipped} unreadable images skipped" if skipped else "")
+        + (f"; {counted(skipped, 'unreadable image')} skipped" if skipped else "")
     )

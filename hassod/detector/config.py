@@ -476,13 +476,46 @@ def _tuples(value):
     return value
 
 
+# Each settings class by the prefix of its settings' paths (base_lr, model.backbone, ...).
+_SECTIONS = {
+    "": TrainConfig,
+    "model.": ModelConfig,
+    "data.": DataConfig,
+    "mean_teacher.": MeanTeacherConfig,
+}
+
+
+def _suggestion(key: str, prefix: str) -> str:
+    """The setting an unknown ``key`` of the ``prefix`` section (``""``, ``"model."``, ...)
+    likely means (``base_lr``, ``model.backbone``, ``the top-level seed``), or ``""``: the
+    setting of the command-line option of that name (``lr``: ``base_lr``), else a close
+    spelling in the same section, else the name or a close spelling in another section."""
+    import difflib
+
+    option = "--" + key.lstrip("-").replace("_", "-")
+    found = [path for path, name in _OPTIONS.items() if name == option]
+    if not found:
+        names = [item.name for item in dataclasses.fields(_SECTIONS[prefix])]
+        found = [prefix + name for name in difflib.get_close_matches(key, names, n=1)]
+    if not found:
+        paths = [p + item.name for p, cls in _SECTIONS.items() for item in dataclasses.fields(cls)]
+        leaves = {path.rsplit(".", 1)[-1]: path for path in reversed(paths)}
+        found = [leaves[name] for name in difflib.get_close_matches(key, list(leaves), n=1)]
+    if not found:
+        return ""
+    return f"the top-level {found[0]}" if prefix and "." not in found[0] else found[0]
+
+
 def _section(cls, data, base, name: str):
     if not isinstance(data, dict):
         raise TypeError(f"{name} must be a JSON object of settings, got {data!r}")
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:
-        raise ValueError(f"unknown {cls.__name__} settings: {', '.join(unknown)}")
+        prefix = "" if cls is TrainConfig else f"{name}."
+        hints = [(key, _suggestion(str(key), prefix)) for key in unknown]
+        listed = [f"{key} (did you mean {hint}?)" if hint else str(key) for key, hint in hints]
+        raise ValueError(f"unknown {cls.__name__} settings: {', '.join(listed)}")
     values = {key: _tuples(value) for key, value in data.items()}
     return dataclasses.replace(base, **values)
 

@@ -15,6 +15,7 @@ image of the shuffled order takes their place -- and reported in each batch's ``
 
 from __future__ import annotations
 
+import hashlib
 import json
 import signal
 import warnings
@@ -24,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from hassod._text import counted
 from hassod.detector import augment
 from hassod.detector.config import TrainConfig
 from hassod.detector.sampling import GroupedStream, ShuffledStream
@@ -60,6 +62,10 @@ class PseudoLabels:
     image_root: Path
     entries: list
     report: dict
+    # what was read, recorded in checkpoints so that a resume on other data is noticed:
+    # pseudo_json (resolved path), pseudo_json_bytes, pseudo_json_sha256, images_dir
+    # (resolved), images and annotations (the usable ones)
+    source: dict = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -82,7 +88,17 @@ def load_pseudo_labels(json_path, image_root, *, keep_empty: bool = False) -> Ps
     if not image_root.is_dir():
         raise DataError(f"image folder not found: {image_root}")
     try:
-        coco = json.loads(json_path.read_text(encoding="utf-8"))
+        raw = json_path.read_bytes()
+        source = {
+            "pseudo_json": str(json_path.resolve()),
+            "pseudo_json_bytes": len(raw),
+            "pseudo_json_sha256": hashlib.sha256(raw).hexdigest(),  # 1-2 s a GB
+            "images_dir": str(image_root.resolve()),
+        }
+        text = raw.decode("utf-8")
+        del raw
+        coco = json.loads(text)
+        del text
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise DataError(f"cannot read pseudo-label JSON {json_path}: {error}") from error
     if not isinstance(coco, dict) or not isinstance(coco.get("images"), list):
@@ -161,28 +177,31 @@ def load_pseudo_labels(json_path, image_root, *, keep_empty: bool = False) -> Ps
             report["images_missing_file"] += 1
             continue
         usable.append(entry)
-    if report["annotations_without_level"]:
+    count = report["annotations_without_level"]
+    if count:
         warnings.warn(
-            f"{report['annotations_without_level']} annotations in {json_path} have no "
-            "hier_level; they are treated as whole objects (level 0)",
+            f"{counted(count, 'annotation')} in {json_path} {'has' if count == 1 else 'have'} "
+            "no hier_level; treated as whole objects (level 0)",
             stacklevel=2,
         )
-    if report["annotations_bad_level"]:
+    count = report["annotations_bad_level"]
+    if count:
         warnings.warn(
-            f"{report['annotations_bad_level']} annotations have a hier_level outside 0-2; "
-            "clipped into that range",
+            f"{counted(count, 'annotation')} {'has' if count == 1 else 'have'} a hier_level "
+            "outside 0-2; clipped into that range",
             stacklevel=2,
         )
-    if report["annotations_malformed"]:
+    count = report["annotations_malformed"]
+    if count:
         warnings.warn(
-            f"{report['annotations_malformed']} malformed annotations in {json_path} are left "
-            f"out, e.g. {malformed}",
+            f"{counted(count, 'malformed annotation')} in {json_path} left out, e.g. {malformed}",
             stacklevel=2,
         )
-    if report["images_missing_file"]:
+    count = report["images_missing_file"]
+    if count:
         warnings.warn(
-            f"{report['images_missing_file']} images listed in {json_path} are missing under "
-            f"{image_root}; they are left out",
+            f"{counted(count, 'image')} listed in {json_path} {'is' if count == 1 else 'are'} "
+            f"missing under {image_root}; left out",
             stacklevel=2,
         )
     if not coco["images"]:
@@ -195,7 +214,9 @@ def load_pseudo_labels(json_path, image_root, *, keep_empty: bool = False) -> Ps
             )
         raise DataError(f"none of the images of {json_path} were found under {image_root}")
     report["images_used"] = len(usable)
-    return PseudoLabels(image_root=image_root, entries=usable, report=report)
+    source["images"] = len(usable)
+    source["annotations"] = sum(len(entry.segmentations) for entry in usable)
+    return PseudoLabels(image_root=image_root, entries=usable, report=report, source=source)
 
 
 def _coco_box(value) -> list | None:
@@ -350,8 +371,11 @@ class TrainBatches(torch.utils.data.Dataset):
                 sample = self._try_read(candidate, skipped)
                 if sample is not None:
                     return sample
+        example = next(iter(self._bad.values()))
         raise DataError(
-            f"none of the {count} images could be read (e.g. {next(iter(self._bad.values()))})"
+            f"none of the {count} images could be read (e.g. {example})"
+            if count != 1
+            else f"the only image could not be read ({example})"
         )
 
     def _try_read(self, index: int, skipped: list) -> dict | None:

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from hassod._checks import check_number
+from hassod._text import counted
 from hassod.coco import CATEGORY, LEVEL_NAMES, image_id_for
 from hassod.detector import augment
 from hassod.detector.cascade import clip_nonempty
@@ -268,10 +269,6 @@ def _as_array(image) -> np.ndarray:
     return np.asarray(image)
 
 
-def _count(number: int, noun: str) -> str:
-    return f"{number} {noun}{'' if number == 1 else 's'}"
-
-
 @dataclass
 class PredictSummary:
     out: Path
@@ -285,12 +282,12 @@ class PredictSummary:
         levels = ", ".join(f"{name} {self.per_level.get(name, 0)}" for name in LEVEL_NAMES)
         text = (
             f"wrote {self.out}: {self.detections} detections ({levels}) on "
-            f"{_count(self.images, 'image')}"
+            f"{counted(self.images, 'image')}"
         )
         if self.failed:
-            text += f"; {_count(len(self.failed), 'image')} could not be read (listed on stderr)"
+            text += f"; {counted(len(self.failed), 'image')} could not be read (listed on stderr)"
         if self.unlisted:
-            text += f"; {_count(self.unlisted, 'image')} not in the --image-ids JSON skipped"
+            text += f"; {counted(self.unlisted, 'image')} not in the --image-ids JSON skipped"
         return text
 
 

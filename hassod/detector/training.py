@@ -36,6 +36,7 @@ from typing import Any
 
 import torch
 
+from hassod._text import counted
 from hassod.detector import checkpoint as ckpt
 from hassod.detector import distributed, schedule
 from hassod.detector.backbone import resolve_norm
@@ -184,8 +185,10 @@ class Trainer:
         out_dir: where checkpoints, ``metrics.csv``, ``config.json`` go.
         backbone_weights: self-supervised ResNet file (ignored when resuming).
         resume: continue from ``out_dir``'s newest checkpoint (a new run, with a warning,
-            while it has none). Without it, an ``out_dir`` that holds a checkpoint is refused
-            (ValueError): a second run would replace its checkpoints and metrics.
+            while it has none); a warning names data that differ from those the checkpoint
+            recorded (:func:`dataset_changes`). Without it, an ``out_dir`` that holds a
+            checkpoint is refused (ValueError): a second run would replace its checkpoints and
+            metrics.
         init_from: a ``hassod train`` checkpoint whose student weights (``model``) start this
             run at iteration 0 with a fresh optimizer -- e.g. a burn-in run's
             ``model_final.pth``, so that ``iterations=0`` runs the Mean Teacher phase alone, as
@@ -243,6 +246,13 @@ class Trainer:
             payload = ckpt.load_checkpoint(path, map_location="cpu")
             config = _resumed_config(payload["config"], config)
             backbone_weights = None
+            changes = dataset_changes(payload.get("extra", {}).get("dataset"), labels.source)
+            if changes and self.dist.is_main:
+                warnings.warn(
+                    f"--resume: the run in {self.out_dir} was trained on other data: "
+                    f"{'; '.join(changes)}; training goes on with the data given",
+                    stacklevel=2,
+                )
         elif init_from is not None:
             if backbone_weights is not None:
                 raise ValueError(
@@ -324,8 +334,8 @@ class Trainer:
         else:
             ckpt.set_rng_state(payload["rng"])
             warnings.warn(
-                f"the checkpoint was written by {len(states)} processes, this run has "
-                f"{self.dist.world_size}: training continues, but not bit-for-bit",
+                f"the checkpoint was written by {counted(len(states), 'process', 'processes')}, "
+                f"this run has {self.dist.world_size}: training continues, but not bit-for-bit",
                 stacklevel=2,
             )
 
@@ -358,6 +368,7 @@ class Trainer:
                 scaler=self.scaler,
                 extra={
                     "skipped_images": dict(self.skipped),
+                    "dataset": dict(self.labels.source),  # compared on --resume
                     "world_size": self.dist.world_size,
                     "metrics_pending": metrics_pending or {},
                 },
@@ -633,6 +644,37 @@ def _resumed_config(stored: TrainConfig, requested: TrainConfig) -> TrainConfig:
         log_period=requested.log_period,
         data=dataclasses.replace(stored.data, num_workers=requested.data.num_workers),
     )
+
+
+def dataset_changes(recorded: dict | None, current: dict) -> list[str]:
+    """How the data of a resumed run (``current``, :attr:`PseudoLabels.source`) differ from
+    those its checkpoint recorded: pseudo-labels of other content (compared by size and
+    SHA-256, so a moved or renamed copy is the same), another image folder, another number of
+    usable images. Empty for a checkpoint without the record (written before it existed)."""
+    if not recorded or not current:
+        return []
+
+    def counts(source: dict) -> str:
+        images = counted(source.get("images", 0), "image")
+        return f"{images}, {counted(source.get('annotations', 0), 'annotation')}"
+
+    changes = []
+    content = ("pseudo_json_bytes", "pseudo_json_sha256")
+    same_json = all(recorded.get(key) == current.get(key) for key in content)
+    if not same_json:
+        changes.append(
+            f"pseudo-labels {current.get('pseudo_json')} ({counts(current)}) are not the "
+            f"run's {recorded.get('pseudo_json')} ({counts(recorded)})"
+        )
+    if recorded.get("images_dir") != current.get("images_dir"):
+        changes.append(
+            f"image folder {current.get('images_dir')} (the run's: {recorded.get('images_dir')}; "
+            "exact if it holds the same images)"
+        )
+    if same_json and recorded.get("images") != current.get("images"):
+        found = counted(current.get("images", 0), "usable image")
+        changes.append(f"{found} (the run's: {recorded.get('images')})")
+    return changes
 
 
 def check_run_folder(out_dir, resume: bool) -> Path | None:
