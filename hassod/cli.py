@@ -546,12 +546,12 @@ def _is_show_figure(head: bytes) -> bool:
 
 def run_show_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from hassod._io import foreign_file
+    from hassod._text import counted
     from hassod.labels import (
         InputError,
         failure_of,
         load_labels,
         match_image,
-        plural,
         read_json,
     )
     from hassod.report import (
@@ -629,7 +629,7 @@ def run_show_command(args: argparse.Namespace, parser: argparse.ArgumentParser) 
     _atomic_save(args.out, lambda handle: figure.save(handle, format="PNG", pnginfo=stamp))
     print(
         f"wrote {args.out} ({figure.size[0]}x{figure.size[1]}): {len(item.annotations)} of "
-        f"{plural(item.total, 'mask')} of {record.get('file_name')}"
+        f"{counted(item.total, 'mask')} of {record.get('file_name')}"
     )
     return 0
 
@@ -704,7 +704,8 @@ def _add_report_parser(commands) -> None:
 
 
 def run_report_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from hassod.labels import InputError, plural
+    from hassod._text import counted
+    from hassod.labels import InputError
     from hassod.report import write_report
 
     panels = _parse_levels(args.levels, parser)
@@ -735,16 +736,16 @@ def run_report_command(args: argparse.Namespace, parser: argparse.ArgumentParser
         print(f"{warn} left out of the gallery, cannot read {name}: {reason}", file=sys.stderr)
     if len(summary.unreadable) > MAX_LISTED:
         more = len(summary.unreadable) - MAX_LISTED
-        print(f"{warn} and {plural(more, 'more image')} that cannot be read", file=sys.stderr)
+        print(f"{warn} and {counted(more, 'more image')} that cannot be read", file=sys.stderr)
     if summary.missing:
         print(
-            f"{warn} {plural(len(summary.missing), 'gallery image')} not found in "
+            f"{warn} {counted(len(summary.missing), 'gallery image')} not found in "
             f"{args.images_dir} (listed on the page), e.g. {summary.missing[0]!r}",
             file=sys.stderr,
         )
     print(
-        f"wrote {summary.index}: {plural(summary.images, 'image')}, "
-        f"{plural(summary.masks, 'mask')}, gallery of {summary.shown}"
+        f"wrote {summary.index}: {counted(summary.images, 'image')}, "
+        f"{counted(summary.masks, 'mask')}, gallery of {summary.shown}"
         + (", with evaluation" if summary.evaluated else "")
     )
     return 0
@@ -917,7 +918,7 @@ def _report_run_error(command: str, error: Exception) -> int:
 
 def run_merge_command(args: argparse.Namespace) -> int:
     from hassod import discover_run
-    from hassod.labels import plural
+    from hassod._text import counted
 
     try:
         with _warnings_as_lines("merge-shards"):  # e.g. a damaged chunk of a shard folder
@@ -926,9 +927,9 @@ def run_merge_command(args: argparse.Namespace) -> int:
         print(f"hassod merge-shards: error: {error}", file=sys.stderr)
         return discover_run.EXIT_USAGE
     print(
-        f"wrote {args.out}: {plural(len(coco['images']), 'image')}, "
-        f"{plural(len(coco['annotations']), 'mask')}, {len(coco['failed'])} failed, from "
-        f"{plural(len(args.inputs), 'input')}"
+        f"wrote {args.out}: {counted(len(coco['images']), 'image')}, "
+        f"{counted(len(coco['annotations']), 'mask')}, {len(coco['failed'])} failed, from "
+        f"{counted(len(args.inputs), 'input')}"
     )
     return 0
 
@@ -936,7 +937,8 @@ def run_merge_command(args: argparse.Namespace) -> int:
 def run_sa1b_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from hassod._io import atomic_write_json, foreign_file, json_signature
     from hassod._progress import progress_bar
-    from hassod.labels import InputError, plural
+    from hassod._text import counted
+    from hassod.labels import InputError
     from hassod.sa1b import SA1B_DESCRIPTION, sa1b_files, sa1b_to_coco
 
     _writable_file(args.out, parser)
@@ -956,8 +958,8 @@ def run_sa1b_command(args: argparse.Namespace, parser: argparse.ArgumentParser) 
         return 2
     atomic_write_json(args.out, coco, parents=True)
     print(
-        f"wrote {args.out}: {plural(len(coco['images']), 'image')}, "
-        f"{plural(len(coco['annotations']), 'mask')}"
+        f"wrote {args.out}: {counted(len(coco['images']), 'image')}, "
+        f"{counted(len(coco['annotations']), 'mask')}"
     )
     return 0
 

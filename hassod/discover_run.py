@@ -62,6 +62,7 @@ from pathlib import Path
 import numpy as np
 
 from hassod._io import atomic_write_json
+from hassod._text import counted
 from hassod.cluster import fast_cluster, fast_cluster_batch
 from hassod.coco import LEVEL_NAMES, assemble, is_foreign_output
 from hassod.demo import DEMO_IMAGES, write_demo_images, write_level_figures
@@ -74,7 +75,6 @@ from hassod.discover import (
 )
 from hassod.features import RANDOM_WEIGHTS_SEED
 from hassod.image_folder import IMAGE_EXTENSIONS, check_ids, decode, list_images, pil_limits
-from hassod.labels import plural
 from hassod.run_errors import (
     EXIT_INTERRUPTED,
     EXIT_OK,
@@ -180,7 +180,7 @@ class RunSummary:
         working = self.wall - self.setup
         rate = self.processed / working if working > 0 else 0.0
         lines.append(
-            f"hassod discover{where}: {plural(self.processed, 'image')} processed in "
+            f"hassod discover{where}: {counted(self.processed, 'image')} processed in "
             f"{self.wall:.1f} s "
             f"({rate:.2f} images/s on {self.device} after {self.setup:.1f} s of setup), "
             f"{self.skipped} already done, {self.failed_now} failed this run"
@@ -192,7 +192,7 @@ class RunSummary:
             for name, count in zip(LEVEL_NAMES, self.masks_per_level)
         )
         lines.append(
-            f"{self.json_path}: {plural(self.images, 'image')}, {plural(total, 'mask')} = "
+            f"{self.json_path}: {counted(self.images, 'image')}, {counted(total, 'mask')} = "
             f"{per_image:.2f} per image "
             f"({levels}), {len(self.failed)} failed"
         )
@@ -525,7 +525,7 @@ def run_discover(options: RunOptions) -> RunSummary:
         ]
         if changed:
             warnings.warn(
-                f"{plural(len(changed), 'image')} changed since processed (e.g. "
+                f"{counted(len(changed), 'image')} changed since processed (e.g. "
                 f"{changed[0]!r}): processed again",
                 RuntimeWarning,
                 stacklevel=2,
@@ -703,7 +703,7 @@ def _pipeline(
         with contextlib.suppress(BaseException):  # keep what already finished
             record(post.collect(block=False))
         raise Interrupted(
-            f"interrupted: {plural(counts['processed'], 'image')} finished in this run "
+            f"interrupted: {counted(counts['processed'], 'image')} finished in this run "
             f"{'is' if counts['processed'] == 1 else 'are'} saved in "
             f"{folder.path}; run the same command again to resume"
         ) from None

@@ -77,6 +77,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from hassod._checks import real_number
+from hassod._text import counted
 from hassod.labels import (
     HASHED_IDS_HINT,
     LEVEL_NAMES,
@@ -87,7 +88,6 @@ from hassod.labels import (
     check_id,
     level_of,
     load_labels,
-    plural,
     read_json,
     score_of,
     threshold_of,
@@ -231,7 +231,7 @@ def _without_masks(iou_types: tuple, missing, allowed: bool, reason) -> tuple[tu
 
 def _of(part: int, whole: int, noun: str) -> str:
     """'1 of 3 predictions has', '2 of 3 predictions have', '1 of 1 prediction has'."""
-    return f"{part} of {plural(whole, noun)} {'has' if part == 1 else 'have'}"
+    return f"{part} of {counted(whole, noun)} {'has' if part == 1 else 'have'}"
 
 
 def _gt_name(gt) -> str:
@@ -367,7 +367,7 @@ def load_ground_truth(
     if orphans:
         counts["dropped_unknown_image"] = orphans
         warnings.warn(
-            f"ground truth {name}: {plural(orphans, 'annotation')} of images it does not list "
+            f"ground truth {name}: {counted(orphans, 'annotation')} of images it does not list "
             "left out",
             stacklevel=2,
         )
@@ -375,8 +375,8 @@ def load_ground_truth(
         counts["dropped_polygons"] = rings
         counts["dropped_objects"] = shapeless
         warnings.warn(
-            f"ground truth {name}: {plural(rings, 'polygon')} with fewer than 3 points (or an "
-            f"odd number of coordinates) left out, and {plural(shapeless, 'object')} left with "
+            f"ground truth {name}: {counted(rings, 'polygon')} with fewer than 3 points (or an "
+            f"odd number of coordinates) left out, and {counted(shapeless, 'object')} left with "
             "none, as Detectron2's loader leaves them out",
             stacklevel=2,
         )
@@ -406,16 +406,16 @@ def _nothing_to_score(name: str, total: int, filtered: dict) -> str:
             f"{stuff_min_id} ({option}its category ids: {ids})"
         )
     if filtered["orphans"]:
-        reasons.append(f"{plural(filtered['orphans'], 'annotation')} of unlisted images left out")
+        reasons.append(f"{counted(filtered['orphans'], 'annotation')} of unlisted images left out")
     if filtered["shapeless"]:
         reasons.append(
-            f"{plural(filtered['shapeless'], 'object')} without a polygon of 3 or more points "
+            f"{counted(filtered['shapeless'], 'object')} without a polygon of 3 or more points "
             "left out"
         )
     if filtered["crowd"]:
-        reasons.append(f"{plural(filtered['crowd'], 'crowd region')}, which COCOeval ignores")
+        reasons.append(f"{counted(filtered['crowd'], 'crowd region')}, which COCOeval ignores")
     text = (
-        f"ground truth {name}: none of its {plural(total, 'annotation')} is left to score: "
+        f"ground truth {name}: none of its {counted(total, 'annotation')} is left to score: "
         + "; ".join(reasons)
     )
     if dropped and stuff_min_id != STUFF_MIN_ID:
@@ -502,7 +502,7 @@ def _unknown_images_message(
     shown = ", ".join(map(repr, unknown[:5])) + (" ..." if len(unknown) > 5 else "")
     # Images with at least one prediction: an image listed with no masks counts in neither.
     if to_gt:
-        share = f"{len(unknown)} of the {plural(predicted, 'image')} with predictions"
+        share = f"{len(unknown)} of the {counted(predicted, 'image')} with predictions"
     else:
         share = (
             "the only image with predictions"
@@ -512,13 +512,13 @@ def _unknown_images_message(
     if labels.images is None:
         verb = "is" if len(unknown) == 1 else "are"
         text = (
-            f"{plural(len(unknown), 'image id')} {verb} not in the ground truth: {shown} "
+            f"{counted(len(unknown), 'image id')} {verb} not in the ground truth: {shown} "
             f"({share}). {HASHED_IDS_HINT}"
         )
     else:
         text = (
             f"no image named {shown} in the ground truth "
-            f"({plural(len(dataset['images']), 'image')}; {share}, matched by file name)"
+            f"({counted(len(dataset['images']), 'image')}; {share}, matched by file name)"
         )
     if to_gt:  # leaving the others out still evaluates something
         text += (
@@ -745,15 +745,15 @@ def format_metrics(result: dict) -> str:
     counts = result["counts"]
     settings = result["settings"]
     header = (
-        f"class-agnostic, {plural(counts['images'], 'image')}, "
-        f"{plural(counts['objects'], 'object')} ({plural(counts['crowd'], 'crowd region')} "
+        f"class-agnostic, {counted(counts['images'], 'image')}, "
+        f"{counted(counts['objects'], 'object')} ({counted(counts['crowd'], 'crowd region')} "
         "ignored"
         + (
-            f", {plural(counts['dropped_stuff'], 'stuff region')} dropped"
+            f", {counted(counts['dropped_stuff'], 'stuff region')} dropped"
             if settings["things_only"]
             else ""
         )
-        + f"), {plural(counts['predictions'], 'prediction')}"
+        + f"), {counted(counts['predictions'], 'prediction')}"
         + _dropped_note(result)
         + f"; AR_s/m/l and AP at {MAX_DETS[-1]} detections"
     )
@@ -772,7 +772,7 @@ def _dropped_note(result: dict) -> str:
     counts = result["counts"]
     images = counts["dropped_images"]
     return (
-        f" ({counts['dropped_predictions']} more on {plural(images, 'image')} "
+        f" ({counts['dropped_predictions']} more on {counted(images, 'image')} "
         "not in the ground truth left out)"
     )
 

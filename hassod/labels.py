@@ -218,11 +218,6 @@ def _warn_on_dangling_parents(annotations: Sequence[dict], where: str) -> None:
         )
 
 
-def plural(number: int, noun: str) -> str:
-    """'1 image', '2 images': a count for messages."""
-    return f"{number} {noun}{'' if number == 1 else 's'}"
-
-
 def _shown(value) -> str:
     """``repr`` cut short, so that a 400-digit number or a long list keeps a message one line."""
     return reprlib.repr(value)

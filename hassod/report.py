@@ -25,6 +25,7 @@ import numpy as np
 from PIL import Image
 
 from hassod._io import atomic_write
+from hassod._text import counted
 from hassod.labels import (
     HASHED_IDS_HINT,
     LEVEL_NAMES,
@@ -34,7 +35,6 @@ from hassod.labels import (
     level_of,
     load_labels,
     mask_tree,
-    plural,
     read_json,
     score_of,
     select,
@@ -305,14 +305,14 @@ def write_report(
         are = "is" if len(unknown) == 1 else "are"
         if unknown and from_folder:
             raise InputError(
-                f"labels {labels.source}: {plural(len(unknown), 'image id')} {are} not in "
+                f"labels {labels.source}: {counted(len(unknown), 'image id')} {are} not in "
                 f"{images_dir} as `hassod predict` numbers its images (by their path in it), "
                 f"e.g. {unknown[0]!r}: give the folder predict ran on, or the dataset JSON the "
                 "results are numbered by (--images or --gt)"
             )
         if unknown:
             raise InputError(
-                f"labels {labels.source}: {plural(len(unknown), 'image id')} {are} not in the "
+                f"labels {labels.source}: {counted(len(unknown), 'image id')} {are} not in the "
                 f"images JSON, e.g. {unknown[0]!r}. {HASHED_IDS_HINT}"
             )
     shown = records[:limit] if limit is not None else records
@@ -460,7 +460,7 @@ def _histograms(out_dir: Path, level_counts: np.ndarray, counts: Sequence[int]) 
     axes.set_xlabel("masks in the image")
     axes.set_ylabel("images")
     axes.yaxis.set_major_locator(MaxNLocator(integer=True))  # image counts: no 0.5 ticks
-    axes.set_title(f"masks per image ({plural(len(counts), 'image')})")
+    axes.set_title(f"masks per image ({counted(len(counts), 'image')})")
     _save_figure(FigureCanvasAgg(figure), out_dir / "masks_per_image.png")
 
 
@@ -593,7 +593,7 @@ def _image_section(
     tree = _tree_html(slug, item, colours, parents)
     return (
         f'<article id="img-{slug}">\n<h3>{html.escape(file_name)}</h3>\n'
-        f'<p class="note">{plural(shown, "mask")} shown{more}: {summary}</p>\n'
+        f'<p class="note">{counted(shown, "mask")} shown{more}: {summary}</p>\n'
         f'<a href="{_link(f"figures/{slug}.png")}"><img class="figure" '
         f'src="{_link(f"figures/{slug}.png")}" alt="levels of {html.escape(file_name)}"></a>\n'
         f'<div class="viewer"><div class="stage"><img src="{_link(photo)}" width="{width}" '
@@ -706,6 +706,7 @@ def _page(
 ) -> str:
     total = int(sum(counts))
     per_image = total / num_images if num_images else 0.0
+    amounts = f"{counted(num_images, 'image')}, {counted(total, 'mask')}"
     levels = ", ".join(f"{int(c)} {n}" for n, c in zip(LEVEL_NAMES, level_counts))
     shown_settings = ", ".join(
         f"{name}: {'none' if value is None else value}" for name, value in settings.items()
@@ -733,7 +734,7 @@ def _page(
 </head>
 <body>
 <h1>hassod report: {html.escape(Path(labels.source).name)}</h1>
-<p>{plural(num_images, "image")}, {plural(total, "mask")} ({per_image:.2f} per image): {levels}.</p>
+<p>{amounts} ({per_image:.2f} per image): {levels}.</p>
 <p class="note">{html.escape(shown_settings)}. Hover over (or tab to) an entry of a mask tree to
 see its mask on the photo.</p>
 <nav><a href="#evaluation">Evaluation</a> · <a href="#statistics">Statistics</a> ·
@@ -743,7 +744,7 @@ see its mask on the photo.</p>
 <h2 id="statistics">Statistics</h2>
 <div class="stats"><img src="levels.png" alt="masks per level">
 <img src="masks_per_image.png" alt="histogram of masks per image"></div>
-<h2 id="gallery">Gallery ({plural(len(gallery), "image")})</h2>
+<h2 id="gallery">Gallery ({counted(len(gallery), "image")})</h2>
 <p class="note">Each figure: {html.escape(panels)}; outline width 3 / 2 / 1 px marks
 whole / part / subpart.</p>
 {missing_html}

@@ -7,8 +7,8 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
+from hassod._text import counted
 from hassod.cluster import ClusterResult
-from hassod.labels import plural
 
 #: Largest side in pixels of a figure's row of panels and of a panel: an image of extreme aspect
 #: ratio (1 x 3000) would otherwise make panels millions of pixels wide at the asked height;
@@ -96,7 +96,7 @@ def partition_figure(
         label_overlay(image, result.labels[t]) for t in range(len(result.thresholds))
     ]
     captions = ["input"] + [
-        f"theta {theta:g}: {plural(int(count), 'region')}"
+        f"theta {theta:g}: {counted(int(count), 'region')}"
         for theta, count in zip(result.thresholds, result.num_regions)
     ]
     caption_height = 22
@@ -238,7 +238,7 @@ def level_figure(
     for depth in panels:
         shown = order[levels[order] <= depth]
         pictures.append(mask_overlay(image, masks[shown], colours[shown], 0.45, widths[shown]))
-        captions.append(f"{LEVEL_PANEL_NAMES[depth]}: {plural(len(shown), 'mask')}")
+        captions.append(f"{LEVEL_PANEL_NAMES[depth]}: {counted(len(shown), 'mask')}")
 
     legend_entries = []
     if legend is not None:
