@@ -109,6 +109,20 @@ def atomic_write_file(
         write(handle)
 
 
+def not_a_file(path: Path, what: str) -> str:
+    """Why ``path``, which ``is_file()`` refused, is no ``what`` file: missing, or a folder."""
+    if path.is_dir():
+        return f"{what} {path} is a folder, not a file"
+    return f"{what} not found: {path}"
+
+
+def not_a_folder(path: Path, what: str) -> str:
+    """Why ``path``, which ``is_dir()`` refused, is no ``what``: missing, or a file."""
+    if path.exists():
+        return f"{what} {path} is a file, not a folder"
+    return f"{what} not found: {path}"
+
+
 def json_signature(description: str) -> bytes:
     """How a compact JSON written by :func:`atomic_write_json` begins when its first key is
     ``info`` and ``info``'s first key is ``description``."""

@@ -56,6 +56,16 @@ def test_json_without_images_is_refused(synthetic, tmp_path):
         load_pseudo_labels(bad, images)
 
 
+def test_a_folder_for_the_json_or_a_file_for_the_images_says_which(synthetic, tmp_path):
+    json_path, images = synthetic
+    with pytest.raises(DataError, match=rf"pseudo-label JSON {images} is a folder, not a file"):
+        load_pseudo_labels(images, images)
+    with pytest.raises(DataError, match=rf"image folder {json_path} is a file, not a folder"):
+        load_pseudo_labels(json_path, json_path)
+    with pytest.raises(DataError, match="pseudo-label JSON not found"):
+        load_pseudo_labels(tmp_path / "missing.json", images)
+
+
 def test_json_without_annotations_is_refused(synthetic, tmp_path):
     json_path, images = synthetic
     path = _rewrite(json_path, tmp_path, lambda coco: coco.update(annotations=[]))

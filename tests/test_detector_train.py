@@ -339,6 +339,9 @@ def test_resume_reproduces_training_bit_for_bit(synthetic, tmp_path):
     assert [int(row["iteration"]) for row in full_rows] == [1, 3]
     for column in ("total_loss", "lr", "teacher_weight", "loss_mask", "teacher_loss_rpn_cls"):
         assert rows[0][column] == full_rows[1][column], column
+    # a run folder given where a checkpoint file belongs: the message names its newest one
+    with pytest.raises(FileNotFoundError, match=r"is a folder, not a file \(the run's newest"):
+        ckpt.load_checkpoint(tmp_path / "resumed")
 
 
 def test_each_process_resumes_its_own_rng_stream(synthetic, tmp_path, monkeypatch):

@@ -127,9 +127,10 @@ def build_backbone(config: ModelConfig, norm: str) -> BackboneWithFPN:
 def read_weight_file(path: str | Path) -> dict:
     """Load a weight file into a flat ``name -> tensor`` dict (no model needed)."""
     path = Path(path)
+    from hassod._io import describe_read_error, not_a_file
+
     if not path.is_file():
-        raise FileNotFoundError(f"backbone weights not found: {path}")
-    from hassod._io import describe_read_error
+        raise FileNotFoundError(not_a_file(path, "backbone weights"))
     from hassod.detector.checkpoint import read_weights
 
     try:

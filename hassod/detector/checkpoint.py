@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from hassod._io import describe_read_error, load_array_pickle
+from hassod._io import describe_read_error, load_array_pickle, not_a_file
 from hassod.detector.config import (
     TrainConfig,
     config_from_dict,
@@ -116,7 +116,10 @@ def read_payload(path, map_location="cpu") -> dict:
     Detectron2's NumPy format, with an unpickler that admits arrays only)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+        # A run folder given for its checkpoint: name the newest one in it (training.py layout).
+        newest = last_checkpoint(path / "checkpoints") if path.is_dir() else None
+        hint = f" (the run's newest checkpoint is {newest})" if newest is not None else ""
+        raise FileNotFoundError(not_a_file(path, "checkpoint") + hint)
     try:
         payload = read_weights(path, map_location)
     except Exception as error:  # noqa: BLE001 - truncated or foreign files alike

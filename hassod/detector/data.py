@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from hassod._io import not_a_file, not_a_folder
 from hassod._text import counted
 from hassod.detector import augment
 from hassod.detector.config import TrainConfig
@@ -84,9 +85,9 @@ def load_pseudo_labels(json_path, image_root, *, keep_empty: bool = False) -> Ps
     """
     json_path, image_root = Path(json_path), Path(image_root)
     if not json_path.is_file():
-        raise DataError(f"pseudo-label JSON not found: {json_path}")
+        raise DataError(not_a_file(json_path, "pseudo-label JSON"))
     if not image_root.is_dir():
-        raise DataError(f"image folder not found: {image_root}")
+        raise DataError(not_a_folder(image_root, "image folder"))
     try:
         raw = json_path.read_bytes()
         source = {
