@@ -12,6 +12,7 @@ from hassod.cluster import (
     fast_cluster,
     fast_cluster_batch,
 )
+from hassod.crf import CrfLattice, dense_crf, dense_crf_batch
 from hassod.hierarchy import (
     Hierarchy,
     build_hierarchy,
@@ -27,6 +28,9 @@ __all__ = [
     "ClusterResult",
     "fast_cluster",
     "fast_cluster_batch",
+    "CrfLattice",
+    "dense_crf",
+    "dense_crf_batch",
     "Hierarchy",
     "build_hierarchy",
     "build_hierarchy_batch",

@@ -39,11 +39,15 @@ import numbers
 import sys
 import threading
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from hassod._checks import check_num_threads, cpu_tensor_values, is_torch_tensor, native_layout
 from hassod._native import cpu_module
+
+if TYPE_CHECKING:
+    import torch
 
 #: The authors' settings (pydensecrf's tutorial values, DESIGN.md section 3).
 DEFAULT_ITERATIONS = 10
@@ -82,6 +86,15 @@ class CrfLattice:
 
     A kernel with ``compat == 0`` contributes nothing and is not built. Methods release the GIL
     and may be called from several Python threads at once.
+
+    Attributes:
+        gaussian: the Gaussian kernel's checked ``(sxy, compat)`` (``compat`` 0: none).
+        bilateral: the bilateral kernel's checked ``(sxy, srgb, compat)``.
+        shape: the image's (H, W).
+        num_vertices: lattice vertices per kernel.
+
+    Raises:
+        ValueError: an image that is not (H, W, 3) uint8, or a bad kernel (naming it).
     """
 
     def __init__(
@@ -159,14 +172,14 @@ class CrfLattice:
 
 
 def dense_crf(
-    image,
-    probs,
+    image: np.ndarray | torch.Tensor,
+    probs: np.ndarray | torch.Tensor,
     iterations: int = DEFAULT_ITERATIONS,
     gaussian: tuple[float, float] | None = DEFAULT_GAUSSIAN,
     bilateral: tuple[float, float, float] | None = DEFAULT_BILATERAL,
     num_threads: int | None = None,
-    device=None,
-):
+    device: str | torch.device | None = None,
+) -> np.ndarray | torch.Tensor:
     """Dense CRF marginals of one label set on one image.
 
     Args:
@@ -179,6 +192,10 @@ def dense_crf(
     Returns:
         (K, H, W) float32 Q: a numpy array from the CPU path, a tensor on the device from the
         GPU path.
+
+    Raises:
+        ValueError: an image that is not (H, W, 3) uint8; probabilities of another shape, not
+            finite or negative; a bad kernel, iteration count or thread count (naming it).
     """
     gpu = _gpu_device(device, image, probs)
     if gpu is not None:
@@ -240,13 +257,14 @@ def dense_crf_batch(
     gaussian: tuple[float, float] | None = DEFAULT_GAUSSIAN,
     bilateral: tuple[float, float, float] | None = DEFAULT_BILATERAL,
     num_threads: int | None = None,
-    device=None,
+    device: str | torch.device | None = None,
 ) -> list:
     """:func:`dense_crf` for many images (sizes may differ), images on parallel threads.
 
     Args:
         images: sequence of (H_i, W_i, 3) uint8 RGB images.
         probs_list: sequence of (K_i, H_i, W_i) probabilities, one per image.
+        iterations, gaussian, bilateral, num_threads: as :func:`dense_crf`.
         device: None runs on the GPU when the first image or probabilities are CUDA tensors,
             else on the CPU; a CUDA device forces the GPU path, which runs the images in
             batches of about 4 million pixels (:func:`hassod.crf_torch.dense_crf_batch_torch`).
@@ -254,6 +272,10 @@ def dense_crf_batch(
     Returns:
         list of (K_i, H_i, W_i) float32 Q: numpy arrays from the CPU path, tensors on the
         device from the GPU path.
+
+    Raises:
+        ValueError: as :func:`dense_crf`, naming the image; ``images`` and ``probs_list`` of
+            different lengths.
     """
     images = list(images)
     probs_list = list(probs_list)

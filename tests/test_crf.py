@@ -375,3 +375,13 @@ def test_default_thread_count_can_be_set_per_process(monkeypatch):
     np.testing.assert_array_equal(pinned, crf_module.dense_crf(image, probs, num_threads=2))
     with pytest.raises(ValueError, match="num_threads"):
         crf_module.set_default_num_threads(0)
+
+
+def test_the_crf_api_is_exported_at_the_top_level():
+    import hassod
+    import hassod.crf
+
+    assert hassod.dense_crf is hassod.crf.dense_crf
+    assert hassod.dense_crf_batch is hassod.crf.dense_crf_batch
+    assert hassod.CrfLattice is hassod.crf.CrfLattice
+    assert {"dense_crf", "dense_crf_batch", "CrfLattice"} <= set(hassod.__all__)
