@@ -50,11 +50,10 @@ import contextlib
 import dataclasses
 import os
 import signal
-import threading
 import time
 import warnings
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,6 +83,7 @@ from hassod.run_errors import (
     RunError,
     UsageError,
     describe_error,
+    signals_as_interrupt,
 )
 from hassod.shards import merge_shards, output_paths, parse_shard, shard_from_env
 from hassod.work_folder import (
@@ -540,7 +540,7 @@ def run_discover(options: RunOptions) -> RunSummary:
         setup = time.perf_counter() - started
         if todo:
             model = model.to(device)
-            with pil_limits(), _signals_as_interrupt():
+            with pil_limits(), signals_as_interrupt():
                 _pipeline(
                     todo, images_dir, model, config, options, device, workers, folder,
                     timings, counts, done_before=len(names) - len(todo),
@@ -854,20 +854,3 @@ def _run_backbone(model, batch, config: DiscoveryConfig, amp: str, device: str, 
         if not isinstance(grid, str):
             grid = np.ascontiguousarray(grid, dtype=np.float32)
         yield name, image, grid, image_timings
-
-
-@contextlib.contextmanager
-def _signals_as_interrupt() -> Iterator[None]:
-    """SIGTERM (a scheduler's pre-emption) interrupts like Ctrl-C: finished images are saved."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum, frame):
-        raise Interrupted(f"signal {signum}")
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)

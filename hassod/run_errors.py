@@ -11,6 +11,11 @@ during a run. Failures of single images are not exceptions: they are recorded, w
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import threading
+from collections.abc import Iterator
+
 EXIT_OK, EXIT_RUN_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
@@ -33,3 +38,22 @@ class Interrupted(BaseException):
 def describe_error(error: BaseException) -> str:
     """``"TypeName: message"``, as recorded for an image that failed."""
     return f"{type(error).__name__}: {str(error).strip() or 'no details'}"
+
+
+@contextlib.contextmanager
+def signals_as_interrupt() -> Iterator[None]:
+    """SIGTERM (a scheduler's pre-emption) raises :class:`Interrupted`, as Ctrl-C raises
+    KeyboardInterrupt, so that a run saves its finished work either way (in the main thread
+    only: elsewhere signals cannot be handled and the block runs unchanged)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise Interrupted(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

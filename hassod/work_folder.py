@@ -118,10 +118,13 @@ def creation_date(now: float | None = None) -> str:
 
 
 class WorkFolder:
-    """``OUT.parts/`` (or one shard's subfolder): manifest, chunk files and a lock."""
+    """``OUT.parts/`` (or one shard's subfolder): manifest, chunk files and a lock.
 
-    def __init__(self, path: Path) -> None:
+    ``command``: the command that writes it, named when a second run is refused."""
+
+    def __init__(self, path: Path, command: str = "hassod discover") -> None:
         self.path = path
+        self.command = command
         self._lock_handle = None
         self._next_chunk: int | None = None  # found once, then counted here (no re-listing)
         self._reported: set[Path] = set()  # unreadable chunks already warned about
@@ -148,7 +151,7 @@ class WorkFolder:
         except OSError:
             handle.close()
             raise UsageError(
-                f"another hassod discover is writing to {self.path}; wait for it or use "
+                f"another {self.command} is writing to {self.path}; wait for it or use "
                 "another --out"
             ) from None
         self._lock_handle = handle

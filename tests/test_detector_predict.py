@@ -5,7 +5,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import signal
+import subprocess
+import sys
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,7 +27,9 @@ from hassod.detector.predict import (
     image_ids_from,
     parse_levels,
     predict_images,
+    work_folder_for,
 )
+from hassod.run_errors import Interrupted, UsageError
 
 
 @pytest.fixture(scope="module")
@@ -215,7 +222,7 @@ def test_predict_images_refuses_images_the_image_ids_json_lacks(
     # name is another image (and of two such records, neither is this one)
     for others in ([("train2017/b.jpg", 1)], [("x/b.jpg", 1), ("y/b.jpg", 2)]):
         elsewhere = gt_of([(name, image_id, (64, 64)) for name, image_id in others])
-        with pytest.raises(InputError, match=r"1 of 1 images are not in .*: b.jpg"):
+        with pytest.raises(InputError, match=r"the image is not in .*, so it would .*: b.jpg"):
             predict_images(images_dir / "sub" / "b.jpg", checkpoint_path, out, image_ids=elsewhere)
     assert image_ids_from(gt_of([("sub/b.jpg", 7, (64, 64))]), ["sub/b.jpg"], images_dir) == {
         "sub/b.jpg": 7
@@ -325,9 +332,11 @@ def test_predict_cli_refuses_bad_sizes_and_thresholds(
 
     common = ["predict", str(images_dir), "--checkpoint", str(checkpoint_path), "--quiet"]
     common += ["--device", "cpu", "--out", str(tmp_path / "out.json")]
-    for options, message in (
-        (["--min-size", "1", "--max-size", "1"], "min_size must be at least 32 pixels"),
-        (["--score-threshold", "nan"], "score_threshold must be a finite number, got nan"),
+    for options, message in (  # named as the command line's options, not as parameters
+        (["--min-size", "1", "--max-size", "1"], "--min-size must be at least 32 pixels"),
+        (["--max-size", "8"], "--max-size must be at least 32 pixels"),
+        (["--score-threshold", "nan"], "--score-threshold must be a finite number, got nan"),
+        (["--max-detections", "0"], "--max-detections must be >= 1, got 0"),
     ):
         assert main([*common, *options]) == 2
         err = capsys.readouterr().err
@@ -341,6 +350,8 @@ def test_predict_summary_counts_one_image_in_the_singular(tmp_path):
     text = PredictSummary(tmp_path / "p.json", 1, 3, [{"file_name": "x"}]).format()
     assert text.endswith("on 1 image; 1 image could not be read (listed on stderr)")
     assert PredictSummary(tmp_path / "p.json", 2, 0).format().endswith("on 2 images")
+    assert "wrote p.json: 1 detection (" in PredictSummary(Path("p.json"), 1, 1).format()
+    assert "2 detections" in PredictSummary(Path("p.json"), 1, 2).format()
 
 
 def test_a_checkpoint_whose_settings_fail_a_newer_check_still_predicts(
@@ -364,3 +375,216 @@ def test_a_checkpoint_whose_settings_fail_a_newer_check_still_predicts(
     assert "hassod predict: warning:" in capsys.readouterr().err
     predict_images(images_dir / "a.png", checkpoint_path, tmp_path / "new.json", device="cpu")
     assert out.read_text() == (tmp_path / "new.json").read_text()  # the same network
+
+
+# --- an interrupted run keeps its finished images and resumes --------------------------------
+
+
+@pytest.fixture(scope="module")
+def five_images(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("five")
+    rng = np.random.default_rng(5)
+    for index in range(5):
+        pixels = rng.integers(0, 256, size=(40 + 4 * index, 50, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / f"{index}.png")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(checkpoint_path, five_images, tmp_path_factory):
+    """The bytes a run that nobody stopped writes (all levels, then only "whole")."""
+    folder = tmp_path_factory.mktemp("uninterrupted")
+    outputs = {}
+    for levels in (None, "whole"):
+        out = folder / f"{levels}.json"
+        predict_images(five_images, checkpoint_path, out, levels=levels, device="cpu")
+        assert not work_folder_for(out).exists()  # removed once OUT is written
+        outputs[levels] = out.read_bytes()
+    return outputs
+
+
+def stop_at_call(monkeypatch, number: int, stop) -> list:
+    """Make the ``number``-th image prediction call ``stop()`` (raise, or send a signal)
+    instead; returns the list of the images' ids predicted (all calls, across runs)."""
+    original, calls = Predictor.__call__, []
+
+    def predict(self, image, levels=None, image_id=0):
+        calls.append(image_id)
+        if len(calls) == number:
+            stop()
+        return original(self, image, levels, image_id)
+
+    monkeypatch.setattr(Predictor, "__call__", predict)
+    return calls
+
+
+def ctrl_c():
+    raise KeyboardInterrupt
+
+
+def interrupted(call) -> str:
+    """The message of the :class:`Interrupted` that ``call()`` raises (a KeyboardInterrupt
+    escaping it fails the test rather than stopping pytest)."""
+    try:
+        call()
+    except KeyboardInterrupt:
+        pytest.fail("Ctrl-C escaped predict_images as KeyboardInterrupt, not Interrupted")
+    except Interrupted as error:
+        return str(error)
+    pytest.fail("not interrupted")
+
+
+def test_interrupted_predict_keeps_finished_images_and_resumes(
+    checkpoint_path, five_images, uninterrupted, tmp_path, monkeypatch
+):
+    import hassod.detector.predict as predict_module
+
+    out = tmp_path / "p.json"
+    parts = work_folder_for(out)
+    monkeypatch.setattr(predict_module, "CHUNK_IMAGES", 2)
+
+    def saved_then_ctrl_c():
+        # the first two images were saved as a chunk before (a SIGKILL would keep them too)
+        assert [path.name for path in parts.glob("chunk-*.json")] == ["chunk-000000.json"]
+        ctrl_c()
+
+    calls = stop_at_call(monkeypatch, 4, saved_then_ctrl_c)
+    message = interrupted(lambda: predict_images(five_images, checkpoint_path, out, device="cpu"))
+    assert f"interrupted: 3 finished images of 5 saved in {parts}; run the same" in message
+    assert not out.exists()
+    assert sorted(path.name for path in parts.glob("chunk-*.json")) == [
+        "chunk-000000.json",
+        "chunk-000001.json",
+    ]
+    summary = predict_images(five_images, checkpoint_path, out, device="cpu")
+    assert len(calls) == 4 + 2  # the rerun predicted only the two images left
+    assert summary.images == 5 and summary.resumed == 3
+    assert out.read_bytes() == uninterrupted[None]  # as if never stopped
+    assert not parts.exists()
+
+
+def test_sigterm_stops_predict_like_ctrl_c(
+    checkpoint_path, five_images, uninterrupted, tmp_path, monkeypatch, capsys
+):
+    """SIGTERM (a scheduler's stop) ended the process at once: rc 143, nothing kept."""
+    from hassod.cli import main
+
+    class Killed(Exception):
+        pass
+
+    def killed(signum, frame):  # stands in for the default action, which would end pytest
+        raise Killed
+
+    previous = signal.signal(signal.SIGTERM, killed)
+    try:
+        out = tmp_path / "p.json"
+        command = ["predict", str(five_images), "--checkpoint", str(checkpoint_path)]
+        command += ["--out", str(out), "--device", "cpu", "--quiet"]
+        calls = stop_at_call(monkeypatch, 2, lambda: os.kill(os.getpid(), signal.SIGTERM))
+        assert main(command) == 130
+        assert signal.getsignal(signal.SIGTERM) is killed  # restored after the run
+        err = capsys.readouterr().err
+        assert "hassod predict: interrupted: 1 finished image of 5 saved in" in err
+        assert "run the same command again to resume" in err
+        assert main(command) == 0
+        assert "on 5 images (1 predicted by an interrupted run)" in capsys.readouterr().out
+        assert len(calls) == 2 + 4
+        assert out.read_bytes() == uninterrupted[None]
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def test_a_rerun_with_other_settings_starts_afresh(
+    checkpoint_path, five_images, uninterrupted, tmp_path, monkeypatch, capsys
+):
+    out = tmp_path / "p.json"
+
+    def interrupted_run(**options):
+        interrupted(
+            lambda: predict_images(five_images, checkpoint_path, out, device="cpu", **options)
+        )
+
+    calls = stop_at_call(monkeypatch, 3, ctrl_c)
+    interrupted_run()
+    with pytest.warns(RuntimeWarning, match=r"other settings, discarded .*levels: \['whole',"):
+        predict_images(five_images, checkpoint_path, out, levels="whole", device="cpu")
+    assert len(calls) == 3 + 5  # nothing of the first run was kept
+    assert out.read_bytes() == uninterrupted["whole"]
+    # another network: the teacher of the same checkpoint
+    calls.clear()
+    interrupted_run()
+    with pytest.warns(RuntimeWarning, match="network_sha256"):
+        predict_images(five_images, checkpoint_path, out, weights="teacher", device="cpu")
+    assert len(calls) == 3 + 5
+    # other ids: the images are predicted again, under the new ids
+    calls.clear()
+    interrupted_run(score_threshold=0.0)  # the checkpoint's own threshold: the same settings
+    names = sorted(path.name for path in five_images.glob("*.png"))
+    gt = gt_of([(name, 500 + index, (64, 64)) for index, name in enumerate(names)])
+    with pytest.warns(RuntimeWarning, match="2 images changed, or took another id"):
+        predict_images(five_images, checkpoint_path, out, image_ids=gt, device="cpu")
+    assert len(calls) == 3 + 5
+    assert {result["image_id"] for result in json.loads(out.read_text())} <= set(range(500, 505))
+
+
+def test_predict_refuses_a_work_folder_it_did_not_make(checkpoint_path, five_images, tmp_path):
+    """``hassod discover --out x.json`` keeps its work in x.json.parts/ too: never cleared."""
+    from hassod.cli import main
+    from hassod.work_folder import WorkFolder
+
+    out = tmp_path / "x.json"
+    parts = work_folder_for(out)
+    parts.mkdir()
+    manifest = {"format": 1, "date_created": "x", "info": {"backbone": "vit"}, "completed": None}
+    (parts / "manifest.json").write_text(json.dumps(manifest))
+    (parts / "chunk-000000.json").write_text('{"format": 1, "entries": [], "failed": []}')
+    before = {path.name: path.read_bytes() for path in parts.iterdir()}
+    with pytest.raises(UsageError, match="not the manifest of a hassod predict work folder"):
+        predict_images(five_images, checkpoint_path, out, device="cpu")
+    assert {path.name: path.read_bytes() for path in parts.iterdir() if path.name != ".lock"} == (
+        before
+    )
+    (parts / "manifest.json").unlink()
+    command = ["predict", str(five_images), "--checkpoint", str(checkpoint_path)]
+    assert main([*command, "--out", str(out), "--device", "cpu", "--quiet"]) == 2
+    # a second run on the same OUT while one is writing
+    other = tmp_path / "y.json"
+    holder = WorkFolder(work_folder_for(other))
+    holder.path.mkdir()
+    holder.lock()
+    try:
+        with pytest.raises(UsageError, match="another hassod predict is writing to"):
+            predict_images(five_images, checkpoint_path, other, device="cpu")
+    finally:
+        holder.unlock()
+    assert not other.exists()
+
+
+def test_predict_exits_2_when_no_image_can_be_read(checkpoint_path, images_dir, tmp_path, capsys):
+    """It wrote an empty results list and exited 0 ("0 detections on 0 images")."""
+    from hassod.cli import main
+
+    out = tmp_path / "new" / "p.json"
+    command = ["predict", str(images_dir / "broken.png"), "--checkpoint", str(checkpoint_path)]
+    assert main([*command, "--out", str(out), "--device", "cpu", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "hassod predict: skipped broken.png:" in err
+    assert "hassod predict: error: no image could be read (1 unreadable image" in err
+    assert "not written" in err
+    assert not (tmp_path / "new").exists()  # nor the work folder, nor the folder made for it
+
+
+def test_a_one_pixel_image_predicts_without_a_pytorch_warning(checkpoint_path, tmp_path):
+    """np.asarray of a 1 x 1 PIL image is read-only and its transpose needs no copy: PyTorch
+    warned "The given NumPy array is not writable" (once a process: hence a fresh one)."""
+    Image.fromarray(np.full((1, 1, 3), 200, dtype=np.uint8)).save(tmp_path / "dot.png")
+    out = tmp_path / "dot.json"
+    command = [sys.executable, "-m", "hassod", "predict", str(tmp_path / "dot.png")]
+    command += ["--checkpoint", str(checkpoint_path), "--out", str(out), "--device", "cpu"]
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    done = subprocess.run(
+        [*command, "--quiet"], capture_output=True, text=True, env=environment, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    assert "not writable" not in done.stderr and "warning" not in done.stderr
+    assert "on 1 image" in done.stdout and out.exists()

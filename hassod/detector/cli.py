@@ -28,7 +28,19 @@ _PREDICT_EXIT_CODES = """exit codes:
   0    success (unreadable images are skipped and listed on stderr)
   1    run-time failure
   2    bad arguments or input: missing images or checkpoint, unknown level, an image that
-       --image-ids does not list, an unwritable --out (checked before the model loads)"""
+       --image-ids does not list, an unwritable --out, an OUT.parts/ that another run is
+       writing or that another command made (checked before the model loads); no image
+       could be read (--out is not written)
+  130  interrupted (Ctrl-C, SIGTERM): the finished images are saved in OUT.parts/; run the
+       same command again to resume (other settings start afresh)"""
+
+# check_predict_options' parameters as hassod predict's options, for its messages
+_PREDICT_OPTION_NAMES = {
+    "score_threshold": "--score-threshold",
+    "max_detections": "--max-detections",
+    "min_size": "--min-size",
+    "max_size": "--max-size",
+}
 
 
 def _weights_choice(value: str) -> str:
@@ -162,7 +174,9 @@ def add_predict_parser(commands) -> None:
             "(bbox, RLE segmentation, score, hier_level, level_scores). Image ids follow "
             "`hassod discover` (hashed relative file names); to score the results with "
             "`hassod evaluate --gt GT.json`, give --image-ids GT.json so that they carry the "
-            "ground truth's ids."
+            "ground truth's ids. Finished images are saved as the run goes in OUT.parts/, so "
+            "that the same command run again after an interruption resumes; it then writes "
+            "OUT and removes that folder."
         ),
         epilog=_PREDICT_EXIT_CODES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -175,7 +189,12 @@ def add_predict_parser(commands) -> None:
         help="a `hassod train` checkpoint (.pth), or a Detectron2 checkpoint of the HASSOD "
         "detector such as the authors' released model.pth",
     )
-    predict.add_argument("--out", type=Path, required=True, help="output JSON")
+    predict.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="output JSON (its work folder while the run is unfinished: OUT.parts/)",
+    )
     predict.add_argument(
         "--levels", default="whole,part,subpart", help="levels to keep (default all three)"
     )
@@ -455,7 +474,8 @@ def run_export_command(args, parser) -> int:
 
 def run_predict_command(args, parser) -> int:
     from hassod.cli import _writable_file
-    from hassod.detector.predict import parse_levels, predict_images
+    from hassod.detector.predict import check_predict_options, parse_levels, predict_images
+    from hassod.run_errors import Interrupted, UsageError
 
     _writable_file(args.out, parser)  # before the run, not after it
     if args.skip_unlisted and args.image_ids is None:
@@ -465,6 +485,17 @@ def run_predict_command(args, parser) -> int:
         levels = parse_levels(args.levels)
     except ValueError as error:
         parser.error(f"--levels: {error}")
+    try:  # here, so that the messages name the options (predict_images names parameters)
+        check_predict_options(
+            args.score_threshold,
+            args.max_detections,
+            args.min_size,
+            args.max_size,
+            names=_PREDICT_OPTION_NAMES,
+        )
+    except (ValueError, TypeError) as error:
+        print(f"hassod predict: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
     try:
         summary = predict_images(
             args.images,
@@ -481,9 +512,12 @@ def run_predict_command(args, parser) -> int:
             min_size=args.min_size,
             max_size=args.max_size,
         )
-    except (FileNotFoundError, ValueError, TypeError) as error:
+    except (FileNotFoundError, ValueError, TypeError, UsageError) as error:
         print(f"hassod predict: error: {error}", file=sys.stderr)
         return EXIT_USAGE
+    except Interrupted as error:
+        print(f"hassod predict: {error}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except RuntimeError as error:
         print(f"hassod predict: {error}", file=sys.stderr)
         return EXIT_RUN_ERROR

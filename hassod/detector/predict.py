@@ -14,14 +14,28 @@ A detection is a COCO result dict::
 
 ``hier_level`` is the argmax of the stage-averaged level probabilities; :func:`filter_levels`
 keeps the chosen levels (``whole``, ``part``, ``subpart`` or 0, 1, 2).
+
+:func:`predict_images` (``hassod predict``) streams the results of finished images to a work
+folder next to its output, ``OUT.parts/`` (:func:`work_folder_for`: a manifest of the run's
+settings and chunk files of :data:`CHUNK_IMAGES` images each, written atomically), so that an
+interrupted run (Ctrl-C, SIGTERM) keeps its finished images: the same call again predicts only
+the others, then writes ``OUT`` (the bytes an uninterrupted run writes) and removes the folder.
+A work folder of other settings (network, levels, thresholds, sizes, device type, hassod
+version) is discarded with a warning: its results are not mixed in. An image whose id or file
+changed since it was predicted is predicted again.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import hashlib
+import json
 import numbers
 import os
 import sys
+import time
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +55,10 @@ from hassod.detector.training import resolve_device
 
 ALL_LEVELS = frozenset(range(len(LEVEL_NAMES)))
 _PASTE_CHUNK = 64  # masks pasted at full resolution at a time (bounds memory)
+CHUNK_IMAGES = 8  # finished images per work-folder chunk (see predict_images)
+FLUSH_SECONDS = 60.0  # ... or fewer, when this long has passed since the last chunk
+_COMMAND = "hassod predict"
+_WORK_FORMAT = 1
 
 
 def parse_levels(levels) -> frozenset:
@@ -95,13 +113,22 @@ def check_predict_options(
     min_size: int | None = None,
     max_size: int | None = None,
     mask_threshold: float = 0.5,
+    *,
+    names: dict[str, str] | None = None,
 ) -> None:
     """ValueError / TypeError naming the option unless each is None (the checkpoint's
     setting) or usable: a score threshold in [0, 1], at least one detection, test sizes of at
-    least ``MIN_IMAGE_SIZE`` (32) px, a mask threshold in (0, 1)."""
-    for name, value in (("min_size", min_size), ("max_size", max_size)):
+    least ``MIN_IMAGE_SIZE`` (32) px, a mask threshold in (0, 1). ``names``: what to call a
+    parameter in the message (``hassod predict`` names its options: ``--min-size``)."""
+    names = names or {}
+
+    def label(option: str) -> str:
+        return names.get(option, option)
+
+    for option, value in (("min_size", min_size), ("max_size", max_size)):
         if value is None:
             continue
+        name = label(option)
         if not isinstance(value, int) or isinstance(value, bool):
             raise TypeError(f"{name} must be an integer number of pixels, got {value!r}")
         if value < MIN_IMAGE_SIZE:
@@ -110,10 +137,11 @@ def check_predict_options(
                 f"coarsest feature map), got {value}; leave it out for the checkpoint's size"
             )
     if max_detections is not None:
-        check_number("max_detections", max_detections, integer=True, low=1)
+        check_number(label("max_detections"), max_detections, integer=True, low=1)
     if score_threshold is not None:
-        check_number("score_threshold", score_threshold, low=0, high=1)
-    check_number("mask_threshold", mask_threshold, low=0, high=1, low_open=True, high_open=True)
+        check_number(label("score_threshold"), score_threshold, low=0, high=1)
+    mask = label("mask_threshold")
+    check_number(mask, mask_threshold, low=0, high=1, low_open=True, high_open=True)
 
 
 def _encode(masks: np.ndarray) -> list[dict]:
@@ -191,7 +219,9 @@ class Predictor:
         height, width = image.shape[:2]
         if height == 0 or width == 0:
             raise ValueError(f"image is empty ({height} x {width} pixels)")
-        tensor = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
+        # a copy: the caller's array may be read-only (np.asarray of a PIL image), which
+        # torch.from_numpy warns about when the transpose is contiguous already (1 x 1 images)
+        tensor = torch.from_numpy(image.transpose(2, 0, 1).copy())
         size = augment.scaled_size(height, width, self.min_size, self.max_size)
         resized = augment.resize_image(tensor, size).to(self.device)
         detection = self.model([resized])[0]
@@ -277,18 +307,28 @@ class PredictSummary:
     failed: list = field(default_factory=list)  # {"file_name", "reason"}
     per_level: dict = field(default_factory=dict)
     unlisted: int = 0  # images skipped as the image_ids JSON does not list them
+    resumed: int = 0  # images whose results an interrupted run had saved in the work folder
 
     def format(self) -> str:
         levels = ", ".join(f"{name} {self.per_level.get(name, 0)}" for name in LEVEL_NAMES)
         text = (
-            f"wrote {self.out}: {self.detections} detections ({levels}) on "
+            f"wrote {self.out}: {counted(self.detections, 'detection')} ({levels}) on "
             f"{counted(self.images, 'image')}"
         )
+        if self.resumed:
+            text += f" ({self.resumed} predicted by an interrupted run)"
         if self.failed:
             text += f"; {counted(len(self.failed), 'image')} could not be read (listed on stderr)"
         if self.unlisted:
             text += f"; {counted(self.unlisted, 'image')} not in the --image-ids JSON skipped"
         return text
+
+
+def work_folder_for(out: str | os.PathLike) -> Path:
+    """The work folder of :func:`predict_images` writing ``out``: ``OUT.parts/`` beside it
+    (there only while a run is unfinished)."""
+    out = Path(out)
+    return out.with_name(out.name + ".parts")
 
 
 def predict_images(
@@ -311,15 +351,24 @@ def predict_images(
     name (:func:`image_ids_from`), so the results pair with that JSON (``hassod evaluate``);
     images it does not list are refused, or with ``skip_unlisted`` left out (e.g. a folder
     larger than the annotated subset). Unreadable images are skipped and listed in the summary.
-    The output is written atomically.
+
+    Finished images are saved as they go in the work folder :func:`work_folder_for` ``(out)``
+    (see the module docstring); an interrupted call leaves it for the same call to resume.
+    SIGTERM interrupts like Ctrl-C (in the main thread). The output is written atomically,
+    then the work folder is removed.
 
     Raises:
         FileNotFoundError: no images.
         ValueError: a bad level, or (:class:`hassod.labels.InputError`) an ``image_ids`` JSON
             that is unreadable or does not list every image; checked before the model loads.
+            A ValueError too when no image could be read (``out`` is not written).
+        hassod.run_errors.UsageError: ``out`` is a folder or cannot be written, its work folder
+            is in use by another run or is not a ``hassod predict`` one.
+        hassod.run_errors.Interrupted: Ctrl-C or SIGTERM; the finished images are saved.
     """
-    from hassod.discover import UnreadableImage, read_image
     from hassod.discover_run import atomic_write_json, list_images
+    from hassod.run_errors import Interrupted, signals_as_interrupt
+    from hassod.work_folder import WorkFolder, check_output
 
     checked = {k: v for k, v in predictor_options.items() if k in _CHECKED_OPTIONS}
     check_predict_options(**checked)  # before the images are listed and the model loads
@@ -342,30 +391,218 @@ def predict_images(
         names = [name for name in names if name in ids]
         if not names:
             raise FileNotFoundError(f"none of the images under {images} are in {image_ids}")
-    predictor = Predictor(checkpoint, **predictor_options)
-    results, failed = [], []
-    iterator = names
-    if progress:
-        from hassod._progress import progress_bar
 
-        iterator = progress_bar(names, unit="img", desc="predict")
-    for name in iterator:
-        try:
-            image = read_image(root / name, None)
-        except UnreadableImage as error:
-            failed.append({"file_name": name, "reason": str(error)})
-            continue
-        results.extend(predictor(image, chosen, image_id=ids[name]))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out, results)
+    folder = WorkFolder(work_folder_for(out), command=_COMMAND)
+    made = [parent for parent in folder.path.parents if not parent.exists()]  # by check_output
+    own = check_output(out, folder.path)  # True: this call made the folder
+    folder.lock()
+    done: dict[str, list] = {}  # file name -> its results, in this call or an interrupted one
+    failed: list[dict] = []
+    try:
+        with signals_as_interrupt():
+            try:
+                predictor = Predictor(checkpoint, **predictor_options)
+                _open_work_folder(folder, _run_identity(predictor, chosen))
+                own = True
+                done = _resumable(folder, names, ids, root)
+                resumed = len(done)
+                todo = [name for name in names if name not in done]
+                _predict_into(folder, predictor, root, todo, ids, chosen, done, failed, progress)
+                for item in failed:
+                    print(
+                        f"hassod predict: skipped {item['file_name']}: {item['reason']}",
+                        file=sys.stderr,
+                    )
+                if not done:
+                    raise ValueError(
+                        f"no image could be read ({counted(len(failed), 'unreadable image')}, "
+                        f"listed above); {out} not written"
+                    )
+                results = [result for name in names if name in done for result in done[name]]
+                out.parent.mkdir(parents=True, exist_ok=True)
+                atomic_write_json(out, results)
+                folder.clear()  # OUT holds it all: the work folder goes (below)
+            except (KeyboardInterrupt, Interrupted):
+                resume = "run the same command again to resume"
+                if done:  # the chunks hold every finished image (_predict_into)
+                    saved = f"{counted(len(done), 'finished image')} of {len(names)}"
+                    where = f"{saved} saved in {folder.path}; {resume}"
+                elif folder.chunk_paths():  # stopped while loading, before _resumable
+                    where = f"{folder.path} keeps the images finished before; {resume}"
+                else:
+                    where = "no image was finished"
+                raise Interrupted(f"interrupted: {where}") from None
+    finally:
+        if own and not folder.chunk_paths():
+            _remove_work_folder(folder, made)
+        folder.unlock()
     per_level = {name: 0 for name in LEVEL_NAMES}
     for result in results:
         per_level[LEVEL_NAMES[result["hier_level"]]] += 1
-    for item in failed:
-        print(f"hassod predict: skipped {item['file_name']}: {item['reason']}", file=sys.stderr)
     return PredictSummary(
-        out, len(names) - len(failed), len(results), failed, per_level, unlisted=unlisted
+        out, len(done), len(results), failed, per_level, unlisted=unlisted, resumed=resumed
     )
+
+
+def _predict_into(
+    folder,
+    predictor,
+    root: Path,
+    todo: list[str],
+    ids: dict,
+    chosen,
+    done: dict,
+    failed: list,
+    progress: bool,
+) -> None:
+    """Predict ``todo``, adding each image's results to ``done`` and to the work folder's
+    chunks (every :data:`CHUNK_IMAGES` images or :data:`FLUSH_SECONDS`, and when stopped)."""
+    from hassod._progress import progress_bar
+    from hassod.discover import UnreadableImage, read_image
+    from hassod.work_folder import file_stamp
+
+    entries: list = []
+    stamps: dict[str, list] = {}
+    last_flush = time.monotonic()
+
+    def flush() -> None:
+        nonlocal last_flush
+        if entries:
+            folder.write_chunk(list(entries), [], dict(stamps))
+            entries.clear()
+            stamps.clear()
+        last_flush = time.monotonic()
+
+    total = len(todo) + len(done)
+    bar = progress_bar(
+        todo, enabled=progress, total=total, initial=len(done), unit="img", desc="predict"
+    )
+    try:
+        for name in bar:
+            stamp = file_stamp(root / name)  # before reading: a file replaced later is redone
+            try:
+                image = read_image(root / name, None)
+            except UnreadableImage as error:
+                failed.append({"file_name": name, "reason": str(error)})
+                continue
+            results = predictor(image, chosen, image_id=ids[name])
+            entries.append([{"file_name": name, "id": ids[name]}, results])
+            if stamp is not None:
+                stamps[name] = stamp
+            done[name] = results
+            if len(entries) >= CHUNK_IMAGES or time.monotonic() - last_flush >= FLUSH_SECONDS:
+                flush()
+    finally:
+        flush()
+        bar.close()
+
+
+def _run_identity(predictor: Predictor, chosen) -> dict:
+    """What decides the results of an image besides its file and id: a work folder of another
+    identity is not resumed."""
+    from hassod import __version__
+
+    digest = hashlib.sha256()
+    for name, tensor in predictor.model.state_dict().items():
+        data = tensor.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"{name} {data.dtype} {tuple(tensor.shape)}\n".encode())
+        digest.update(data.view(torch.uint8).numpy())
+    model = dataclasses.asdict(predictor.model.config)
+    return json.loads(  # as the manifest stores it (lists, not tuples)
+        json.dumps(
+            {
+                "hassod_version": __version__,
+                "network_sha256": digest.hexdigest(),
+                "model": model,
+                "min_size": predictor.min_size,
+                "max_size": predictor.max_size,
+                "mask_threshold": predictor.mask_threshold,
+                "levels": [LEVEL_NAMES[level] for level in sorted(chosen)],
+                "device": predictor.device.type,
+            },
+            default=repr,
+        )
+    )
+
+
+def _open_work_folder(folder, identity: dict) -> None:
+    """Keep the folder's chunks when a run of the same identity wrote them; else discard them
+    with a warning, and write this run's manifest. A folder that is not ``hassod predict``'s
+    (say, ``hassod discover``'s for the same OUT) is refused, never cleared."""
+    from hassod.run_errors import UsageError
+    from hassod.work_folder import identity_differences
+
+    manifest = None
+    if folder.manifest_path.is_file():
+        try:
+            manifest = json.loads(folder.manifest_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            manifest = None
+        if not (
+            isinstance(manifest, dict)
+            and manifest.get("command") == _COMMAND
+            and manifest.get("format") == _WORK_FORMAT
+            and isinstance(manifest.get("identity"), dict)
+        ):
+            raise UsageError(
+                f"{folder.manifest_path} is not the manifest of a {_COMMAND} work folder "
+                "(another command's, or damaged); remove the folder or choose another --out"
+            )
+    elif folder.chunk_paths():
+        raise UsageError(
+            f"{folder.path} holds chunks but no {_COMMAND} manifest; remove the folder or "
+            "choose another --out"
+        )
+    if manifest is not None:
+        differences = identity_differences(manifest["identity"], identity)
+        if not differences:
+            return
+        warnings.warn(
+            f"{folder.path} holds results of other settings, discarded (starting afresh; "
+            f"stored -> now: {'; '.join(differences)})",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        folder.clear()
+    folder.write_manifest({"format": _WORK_FORMAT, "command": _COMMAND, "identity": identity})
+
+
+def _resumable(folder, names: list[str], ids: dict, root: Path) -> dict[str, list]:
+    """``{file name: results}`` of the listed images the work folder's chunks hold, except
+    those whose id or file changed since (predicted again, with a warning)."""
+    from hassod.work_folder import file_stamp
+
+    entries, _, stamps = folder.load_with_stamps()
+    kept, changed = {}, []
+    for name in names:
+        if name not in entries:
+            continue
+        record, results = entries[name]
+        if record.get("id") != ids[name] or (
+            name in stamps and stamps[name] != file_stamp(root / name)
+        ):
+            changed.append(name)
+            continue
+        kept[name] = results
+    if changed:
+        warnings.warn(
+            f"{counted(len(changed), 'image')} changed, or took another id, since an interrupted "
+            f"run predicted it (e.g. {changed[0]}): predicted again",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    return kept
+
+
+def _remove_work_folder(folder, made: list[Path]) -> None:
+    """Remove a work folder that holds no chunks (its manifest and lock file, then itself),
+    and the folders ``made`` for it that stayed empty (OUT's, when nothing was written)."""
+    for path in (folder.manifest_path, folder.path / ".lock"):
+        with contextlib.suppress(OSError):
+            path.unlink()
+    for path in (folder.path, *made):
+        with contextlib.suppress(OSError):
+            path.rmdir()
 
 
 def image_ids_from(
@@ -410,9 +647,14 @@ def image_ids_from(
         owners[image_id], ids[name] = name, image_id
     if unmatched and not skip_unlisted:
         shown = ", ".join(unmatched[:5]) + (" ..." if len(unmatched) > 5 else "")
+        if len(names) == 1:
+            missing = "the image is"
+        else:
+            verb = "is" if len(unmatched) == 1 else "are"
+            missing = f"{len(unmatched)} of {len(names)} images {verb}"
         raise InputError(
-            f"--image-ids {source}: {len(unmatched)} of {len(names)} images are not in its "
-            f"'images' (matched by file name), so they would have no id there: {shown}. "
+            f"--image-ids {source}: {missing} not in its 'images' (matched by file name), so "
+            f"{'it' if len(unmatched) == 1 else 'they'} would have no id there: {shown}. "
             "Pass --skip-unlisted to predict on the listed ones only, or leave out "
             "--image-ids (ids: hashed file names)"
         )
