@@ -156,6 +156,14 @@ def test_predict_cli(checkpoint_path, images_dir, tmp_path, capsys):
     assert exit_info.value.code == 2
     missing = ["--checkpoint", str(tmp_path / "none.pth"), "--out", str(out), "--quiet"]
     assert main(["predict", str(images_dir), *missing]) == 2
+    # its own results list is replaced; a ground truth named as --out by mistake is kept
+    assert main(["predict", str(images_dir / "a.png"), *common]) == 0
+    gt = tmp_path / "instances.json"
+    gt.write_text('{"images": [], "annotations": []}')
+    with pytest.raises(SystemExit) as exit_info:
+        main(["predict", str(images_dir), *common[:2], "--out", str(gt), "--quiet"])
+    assert exit_info.value.code == 2 and "refusing to replace" in capsys.readouterr().err
+    assert gt.read_text() == '{"images": [], "annotations": []}'
 
 
 def gt_of(records) -> dict:
