@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import sys
 import time
 from pathlib import Path
@@ -44,6 +45,24 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:  # the commands that save partial work catch it themselves
         print(f"hassod {args.command}: interrupted", file=sys.stderr)
         return 130
+    except OSError as error:
+        if error.errno not in _STORAGE_ERRORS:
+            raise
+        # A full disk or a folder gone read-only mid-run: one line, not a traceback. Every
+        # writer replaces files atomically, so what was saved before is intact.
+        print(
+            f"hassod {args.command}: error: cannot write: {error}; files saved before are "
+            "intact: make room (or restore access) and run the same command again",
+            file=sys.stderr,
+        )
+        return 1
+
+
+# Errors of the storage rather than of the program (checked up front too, but a disk can fill,
+# a quota run out or a mount turn read-only during a long run).
+_STORAGE_ERRORS = frozenset(
+    {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
+)
 
 
 def _run_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:

@@ -994,3 +994,33 @@ def test_merge_shards_names_what_a_wrong_file_is(tmp_path, capsys, content, mess
     assert lines[-1].startswith("hassod merge-shards: error: ")
     assert all(line.startswith("hassod merge-shards: ") for line in lines), err
     assert re.search(message, lines[-1]), err
+
+
+def test_a_full_disk_mid_run_is_one_line_and_keeps_what_was_saved(
+    photos, tmp_path, monkeypatch, capsys
+):
+    """A write failing for lack of space (or access) after the up-front checks: exit 1 with one
+    line, no traceback; other OS errors still raise (a bug should show its traceback)."""
+    import errno
+
+    from hassod import work_folder
+
+    out = tmp_path / "pseudo.json"
+
+    def full(self, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(self.path / "chunk.json"))
+
+    monkeypatch.setattr(work_folder.WorkFolder, "write_chunk", full)
+    assert _discover(photos, out) == 1
+    err = capsys.readouterr().err
+    assert "hassod discover: error: cannot write: [Errno 28] No space left on device" in err
+    assert "Traceback" not in err and not out.exists()
+
+    def broken(self, *args, **kwargs):
+        raise OSError(errno.EBADF, "Bad file descriptor")
+
+    monkeypatch.setattr(work_folder.WorkFolder, "write_chunk", broken)
+    with pytest.raises(OSError, match="Bad file descriptor"):
+        _discover(photos, out)
+    monkeypatch.undo()
+    assert _discover(photos, out) == 0  # room again: the same command finishes the run
