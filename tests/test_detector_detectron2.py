@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import pickle
+import shutil
 import warnings
 
 import numpy as np
@@ -461,6 +462,23 @@ def test_export_command_writes_what_detectron2_loads(tmp_path, capsys):
     back, _ = detector_from_checkpoint(tmp_path / "d2.pth")
     original = model.state_dict()
     assert all(torch.equal(value, original[name]) for name, value in back.state_dict().items())
+    # its own export (.pth or .pkl) is replaced; the input checkpoint, another run's checkpoint
+    # or any other file is not
+    export = ["export-detectron2", str(tmp_path / "run.pth")]
+    assert main([*export, str(tmp_path / "d2.pth")]) == 0
+    assert (
+        main([*export, str(tmp_path / "d2.pkl")]) == 0
+        and main([*export, str(tmp_path / "d2.pkl")]) == 0
+    )
+    before = (tmp_path / "run.pth").read_bytes()
+    shutil.copy(tmp_path / "run.pth", tmp_path / "other_run.pth")
+    (tmp_path / "notes.json").write_text("{}")
+    for target in ("run.pth", "other_run.pth", "notes.json"):
+        with pytest.raises(SystemExit) as exit_info:
+            main([*export, str(tmp_path / target)])
+        assert exit_info.value.code == 2
+    assert (tmp_path / "run.pth").read_bytes() == before
+    assert (tmp_path / "notes.json").read_text() == "{}"
     small = dataclasses.replace(config, model=tiny_config().model)
     save_checkpoint(
         tmp_path / "small.pth", config=small, iteration=4, model=_random_model(small.model)

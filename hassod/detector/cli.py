@@ -448,11 +448,19 @@ def add_export_parser(commands) -> None:
 
 
 def run_export_command(args, parser) -> int:
+    from hassod._io import foreign_file
     from hassod.cli import _writable_file
     from hassod.detector import detectron2_weights
     from hassod.detector.checkpoint import detector_from_checkpoint
 
     _writable_file(args.out, parser, option="OUT")
+    if Path(args.out).resolve() == Path(args.checkpoint).resolve():
+        parser.error("OUT is the CHECKPOINT itself; give another file name")
+    if foreign_file(args.out, detectron2_weights.is_export):
+        parser.error(
+            f"OUT {args.out} exists and is not a file export-detectron2 wrote (another run's "
+            "checkpoint, say); refusing to replace it: choose another name (or delete it first)"
+        )
     try:
         model, config = detector_from_checkpoint(args.checkpoint, args.weights)
         options = detectron2_weights.detectron2_options(config.model, config.data)

@@ -667,6 +667,13 @@ def _literal(value):
     return value
 
 
+def is_export(head: bytes) -> bool:
+    """Whether a file's first bytes are those of :func:`write_detectron2_file` (its payload
+    begins with ``"__author__": "hassod"``, in a pickle or in torch.save's first zip entry)."""
+    start = head.find(b"__author__")
+    return start >= 0 and b"hassod" in head[start : start + 64]
+
+
 def write_detectron2_file(path: str | Path, state: dict, config: TrainConfig | None = None) -> None:
     """Write an exported state dict as Detectron2 reads it, atomically: ``.pkl`` as its
     pickle of NumPy arrays (``{"model": ..., "__author__": ...}``), anything else with
@@ -681,11 +688,13 @@ def write_detectron2_file(path: str | Path, state: dict, config: TrainConfig | N
         import pickle
 
         arrays = {name: tensor.numpy() for name, tensor in state.items()}
-        payload = {"model": arrays, "__author__": "hassod", **extra}
+        # "__author__" first: it lands in the file's first bytes, where a later export looks
+        # for it before replacing the file (EXPORT_STAMP).
+        payload = {"__author__": "hassod", "model": arrays, **extra}
         # Protocol 4 (Python 3, which Detectron2 needs): arrays as bytes, not latin-1 text.
         # Written under NumPy 2 it names numpy._core, which NumPy >= 1.26 reads.
         write = lambda handle: pickle.dump(payload, handle, protocol=4)  # noqa: E731
     else:
-        payload = {"model": state, "__author__": "hassod", **extra}
+        payload = {"__author__": "hassod", "model": state, **extra}
         write = lambda handle: torch.save(payload, handle)  # noqa: E731
     atomic_write_file(path, write, parents=True)
