@@ -299,6 +299,29 @@ def test_a_run_of_non_finite_losses_stops_training(
     trainer.close()
 
 
+def test_a_new_run_refuses_a_folder_of_other_files(synthetic, tmp_path):
+    """A user's folder (their own config.json and metrics.csv, or the image folder) is not
+    overwritten; a run's folder from before its first checkpoint is reused."""
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "config.json").write_text('{"my": "settings"}')
+    (mine / "metrics.csv").write_text("epoch,accuracy\n1,0.5\n")
+    with pytest.raises(ValueError, match=r"holds files that are not a training run's \(e\.g\. "):
+        _trainer(synthetic, mine, tiny_config(iterations=1))
+    with pytest.raises(ValueError, match="not a training run's"):
+        _trainer(synthetic, synthetic[1], tiny_config(iterations=1))  # the images folder
+    assert (mine / "config.json").read_text() == '{"my": "settings"}'
+    run = tmp_path / "run"
+    trainer = _trainer(synthetic, run, tiny_config(iterations=1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit()
+    trainer.close()
+    shutil.rmtree(run / "checkpoints")  # as if stopped before its first checkpoint
+    assert {"config.json", "metrics.csv"} <= {path.name for path in run.iterdir()}
+    _trainer(synthetic, run, tiny_config(iterations=1)).close()  # its own files: accepted
+
+
 def test_micro_batches_accumulate_one_step(synthetic, tmp_path):
     config = dataclasses.replace(tiny_config(iterations=2, mean_teacher=1), micro_batch=1)
     trainer = _trainer(synthetic, tmp_path, config)

@@ -690,7 +690,32 @@ def check_run_folder(out_dir, resume: bool) -> Path | None:
             f"{out_dir} already holds a run (checkpoint {existing.name}): --resume continues "
             "it; choose another --out for a new run"
         )
+    if existing is None and out_dir.is_dir():
+        other = _foreign_entry(out_dir)
+        if other is not None:  # a run would write its config.json and metrics.csv over theirs
+            raise ValueError(
+                f"--out {out_dir} holds files that are not a training run's (e.g. {other!r}); "
+                "choose a new or empty folder for the run"
+            )
     return existing if resume else None
+
+
+# What a run's folder holds before its first checkpoint, with how each file begins.
+_RUN_FILES = {"config.json": b'{\n  "model": {', "metrics.csv": b"iteration,phase,"}
+_RUN_FOLDERS = (CHECKPOINT_DIR, "tensorboard")
+
+
+def _foreign_entry(out_dir: Path) -> str | None:
+    """The name of something in ``out_dir`` a run did not write, or None."""
+    from hassod._io import foreign_file
+
+    for entry in sorted(out_dir.iterdir()):
+        if entry.name in _RUN_FOLDERS and entry.is_dir():
+            continue
+        signature = _RUN_FILES.get(entry.name)
+        if signature is None or not entry.is_file() or foreign_file(entry, (signature,)):
+            return entry.name
+    return None
 
 
 def train(config: TrainConfig, pseudo_json, image_root, out_dir, **options: Any) -> TrainResult:
