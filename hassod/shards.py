@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from hassod._io import atomic_write_json
-from hassod.coco import assemble, is_foreign_output
+from hassod.coco import PSEUDO_LABEL_DESCRIPTION, assemble, is_foreign_output
 from hassod.labels import InputError, load_labels
 from hassod.run_errors import UsageError
 from hassod.work_folder import MANIFEST, WorkFolder, identity_differences, run_identity
@@ -74,6 +74,8 @@ def merge_shards(inputs: Sequence[str | Path], out: str | Path, allow_partial: b
     """
     if not inputs:
         raise UsageError("merge-shards needs at least one shard JSON or shard folder")
+    if any(Path(out).resolve() == Path(item).resolve() for item in inputs):
+        raise UsageError(f"--out {out} is one of the inputs; give the merged JSON another name")
     if is_foreign_output(out):
         raise UsageError(
             f"--out {out} exists and is not a pseudo-label JSON of hassod; refusing to replace "
@@ -190,6 +192,12 @@ def _load_shard(path: Path, allow_partial: bool) -> tuple[dict, list, list[dict]
     for image in images:
         if not isinstance(image.get("file_name"), str):
             raise UsageError(f"shard {path}: image id {image['id']!r} has no 'file_name'")
+    description = data["info"].get("description")
+    if description != PSEUDO_LABEL_DESCRIPTION:  # e.g. a ground truth: say so, not its settings
+        raise UsageError(
+            f"{path} is not a pseudo-label JSON of hassod (its info.description is "
+            f"{description!r}); merge-shards joins the outputs of `hassod discover`"
+        )
     by_image: dict[int, list[dict]] = {image["id"]: [] for image in images}
     for annotation in annotations:
         by_image[annotation["image_id"]].append(annotation)

@@ -497,6 +497,28 @@ def test_outputs_never_replace_a_file_hassod_did_not_write(
     own = tmp_path / "own.json"
     own.write_bytes(reference.read_bytes())
     assert main([*arguments[:3], str(own), "--allow-partial"]) == 0  # its own kind: replaced
+    assert main(["merge-shards", str(own), "--out", str(own), "--allow-partial"]) == 2
+    assert "is one of the inputs" in capsys.readouterr().err  # it would replace its input
+    ground_truth = tmp_path / "gt.json"
+    ground_truth.write_text(
+        json.dumps({"info": {"description": "COCO"}, "images": [], "annotations": []})
+    )
+    assert (
+        main(
+            [
+                "merge-shards",
+                str(own),
+                str(ground_truth),
+                "--out",
+                str(tmp_path / "m.json"),
+                "--allow-partial",
+            ]
+        )
+        == 2
+    )
+    assert "gt.json is not a pseudo-label JSON of hassod (its info.description is 'COCO')" in (
+        capsys.readouterr().err
+    )
     empty = tmp_path / "empty.json"
     empty.touch()
     assert _discover(photos, empty) == 0 and empty.read_bytes() == reference.read_bytes()
