@@ -36,6 +36,32 @@ DEFAULT_BACKBONE = "vit_base_patch8_224.dino"
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one ``hassod`` command; returns its exit code. SIGTERM counts as Ctrl-C throughout
+    (exit 130), not only while a command's run saves its work (which handles it itself)."""
+    with _sigterm_as_ctrl_c():
+        return _main(argv)
+
+
+@contextlib.contextmanager
+def _sigterm_as_ctrl_c():
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():  # no handlers there
+        yield
+        return
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     # Errors found after parsing show the subcommand's usage, not the list of commands.

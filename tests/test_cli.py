@@ -223,3 +223,27 @@ def test_cluster_size_is_rounded_down_to_the_patch(tmp_path):
         == 0
     )
     assert np.load(tmp_path / "astronaut_labels.npz")["labels"].shape == (3, 2, 2)
+
+
+def test_sigterm_anywhere_in_a_command_exits_130_like_ctrl_c():
+    """Not only inside a run that saves work: while a command starts (say, torch loading) a
+    scheduler's SIGTERM also ends it with 130 and a line, not 143 and silence. In a child
+    process: without the handler the signal would end the test session itself."""
+    script = (
+        "import os, signal, sys, time\n"
+        "import hassod.cli as cli\n"
+        "def slow_start(args, parser):\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    time.sleep(30)\n"
+        "    return 0\n"
+        "cli._run_command = slow_start\n"
+        "previous = signal.getsignal(signal.SIGTERM)\n"
+        "code = cli.main(['evaluate', '--pred', 'p.json', '--gt', 'g.json'])\n"
+        "assert signal.getsignal(signal.SIGTERM) is previous, 'handler not restored'\n"
+        "sys.exit(code)\n"
+    )
+    completed = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
+    assert completed.returncode == 130, (completed.returncode, completed.stderr)
+    assert "hassod evaluate: interrupted" in completed.stderr
