@@ -158,12 +158,17 @@ def test_predict_cli(checkpoint_path, images_dir, tmp_path, capsys):
     assert main(["predict", str(images_dir), *missing]) == 2
     # its own results list is replaced; a ground truth named as --out by mistake is kept
     assert main(["predict", str(images_dir / "a.png"), *common]) == 0
-    gt = tmp_path / "instances.json"
-    gt.write_text('{"images": [], "annotations": []}')
-    with pytest.raises(SystemExit) as exit_info:
-        main(["predict", str(images_dir), *common[:2], "--out", str(gt), "--quiet"])
-    assert exit_info.value.code == 2 and "refusing to replace" in capsys.readouterr().err
-    assert gt.read_text() == '{"images": [], "annotations": []}'
+    for text in (  # a dataset, another detector's results, any other array: kept
+        '{"images": [], "annotations": []}',
+        '[{"image_id": 1, "category_id": 1, "bbox": [0, 0, 1, 1], "score": 0.9}]',
+        "[1, 2, 3]",
+    ):
+        other = tmp_path / "other.json"
+        other.write_text(text)
+        with pytest.raises(SystemExit) as exit_info:
+            main(["predict", str(images_dir), *common[:2], "--out", str(other), "--quiet"])
+        assert exit_info.value.code == 2 and "refusing to replace" in capsys.readouterr().err
+        assert other.read_text() == text
 
 
 def gt_of(records) -> dict:

@@ -483,11 +483,16 @@ def run_export_command(args, parser) -> int:
 def run_predict_command(args, parser) -> int:
     from hassod._io import foreign_file
     from hassod.cli import _writable_file
-    from hassod.detector.predict import check_predict_options, parse_levels, predict_images
+    from hassod.detector.predict import (
+        check_predict_options,
+        is_results_list,
+        parse_levels,
+        predict_images,
+    )
     from hassod.run_errors import Interrupted, UsageError
 
     _writable_file(args.out, parser)  # before the run, not after it
-    if foreign_file(args.out, (b"[",)):  # a results list is a JSON array; a dataset is not
+    if foreign_file(args.out, is_results_list):  # not a dataset, nor another detector's list
         parser.error(
             f"--out {args.out} exists and is not a results list of hassod predict; refusing "
             "to replace it: choose another --out (or delete the file first)"

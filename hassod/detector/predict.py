@@ -33,6 +33,7 @@ import hashlib
 import json
 import numbers
 import os
+import re
 import sys
 import time
 import warnings
@@ -274,17 +275,23 @@ class Predictor:
                 index = start + offset
                 x0, y0, x1, y1 = (float(v) for v in corners[offset])
                 results.append(
-                    {
+                    {  # hier_level second: RESULTS_SIGNATURE finds it in a file's first bytes
                         "image_id": int(image_id),
+                        "hier_level": int(level_ids[index]),
                         "category_id": CATEGORY["id"],
                         "bbox": [x0, y0, x1 - x0, y1 - y0],
                         "score": float(scores[index]),
                         "segmentation": rle,
-                        "hier_level": int(level_ids[index]),
                         "level_scores": [float(v) for v in level_scores[index]],
                     }
                 )
         return results
+
+
+def is_results_list(head: bytes) -> bool:
+    """Whether a file's first bytes are a results list :func:`predict_images` wrote: ``[]``,
+    or records that begin ``{"image_id":N,"hier_level":`` (another detector's list does not)."""
+    return re.match(rb'\[\s*(\]|\{"image_id":\d+,"hier_level":)', head) is not None
 
 
 def _as_array(image) -> np.ndarray:
