@@ -150,10 +150,18 @@ class WorkFolder:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             handle.close()
+            try:  # the holder wrote its command there (below)
+                holder = (self.path / ".lock").read_text(encoding="utf-8").strip()
+            except (OSError, UnicodeDecodeError):
+                holder = ""
+            holder = holder if holder.startswith("hassod ") else self.command
             raise UsageError(
-                f"another {self.command} is writing to {self.path}; wait for it or use "
-                "another --out"
+                f"another {holder} is writing to {self.path}; wait for it or use another --out"
             ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(self.command)
+        handle.flush()
         self._lock_handle = handle
 
     def unlock(self) -> None:

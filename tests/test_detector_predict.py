@@ -560,13 +560,19 @@ def test_predict_refuses_a_work_folder_it_did_not_make(checkpoint_path, five_ima
     (parts / "manifest.json").unlink()
     command = ["predict", str(five_images), "--checkpoint", str(checkpoint_path)]
     assert main([*command, "--out", str(out), "--device", "cpu", "--quiet"]) == 2
-    # a second run on the same OUT while one is writing
+    # a sharded discover run's folder: shard folders, no manifest at its top
+    (parts / "chunk-000000.json").unlink()
+    (parts / "shard-0-of-2").mkdir()
+    with pytest.raises(UsageError, match="holds another run's work"):
+        predict_images(five_images, checkpoint_path, out, device="cpu")
+    assert not out.exists() and (parts / "shard-0-of-2").is_dir()
+    # a second run on the same OUT while one is writing: the holder is named
     other = tmp_path / "y.json"
-    holder = WorkFolder(work_folder_for(other))
+    holder = WorkFolder(work_folder_for(other), command="hassod discover")
     holder.path.mkdir()
     holder.lock()
     try:
-        with pytest.raises(UsageError, match="another hassod predict is writing to"):
+        with pytest.raises(UsageError, match="another hassod discover is writing to"):
             predict_images(five_images, checkpoint_path, other, device="cpu")
     finally:
         holder.unlock()

@@ -555,10 +555,11 @@ def _open_work_folder(folder, identity: dict) -> None:
                 f"{folder.manifest_path} is not the manifest of a {_COMMAND} work folder "
                 "(another command's, or damaged); remove the folder or choose another --out"
             )
-    elif folder.chunk_paths():
+    elif folder.chunk_paths() or any(entry.is_dir() for entry in folder.path.iterdir()):
+        # chunks, or folders such as a sharded `hassod discover`'s shard-i-of-N/
         raise UsageError(
-            f"{folder.path} holds chunks but no {_COMMAND} manifest; remove the folder or "
-            "choose another --out"
+            f"{folder.path} holds another run's work but no {_COMMAND} manifest; remove the "
+            "folder or choose another --out"
         )
     if manifest is not None:
         differences = identity_differences(manifest["identity"], identity)
