@@ -603,6 +603,7 @@ def run_show_command(args: argparse.Namespace, parser: argparse.ArgumentParser) 
         image_figure,
         image_masks,
         image_names,
+        predict_records,
         read_labelled_image,
         record_by_predict_id,
     )
@@ -639,13 +640,8 @@ def run_show_command(args: argparse.Namespace, parser: argparse.ArgumentParser) 
         within = f"labels {labels.source}" if labels.images is not None else str(args.images_json)
         if labels.images is None and named is None:  # `hassod predict IMAGES_DIR`'s results
             record = record_by_predict_id(labels, args.image)
-            if record is None:
-                raise InputError(
-                    f"labels {labels.source} are a results list with nothing for {args.image} "
-                    "under the ids `hassod predict` gives files (from their path in the folder "
-                    "it ran on): if predict found nothing there, there is nothing to draw; "
-                    "results numbered by a dataset JSON need that JSON (--images)"
-                )
+            if record is None:  # no results for it: drawn empty, or refused (_no_results_for)
+                record = predict_records([args.image.name])[0]
         else:
             try:
                 record = match_image(image_names(labels, named), args.image, within)
@@ -659,7 +655,7 @@ def run_show_command(args: argparse.Namespace, parser: argparse.ArgumentParser) 
                 ) from None
         annotations = labels.by_image().get(record["id"], [])
         if not annotations and labels.is_results_list:
-            warning = _unmatched_results_warning(labels, named, record, args.images_json)
+            warning = _no_results_for(args.image, labels, named, record, args.images_json)
             print(f"hassod show: warning: {warning}", file=sys.stderr)
         pixels = read_labelled_image(args.image, record, annotations)
         item = image_masks(pixels, annotations, args.score_threshold, args.max_masks or None)
@@ -679,21 +675,44 @@ def run_show_command(args: argparse.Namespace, parser: argparse.ArgumentParser) 
     return 0
 
 
-def _unmatched_results_warning(labels, images: list, record: dict, images_json: Path) -> str:
-    """Why a results list has nothing for the shown image (a dataset JSON lists every image, so
-    there an image without masks is simply one; a results list only lists detections)."""
-    from hassod.labels import HASHED_IDS_HINT
+def _no_results_for(
+    image: Path, labels, images: list | None, record: dict, images_json: Path | None
+) -> str:
+    """The warning for a results list with nothing for the shown image (a dataset JSON lists
+    every image, so there an image without masks is simply one; a results list only lists
+    detections), which is drawn without masks when the list's ids are those of other images
+    (of ``images``, else `hassod predict`'s of the image's folder).
+
+    Raises:
+        InputError: none of the list's ids is an image's: its numbering is another (drawing
+            every image empty, a script over a folder would learn nothing).
+    """
+    from hassod.labels import HASHED_IDS_HINT, InputError
+    from hassod.report import neighbours_have_predict_results
 
     shown = f"nothing is drawn for {record.get('file_name')!r} (id {record['id']!r})"
     if not labels.annotations:
         return f"labels {labels.source} hold no results: {shown}"
-    ids = labels.by_image().keys()
-    matching = len(ids & {image["id"] for image in images})
-    if not matching:
+    if images is None:
+        if not neighbours_have_predict_results(labels, image):
+            raise InputError(
+                f"labels {labels.source} are a results list with nothing for {image} or any "
+                "other image in its folder under the ids `hassod predict` gives files (from "
+                "their path in the folder it ran on): results numbered by a dataset JSON need "
+                "that JSON (--images)"
+            )
         return (
+            f"labels {labels.source} have no result for this image, though other images in "
+            f"its folder have some: {shown} (`hassod predict` found nothing in it)"
+        )
+    ids = labels.by_image().keys()
+    matching = len(ids & {entry["id"] for entry in images})
+    if not matching:
+        raise InputError(
             f"{'the image id' if len(ids) == 1 else f'none of the {len(ids)} image ids'} in "
             f"labels {labels.source} {'is not' if len(ids) == 1 else 'is'} an image of "
-            f"{images_json}: the ids do not match, so {shown}. {HASHED_IDS_HINT}"
+            f"{images_json}: the list is numbered otherwise, so nothing in it can be drawn. "
+            f"{HASHED_IDS_HINT}"
         )
     others = (
         f"{matching} other images of {images_json} have"
@@ -723,7 +742,12 @@ def _add_report_parser(commands) -> None:
     )
     report.add_argument("images_dir", type=Path, metavar="IMAGES_DIR", help="folder of images")
     _add_label_view_arguments(report)
-    report.add_argument("--out", type=Path, required=True, help="report folder")
+    report.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="report folder: new, empty, or an earlier report (replaced); not inside IMAGES_DIR",
+    )
     report.add_argument("--gt", type=Path, help="COCO ground truth: adds the evaluation")
     report.add_argument(
         "--images",
@@ -754,6 +778,11 @@ def run_report_command(args: argparse.Namespace, parser: argparse.ArgumentParser
     from hassod.report import write_report
 
     panels = _parse_levels(args.levels, parser)
+    if args.images_dir.is_file():
+        parser.error(
+            f"{args.images_dir} is a file; give the folder of images it is in (hassod show "
+            "draws one image)"
+        )
     if not args.images_dir.is_dir():
         parser.error(f"images folder not found: {args.images_dir}")
     # Made by write_report once the input is checked: refused input leaves no folder behind.

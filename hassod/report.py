@@ -24,7 +24,7 @@ from urllib.parse import quote
 import numpy as np
 from PIL import Image
 
-from hassod._io import atomic_write
+from hassod._io import atomic_write, foreign_file, not_a_folder
 from hassod._text import counted
 from hassod.labels import (
     HASHED_IDS_HINT,
@@ -71,17 +71,92 @@ def predict_records(names: Sequence[str]) -> list[dict]:
     return [{"id": image_id_for(name), "file_name": name} for name in names]
 
 
+def _path_endings(path: str | os.PathLike) -> list[str]:
+    """The names a file has in the folders above it, longest first: "a/b/x.jpg", "b/x.jpg",
+    "x.jpg" for /a/b/x.jpg (the one `hassod predict` numbered it by depends on where it ran)."""
+    parts = Path(os.path.abspath(path)).parts[1:]
+    return ["/".join(parts[-count:]) for count in range(len(parts), 0, -1)]
+
+
 def record_by_predict_id(labels: Labels, image: str | os.PathLike) -> dict | None:
     """The record of ``image`` in a results list that ``hassod predict`` numbered by file
     name: the id of one of its path's endings ("x.jpg", "sub/x.jpg", ...) has results, the
     longest such ending (with both x.jpg and sub/x.jpg in the folder predict ran on, the image
     sub/x.jpg is "sub/x.jpg" there, as match_image prefers the longest record). None when no
     ending has results."""
-    parts = Path(os.path.abspath(image)).parts[1:]
-    endings = ["/".join(parts[-count:]) for count in range(len(parts), 0, -1)]
     by_image = labels.by_image()
-    found = [record for record in predict_records(endings) if record["id"] in by_image]
+    found = [r for r in predict_records(_path_endings(image)) if r["id"] in by_image]
     return found[0] if found else None
+
+
+def neighbours_have_predict_results(labels: Labels, image: str | os.PathLike) -> bool:
+    """Whether another image file in ``image``'s folder has results in ``labels`` under an id
+    ``hassod predict`` gives it (:func:`record_by_predict_id`): the list is numbered as
+    predict numbers files, so an ``image`` without results is one predict found nothing in
+    (not one whose results carry ids of another numbering). False when the folder cannot be
+    listed."""
+    from hassod.image_folder import IMAGE_EXTENSIONS
+
+    image = Path(os.path.abspath(image))
+    try:
+        with os.scandir(image.parent) as entries:
+            names = [
+                entry.name
+                for entry in entries
+                if entry.name != image.name
+                and not entry.name.startswith(".")
+                and os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS
+            ]
+    except OSError:
+        return False
+    return any(record_by_predict_id(labels, image.parent / name) for name in names)
+
+
+#: In the head of every page ``write_report`` writes (:func:`is_report_page`): a later run
+#: replaces only a folder holding such a page, or an empty one.
+REPORT_GENERATOR = '<meta name="generator" content="hassod report">'
+
+
+def is_report_page(head: bytes) -> bool:
+    """Whether a file's first bytes are an ``index.html`` of ``hassod report``: an HTML page
+    with :data:`REPORT_GENERATOR` in its first lines (for :func:`hassod._io.foreign_file`)."""
+    return head.startswith(b"<!DOCTYPE html>") and REPORT_GENERATOR.encode() in head[:512]
+
+
+def check_report_folder(out_dir: str | os.PathLike, images_dir: str | os.PathLike) -> None:
+    """Refuse a report folder ``write_report`` must not write into: the images folder or one
+    inside it (a later ``hassod discover`` of it would take the report's pictures for
+    images), or an existing non-empty folder that is not an earlier report (no
+    ``index.html``, or one that :func:`is_report_page` does not recognise).
+
+    Raises:
+        InputError: saying which, and that another folder is wanted.
+    """
+    out_dir, images_dir = Path(out_dir), Path(images_dir)
+    out_real, images_real = out_dir.resolve(), images_dir.resolve()
+    if out_real == images_real or images_real in out_real.parents:
+        where = "the images folder" if out_real == images_real else "inside the images folder"
+        raise InputError(
+            f"report folder {out_dir} is {where} {images_dir}: its figures and photos would be "
+            "taken for images there (e.g. by a later hassod discover); choose a folder outside "
+            "it (--out)"
+        )
+    if not out_dir.is_dir():
+        return
+    index = out_dir / "index.html"
+    if index.is_file():
+        if foreign_file(index, is_report_page):
+            raise InputError(
+                f"report folder {out_dir} holds an index.html that hassod report did not "
+                "write; refusing to replace it and write beside it: choose another folder "
+                "(--out), a new or empty one"
+            )
+    elif any(out_dir.iterdir()):
+        raise InputError(
+            f"report folder {out_dir} is not empty and holds no report (no index.html of "
+            "hassod report); refusing to write into it: choose another folder (--out), a new "
+            "or empty one"
+        )
 
 
 def image_names(labels: Labels, images: Sequence[dict] | None = None) -> list[dict]:
@@ -246,8 +321,9 @@ def write_report(
         images_dir: folder the labels' ``file_name``s are relative to (a base name found
             directly in it also counts).
         labels: pseudo-labels / COCO dict / results list, or a path to one.
-        out_dir: report folder (created; files of an earlier report are overwritten, others
-            are left alone).
+        out_dir: report folder: new, empty or an earlier report, whose files are replaced
+            (created; refused when it is or is inside ``images_dir``, or holds anything else:
+            :func:`check_report_folder`).
         gt: ground truth (path or dict) for the evaluation tables (all images, all
             predictions: the score threshold and mask limit only affect the pictures).
         images: for a results list: the dataset JSON (path or dict) naming its images;
@@ -268,10 +344,13 @@ def write_report(
         decoded are left out of the gallery, listed there and on the page.
 
     Raises:
-        InputError: unusable labels, images JSON or ground truth, or none of the gallery's
-            images in ``images_dir`` (checked before anything is written).
+        InputError: unusable labels, images JSON or ground truth, a refused ``out_dir``, or
+            none of the gallery's images in ``images_dir`` (checked before anything is
+            written).
 
-    Every file is written through a temporary file and a rename; ``index.html`` last.
+    Every file is written through a temporary file and a rename: first an ``index.html``
+    saying the report is not finished (so that a run stopped half-way leaves a folder a
+    rerun recognises as its own), the full page last.
     """
     from hassod.visualize import LEVEL_PANEL_NAMES, region_colours
 
@@ -281,7 +360,8 @@ def write_report(
     select((), score_threshold, max_masks)  # the same checks for these two
     images_dir, out_dir = Path(images_dir), Path(out_dir)
     if not images_dir.is_dir():
-        raise InputError(f"images folder not found: {images_dir}")
+        raise InputError(not_a_folder(images_dir, "images folder"))
+    check_report_folder(out_dir, images_dir)
     labels = labels if isinstance(labels, Labels) else load_labels(labels, "labels")
     named, from_folder = images, False
     if named is None and labels.images is None:
@@ -331,6 +411,14 @@ def write_report(
             "by its base name): give the folder their file names are relative to"
         )
     out_dir.mkdir(parents=True, exist_ok=True)
+    # Stamped at once: a run stopped half-way leaves a folder that the next run recognises.
+    title = f"hassod report: {html.escape(Path(labels.source).name)}"
+    index = out_dir / "index.html"
+    unfinished = (
+        f"{_page_head(title)}<body>\n<h1>{title}</h1>\n<p>This report is not finished: its "
+        "run is still going, or stopped before the end (run it again).</p>\n</body>\n</html>\n"
+    )
+    atomic_write(index, lambda path: path.write_text(unfinished, encoding="utf-8"))
 
     evaluation = None
     if gt is not None:
@@ -400,7 +488,6 @@ def write_report(
         },
         panels=" | ".join(["input", *(LEVEL_PANEL_NAMES[p] for p in panels)]),
     )
-    index = out_dir / "index.html"
     atomic_write(index, lambda path: path.write_text(page, encoding="utf-8"), parents=True)
     return ReportSummary(
         index=index,
@@ -691,6 +778,20 @@ def _metrics_tables(evaluation: dict) -> str:
     return "\n".join(parts)
 
 
+def _page_head(title: str) -> str:
+    """The page's beginning up to </head>, stamped with REPORT_GENERATOR (``title``: HTML)."""
+    return f"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+{REPORT_GENERATOR}
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{title}</title>
+<style>{_CSS}</style>
+</head>
+"""
+
+
 def _page(
     *,
     labels: Labels,
@@ -724,16 +825,9 @@ def _page(
         names = "; ".join(html.escape(f"{name} ({why})") for name, why in unreadable[:20])
         extra = f" and {len(unreadable) - 20} more" if len(unreadable) > 20 else ""
         missing_html += f'\n<p class="note">Left out, as they cannot be read: {names}{extra}.</p>'
-    return f"""<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>hassod report: {html.escape(Path(labels.source).name)}</title>
-<style>{_CSS}</style>
-</head>
-<body>
-<h1>hassod report: {html.escape(Path(labels.source).name)}</h1>
+    title = f"hassod report: {html.escape(Path(labels.source).name)}"
+    return f"""{_page_head(title)}<body>
+<h1>{title}</h1>
 <p>{amounts} ({per_image:.2f} per image): {levels}.</p>
 <p class="note">{html.escape(shown_settings)}. Hover over (or tab to) an entry of a mask tree to
 see its mask on the photo.</p>

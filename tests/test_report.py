@@ -16,6 +16,7 @@ from PIL import Image
 
 from hassod.cli import main
 from hassod.coco import assemble, encode_mask, image_id_for, image_record, mask_annotations
+from hassod.labels import InputError
 from hassod.report import OUTLINE_WIDTHS, parse_levels, write_report
 from hassod.visualize import CAPTION_HEIGHT, _outline, level_figure, region_colours
 
@@ -294,23 +295,26 @@ def test_show_of_an_image_discovery_failed_on_says_why(scene, capsys):
 
 
 def test_show_warns_when_a_results_list_has_nothing_for_the_image(scene, capsys):
-    """0 masks drawn because the ids differ (e.g. `hassod predict` without --image-ids) is
-    said on stderr, with the fix; an image of a dataset JSON without masks is not."""
+    """Results for other images only: drawn without masks, said on stderr (exit 0, a loop over
+    a folder goes on). Ids that are no image's at all (e.g. `hassod predict` without
+    --image-ids) are refused with the fix; an image of a dataset JSON without masks is quiet."""
     image = scene["images"] / "scene.png"
     out = scene["dir"] / "fig.png"
     hashed = [{"image_id": 424242, "bbox": [1, 1, 5, 5], "score": 0.5}]
     (scene["dir"] / "results.json").write_text(json.dumps(hashed))
     args = ["show", str(image), "--labels", str(scene["dir"] / "results.json"), "--out", str(out)]
-    assert main([*args, "--images", str(scene["labels"])]) == 0
+    assert main([*args, "--images", str(scene["labels"])]) == 2
     captured = capsys.readouterr()
-    assert "0 of 0 masks" in captured.out
-    assert "hassod show: warning: the image id in labels" in captured.err
+    assert "hassod show: error: the image id in labels" in captured.err
     assert "rerun it with --image-ids GT.json" in captured.err
+    assert not out.exists()
     # Other images of the images JSON have results, this one none.
     images = {"images": [*scene["coco"]["images"], {"id": 424242, "file_name": "other.png"}]}
     (scene["dir"] / "images.json").write_text(json.dumps(images))
     assert main([*args, "--images", str(scene["dir"] / "images.json")]) == 0
-    assert "no result for this image, though 1 other image" in capsys.readouterr().err
+    captured = capsys.readouterr()
+    assert "0 of 0 masks" in captured.out
+    assert "no result for this image, though 1 other image" in captured.err
     empty = {**scene["coco"], "annotations": []}  # a dataset JSON: the image has no masks
     (scene["dir"] / "empty.json").write_text(json.dumps(empty))
     assert (
@@ -318,6 +322,38 @@ def test_show_warns_when_a_results_list_has_nothing_for_the_image(scene, capsys)
         == 0
     )
     assert capsys.readouterr().err == ""
+
+
+def test_show_of_an_image_predict_found_nothing_in_draws_it_empty(scene, capsys):
+    """`hassod predict small40 --out preds.json` has results for other images of the folder
+    only: `show small40/img00.jpg` exited 2 ("results list with nothing for"), though the
+    README promised the picture with a warning; a loop over the folder stopped there."""
+    image = scene["images"] / "scene.png"
+    Image.open(image).save(scene["images"] / "other.png")
+    segmentation = scene["coco"]["annotations"][0]["segmentation"]
+    preds = scene["dir"] / "preds.json"
+    preds.write_text(
+        json.dumps([{"image_id": image_id_for("other.png"), "segmentation": segmentation}])
+    )
+    out = scene["dir"] / "fig.png"
+    args = ["show", str(image), "--labels", str(preds), "--out", str(out)]
+    assert main([*args, "--panel-height", str(HEIGHT)]) == 0
+    captured = capsys.readouterr()
+    assert "0 of 0 masks of scene.png" in captured.out
+    assert captured.err.startswith("hassod show: warning: labels ")
+    assert "no result for this image, though other images in its folder have some" in (captured.err)
+    panels = panel_slices(np.asarray(Image.open(out).convert("RGB")), WIDTH, 4)
+    assert all((panel == GREY).all() for panel in panels)  # the photo, no masks
+    preds.write_text("[]")  # predict found nothing anywhere
+    assert main(args) == 0
+    assert "hold no results: nothing is drawn for 'scene.png'" in capsys.readouterr().err
+    # Ids that are no file's of the folder (numbered by a dataset JSON): refused, as before.
+    out.unlink()
+    preds.write_text(json.dumps([{"image_id": 7, "segmentation": segmentation}]))
+    assert main(args) == 2
+    error = capsys.readouterr().err
+    assert "or any other image in its folder" in error and "(--images)" in error
+    assert not out.exists()
 
 
 def test_show_errors(scene, capsys):
@@ -569,6 +605,77 @@ def test_report_out_that_is_a_file_is_refused_as_such(scene, capsys):
     assert f"--out {occupied / 'report'}: {occupied} is a file, not a folder" in (
         capsys.readouterr().err
     )
+
+
+def test_report_of_a_file_says_a_folder_is_wanted(scene, capsys):
+    """`hassod report photo.jpg` said "images folder not found" of a file that exists."""
+    photo = scene["images"] / "scene.png"
+    args = ["report", str(photo), "--labels", str(scene["labels"])]
+    with pytest.raises(SystemExit) as exit_info:
+        main([*args, "--out", str(scene["dir"] / "report")])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert f"{photo} is a file; give the folder of images it is in" in error
+    assert "not found" not in error
+    with pytest.raises(InputError, match="images folder .* is a file, not a folder"):
+        write_report(photo, scene["labels"], scene["dir"] / "report")
+
+
+def _tree(folder: Path) -> dict[str, bytes]:
+    return {
+        str(path.relative_to(folder)): path.read_bytes()
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+    }
+
+
+def test_report_replaces_only_an_earlier_report(scene, capsys, monkeypatch):
+    """--out naming a folder of other files (a user's index.html, levels.png, photos/)
+    replaced them, exit 0; --out inside the images folder filled it with PNGs and JPEGs that a
+    later recursive `hassod discover` takes for images. Both refused now, nothing written; an
+    earlier report (also one whose run stopped half-way) is replaced as before."""
+    args = ["report", str(scene["images"]), "--labels", str(scene["labels"]), "--quiet"]
+    site = scene["dir"] / "site"
+    (site / "photos").mkdir(parents=True)
+    (site / "index.html").write_text("<!DOCTYPE html>\n<html><body>my page</body></html>\n")
+    (site / "levels.png").write_bytes(b"my levels")
+    (site / "photos" / "0001-scene.jpg").write_bytes(b"my photo")
+    before = _tree(site)
+    assert main([*args, "--out", str(site)]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"hassod report: error: report folder {site} holds an index.html that hassod report did "
+        "not write; refusing to replace it and write beside it: choose another folder (--out), "
+        "a new or empty one"
+    ]
+    (site / "index.html").unlink()  # no page at all: the other files are kept just the same
+    del before["index.html"]
+    assert main([*args, "--out", str(site)]) == 2
+    assert "is not empty and holds no report" in capsys.readouterr().err
+    assert _tree(site) == before
+    for inside in (scene["images"], scene["images"] / "report"):
+        assert main([*args, "--out", str(inside)]) == 2
+        error = capsys.readouterr().err
+        assert "the images folder" in error and "choose a folder outside it" in error
+    assert [p.name for p in scene["images"].iterdir()] == ["scene.png"]
+    empty = scene["dir"] / "empty"
+    empty.mkdir()
+    assert main([*args, "--out", str(empty)]) == 0
+    head = (empty / "index.html").read_bytes()[:200]
+    assert b'<meta name="generator" content="hassod report">' in head
+    assert main([*args, "--out", str(empty), "--levels", "whole"]) == 0  # its own: replaced
+    # Stopped half-way: the page says it is unfinished, and the rerun is let in.
+    from hassod import report
+
+    def interrupted(*_):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(report, "_histograms", interrupted)
+    stopped = scene["dir"] / "stopped"
+    assert main([*args, "--out", str(stopped)]) == 130  # Ctrl-C
+    assert "This report is not finished" in (stopped / "index.html").read_text("utf-8")
+    monkeypatch.undo()
+    assert main([*args, "--out", str(stopped)]) == 0
+    assert "Gallery (1 image)" in (stopped / "index.html").read_text("utf-8")
 
 
 def test_report_only_gt_images_evaluates_the_annotated_images(scene, capsys):
