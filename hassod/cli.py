@@ -140,7 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
             "and write a picture of the partitions (PNG) plus the label maps (NPZ)."
         ),
         epilog="exit codes:\n  0    success\n  1    weights that cannot be loaded (offline "
-        "without --weights)\n  2    bad arguments, an unreadable image, an unwritable --out",
+        "without --weights)\n  2    bad arguments, an unreadable image, an unwritable --out\n"
+        "  130  interrupted",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     cluster.add_argument("image", nargs="?", help="image file (default: scikit-image astronaut)")
@@ -300,7 +301,8 @@ def build_parser() -> argparse.ArgumentParser:
             "an object of category 1 (SAM's quality fields are dropped), ids 1..N."
         ),
         epilog="exit codes:\n  0    success\n  2    no such folder, no sa_*.json in it, a file "
-        "that is not SA-1B's (named), an unwritable --out",
+        "that is not SA-1B's (named), an unwritable --out or a file it did not write\n"
+        "  130  interrupted",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sa1b.add_argument("folder", type=Path, metavar="SA1B_DIR", help="folder of sa_N.json files")
@@ -356,7 +358,8 @@ _EXIT_CODES = """exit codes:
   0    success (discover: unusable images are listed in the JSON's 'failed')
   1    run-time failure, e.g. weights that cannot be loaded (offline without --weights)
   2    bad arguments or input, found before any work: missing or empty images folder,
-       unwritable output, settings that differ from the stored run (see --restart)
+       unwritable output or a file it did not write, settings that differ from the stored
+       run (see --restart)
   130  interrupted: finished images are saved; run the same command again to resume"""
 
 
@@ -364,13 +367,15 @@ _MERGE_EXIT_CODES = """exit codes:
   0    success
   2    bad input: a missing or unreadable input, inputs made with other settings, shards of
        different runs, an incomplete set or an unfinished shard folder (without
-       --allow-partial), an image in two shards, an unwritable --out"""
+       --allow-partial), an image in two shards, an unwritable --out or a file it did not
+       write (an input included)
+  130  interrupted"""
 
 
 _DEMO_EXIT_CODES = """exit codes:
   0    success
   1    run-time failure, e.g. weights that cannot be loaded (offline without --weights)
-  2    bad arguments, an unwritable --out
+  2    bad arguments, an unwritable --out, an OUT/images holding other images
   130  interrupted"""
 
 
@@ -378,7 +383,9 @@ _EXIT_CODES_INSPECT = """exit codes:
   0    success
   1    run-time failure
   2    bad arguments or input: a missing or malformed file, labels of images the other file
-       does not have, an image the labels do not list, an unwritable output"""
+       does not have, an image the labels do not list, an unwritable output or one holding
+       files the command did not write
+  130  interrupted (Ctrl-C or SIGTERM)"""
 
 
 def _add_evaluate_parser(commands) -> None:

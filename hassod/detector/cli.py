@@ -19,8 +19,8 @@ _TRAIN_EXIT_CODES = """exit codes:
   1    run-time failure (e.g. CUDA out of memory)
   2    bad arguments or input: unusable pseudo-label JSON (no images, no annotations), missing
        image folder or backbone weights, weights of another architecture, an unreadable
-       --init-from checkpoint, an OUT that already holds a run (without --resume), is a
-       file or cannot be written (checked before the data load)
+       --init-from checkpoint, an OUT that already holds a run (without --resume) or files a
+       run did not write, is a file or cannot be written (checked before the data load)
   130  interrupted (Ctrl-C, SIGTERM): a checkpoint of the last finished iteration is saved;
        run the same command with --resume to continue exactly"""
 
@@ -28,7 +28,8 @@ _PREDICT_EXIT_CODES = """exit codes:
   0    success (unreadable images are skipped and listed on stderr)
   1    run-time failure
   2    bad arguments or input: missing images or checkpoint, unknown level, an image that
-       --image-ids does not list, an unwritable --out, an OUT.parts/ that another run is
+       --image-ids does not list, an unwritable --out or one that is not its own results
+       list, an OUT.parts/ that another run is
        writing or that another command made (checked before the model loads); no image
        could be read (--out is not written)
   130  interrupted (Ctrl-C, SIGTERM): the finished images are saved in OUT.parts/; run the
@@ -427,7 +428,8 @@ def add_export_parser(commands) -> None:
             "cascade_mask_rcnn_R_50_FPN.yaml builds the same network."
         ),
         epilog="exit codes:\n  0    success\n  2    missing or unreadable checkpoint, "
-        "unwritable output, a network Detectron2 cannot build",
+        "unwritable output or a file it did not write, a network Detectron2 cannot build\n"
+        "  130  interrupted",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     export.add_argument("checkpoint", type=Path, metavar="CHECKPOINT", help="hassod checkpoint")
