@@ -425,7 +425,7 @@ def _add_evaluate_parser(commands) -> None:
     evaluate.add_argument(
         "--stuff-min-id",
         type=_count,
-        default=STUFF_MIN_ID,
+        default=None,
         help=f"first stuff category id for --things-only (default {STUFF_MIN_ID})",
     )
     evaluate.add_argument(
@@ -470,6 +470,12 @@ def run_evaluate_command(args: argparse.Namespace, parser: argparse.ArgumentPars
     from hassod._io import foreign_file
     from hassod.evaluate import InputError, evaluate, format_breakdown, format_metrics
 
+    if args.stuff_min_id is not None and not args.things_only:
+        parser.error("--stuff-min-id goes with --things-only (without it nothing is dropped)")
+    if args.stuff_min_id is None:
+        from hassod.evaluate import STUFF_MIN_ID
+
+        args.stuff_min_id = STUFF_MIN_ID
     if args.out is not None:
         _writable_file(args.out, parser)
         # What evaluate's metrics JSON begins with (json.dumps of the result, indent 2).

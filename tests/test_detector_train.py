@@ -363,8 +363,9 @@ def test_resume_reproduces_training_bit_for_bit(synthetic, tmp_path):
     for column in ("total_loss", "lr", "teacher_weight", "loss_mask", "teacher_loss_rpn_cls"):
         assert rows[0][column] == full_rows[1][column], column
     # a run folder given where a checkpoint file belongs: the message names its newest one
-    with pytest.raises(FileNotFoundError, match=r"is a folder, not a file \(the run's newest"):
-        ckpt.load_checkpoint(tmp_path / "resumed")
+    for folder in (tmp_path / "resumed", tmp_path / "resumed" / "checkpoints"):
+        with pytest.raises(FileNotFoundError, match=r"is a folder, not a file \(the run's newest"):
+            ckpt.load_checkpoint(folder)
 
 
 def test_each_process_resumes_its_own_rng_stream(synthetic, tmp_path, monkeypatch):
@@ -1105,11 +1106,11 @@ def test_resume_on_other_data_says_what_differs(synthetic, tmp_path, capsys):
 @pytest.mark.parametrize(
     "settings, hint",
     [
-        ({"lr": 0.1}, "unknown TrainConfig settings: lr (did you mean base_lr?)"),
+        ({"lr": 0.1}, "unknown top-level settings: lr (did you mean base_lr?)"),
         ({"batchsize": 2}, "batchsize (did you mean batch_size?)"),
         ({"workers": 2}, "workers (did you mean data.num_workers?)"),
         ({"backbone": "resnet18"}, "backbone (did you mean model.backbone?)"),
-        ({"model": {"bakbone": "resnet18"}}, "ModelConfig settings: bakbone (did you mean model."),
+        ({"model": {"bakbone": "resnet18"}}, "'model' settings: bakbone (did you mean model."),
         ({"model": {"batch_size": 2}}, "batch_size (did you mean the top-level batch_size?)"),
         ({"mean_teacher": {"ema_keep": 0.9}}, "(did you mean mean_teacher.ema_keep_rate?)"),
         ({"zzz": 1, "lr": 0.1}, "settings: lr (did you mean base_lr?), zzz"),
@@ -1133,7 +1134,17 @@ def test_an_unknown_config_setting_is_one_line_with_the_likely_one(tmp_path, cap
         main([*command, str(settings)])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
-    assert "train settings: unknown TrainConfig settings: lr (did you mean base_lr?)" in err
+    assert "train settings: unknown top-level settings: lr (did you mean base_lr?)" in err
+    # a missing file, a folder, a file that is not JSON: named as --config, one line
+    settings.write_text("{not json")
+    for path, message in (
+        (settings, "is not a readable JSON file"),
+        (tmp_path, "is a folder, not a JSON file"),
+        (tmp_path / "nope.json", "not found"),
+    ):
+        with pytest.raises(SystemExit):
+            main([*command, str(path)])
+        assert f"train settings: --config {path} {message}" in capsys.readouterr().err
 
 
 def test_counts_of_one_are_singular(synthetic, tmp_path):

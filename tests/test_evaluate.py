@@ -414,6 +414,10 @@ def test_a_negative_stuff_min_id_is_refused(tmp_path, capsys):
         main([*args, "--things-only", "--stuff-min-id", "-5"])
     assert exit_info.value.code == 2
     assert "--stuff-min-id: expected an integer >= 0, got -5" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:  # alone it would change nothing, silently
+        main([*args, "--stuff-min-id", "50"])
+    assert exit_info.value.code == 2
+    assert "--stuff-min-id goes with --things-only" in capsys.readouterr().err
 
 
 def test_filters_that_leave_no_ground_truth_object_are_refused_naming_the_option(tmp_path, capsys):

@@ -117,7 +117,9 @@ def read_payload(path, map_location="cpu") -> dict:
     path = Path(path)
     if not path.is_file():
         # A run folder given for its checkpoint: name the newest one in it (training.py layout).
-        newest = last_checkpoint(path / "checkpoints") if path.is_dir() else None
+        newest = None
+        if path.is_dir():  # a run folder, or its checkpoints/ folder
+            newest = last_checkpoint(path / "checkpoints") or last_checkpoint(path)
         hint = f" (the run's newest checkpoint is {newest})" if newest is not None else ""
         raise FileNotFoundError(not_a_file(path, "checkpoint") + hint)
     try:

@@ -275,9 +275,17 @@ def _config_settings(args) -> dict | None:
 
     if args.config is None:
         return None
-    settings = json.loads(args.config.read_text(encoding="utf-8"))
+    if not args.config.is_file():
+        raise ValueError(
+            f"--config {args.config} "
+            + ("is a folder, not a JSON file" if args.config.is_dir() else "not found")
+        )
+    try:
+        settings = json.loads(args.config.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"--config {args.config} is not a readable JSON file: {error}") from None
     if not isinstance(settings, dict):
-        raise ValueError(f"{args.config} holds no JSON object of settings")
+        raise ValueError(f"--config {args.config} holds no JSON object of settings")
     return settings
 
 

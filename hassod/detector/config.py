@@ -515,7 +515,8 @@ def _section(cls, data, base, name: str):
         prefix = "" if cls is TrainConfig else f"{name}."
         hints = [(key, _suggestion(str(key), prefix)) for key in unknown]
         listed = [f"{key} (did you mean {hint}?)" if hint else str(key) for key, hint in hints]
-        raise ValueError(f"unknown {cls.__name__} settings: {', '.join(listed)}")
+        where = "top-level" if cls is TrainConfig else f"'{name}'"
+        raise ValueError(f"unknown {where} settings: {', '.join(listed)}")
     values = {key: _tuples(value) for key, value in data.items()}
     return dataclasses.replace(base, **values)
 
