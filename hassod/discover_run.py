@@ -458,8 +458,8 @@ def run_discover(options: RunOptions) -> RunSummary:
     json_path, parts_dir = output_paths(out, shard)
     if is_foreign_output(json_path):
         raise UsageError(
-            f"--out {json_path} exists and is not a pseudo-label JSON of hassod; refusing to "
-            "replace it: choose another --out (or delete the file first)"
+            f"{json_path} exists and is not a pseudo-label JSON of hassod; refusing to replace "
+            "it: choose another --out (or delete the file first)"
         )
     root_parts = output_paths(out, None)[1]
     names = list_images(images_dir, exclude=[root_parts])

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -113,6 +114,10 @@ def merge_shards(inputs: Sequence[str | Path], out: str | Path, allow_partial: b
                 f"{'; '.join(said)}: give each shard of the run once (use --allow-partial to "
                 "merge an incomplete set anyway)"
             )
+    else:
+        partial = _incomplete_shards(shards)
+        if partial:  # allowed, but the merged JSON lacks images: say which shards
+            warnings.warn(f"merging an incomplete set of shards: {partial}", stacklevel=2)
     entries, failures = [], {}
     seen: dict[str, str] = {}
     for path, (_, shard_entries, shard_failed) in zip(inputs, loaded):
@@ -141,6 +146,18 @@ def merge_shards(inputs: Sequence[str | Path], out: str | Path, allow_partial: b
     except OSError as error:
         raise UsageError(f"cannot write {out}: {error}") from None
     return coco
+
+
+def _incomplete_shards(shards: list) -> str:
+    """What is missing from a set of shard records (``{"index", "count"}`` or None), or ""."""
+    counts = sorted({shard["count"] for shard in shards if shard is not None})
+    said = []
+    for count in counts:
+        indices = {shard["index"] for shard in shards if shard and shard["count"] == count}
+        missing = sorted(set(range(count)) - indices)
+        if missing:
+            said.append(f"shard(s) {', '.join(map(str, missing))} of {count} missing")
+    return "; ".join(said)
 
 
 def _load_shard(path: Path, allow_partial: bool) -> tuple[dict, list, list[dict]]:

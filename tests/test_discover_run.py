@@ -290,6 +290,10 @@ def test_two_shards_merged_equal_a_single_run(reference, photos, tmp_path, monke
     assert main(["merge-shards", *twice, "--out", str(merged)]) == 2
     assert "shard 0/2 given twice" in capsys.readouterr().err
     assert main(["merge-shards", str(shard_files[0]), "--out", str(merged), "--allow-partial"]) == 0
+    assert (  # allowed, and said
+        "hassod merge-shards: warning: merging an incomplete set of shards: shard(s) 1 of 2 "
+        "missing" in capsys.readouterr().err
+    )
     other = tmp_path / "other.json"
     assert _discover(photos, other, "--shard", "1/2", "--thresholds", "0.4", "0.2") == 0
     mixed = [str(shard_files[0]), str(tmp_path / "other.shard-1-of-2.json")]
