@@ -595,13 +595,6 @@ def _add_show_parser(commands) -> None:
 _SHOW_SOFTWARE = "hassod show"
 
 
-def _is_show_figure(head: bytes) -> bool:
-    """Whether a file's first bytes are a figure of ``hassod show``: the PNG signature and
-    IHDR chunk (33 bytes), then the stamp's tEXt chunk (length, type, keyword, NUL, text)."""
-    stamp = b"tEXtSoftware\x00" + _SHOW_SOFTWARE.encode()
-    return head.startswith(b"\x89PNG\r\n\x1a\n") and head[37 : 37 + len(stamp)] == stamp
-
-
 def run_show_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from hassod._io import foreign_file
     from hassod._text import counted
@@ -620,6 +613,7 @@ def run_show_command(args: argparse.Namespace, parser: argparse.ArgumentParser) 
         read_labelled_image,
         record_by_predict_id,
     )
+    from hassod.visualize import is_hassod_png, save_stamped_png
 
     panels = _parse_levels(args.levels, parser)
     from hassod.visualize import MAX_FIGURE_SIDE
@@ -637,7 +631,7 @@ def run_show_command(args: argparse.Namespace, parser: argparse.ArgumentParser) 
     if args.out.suffix.lower() != ".png":
         parser.error(f"--out must be a .png file name, got {str(args.out)!r}")
     _writable_file(args.out, parser)
-    if foreign_file(args.out, _is_show_figure):  # e.g. the photo itself, mistyped
+    if foreign_file(args.out, is_hassod_png):  # e.g. the photo itself, mistyped
         parser.error(
             f"--out {args.out} exists and is not a figure of hassod show; refusing to replace "
             "it: choose another --out (or delete the file first)"
@@ -676,11 +670,7 @@ def run_show_command(args: argparse.Namespace, parser: argparse.ArgumentParser) 
         print(f"hassod show: error: {error}", file=sys.stderr)
         return 2
     figure = image_figure(item, panels, args.panel_height)
-    from PIL.PngImagePlugin import PngInfo
-
-    stamp = PngInfo()
-    stamp.add_text("Software", _SHOW_SOFTWARE)  # lets a later run know the file is its own
-    _atomic_save(args.out, lambda handle: figure.save(handle, format="PNG", pnginfo=stamp))
+    _atomic_save(args.out, lambda handle: save_stamped_png(figure, handle, _SHOW_SOFTWARE))
     print(
         f"wrote {args.out} ({figure.size[0]}x{figure.size[1]}): {len(item.annotations)} of "
         f"{counted(item.total, 'mask')} of {record.get('file_name')}"
@@ -1070,6 +1060,16 @@ def run_demo_command(args: argparse.Namespace, parser: argparse.ArgumentParser) 
                 f"{f' and {len(others) - 1} more' if len(others) > 1 else ''}); give the demo a "
                 "new or empty --out folder"
             )
+    from hassod._io import foreign_file
+    from hassod.visualize import is_hassod_png
+
+    for name in sorted(demo_files):
+        figure = out_dir / "figures" / name
+        if foreign_file(figure, is_hassod_png):
+            parser.error(
+                f"{figure} exists and is not a figure of hassod; refusing to replace it: "
+                "give the demo a new or empty --out folder"
+            )
     discover_run.write_demo_images(images_dir)
     options = discover_run.RunOptions(
         images_dir=images_dir,
@@ -1107,6 +1107,14 @@ def run_cluster(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
         parser.error(f"--size must be a positive number of pixels, got {args.size}")
     image, name = _read_image(args.image, parser)
     out_dir = _writable_dir(args.out, parser)
+    from hassod._io import foreign_file
+    from hassod.visualize import is_hassod_png
+
+    if foreign_file(out_dir / f"{name}_partitions.png", is_hassod_png):
+        parser.error(
+            f"{out_dir / f'{name}_partitions.png'} exists and is not a figure of hassod; refusing "
+            "to replace it: choose another --out (or delete the file first)"
+        )
 
     from hassod.features import InputSizeError, image_features, load_vit, round_to_patch
 
@@ -1138,11 +1146,12 @@ def run_cluster(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
     result = fast_cluster(features, thresholds)
     clustered = time.perf_counter()
 
-    from hassod.visualize import partition_figure
+    from hassod.visualize import partition_figure, save_stamped_png
 
     figure_path = out_dir / f"{name}_partitions.png"
     labels_path = out_dir / f"{name}_labels.npz"
-    _atomic_save(figure_path, lambda path: partition_figure(image, result).save(path, format="PNG"))
+    figure = partition_figure(image, result)
+    _atomic_save(figure_path, lambda path: save_stamped_png(figure, path, "hassod cluster"))
     _atomic_save(
         labels_path,
         lambda path: np.savez_compressed(

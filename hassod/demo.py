@@ -36,7 +36,7 @@ def write_level_figures(coco: dict, images_dir: Path, figures_dir: Path) -> list
     """One :func:`hassod.visualize.level_figure` PNG per image of a pseudo-label JSON."""
     from pycocotools import mask as mask_utils
 
-    from hassod.visualize import level_figure
+    from hassod.visualize import level_figure, save_stamped_png
 
     figures_dir.mkdir(parents=True, exist_ok=True)
     by_image: dict[int, list[dict]] = {image["id"]: [] for image in coco["images"]}
@@ -52,6 +52,6 @@ def write_level_figures(coco: dict, images_dir: Path, figures_dir: Path) -> list
         levels = np.asarray([a["hier_level"] for a in annotations], dtype=np.int64)
         path = figures_dir / (Path(image["file_name"]).with_suffix(".png").as_posix())
         with atomic_open(path, parents=True) as handle:
-            level_figure(pixels, masks, levels).save(handle, format="PNG")
+            save_stamped_png(level_figure(pixels, masks, levels), handle, "hassod demo")
         written.append(path)
     return written

@@ -10,6 +10,26 @@ from PIL import Image, ImageDraw
 from hassod._text import counted
 from hassod.cluster import ClusterResult
 
+
+def save_stamped_png(figure: Image.Image, target, software: str) -> None:
+    """Save ``figure`` as a PNG to ``target`` (a path or binary file) with a ``Software`` text
+    chunk naming the hassod command, by which a later run knows the file is its own
+    (:func:`is_hassod_png`) and may replace it."""
+    from PIL.PngImagePlugin import PngInfo
+
+    stamp = PngInfo()
+    stamp.add_text("Software", software)
+    figure.save(target, format="PNG", pnginfo=stamp)
+
+
+def is_hassod_png(head: bytes, software: str = "hassod") -> bool:
+    """Whether a file's first bytes are a PNG of :func:`save_stamped_png` whose software
+    starts with ``software``: the PNG signature and IHDR chunk (33 bytes), then the stamp's
+    tEXt chunk (length, type, keyword, NUL, text)."""
+    stamp = b"tEXtSoftware\x00" + software.encode()
+    return head.startswith(b"\x89PNG\r\n\x1a\n") and head[37 : 37 + len(stamp)] == stamp
+
+
 #: Largest side in pixels of a figure's row of panels and of a panel: an image of extreme aspect
 #: ratio (1 x 3000) would otherwise make panels millions of pixels wide at the asked height;
 #: such figures are scaled down until they fit (panel_height is then lower than asked).

@@ -114,6 +114,19 @@ def test_cluster_reads_images_as_discover_does(tmp_path, mode):
         assert np.array_equal(_as_array(opened), expected)
 
 
+def test_cluster_replaces_only_its_own_figure(tmp_path, capsys):
+    out = tmp_path / "out"
+    arguments = ["cluster", *SMALL, "--random-weights", "--out", str(out)]
+    assert main(arguments) == 0 and main(arguments) == 0  # its own figure: replaced
+    figure = out / "astronaut_partitions.png"
+    Image.new("RGB", (4, 4)).save(figure)  # someone else's picture of that name
+    mine = figure.read_bytes()
+    with pytest.raises(SystemExit) as exit_info:
+        main(arguments)
+    assert exit_info.value.code == 2 and "is not a figure of hassod" in capsys.readouterr().err
+    assert figure.read_bytes() == mine
+
+
 def test_cluster_bad_thresholds_is_a_usage_error(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["cluster", *SMALL, "--random-weights", "--thresholds", "1.5"])

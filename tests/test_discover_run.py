@@ -617,6 +617,12 @@ def test_demo_refuses_a_folder_holding_other_images(tmp_path, capsys):
     assert exit_info.value.code == 2
     assert "'my_photo.png'" in capsys.readouterr().err
     assert sorted(path.name for path in tmp_path.rglob("*")) == ["images", "my_photo.png"]
+    (tmp_path / "images" / "my_photo.png").unlink()
+    (tmp_path / "figures").mkdir()
+    _photo("rocket", 40, 30).save(tmp_path / "figures" / "coffee.png")  # not a demo figure
+    with pytest.raises(SystemExit) as exit_info:
+        main([*args, "--out", str(tmp_path), "--workers", "0"])
+    assert exit_info.value.code == 2 and "is not a figure of hassod" in capsys.readouterr().err
 
 
 def test_level_figure_shows_levels_cumulatively():
