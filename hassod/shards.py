@@ -10,6 +10,7 @@ the JSON a single run would have written.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import warnings
@@ -144,6 +145,8 @@ def merge_shards(inputs: Sequence[str | Path], out: str | Path, allow_partial: b
         out.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_json(out, coco)
     except OSError as error:
+        if error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EIO):
+            raise  # the disk, not the arguments: the command's one-line run-time error (1)
         raise UsageError(f"cannot write {out}: {error}") from None
     return coco
 

@@ -442,7 +442,7 @@ def test_every_layer_has_one_detectron2_name():
         assert [d2.hassod_name(name) for name in theirs] == names
 
 
-def test_export_command_writes_what_detectron2_loads(tmp_path, capsys):
+def test_export_command_writes_what_detectron2_loads(tmp_path, capsys, monkeypatch):
     from hassod.cli import main
     from hassod.detector.checkpoint import save_checkpoint
 
@@ -479,6 +479,15 @@ def test_export_command_writes_what_detectron2_loads(tmp_path, capsys):
         assert exit_info.value.code == 2
     assert (tmp_path / "run.pth").read_bytes() == before
     assert (tmp_path / "notes.json").read_text() == "{}"
+    # a disk that fills up while writing: the one-line run-time error of every command
+    import errno
+
+    def no_room(path, state, config=None):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(d2, "write_detectron2_file", no_room)
+    assert main([*export, str(tmp_path / "full.pth")]) == 1
+    assert "hassod export-detectron2: error: cannot write: [Errno 28]" in capsys.readouterr().err
     small = dataclasses.replace(config, model=tiny_config().model)
     save_checkpoint(
         tmp_path / "small.pth", config=small, iteration=4, model=_random_model(small.model)

@@ -1056,3 +1056,13 @@ def test_a_full_disk_mid_run_is_one_line_and_keeps_what_was_saved(
         _discover(photos, out)
     monkeypatch.undo()
     assert _discover(photos, out) == 0  # room again: the same command finishes the run
+    # merge-shards writes once, at the end: a full disk there is the same one line, exit 1
+    from hassod import shards
+
+    def no_room(path, value, **options):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(shards, "atomic_write_json", no_room)
+    merged = str(tmp_path / "merged.json")
+    assert main(["merge-shards", str(out), "--out", merged, "--allow-partial"]) == 1
+    assert "hassod merge-shards: error: cannot write: [Errno 28]" in capsys.readouterr().err

@@ -475,10 +475,11 @@ def run_export_command(args, parser) -> int:
         model, config = detector_from_checkpoint(args.checkpoint, args.weights)
         options = detectron2_weights.detectron2_options(config.model, config.data)
         state = detectron2_weights.export_detectron2(model)
-        detectron2_weights.write_detectron2_file(args.out, state, config)
     except (FileNotFoundError, ValueError, TypeError, OSError) as error:
         print(f"hassod export-detectron2: error: {error}", file=sys.stderr)
         return EXIT_USAGE
+    # Checked writable above: a failure now is the disk's (hassod.cli: one line, exit 1).
+    detectron2_weights.write_detectron2_file(args.out, state, config)
     if config.model.anchor_generator != "detectron2":
         print(
             "warning: this network was trained with torchvision's anchors; Detectron2 uses "
