@@ -159,6 +159,27 @@ def check_report_folder(out_dir: str | os.PathLike, images_dir: str | os.PathLik
         )
 
 
+# What write_report writes in its folder (besides index.html): an earlier report's copies go
+# first, so that none outlives the run that replaces it (a metrics.json of an earlier --gt, the
+# figures of images no longer in the gallery).
+_REPORT_FILES = ("metrics.json", "levels.png", "masks_per_image.png")
+_REPORT_FOLDERS = ("figures", "overlays", "photos")
+
+
+def _clear_earlier_report(out_dir: Path) -> None:
+    """Remove an earlier report's files from ``out_dir`` (checked by
+    :func:`check_report_folder` to be a report folder); its index.html is replaced later."""
+    import shutil
+
+    if not (out_dir / "index.html").is_file():
+        return
+    for name in _REPORT_FILES:
+        (out_dir / name).unlink(missing_ok=True)
+    for name in _REPORT_FOLDERS:
+        if (out_dir / name).is_dir():
+            shutil.rmtree(out_dir / name)
+
+
 def image_names(labels: Labels, images: Sequence[dict] | None = None) -> list[dict]:
     """The image records that name the labels' images: the labels' own, else ``images``.
 
@@ -321,8 +342,8 @@ def write_report(
         images_dir: folder the labels' ``file_name``s are relative to (a base name found
             directly in it also counts).
         labels: pseudo-labels / COCO dict / results list, or a path to one.
-        out_dir: report folder: new, empty or an earlier report, whose files are replaced
-            (created; refused when it is or is inside ``images_dir``, or holds anything else:
+        out_dir: report folder: new, empty or an earlier report, replaced wholly (its files
+            are removed first; created; refused when it is or is inside ``images_dir``, or holds anything else:
             :func:`check_report_folder`).
         gt: ground truth (path or dict) for the evaluation tables (all images, all
             predictions: the score threshold and mask limit only affect the pictures).
@@ -410,6 +431,7 @@ def write_report(
             f"labels {labels.source}: {what} in {images_dir} (looked for {names[0]!r}, also "
             "by its base name): give the folder their file names are relative to"
         )
+    _clear_earlier_report(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     # Stamped at once: a run stopped half-way leaves a folder that the next run recognises.
     title = f"hassod report: {html.escape(Path(labels.source).name)}"

@@ -662,7 +662,12 @@ def test_report_replaces_only_an_earlier_report(scene, capsys, monkeypatch):
     assert main([*args, "--out", str(empty)]) == 0
     head = (empty / "index.html").read_bytes()[:200]
     assert b'<meta name="generator" content="hassod report">' in head
+    (empty / "metrics.json").write_text("{}")  # as an earlier run with --gt left it
+    (empty / "figures" / "0002-gone.png").write_bytes(b"an image no longer listed")
     assert main([*args, "--out", str(empty), "--levels", "whole"]) == 0  # its own: replaced
+    # ... wholly: nothing of the earlier run outlives it (a stale evaluation, old figures)
+    assert not (empty / "metrics.json").exists()
+    assert sorted(p.name for p in (empty / "figures").iterdir()) == ["0001-scene.png"]
     # Stopped half-way: the page says it is unfinished, and the rerun is let in.
     from hassod import report
 
