@@ -343,8 +343,8 @@ def write_report(
             directly in it also counts).
         labels: pseudo-labels / COCO dict / results list, or a path to one.
         out_dir: report folder: new, empty or an earlier report, replaced wholly (its files
-            are removed first; created; refused when it is or is inside ``images_dir``, or holds anything else:
-            :func:`check_report_folder`).
+            are removed first; created; refused when it is or is inside ``images_dir``, or
+            holds anything else: :func:`check_report_folder`).
         gt: ground truth (path or dict) for the evaluation tables (all images, all
             predictions: the score threshold and mask limit only affect the pictures).
         images: for a results list: the dataset JSON (path or dict) naming its images;
