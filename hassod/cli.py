@@ -140,7 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
             "and write a picture of the partitions (PNG) plus the label maps (NPZ)."
         ),
         epilog="exit codes:\n  0    success\n  1    weights that cannot be loaded (offline "
-        "without --weights)\n  2    bad arguments, an unreadable image, an unwritable --out\n"
+        "without --weights)\n  2    bad arguments, an unreadable image, an unwritable --out or "
+        "a file in it that cluster did not write\n"
         "  130  interrupted",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -375,7 +376,8 @@ _MERGE_EXIT_CODES = """exit codes:
 _DEMO_EXIT_CODES = """exit codes:
   0    success
   1    run-time failure, e.g. weights that cannot be loaded (offline without --weights)
-  2    bad arguments, an unwritable --out, an OUT/images holding other images
+  2    bad arguments, an unwritable --out, an OUT/images holding other images, an
+       OUT/pseudo.json or OUT/figures/*.png that hassod did not write
   130  interrupted"""
 
 
@@ -383,8 +385,8 @@ _EXIT_CODES_INSPECT = """exit codes:
   0    success
   1    run-time failure
   2    bad arguments or input: a missing or malformed file, labels of images the other file
-       does not have, an image the labels do not list, an unwritable output or one holding
-       files the command did not write
+       does not have, an image the labels do not list, an unwritable output, or an output
+       (file, or report folder) that the command did not write
   130  interrupted (Ctrl-C or SIGTERM)"""
 
 
@@ -1085,7 +1087,10 @@ def run_demo_command(args: argparse.Namespace, parser: argparse.ArgumentParser) 
     try:
         with _warnings_as_lines("discover"):
             summary = discover_run.run_discover(options)
-    except (discover_run.UsageError, discover_run.RunError, discover_run.Interrupted) as error:
+    except discover_run.Interrupted:  # nothing to resume: every demo run starts afresh
+        print("hassod demo: interrupted; run it again to start afresh", file=sys.stderr)
+        return discover_run.EXIT_INTERRUPTED
+    except (discover_run.UsageError, discover_run.RunError) as error:
         return _report_run_error("demo", error)
     print(summary.format())
     coco = json.loads(summary.json_path.read_text(encoding="utf-8"))
@@ -1110,11 +1115,15 @@ def run_cluster(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
     from hassod._io import foreign_file
     from hassod.visualize import is_hassod_png
 
-    if foreign_file(out_dir / f"{name}_partitions.png", is_hassod_png):
-        parser.error(
-            f"{out_dir / f'{name}_partitions.png'} exists and is not a figure of hassod; refusing "
-            "to replace it: choose another --out (or delete the file first)"
-        )
+    for path, own in (
+        (out_dir / f"{name}_partitions.png", is_hassod_png),
+        (out_dir / f"{name}_labels.npz", _is_cluster_npz),
+    ):
+        if foreign_file(path, own):
+            parser.error(
+                f"{path} exists and is not a file hassod cluster wrote; refusing to replace it: "
+                "choose another --out (or delete the file first)"
+            )
 
     from hassod.features import InputSizeError, image_features, load_vit, round_to_patch
 
@@ -1166,6 +1175,12 @@ def run_cluster(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
     )
     print(f"wrote {figure_path} and {labels_path}")
     return 0
+
+
+def _is_cluster_npz(head: bytes) -> bool:
+    """Whether a file's first bytes are cluster's label maps: NumPy's zip whose first member
+    (after the 30-byte local header and its name length fields) is labels.npy."""
+    return head.startswith(b"PK\x03\x04") and head[30:40] == b"labels.npy"
 
 
 def _read_image(path: str | None, parser: argparse.ArgumentParser):

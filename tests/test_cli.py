@@ -123,8 +123,16 @@ def test_cluster_replaces_only_its_own_figure(tmp_path, capsys):
     mine = figure.read_bytes()
     with pytest.raises(SystemExit) as exit_info:
         main(arguments)
-    assert exit_info.value.code == 2 and "is not a figure of hassod" in capsys.readouterr().err
+    assert (
+        exit_info.value.code == 2 and "not a file hassod cluster wrote" in capsys.readouterr().err
+    )
     assert figure.read_bytes() == mine
+    figure.unlink()
+    labels = out / "astronaut_labels.npz"
+    labels.write_text("my notes")  # not cluster's label maps either
+    with pytest.raises(SystemExit) as exit_info:
+        main(arguments)
+    assert exit_info.value.code == 2 and labels.read_text() == "my notes"
 
 
 def test_cluster_bad_thresholds_is_a_usage_error(capsys):

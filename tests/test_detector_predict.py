@@ -165,9 +165,10 @@ def test_predict_cli(checkpoint_path, images_dir, tmp_path, capsys):
     ):
         other = tmp_path / "other.json"
         other.write_text(text)
-        with pytest.raises(SystemExit) as exit_info:
-            main(["predict", str(images_dir), *common[:2], "--out", str(other), "--quiet"])
-        assert exit_info.value.code == 2 and "refusing to replace" in capsys.readouterr().err
+        assert main(["predict", str(images_dir), *common[:2], "--out", str(other), "--quiet"]) == 2
+        assert "refusing to replace" in capsys.readouterr().err
+        with pytest.raises(UsageError, match="not a results list of hassod predict"):
+            predict_images(images_dir, checkpoint_path, other, device="cpu")  # Python alike
         assert other.read_text() == text
 
 

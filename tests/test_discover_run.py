@@ -607,6 +607,19 @@ def test_demo_writes_pseudo_labels_and_level_figures(tmp_path, capsys):
     assert "wrote 3 figures" in capsys.readouterr().out
 
 
+def test_an_interrupted_demo_says_it_starts_afresh(tmp_path, monkeypatch, capsys):
+    """discover's "run the same command again to resume" would be wrong: demo restarts."""
+
+    def interrupted(options):
+        raise discover_run.Interrupted("interrupted: 1 image finished ... to resume")
+
+    monkeypatch.setattr(discover_run, "run_discover", interrupted)
+    args = ["demo", "--backbone", "vit_small_patch14_dinov2", "--random-weights", "--size", "112"]
+    assert main([*args, "--out", str(tmp_path), "--quiet"]) == 130
+    err = capsys.readouterr().err
+    assert "hassod demo: interrupted; run it again to start afresh" in err and "resume" not in err
+
+
 def test_demo_refuses_a_folder_holding_other_images(tmp_path, capsys):
     """The demo labels every image in OUT/images: a user's photo there must not join it."""
     (tmp_path / "images").mkdir()

@@ -21,7 +21,8 @@ _TRAIN_EXIT_CODES = """exit codes:
        image folder or backbone weights, weights of another architecture, an unreadable
        --init-from checkpoint, an OUT that already holds a run (without --resume) or files a
        run did not write, is a file or cannot be written (checked before the data load)
-  130  interrupted (Ctrl-C, SIGTERM): a checkpoint of the last finished iteration is saved;
+  130  interrupted (Ctrl-C, SIGTERM): a checkpoint of the last finished iteration is saved
+       (once one has finished);
        run the same command with --resume to continue exactly"""
 
 _PREDICT_EXIT_CODES = """exit codes:
@@ -492,22 +493,11 @@ def run_export_command(args, parser) -> int:
 
 
 def run_predict_command(args, parser) -> int:
-    from hassod._io import foreign_file
     from hassod.cli import _writable_file
-    from hassod.detector.predict import (
-        check_predict_options,
-        is_results_list,
-        parse_levels,
-        predict_images,
-    )
+    from hassod.detector.predict import check_predict_options, parse_levels, predict_images
     from hassod.run_errors import Interrupted, UsageError
 
     _writable_file(args.out, parser)  # before the run, not after it
-    if foreign_file(args.out, is_results_list):  # not a dataset, nor another detector's list
-        parser.error(
-            f"--out {args.out} exists and is not a results list of hassod predict; refusing "
-            "to replace it: choose another --out (or delete the file first)"
-        )
     if args.skip_unlisted and args.image_ids is None:
         parser.error("--skip-unlisted goes with --image-ids")
 

@@ -166,7 +166,8 @@ class Predictor:
             ``teacher`` (its EMA) or ``auto`` (the teacher when present, else the student).
         score_threshold: keep detections scoring above it, in [0, 1] (default: the model's,
             0.0).
-        max_detections: at most this many per image, >= 1 (default: the model's, 1000).
+        max_detections: at most this many per image, >= 1 (default: the checkpoint's
+            ``detections_per_image``: 1000 in the paper preset, 100 in ``cpu-small``).
         min_size, max_size: test resize in pixels, at least 32 (None: the checkpoint's
             ``data.test_min_size`` / ``test_max_size``; 800 / 1333 in the paper preset).
         mask_threshold: a pixel is in a mask where its pasted probability is >= this, in
@@ -369,17 +370,24 @@ def predict_images(
         ValueError: a bad level, or (:class:`hassod.labels.InputError`) an ``image_ids`` JSON
             that is unreadable or does not list every image; checked before the model loads.
             A ValueError too when no image could be read (``out`` is not written).
-        hassod.run_errors.UsageError: ``out`` is a folder or cannot be written, its work folder
+        hassod.run_errors.UsageError: ``out`` is a folder, cannot be written or is a file
+            that predict did not write (a dataset, another detector's results), its work folder
             is in use by another run or is not a ``hassod predict`` one.
         hassod.run_errors.Interrupted: Ctrl-C or SIGTERM; the finished images are saved.
     """
+    from hassod._io import foreign_file
     from hassod.discover_run import atomic_write_json, list_images
-    from hassod.run_errors import Interrupted, signals_as_interrupt
+    from hassod.run_errors import Interrupted, UsageError, signals_as_interrupt
     from hassod.work_folder import WorkFolder, check_output
 
     checked = {k: v for k, v in predictor_options.items() if k in _CHECKED_OPTIONS}
     check_predict_options(**checked)  # before the images are listed and the model loads
     images, out = Path(images), Path(out)
+    if foreign_file(out, is_results_list):  # not a dataset, nor another detector's list
+        raise UsageError(
+            f"--out {out} exists and is not a results list of hassod predict; refusing to "
+            "replace it: choose another --out (or delete the file first)"
+        )
     if images.is_file():
         root, names = images.parent, [images.name]
     elif images.is_dir():
