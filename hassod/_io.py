@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -30,6 +31,18 @@ def output_target(path: str | os.PathLike) -> Path:
     if path.exists() and not path.is_file():
         raise OSError(f"{path} exists and is not a regular file; give a file path to write")
     return path
+
+
+#: Names of the files hassod's own writes leave behind when a process is killed mid-write:
+#: the temporaries of :func:`_replacing` (``.NAME.PID.tmp``) and the writability probes of
+#: the commands' output checks (``.hassod_write_test...``).
+_LEFTOVER = re.compile(r"^\..+\.\d+\.tmp$|^\.hassod_write_test")
+
+
+def is_leftover(name: str) -> bool:
+    """Whether a file name is one a killed hassod write leaves behind (never a user's file of
+    value): folders holding only such files count as empty, and they may be deleted."""
+    return _LEFTOVER.match(name) is not None
 
 
 @contextlib.contextmanager

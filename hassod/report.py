@@ -24,7 +24,7 @@ from urllib.parse import quote
 import numpy as np
 from PIL import Image
 
-from hassod._io import atomic_write, foreign_file, not_a_folder
+from hassod._io import atomic_write, foreign_file, is_leftover, not_a_folder
 from hassod._text import counted
 from hassod.labels import (
     HASHED_IDS_HINT,
@@ -151,7 +151,7 @@ def check_report_folder(out_dir: str | os.PathLike, images_dir: str | os.PathLik
                 "write; refusing to replace it and write beside it: choose another folder "
                 "(--out), a new or empty one"
             )
-    elif any(out_dir.iterdir()):
+    elif any(not is_leftover(entry.name) for entry in out_dir.iterdir()):
         raise InputError(
             f"report folder {out_dir} is not empty and holds no report (no index.html of "
             "hassod report); refusing to write into it: choose another folder (--out), a new "

@@ -14,6 +14,8 @@ import csv
 import math
 from pathlib import Path
 
+from hassod._io import atomic_write
+
 FIXED_COLUMNS = [
     "iteration",
     "phase",
@@ -71,11 +73,15 @@ class MetricsWriter:
                 rows = [
                     row for row in csv.DictReader(handle) if int(row["iteration"]) < start_iteration
                 ]
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("w", newline="", encoding="utf-8") as handle:
-            writer = csv.DictWriter(handle, fieldnames=self.columns, extrasaction="ignore")
-            writer.writeheader()
-            writer.writerows(rows)
+
+        def write(temporary: Path) -> None:
+            with temporary.open("w", newline="", encoding="utf-8") as handle:
+                writer = csv.DictWriter(handle, fieldnames=self.columns, extrasaction="ignore")
+                writer.writeheader()
+                writer.writerows(rows)
+
+        # Through a temporary file: killed half-way, the old rows are still all there.
+        atomic_write(self.path, write, parents=True)
 
     def add(self, values: dict) -> None:
         for key, value in values.items():

@@ -611,9 +611,15 @@ def _resumable(folder, names: list[str], ids: dict, root: Path) -> dict[str, lis
 
 
 def _remove_work_folder(folder, made: list[Path]) -> None:
-    """Remove a work folder that holds no chunks (its manifest and lock file, then itself),
-    and the folders ``made`` for it that stayed empty (OUT's, when nothing was written)."""
-    for path in (folder.manifest_path, folder.path / ".lock"):
+    """Remove a work folder that holds no chunks (its manifest, lock file and leftover
+    temporaries, then itself), and the folders ``made`` for it that stayed empty (OUT's, when
+    nothing was written)."""
+    from hassod._io import is_leftover
+
+    leftovers = []  # temporaries of writes a killed run left: they would keep the folder
+    with contextlib.suppress(OSError):
+        leftovers = [entry for entry in folder.path.iterdir() if is_leftover(entry.name)]
+    for path in (folder.manifest_path, folder.path / ".lock", *leftovers):
         with contextlib.suppress(OSError):
             path.unlink()
     for path in (folder.path, *made):

@@ -707,10 +707,10 @@ _RUN_FOLDERS = (CHECKPOINT_DIR, "tensorboard")
 
 def _foreign_entry(out_dir: Path) -> str | None:
     """The name of something in ``out_dir`` a run did not write, or None."""
-    from hassod._io import foreign_file
+    from hassod._io import foreign_file, is_leftover
 
     for entry in sorted(out_dir.iterdir()):
-        if entry.name in _RUN_FOLDERS and entry.is_dir():
+        if (entry.name in _RUN_FOLDERS and entry.is_dir()) or is_leftover(entry.name):
             continue
         signature = _RUN_FILES.get(entry.name)
         if signature is None or not entry.is_file() or foreign_file(entry, (signature,)):
