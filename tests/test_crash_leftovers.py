@@ -90,3 +90,32 @@ def test_predict_work_folder_removed_despite_stale_temporary(tmp_path):
     _remove_work_folder(folder, [])
     folder.unlock()
     assert not folder.path.exists(), sorted(p.name for p in folder.path.iterdir())
+
+
+def test_a_checkpoint_killed_while_saved_leaves_the_last_one_whole(tmp_path, monkeypatch):
+    """Checkpoints are written through a temporary named as every hassod write names its
+    temporaries (so later runs know it for a leftover) and fsynced before the rename."""
+    import torch
+
+    from hassod._io import is_leftover
+    from hassod.detector import checkpoint as ckpt
+    from hassod.detector.config import cpu_small_config
+
+    path = tmp_path / "iter_0000010.pth"
+    model = torch.nn.Linear(2, 2)
+    ckpt.save_checkpoint(path, config=cpu_small_config(), iteration=10, model=model)
+    before = path.read_bytes()
+    seen = []
+
+    class Killed(BaseException):
+        pass
+
+    def dies_midway(payload, target):
+        seen.append(Path(target).name)
+        Path(target).write_bytes(b"half a checkpoint")
+        raise Killed
+
+    monkeypatch.setattr(torch, "save", dies_midway)
+    with pytest.raises(Killed):
+        ckpt.save_checkpoint(path, config=cpu_small_config(), iteration=20, model=model)
+    assert path.read_bytes() == before and is_leftover(seen[0])

@@ -8,14 +8,13 @@ Everything is stored as tensors, numbers, strings and lists, so the files load w
 
 from __future__ import annotations
 
-import os
 import random
 import warnings
 from pathlib import Path
 
 import torch
 
-from hassod._io import describe_read_error, load_array_pickle, not_a_file
+from hassod._io import atomic_write, describe_read_error, load_array_pickle, not_a_file
 from hassod.detector.config import (
     TrainConfig,
     config_from_dict,
@@ -88,18 +87,18 @@ def save_checkpoint(
         "rng_per_rank": rng_per_rank,
         "extra": extra or {},
     }
-    temporary = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(payload, temporary)
-    os.replace(temporary, path)
+    # fsync before the rename: after a power cut the newest checkpoint is whole, or absent
+    atomic_write(path, lambda temporary: torch.save(payload, temporary), fsync=True)
     return path
 
 
 def mark_last(checkpoint_dir, path) -> None:
     """Record ``path`` as the newest checkpoint of ``checkpoint_dir`` (atomically)."""
     checkpoint_dir = Path(checkpoint_dir)
-    temporary = checkpoint_dir / f".{LAST}.tmp{os.getpid()}"
-    temporary.write_text(Path(path).name + "\n", encoding="utf-8")
-    os.replace(temporary, checkpoint_dir / LAST)
+    name = Path(path).name + "\n"
+    atomic_write(
+        checkpoint_dir / LAST, lambda temporary: temporary.write_text(name, "utf-8"), fsync=True
+    )
 
 
 def last_checkpoint(checkpoint_dir) -> Path | None:
