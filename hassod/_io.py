@@ -161,6 +161,16 @@ def foreign_file(
     return not (signatures(head) if callable(signatures) else head.startswith(signatures))
 
 
+def not_replaced(
+    path: str | os.PathLike,
+    kind: str,
+    advice: str = "choose another --out (or delete the file first)",
+) -> str:
+    """The message of an output refused because :func:`foreign_file` says another program
+    wrote it: ``kind`` says what the command writes ("a pseudo-label JSON of hassod")."""
+    return f"{path} exists and is not {kind}; refusing to replace it: {advice}"
+
+
 def atomic_write_json(
     path: str | os.PathLike, value: Any, *, fsync: bool = True, parents: bool = False
 ) -> None:

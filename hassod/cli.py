@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import errno
 import sys
 import time
 from pathlib import Path
@@ -38,27 +37,10 @@ DEFAULT_BACKBONE = "vit_base_patch8_224.dino"
 def main(argv: list[str] | None = None) -> int:
     """Run one ``hassod`` command; returns its exit code. SIGTERM counts as Ctrl-C throughout
     (exit 130), not only while a command's run saves its work (which handles it itself)."""
-    with _sigterm_as_ctrl_c():
+    from hassod.run_errors import signals_as_interrupt
+
+    with signals_as_interrupt(KeyboardInterrupt):
         return _main(argv)
-
-
-@contextlib.contextmanager
-def _sigterm_as_ctrl_c():
-    import signal
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():  # no handlers there
-        yield
-        return
-
-    def handler(signum, frame):
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def _main(argv: list[str] | None) -> int:
@@ -72,7 +54,9 @@ def _main(argv: list[str] | None) -> int:
         print(f"hassod {args.command}: interrupted", file=sys.stderr)
         return 130
     except OSError as error:
-        if error.errno not in _STORAGE_ERRORS:
+        from hassod.run_errors import STORAGE_ERRNOS
+
+        if error.errno not in STORAGE_ERRNOS:  # a bug should show its traceback
             raise
         # A full disk or a folder gone read-only mid-run: one line, not a traceback. Every
         # writer replaces files atomically, so what was saved before is intact.
@@ -82,13 +66,6 @@ def _main(argv: list[str] | None) -> int:
             file=sys.stderr,
         )
         return 1
-
-
-# Errors of the storage rather than of the program (checked up front too, but a disk can fill,
-# a quota run out or a mount turn read-only during a long run).
-_STORAGE_ERRORS = frozenset(
-    {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
-)
 
 
 def _run_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -469,7 +446,7 @@ def _warnings_as_lines(command: str):
 def run_evaluate_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     import json
 
-    from hassod._io import foreign_file
+    from hassod._io import foreign_file, not_replaced
     from hassod.evaluate import InputError, evaluate, format_breakdown, format_metrics
 
     if args.stuff_min_id is not None and not args.things_only:
@@ -483,10 +460,7 @@ def run_evaluate_command(args: argparse.Namespace, parser: argparse.ArgumentPars
         # What evaluate's metrics JSON begins with (json.dumps of the result, indent 2).
         signature = json.dumps({"settings": {"iou_types": 0}}, indent=2).split("0")[0]
         if foreign_file(args.out, (signature.encode("utf-8"),)):
-            parser.error(
-                f"--out {args.out} exists and is not a metrics JSON of hassod evaluate; refusing "
-                "to replace it: choose another --out (or delete the file first)"
-            )
+            parser.error(not_replaced(f"--out {args.out}", "a metrics JSON of hassod evaluate"))
     try:
         with _warnings_as_lines("evaluate"):
             result = evaluate(
@@ -598,7 +572,7 @@ _SHOW_SOFTWARE = "hassod show"
 
 
 def run_show_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from hassod._io import foreign_file
+    from hassod._io import foreign_file, not_replaced
     from hassod._text import counted
     from hassod.labels import (
         InputError,
@@ -634,10 +608,7 @@ def run_show_command(args: argparse.Namespace, parser: argparse.ArgumentParser) 
         parser.error(f"--out must be a .png file name, got {str(args.out)!r}")
     _writable_file(args.out, parser)
     if foreign_file(args.out, is_hassod_png):  # e.g. the photo itself, mistyped
-        parser.error(
-            f"--out {args.out} exists and is not a figure of hassod show; refusing to replace "
-            "it: choose another --out (or delete the file first)"
-        )
+        parser.error(not_replaced(f"--out {args.out}", "a figure of hassod show"))
     try:
         labels = load_labels(args.labels, "labels")
         named = None
@@ -1014,7 +985,7 @@ def run_merge_command(args: argparse.Namespace) -> int:
 
 
 def run_sa1b_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from hassod._io import atomic_write_json, foreign_file, json_signature
+    from hassod._io import atomic_write_json, foreign_file, json_signature, not_replaced
     from hassod._progress import progress_bar
     from hassod._text import counted
     from hassod.labels import InputError
@@ -1022,10 +993,7 @@ def run_sa1b_command(args: argparse.Namespace, parser: argparse.ArgumentParser) 
 
     _writable_file(args.out, parser)
     if foreign_file(args.out, (json_signature(SA1B_DESCRIPTION),)):
-        parser.error(
-            f"--out {args.out} exists and is not a ground truth that sa1b-to-coco wrote; "
-            "refusing to replace it: choose another --out (or delete the file first)"
-        )
+        parser.error(not_replaced(f"--out {args.out}", "a ground truth that sa1b-to-coco wrote"))
     try:
         files = sa1b_files(args.folder)
         bar = progress_bar(
@@ -1062,16 +1030,14 @@ def run_demo_command(args: argparse.Namespace, parser: argparse.ArgumentParser) 
                 f"{f' and {len(others) - 1} more' if len(others) > 1 else ''}); give the demo a "
                 "new or empty --out folder"
             )
-    from hassod._io import foreign_file
+    from hassod._io import foreign_file, not_replaced
     from hassod.visualize import is_hassod_png
 
     for name in sorted(demo_files):
         figure = out_dir / "figures" / name
         if foreign_file(figure, is_hassod_png):
-            parser.error(
-                f"{figure} exists and is not a figure of hassod; refusing to replace it: "
-                "give the demo a new or empty --out folder"
-            )
+            advice = "give the demo a new or empty --out folder"
+            parser.error(not_replaced(figure, "a figure of hassod", advice))
     discover_run.write_demo_images(images_dir)
     options = discover_run.RunOptions(
         images_dir=images_dir,
@@ -1112,7 +1078,7 @@ def run_cluster(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
         parser.error(f"--size must be a positive number of pixels, got {args.size}")
     image, name = _read_image(args.image, parser)
     out_dir = _writable_dir(args.out, parser)
-    from hassod._io import foreign_file
+    from hassod._io import foreign_file, not_replaced
     from hassod.visualize import is_hassod_png
 
     for path, own in (
@@ -1120,10 +1086,7 @@ def run_cluster(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
         (out_dir / f"{name}_labels.npz", _is_cluster_npz),
     ):
         if foreign_file(path, own):
-            parser.error(
-                f"{path} exists and is not a file hassod cluster wrote; refusing to replace it: "
-                "choose another --out (or delete the file first)"
-            )
+            parser.error(not_replaced(path, "a file hassod cluster wrote"))
 
     from hassod.features import InputSizeError, image_features, load_vit, round_to_patch
 

@@ -60,7 +60,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hassod._io import atomic_write_json
+from hassod._io import atomic_write_json, not_replaced
 from hassod._text import counted
 from hassod.cluster import fast_cluster, fast_cluster_batch
 from hassod.coco import LEVEL_NAMES, assemble, is_foreign_output
@@ -457,10 +457,7 @@ def run_discover(options: RunOptions) -> RunSummary:
         raise UsageError(f"images folder not found: {images_dir}")
     json_path, parts_dir = output_paths(out, shard)
     if is_foreign_output(json_path):
-        raise UsageError(
-            f"{json_path} exists and is not a pseudo-label JSON of hassod; refusing to replace "
-            "it: choose another --out (or delete the file first)"
-        )
+        raise UsageError(not_replaced(json_path, "a pseudo-label JSON of hassod"))
     root_parts = output_paths(out, None)[1]
     names = list_images(images_dir, exclude=[root_parts])
     if not names:

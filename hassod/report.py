@@ -84,8 +84,12 @@ def record_by_predict_id(labels: Labels, image: str | os.PathLike) -> dict | Non
     longest such ending (with both x.jpg and sub/x.jpg in the folder predict ran on, the image
     sub/x.jpg is "sub/x.jpg" there, as match_image prefers the longest record). None when no
     ending has results."""
-    by_image = labels.by_image()
-    found = [r for r in predict_records(_path_endings(image)) if r["id"] in by_image]
+    return _predict_record(labels.by_image().keys(), image)
+
+
+def _predict_record(ids, image: str | os.PathLike) -> dict | None:
+    """:func:`record_by_predict_id` given the ids that have results."""
+    found = [r for r in predict_records(_path_endings(image)) if r["id"] in ids]
     return found[0] if found else None
 
 
@@ -109,7 +113,8 @@ def neighbours_have_predict_results(labels: Labels, image: str | os.PathLike) ->
             ]
     except OSError:
         return False
-    return any(record_by_predict_id(labels, image.parent / name) for name in names)
+    ids = labels.by_image().keys()  # grouped once, not once per neighbour
+    return any(_predict_record(ids, image.parent / name) for name in names)
 
 
 #: In the head of every page ``write_report`` writes (:func:`is_report_page`): a later run

@@ -12,6 +12,7 @@ during a run. Failures of single images are not exceptions: they are recorded, w
 from __future__ import annotations
 
 import contextlib
+import errno
 import signal
 import threading
 from collections.abc import Iterator
@@ -41,19 +42,27 @@ def describe_error(error: BaseException) -> str:
 
 
 @contextlib.contextmanager
-def signals_as_interrupt() -> Iterator[None]:
-    """SIGTERM (a scheduler's pre-emption) raises :class:`Interrupted`, as Ctrl-C raises
-    KeyboardInterrupt, so that a run saves its finished work either way (in the main thread
-    only: elsewhere signals cannot be handled and the block runs unchanged)."""
+def signals_as_interrupt(
+    exception: type[BaseException] = Interrupted,
+) -> Iterator[None]:
+    """SIGTERM (a scheduler's pre-emption) raises ``exception`` (:class:`Interrupted`, or
+    KeyboardInterrupt to pass for Ctrl-C), so that a run saves its finished work either way (in
+    the main thread only: elsewhere signals cannot be handled and the block runs unchanged)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def handler(signum, frame):
-        raise Interrupted(f"signal {signum}")
+        raise exception(f"signal {signum}")
 
     previous = signal.signal(signal.SIGTERM, handler)
     try:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+#: Failures of the disk rather than of the arguments: it filled up, a quota ran out, it broke.
+DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO})
+#: ... and of access to it, which a mount turning read-only during a run also gives.
+STORAGE_ERRNOS = DISK_ERRNOS | {errno.EROFS, errno.EACCES, errno.EPERM}

@@ -10,17 +10,16 @@ the JSON a single run would have written.
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-from hassod._io import atomic_write_json
+from hassod._io import atomic_write_json, not_replaced
 from hassod.coco import PSEUDO_LABEL_DESCRIPTION, assemble, is_foreign_output
 from hassod.labels import InputError, load_labels
-from hassod.run_errors import UsageError
+from hassod.run_errors import DISK_ERRNOS, UsageError
 from hassod.work_folder import MANIFEST, WorkFolder, identity_differences, run_identity
 
 
@@ -79,10 +78,7 @@ def merge_shards(inputs: Sequence[str | Path], out: str | Path, allow_partial: b
     if any(Path(out).resolve() == Path(item).resolve() for item in inputs):
         raise UsageError(f"--out {out} is one of the inputs; give the merged JSON another name")
     if is_foreign_output(out):
-        raise UsageError(
-            f"--out {out} exists and is not a pseudo-label JSON of hassod; refusing to replace "
-            "it: choose another --out (or delete the file first)"
-        )
+        raise UsageError(not_replaced(f"--out {out}", "a pseudo-label JSON of hassod"))
     loaded = [_load_shard(Path(item), allow_partial) for item in inputs]
     first_info = loaded[0][0]
     for path, (info, _, _) in zip(inputs, loaded):
@@ -145,7 +141,7 @@ def merge_shards(inputs: Sequence[str | Path], out: str | Path, allow_partial: b
         out.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_json(out, coco)
     except OSError as error:
-        if error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EIO):
+        if error.errno in DISK_ERRNOS:
             raise  # the disk, not the arguments: the command's one-line run-time error (1)
         raise UsageError(f"cannot write {out}: {error}") from None
     return coco

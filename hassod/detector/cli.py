@@ -459,7 +459,7 @@ def add_export_parser(commands) -> None:
 
 
 def run_export_command(args, parser) -> int:
-    from hassod._io import foreign_file
+    from hassod._io import foreign_file, not_replaced
     from hassod.cli import _writable_file
     from hassod.detector import detectron2_weights
     from hassod.detector.checkpoint import detector_from_checkpoint
@@ -468,9 +468,9 @@ def run_export_command(args, parser) -> int:
     if Path(args.out).resolve() == Path(args.checkpoint).resolve():
         parser.error("OUT is the CHECKPOINT itself; give another file name")
     if foreign_file(args.out, detectron2_weights.is_export):
+        kind = "a file export-detectron2 wrote (another run's checkpoint, say)"
         parser.error(
-            f"OUT {args.out} exists and is not a file export-detectron2 wrote (another run's "
-            "checkpoint, say); refusing to replace it: choose another name (or delete it first)"
+            not_replaced(f"OUT {args.out}", kind, "choose another name (or delete it first)")
         )
     try:
         model, config = detector_from_checkpoint(args.checkpoint, args.weights)

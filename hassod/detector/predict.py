@@ -375,7 +375,7 @@ def predict_images(
             is in use by another run or is not a ``hassod predict`` one.
         hassod.run_errors.Interrupted: Ctrl-C or SIGTERM; the finished images are saved.
     """
-    from hassod._io import foreign_file
+    from hassod._io import foreign_file, not_replaced
     from hassod.discover_run import atomic_write_json, list_images
     from hassod.run_errors import Interrupted, UsageError, signals_as_interrupt
     from hassod.work_folder import WorkFolder, check_output
@@ -384,10 +384,7 @@ def predict_images(
     check_predict_options(**checked)  # before the images are listed and the model loads
     images, out = Path(images), Path(out)
     if foreign_file(out, is_results_list):  # not a dataset, nor another detector's list
-        raise UsageError(
-            f"--out {out} exists and is not a results list of hassod predict; refusing to "
-            "replace it: choose another --out (or delete the file first)"
-        )
+        raise UsageError(not_replaced(f"--out {out}", "a results list of hassod predict"))
     if images.is_file():
         root, names = images.parent, [images.name]
     elif images.is_dir():
