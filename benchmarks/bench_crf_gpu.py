@@ -173,11 +173,8 @@ def iteration_breakdown(images, host_sets, device, methods, repeats) -> dict:
             out = vertex_values.to(storage)
             scratch = torch.empty_like(out)
             q = torch.empty_like(x)
-            stages[f"splat_{method}"] = ms(
-                lambda k=kernel, x=x, o=out: crf_triton.splat(
-                    k.lattice.vertex_crow, k.lattice.splat_points, k.splat_values, x, o
-                )
-            )
+            # The splat as CrfBatch launches it (crf_triton.SPLAT_ROWS / SPLAT_BY_DEGREE).
+            stages[f"splat_{method}"] = ms(lambda k=kernel, x=x, o=out: k.splat_triton(x, o))
             stages[f"blurs_{method}"] = ms(
                 lambda o=out, s=scratch, n=lattice.blur_neighbours: crf_triton.blur_axes(o, s, n)
             )

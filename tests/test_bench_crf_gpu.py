@@ -110,3 +110,34 @@ def test_a_failing_method_keeps_the_others_figures(tmp_path, monkeypatch):
     assert not any("triton" in name for name in report["results"])
     assert "simulated kernel failure" in report["failures"]["triton"][0]
     assert set(report["agreement_with_native"]) == {"spmm"}
+
+
+def test_the_breakdown_times_the_splat_crfbatch_launches(monkeypatch):
+    """The per-stage breakdown times the Triton splat with CrfBatch's launch settings
+    (crf_triton.SPLAT_ROWS / SPLAT_BY_DEGREE), not the function's defaults."""
+    import numpy as np
+    import torch
+    from bench_crf_gpu import iteration_breakdown
+
+    from hassod import crf_triton
+
+    if not crf_triton.available():
+        pytest.skip(crf_triton.IMPORT_ERROR)
+    launches = []
+    original = crf_triton.splat
+
+    def recording(*args, **kwargs):
+        launches.append((kwargs.get("rows", 1), kwargs.get("plan") is not None))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(crf_triton, "splat", recording)
+    monkeypatch.setattr(crf_triton, "SPLAT_ROWS", 2)
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (6, 6, 3), dtype=np.uint8)
+    sets = [
+        rng.dirichlet(np.ones(k), size=(6, 6)).transpose(2, 0, 1).astype(np.float32)
+        for k in (4, 3, 2)
+    ]  # one per region count of the benchmark (REGIONS)
+    breakdown = iteration_breakdown([image], [sets], torch.device("cpu"), ["triton"], 1)
+    assert "splat_triton" in breakdown["bilateral"]
+    assert launches and set(launches) == {(2, crf_triton.SPLAT_BY_DEGREE)}
