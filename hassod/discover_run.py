@@ -50,6 +50,7 @@ import contextlib
 import dataclasses
 import os
 import signal
+import threading
 import time
 import warnings
 from collections import deque
@@ -243,15 +244,45 @@ def _postprocess(
     return _Result(file_name, record, annotations, None, timings)
 
 
-def _worker_init() -> None:
+#: Seconds between a worker's checks that the run's main process is still there.
+ORPHAN_CHECK_SECONDS = 1.0
+
+
+def _worker_init(main_pid: int) -> None:
     # The parent handles Ctrl-C; each worker runs one image at a time on one core.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _exit_when_orphaned(main_pid)
     import torch
 
     from hassod.crf import set_default_num_threads
 
     torch.set_num_threads(1)
     set_default_num_threads(1)  # the pool already keeps every core busy
+
+
+def _exit_when_orphaned(main_pid: int) -> None:
+    """End this worker once the run's main process is gone. A main process killed outright
+    (``kill -9``, the out-of-memory killer) cannot shut its pool down, and the workers' task
+    queue never reports end of file (they hold its write end too), so they would wait forever."""
+    parent = os.getppid()  # the forkserver (or the main process itself under spawn)
+
+    def watch() -> None:
+        while True:
+            time.sleep(ORPHAN_CHECK_SECONDS)
+            if os.getppid() != parent or not _process_alive(main_pid):
+                os._exit(1)
+
+    threading.Thread(target=watch, name="hassod-orphan-watch", daemon=True).start()
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # pragma: no cover - someone else's process under that pid
+        return True
+    return True
 
 
 def _process_context():
@@ -282,7 +313,10 @@ class _PostProcessing:
         from concurrent.futures import ProcessPoolExecutor
 
         return ProcessPoolExecutor(
-            self.workers, mp_context=_process_context(), initializer=_worker_init
+            self.workers,
+            mp_context=_process_context(),
+            initializer=_worker_init,
+            initargs=(os.getpid(),),
         )
 
     def __len__(self) -> int:

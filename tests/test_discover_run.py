@@ -586,6 +586,50 @@ def test_a_dead_worker_fails_its_images_and_the_pool_recovers():
         post.close()
 
 
+_ORPHAN_SCRIPT = """
+import os, sys, time
+from hassod import discover_run
+from hassod.discover import DiscoveryConfig
+
+post = discover_run._PostProcessing(2, DiscoveryConfig())
+pids = {post.executor.submit(os.getpid).result() for _ in range(8)}
+print(" ".join(map(str, pids)), flush=True)
+time.sleep(600)
+"""
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_workers_end_when_the_main_process_is_killed_outright():
+    """kill -9 of the main process leaves no one to shut the pool down: the workers notice
+    and exit on their own instead of waiting forever on their task queue."""
+    import signal
+    import time
+
+    main_process = subprocess.Popen(
+        [sys.executable, "-c", _ORPHAN_SCRIPT], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        workers = [int(pid) for pid in main_process.stdout.readline().split()]
+        assert workers and all(_pid_alive(pid) for pid in workers)
+    finally:
+        main_process.send_signal(signal.SIGKILL)
+        main_process.wait()
+    deadline = time.monotonic() + 30
+    while any(_pid_alive(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    left = [pid for pid in workers if _pid_alive(pid)]
+    for pid in left:  # do not leave them behind when the test fails
+        os.kill(pid, signal.SIGKILL)
+    assert not left, f"workers {left} outlived their killed main process"
+
+
 # ---------------------------------------------------------------------------------------------
 # Demo and level pictures
 # ---------------------------------------------------------------------------------------------
