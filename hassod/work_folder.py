@@ -25,7 +25,7 @@ import time
 import warnings
 from pathlib import Path
 
-from hassod._io import atomic_write_json
+from hassod._io import atomic_write_json, is_leftover
 from hassod.coco import PSEUDO_LABEL_DESCRIPTION
 from hassod.discover import DiscoveryConfig
 from hassod.run_errors import UsageError
@@ -163,6 +163,16 @@ class WorkFolder:
         handle.write(self.command)
         handle.flush()
         self._lock_handle = handle
+        self._remove_leftovers()
+
+    def _remove_leftovers(self) -> None:
+        """Delete the temporaries of chunk and manifest writes a killed run left here. Only the
+        lock holder writes in this folder, so none of them belongs to a live process."""
+        with contextlib.suppress(OSError):
+            for entry in self.path.iterdir():
+                if is_leftover(entry.name):
+                    with contextlib.suppress(OSError):
+                        entry.unlink()
 
     def unlock(self) -> None:
         if self._lock_handle is not None:

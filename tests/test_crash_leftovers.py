@@ -119,3 +119,23 @@ def test_a_checkpoint_killed_while_saved_leaves_the_last_one_whole(tmp_path, mon
     with pytest.raises(Killed):
         ckpt.save_checkpoint(path, config=cpu_small_config(), iteration=20, model=model)
     assert path.read_bytes() == before and is_leftover(seen[0])
+
+
+def test_a_work_folder_lock_removes_what_a_killed_writer_left(tmp_path):
+    """A run killed while writing a chunk or the manifest leaves ``.NAME.PID.tmp`` in the
+    work folder; the next run holding the lock deletes those, and nothing else."""
+    from hassod.work_folder import WorkFolder
+
+    folder_path = tmp_path / "pseudo.json.parts"
+    folder_path.mkdir()
+    leftovers = [".chunk-000003.json.4242.tmp", ".manifest.json.17.tmp", ".hassod_write_test1"]
+    kept = ["chunk-000001.json", "manifest.json", "notes.txt", ".hidden.tmp"]
+    for name in leftovers + kept:
+        (folder_path / name).write_text("x")
+    folder = WorkFolder(folder_path)
+    folder.lock()
+    try:
+        names = {entry.name for entry in folder_path.iterdir()}
+    finally:
+        folder.unlock()
+    assert names == {*kept, ".lock"}
