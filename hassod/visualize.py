@@ -218,8 +218,10 @@ def level_figure(
             ``legend_rows`` rows, the rest counted).
 
     Each mask keeps one colour in every panel; within a panel, coarser levels and larger masks
-    are painted first so parts stay visible on top of their wholes. Masks are painted at the
-    panel's resolution (nearest-neighbour resampled) so outlines stay sharp.
+    are filled first so parts stay visible on top of their wholes, and outlines are drawn after
+    all fills, subparts first and wholes last, so a whole keeps its whole outline around its
+    parts. Masks are painted at the panel's resolution (nearest-neighbour resampled) so outlines
+    stay sharp.
     """
     image = _image_array(image)
     masks = np.asarray(masks, dtype=bool)
@@ -257,7 +259,12 @@ def level_figure(
     pictures, captions = [image], ["input"]
     for depth in panels:
         shown = order[levels[order] <= depth]
-        pictures.append(mask_overlay(image, masks[shown], colours[shown], 0.45, widths[shown]))
+        picture = mask_overlay(image, masks[shown], colours[shown], 0.45, 0)
+        # Outlines after every fill, subparts first and wholes last: a part painted after its
+        # whole would otherwise cover the whole's outline where their edges meet.
+        for index in shown[np.argsort(-levels[shown], kind="stable")]:
+            picture[_outline(masks[index], int(widths[index]))] = colours[index]
+        pictures.append(picture)
         captions.append(f"{LEVEL_PANEL_NAMES[depth]}: {counted(len(shown), 'mask')}")
 
     legend_entries = []

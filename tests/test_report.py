@@ -169,6 +169,33 @@ def test_smaller_masks_of_a_level_are_painted_over_larger_ones():
     assert np.abs(whole[interior].astype(int) - expected).max() <= 1
 
 
+def test_a_whole_keeps_its_outline_where_its_parts_meet_its_edge():
+    """Parts are painted over their whole; their fills and outlines used to cover the whole's
+    3 px outline along a shared edge (a real photo's part panel then showed a 1 px sliver or
+    nothing of it, and which parts made up which whole could not be told)."""
+    image = np.full((HEIGHT, WIDTH, 3), GREY, dtype=np.uint8)
+    masks = np.zeros((3, HEIGHT, WIDTH), dtype=bool)
+    masks[0, 10:110, 10:150] = True  # whole
+    masks[1, 10:110, 10:80] = True  # its left part: shares the top, left and bottom edges
+    masks[2, 10:60, 10:40] = True  # a subpart of that part, in its top-left corner
+    colours = np.array([[250, 0, 0], [0, 0, 250], [0, 250, 0]], dtype=np.uint8)
+    figure = np.asarray(
+        level_figure(
+            image,
+            masks,
+            np.array([0, 1, 2]),
+            panel_height=HEIGHT,
+            colours=colours,
+            outline_widths=OUTLINE_WIDTHS,
+        )
+    )
+    for panel in panel_slices(figure, WIDTH, 4)[1:]:
+        assert (panel[_outline(masks[0], OUTLINE_WIDTHS[0])] == colours[0]).all()
+    # The part's own edge inside the whole (column 79) keeps the part's outline.
+    part_panel = panel_slices(figure, WIDTH, 4)[2]
+    assert (part_panel[30:90, 78:80] == colours[1]).all()
+
+
 def test_level_figure_resamples_to_the_panel_height():
     masks, levels, _ = scene_masks()
     image = np.full((HEIGHT, WIDTH, 3), GREY, dtype=np.uint8)
