@@ -1,8 +1,8 @@
 """``hassod demo``: sample photos to run discovery on, and one level figure per labelled image.
 
 The photos are scikit-image's samples (:data:`DEMO_IMAGES`) saved as PNG files; the figures
-are :func:`hassod.visualize.level_figure` drawings of a pseudo-label JSON's masks, level by
-level, written atomically next to each other under the figures folder.
+are ``hassod show``'s drawings (:func:`hassod.report.image_figure`) of a pseudo-label JSON's
+masks, level by level, written atomically next to each other under the figures folder.
 """
 
 from __future__ import annotations
@@ -33,10 +33,13 @@ def write_demo_images(folder: Path) -> list[Path]:
 
 
 def write_level_figures(coco: dict, images_dir: Path, figures_dir: Path) -> list[Path]:
-    """One :func:`hassod.visualize.level_figure` PNG per image of a pseudo-label JSON."""
+    """One level figure per image of a pseudo-label JSON, drawn as ``hassod show`` draws it
+    (:func:`hassod.report.image_figure`: outlines 3 / 2 / 1 px for whole / part / subpart and a
+    legend of the masks)."""
     from pycocotools import mask as mask_utils
 
-    from hassod.visualize import level_figure, save_stamped_png
+    from hassod.report import ImageMasks, image_figure
+    from hassod.visualize import save_stamped_png
 
     figures_dir.mkdir(parents=True, exist_ok=True)
     by_image: dict[int, list[dict]] = {image["id"]: [] for image in coco["images"]}
@@ -50,8 +53,9 @@ def write_level_figures(coco: dict, images_dir: Path, figures_dir: Path) -> list
         for index, annotation in enumerate(annotations):
             masks[index] = mask_utils.decode(annotation["segmentation"]).astype(bool)
         levels = np.asarray([a["hier_level"] for a in annotations], dtype=np.int64)
+        item = ImageMasks(pixels, annotations, masks, levels, len(annotations))
         path = figures_dir / (Path(image["file_name"]).with_suffix(".png").as_posix())
         with atomic_open(path, parents=True) as handle:
-            save_stamped_png(level_figure(pixels, masks, levels), handle, "hassod demo")
+            save_stamped_png(image_figure(item), handle, "hassod demo")
         written.append(path)
     return written

@@ -231,6 +231,19 @@ def test_show_draws_input_and_three_level_panels(scene, capsys):
     assert not list(out.parent.glob(".*tmp"))
 
 
+def test_demo_figures_are_drawn_as_show_draws_them(scene):
+    """The demo's figures had 1 px outlines at every level and no legend: wholes, parts and
+    subparts could not be told apart by line weight as in `hassod show`'s picture."""
+    from hassod.demo import write_level_figures
+
+    shown = scene["dir"] / "shown.png"
+    image = scene["images"] / "scene.png"
+    assert main(["show", str(image), "--labels", str(scene["labels"]), "--out", str(shown)]) == 0
+    (written,) = write_level_figures(scene["coco"], scene["images"], scene["dir"] / "figures")
+    demo = np.asarray(Image.open(written).convert("RGB"))
+    assert np.array_equal(demo, np.asarray(Image.open(shown).convert("RGB")))
+
+
 def test_show_levels_choose_panels_and_score_threshold_filters(scene):
     out = scene["dir"] / "fig.png"
     image = scene["images"] / "scene.png"
