@@ -108,12 +108,21 @@ def partition_figure(
     image: np.ndarray, result: ClusterResult, panel_height: int = 320
 ) -> Image.Image:
     """Input | partition at each threshold, side by side, with captions (scaled down to fit
-    :data:`MAX_FIGURE_SIDE`)."""
+    :data:`MAX_FIGURE_SIDE`).
+
+    Partitions are drawn at the panel's size, so their 1 px boundaries stay visible however
+    large the photo. A region keeps the colour of the largest region it holds from the panel
+    before it (the merges can be followed from panel to panel); a region that holds none
+    (partitions that are not nested) gets a colour of its own.
+    """
     image = _image_array(image)
     height, width = image.shape[:2]
     panel_height, panel_width = _panel_size(height, width, panel_height, 1 + len(result.thresholds))
-    panels = [image] + [
-        label_overlay(image, result.labels[t]) for t in range(len(result.thresholds))
+    photo = _resized_photo(image, panel_width, panel_height)
+    colour_ids = _followed_colour_ids([np.asarray(labels) for labels in result.labels])
+    panels = [photo] + [
+        label_overlay(photo, colour_ids[t][np.asarray(result.labels[t])])
+        for t in range(len(result.thresholds))
     ]
     captions = ["input"] + [
         f"theta {theta:g}: {counted(int(count), 'region')}"
@@ -123,10 +132,52 @@ def partition_figure(
     figure = Image.new("RGB", (panel_width * len(panels), panel_height + caption_height), "white")
     draw = ImageDraw.Draw(figure)
     for index, (panel, caption) in enumerate(zip(panels, captions)):
-        resized = Image.fromarray(panel).resize((panel_width, panel_height), Image.BILINEAR)
-        figure.paste(resized, (index * panel_width, caption_height))
+        figure.paste(Image.fromarray(panel), (index * panel_width, caption_height))
         draw.text((index * panel_width + 6, 5), caption, fill="black")
     return figure
+
+
+def _resized_photo(image: np.ndarray, width: int, height: int) -> np.ndarray:
+    """``image`` at ``width`` x ``height`` for a panel (itself when already that size)."""
+    if image.shape[:2] == (height, width):
+        return image
+    return np.asarray(Image.fromarray(image).resize((width, height), Image.BILINEAR))
+
+
+def _followed_colour_ids(partitions: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """Per partition, the colour index (into :func:`region_colours`) of each region id.
+
+    The first partition's region ``r`` gets colour ``r``. Later, overlaps with the previous
+    partition are taken largest first, each region taking the colour of the largest previous
+    region it overlaps whose colour no larger overlap took; the others get new colours. For
+    nested partitions (fewer regions at each lower threshold) a merged region keeps the colour
+    of its largest member, and colours stay distinct within every partition.
+    """
+    followed: list[np.ndarray] = []
+    next_colour = 0
+    previous: np.ndarray | None = None
+    for partition in partitions:
+        count = int(partition.max()) + 1 if partition.size else 0
+        colours = np.full(count, -1, dtype=np.int64)
+        if previous is not None and previous.shape == partition.shape and count:
+            previous_colours = followed[-1]
+            width = len(previous_colours)
+            pairs, sizes = np.unique(
+                partition.ravel().astype(np.int64) * width + previous.ravel(), return_counts=True
+            )
+            taken: set[int] = set()
+            for pair in pairs[np.argsort(-sizes, kind="stable")]:
+                region, before = divmod(int(pair), width)
+                colour = int(previous_colours[before])
+                if colours[region] < 0 and colour not in taken:
+                    colours[region] = colour
+                    taken.add(colour)
+        fresh = colours < 0
+        colours[fresh] = next_colour + np.arange(int(fresh.sum()))
+        next_colour = max(next_colour + int(fresh.sum()), int(colours.max(initial=-1)) + 1)
+        followed.append(colours)
+        previous = partition
+    return followed
 
 
 def mask_overlay(
@@ -251,9 +302,7 @@ def level_figure(
         rows = ((np.arange(panel_height) + 0.5) * height / panel_height).astype(np.int64)
         cols = ((np.arange(panel_width) + 0.5) * width / panel_width).astype(np.int64)
         masks = masks[:, rows[:, None], cols[None, :]]
-        image = np.asarray(
-            Image.fromarray(image).resize((panel_width, panel_height), Image.BILINEAR)
-        )
+        image = _resized_photo(image, panel_width, panel_height)
     areas = masks.sum(axis=(1, 2))  # (0,) for an image without masks
     order = np.lexsort((-areas, levels))  # by level, then largest first
     pictures, captions = [image], ["input"]

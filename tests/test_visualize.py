@@ -133,3 +133,35 @@ def test_captions_count_one_mask_and_one_region_in_the_singular(monkeypatch):
     )
     partition_figure(image, one, panel_height=40)
     assert drawn == ["input", "theta 0.4: 1 region"]
+
+
+def test_partition_boundaries_stay_visible_when_a_large_photo_is_scaled_down():
+    """Boundaries were drawn 1 px wide at the photo's size, then the panel was scaled down:
+    on a 4200 x 2800 photo they blurred into the colours and could not be seen."""
+    image = np.full((2800, 4200, 3), 90, dtype=np.uint8)
+    labels = np.zeros((1, 4, 6), dtype=np.int32)
+    labels[0, :, 3:] = 1  # left and right halves
+    result = SimpleNamespace(labels=labels, thresholds=[0.4], num_regions=[2])
+    figure = np.asarray(partition_figure(image, result, panel_height=60))
+    panel = figure[22:, 90:]  # 90 x 60 panels
+    white = (panel == 255).all(axis=2)
+    assert white[:, 45].all() and white.sum() == 60  # one full white column, nothing else
+
+
+def test_a_region_keeps_its_colour_across_thresholds():
+    """Region ids are renumbered at each threshold, and colours used to follow the ids: the
+    same untouched region changed colour from panel to panel. Now a region keeps the colour of
+    its largest member of the panel before it."""
+    fine = np.array([[0, 0, 1, 2, 2, 2]] * 4, dtype=np.int32)  # three regions
+    # At the lower threshold regions 1 and 2 merge (2 is the larger); region 0, untouched, is
+    # renumbered 1.
+    coarse = np.array([[1, 1, 0, 0, 0, 0]] * 4, dtype=np.int32)
+    result = SimpleNamespace(
+        labels=np.stack([fine, coarse]), thresholds=[0.4, 0.2], num_regions=[3, 2]
+    )
+    image = np.zeros((4, 6, 3), dtype=np.uint8)
+    figure = np.asarray(partition_figure(image, result, panel_height=4))
+    first, second = figure[22:, 6:12], figure[22:, 12:18]
+    blend = (0.55 * region_colours(3).astype(np.float32)).astype(np.uint8)
+    assert (first[1, 0] == blend[0]).all() and (second[1, 0] == blend[0]).all()
+    assert (second[1, 4] == blend[2]).all()  # the merged region: its larger member's colour
