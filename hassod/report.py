@@ -585,9 +585,12 @@ def _save_figure(canvas, path: Path) -> None:
 def _write_viewer_files(
     out_dir: Path, slug: str, item: ImageMasks, colours: np.ndarray
 ) -> tuple[str, list[str], tuple[int, int]]:
-    """The viewer's photo and one transparent overlay PNG per mask, at display size.
+    """The viewer's photo and one transparent overlay PNG per mask, at display size (photos
+    longer than :data:`DISPLAY_SIDE` scaled down to it).
 
-    Returns the photo's relative path, the overlays' relative paths and the (width, height).
+    Returns the photo's relative path, the overlays' relative paths and the (width, height)
+    the page shows them at: the files' size, or for a small photo a whole multiple of it up to
+    :data:`DISPLAY_SIDE` (the page enlarges it with sharp pixels, masks and photo alike).
     """
     from hassod.visualize import _outline
 
@@ -615,7 +618,8 @@ def _write_viewer_files(
         relative = f"overlays/{slug}/{index}.png"
         save_png(Image.fromarray(rgba, "RGBA"), out_dir / relative)
         overlay_paths.append(relative)
-    return photo_path, overlay_paths, size
+    factor = max(1, DISPLAY_SIDE // max(size))  # a 40 x 30 photo: shown at 480 x 360
+    return photo_path, overlay_paths, (size[0] * factor, size[1] * factor)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -634,6 +638,7 @@ th:first-child, td:first-child { text-align: left; }
 .viewer { display: flex; gap: 1.5em; align-items: flex-start; flex-wrap: wrap; margin-top: .8em; }
 .stage { position: relative; line-height: 0; flex: none; }
 .stage img { display: block; }
+.stage.enlarged img { image-rendering: pixelated; }
 .stage img.overlay { position: absolute; left: 0; top: 0; width: 100%; height: 100%;
                      visibility: hidden; }
 .stage img.overlay.shown { visibility: visible; }
@@ -705,12 +710,14 @@ def _image_section(
         for index, path in enumerate(overlays)
     )
     tree = _tree_html(slug, item, colours, parents)
+    # A small photo is shown enlarged: its pixels (and its masks') as sharp squares.
+    stage = "stage enlarged" if width > item.pixels.shape[1] else "stage"
     return (
         f'<article id="img-{slug}">\n<h3>{html.escape(file_name)}</h3>\n'
         f'<p class="note">{counted(shown, "mask")} shown{more}: {summary}</p>\n'
         f'<a href="{_link(f"figures/{slug}.png")}"><img class="figure" '
         f'src="{_link(f"figures/{slug}.png")}" alt="levels of {html.escape(file_name)}"></a>\n'
-        f'<div class="viewer"><div class="stage"><img src="{_link(photo)}" width="{width}" '
+        f'<div class="viewer"><div class="{stage}"><img src="{_link(photo)}" width="{width}" '
         f'height="{height}" alt="{html.escape(file_name)}">{overlay_tags}</div>\n{tree}</div>\n'
         "</article>"
     )

@@ -138,10 +138,16 @@ def partition_figure(
 
 
 def _resized_photo(image: np.ndarray, width: int, height: int) -> np.ndarray:
-    """``image`` at ``width`` x ``height`` for a panel (itself when already that size)."""
+    """``image`` at ``width`` x ``height`` for a panel (itself when already that size).
+
+    Enlarged twice or more (a tiny photo), pixels are repeated, not blurred: each photo pixel
+    becomes the same block of panel pixels as the mask pixel over it.
+    """
     if image.shape[:2] == (height, width):
         return image
-    return np.asarray(Image.fromarray(image).resize((width, height), Image.BILINEAR))
+    enlarged = height >= 2 * image.shape[0] and width >= 2 * image.shape[1]
+    resample = Image.NEAREST if enlarged else Image.BILINEAR
+    return np.asarray(Image.fromarray(image).resize((width, height), resample))
 
 
 def _followed_colour_ids(partitions: Sequence[np.ndarray]) -> list[np.ndarray]:

@@ -513,6 +513,35 @@ def test_report_page_files_tree_and_evaluation(scene, capsys):
     assert "report:" not in capsys.readouterr().err
 
 
+def test_report_viewer_shows_a_small_photo_enlarged_with_sharp_pixels(scene, tmp_path):
+    """The mask viewer showed a photo at its own size: a 40 x 30 photo (and its masks) as a
+    40 x 30 pixel stamp. Small photos are now shown at a whole multiple of their size, up to
+    512 px, their pixels kept sharp; larger ones are unchanged."""
+    out = scene["dir"] / "report"
+    summary = write_report(scene["images"], scene["labels"], out)
+    page = summary.index.read_text(encoding="utf-8")
+    # 160 x 120 -> x3; the files stay at the photo's size, enlarged by the page.
+    assert re.search(
+        r'<div class="stage enlarged"><img src="photos/0001-scene.jpg" '
+        r'width="480" height="360"',
+        page,
+    )
+    assert ".stage.enlarged img { image-rendering: pixelated; }" in page
+    with Image.open(out / "photos" / "0001-scene.jpg") as photo:
+        assert photo.size == (WIDTH, HEIGHT)
+    big = tmp_path / "big"
+    big.mkdir()
+    Image.fromarray(np.full((600, 900, 3), GREY, dtype=np.uint8)).save(big / "big.png")
+    coco = assemble([(image_record("big.png", 900, 600), [])], info={})
+    (tmp_path / "big.json").write_text(json.dumps(coco))
+    page = write_report(big, tmp_path / "big.json", tmp_path / "r").index.read_text("utf-8")
+    assert re.search(
+        r'<div class="stage"><img src="photos/0001-big.jpg" width="512" '
+        r'height="341"',
+        page,
+    )
+
+
 def test_report_results_list_tree_from_coverage_and_missing_images(scene):
     image_id = scene["coco"]["images"][0]["id"]
     results = [

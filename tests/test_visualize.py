@@ -165,3 +165,21 @@ def test_a_region_keeps_its_colour_across_thresholds():
     blend = (0.55 * region_colours(3).astype(np.float32)).astype(np.uint8)
     assert (first[1, 0] == blend[0]).all() and (second[1, 0] == blend[0]).all()
     assert (second[1, 4] == blend[2]).all()  # the merged region: its larger member's colour
+
+
+def test_a_tiny_photo_is_enlarged_with_sharp_pixels_aligned_with_its_masks():
+    """A 6 x 4 photo was blurred (bilinear) to the panel's height while its masks were
+    enlarged as sharp blocks: the photo's edges smeared over several panel pixels beside the
+    mask's edge."""
+    from hassod.visualize import CAPTION_HEIGHT, level_figure
+
+    image = np.zeros((4, 6, 3), dtype=np.uint8)
+    image[:, 3:] = 255
+    masks = np.zeros((1, 4, 6), dtype=bool)
+    masks[0, :, 3:] = True
+    figure = np.asarray(level_figure(image, masks, [0], 40, panels=(0,), outline_widths=(0,) * 3))
+    photo, whole = figure[CAPTION_HEIGHT:, :60], figure[CAPTION_HEIGHT:, 60:]
+    assert set(np.unique(photo)) == {0, 255}
+    assert (photo[:, :30] == 0).all() and (photo[:, 30:] == 255).all()
+    changed = (whole != photo).any(axis=2)
+    assert changed[:, 30:].all() and not changed[:, :30].any()
