@@ -124,15 +124,16 @@ def partition_figure(
         label_overlay(photo, colour_ids[t][np.asarray(result.labels[t])])
         for t in range(len(result.thresholds))
     ]
-    captions = ["input"] + [
-        f"theta {theta:g}: {counted(int(count), 'region')}"
+    captions = [["input"]] + [
+        [f"theta {theta:g}: {counted(int(count), 'region')}", f"{theta:g}: {int(count)}"]
         for theta, count in zip(result.thresholds, result.num_regions)
     ]
     caption_height = 22
     figure = Image.new("RGB", (panel_width * len(panels), panel_height + caption_height), "white")
     draw = ImageDraw.Draw(figure)
-    for index, (panel, caption) in enumerate(zip(panels, captions)):
+    for index, (panel, choices) in enumerate(zip(panels, captions)):
         figure.paste(Image.fromarray(panel), (index * panel_width, caption_height))
+        caption = _fitted(draw, choices, panel_width - 8)
         draw.text((index * panel_width + 6, 5), caption, fill="black")
     return figure
 
@@ -311,7 +312,7 @@ def level_figure(
         image = _resized_photo(image, panel_width, panel_height)
     areas = masks.sum(axis=(1, 2))  # (0,) for an image without masks
     order = np.lexsort((-areas, levels))  # by level, then largest first
-    pictures, captions = [image], ["input"]
+    pictures, captions = [image], [["input"]]
     for depth in panels:
         shown = order[levels[order] <= depth]
         picture = mask_overlay(image, masks[shown], colours[shown], 0.45, 0)
@@ -320,7 +321,7 @@ def level_figure(
         for index in shown[np.argsort(-levels[shown], kind="stable")]:
             picture[_outline(masks[index], int(widths[index]))] = colours[index]
         pictures.append(picture)
-        captions.append(f"{LEVEL_PANEL_NAMES[depth]}: {counted(len(shown), 'mask')}")
+        captions.append(_level_captions(depth, levels[shown]))
 
     legend_entries = []
     if legend is not None:
@@ -334,8 +335,9 @@ def level_figure(
         "RGB", (figure_width, panel_height + CAPTION_HEIGHT + legend_height), "white"
     )
     draw = ImageDraw.Draw(figure)
-    for index, (picture, caption) in enumerate(zip(pictures, captions)):
+    for index, (picture, choices) in enumerate(zip(pictures, captions)):
         figure.paste(Image.fromarray(picture), (index * panel_width, CAPTION_HEIGHT))
+        caption = _fitted(draw, choices, panel_width - 8)
         draw.text((index * panel_width + 6, 5), caption, fill="black")
     if legend is not None:
         _draw_legend(
@@ -347,6 +349,35 @@ def level_figure(
             legend_rows,
         )
     return figure
+
+
+def _level_captions(depth: int, shown_levels: np.ndarray) -> list[str]:
+    """A level panel's caption, then shorter ones for a narrow panel: the masks shown and, in
+    the part and subpart panels, how many of them the panel adds ("no subparts" says that a
+    panel equal to the one before it is so because the image has none)."""
+    total = counted(len(shown_levels), "mask")
+    if depth == 0:
+        return [f"{LEVEL_PANEL_NAMES[0]}: {total}", total]
+    name = ("part", "subpart")[depth - 1]
+    added = int((shown_levels == depth).sum())
+    added_text = f"no {name}s" if added == 0 else counted(added, name)
+    return [
+        f"{LEVEL_PANEL_NAMES[depth]}: {total} ({added_text})",
+        f"+{name}: {total} ({added_text})",
+        f"+{name}: {added_text}",
+    ]
+
+
+def _fitted(draw, choices: Sequence[str], room: int, font=None) -> str:
+    """The first of ``choices`` at most ``room`` pixels wide, else the last cut short with an
+    ellipsis (a caption must not run into the next panel)."""
+    for text in choices:
+        if draw.textlength(text, font=font) <= room:
+            return text
+    text = choices[-1]
+    while text and draw.textlength(text, font=font) > room:
+        text = text[:-2] + "…" if len(text) > 2 else ""
+    return text
 
 
 _LEGEND_ENTRY_WIDTH = 170

@@ -122,11 +122,15 @@ def test_captions_count_one_mask_and_one_region_in_the_singular(monkeypatch):
         return original(self, xy, words, *args, **kwargs)
 
     monkeypatch.setattr(ImageDraw.ImageDraw, "text", text)
-    image = np.full((40, 60, 3), 128, dtype=np.uint8)
-    masks = np.zeros((3, 40, 60), dtype=bool)
+    image = np.full((40, 300, 3), 128, dtype=np.uint8)  # panels wide enough for the captions
+    masks = np.zeros((3, 40, 300), dtype=bool)
     masks[:, 5:20, 5:20] = True
     level_figure(image, masks, np.array([0, 1, 1]), panel_height=40)
-    assert drawn[1:] == ["whole: 1 mask", "whole+part: 3 masks", "whole+part+subpart: 3 masks"]
+    assert drawn[1:] == [
+        "whole: 1 mask",
+        "whole+part: 3 masks (2 parts)",
+        "whole+part+subpart: 3 masks (no subparts)",
+    ]
     drawn.clear()
     one = SimpleNamespace(
         labels=np.zeros((1, 4, 6), dtype=np.int32), thresholds=[0.4], num_regions=[1]
@@ -183,3 +187,28 @@ def test_a_tiny_photo_is_enlarged_with_sharp_pixels_aligned_with_its_masks():
     assert (photo[:, :30] == 0).all() and (photo[:, 30:] == 255).all()
     changed = (whole != photo).any(axis=2)
     assert changed[:, 30:].all() and not changed[:, :30].any()
+
+
+def test_captions_say_what_a_panel_adds_and_fit_a_narrow_panel(monkeypatch):
+    """The subpart panel of an image without subparts was captioned with the same count as the
+    part panel, leaving a user to wonder why the two panels are equal; and on a narrow (portrait)
+    panel a caption ran on into the next panel."""
+    from PIL import ImageDraw
+
+    from hassod.visualize import level_figure
+
+    drawn = []
+    original = ImageDraw.ImageDraw.text
+
+    def text(self, xy, words, *args, **kwargs):
+        drawn.append((xy[0], self.textlength(words, font=kwargs.get("font"))))
+        return original(self, xy, words, *args, **kwargs)
+
+    monkeypatch.setattr(ImageDraw.ImageDraw, "text", text)
+    image = np.full((1000, 300, 3), 128, dtype=np.uint8)  # panels 96 px wide at height 320
+    masks = np.zeros((12, 1000, 300), dtype=bool)
+    for index in range(12):
+        masks[index, 50 * index : 50 * index + 40, 10:200] = True
+    level_figure(image, masks, np.array([0, 1, 2] * 4), panel_height=320)
+    for index, (left, width) in enumerate(drawn):
+        assert left + width <= 96 * (index + 1), drawn
