@@ -131,10 +131,11 @@ def partition_figure(
     caption_height = 22
     figure = Image.new("RGB", (panel_width * len(panels), panel_height + caption_height), "white")
     draw = ImageDraw.Draw(figure)
+    font = _legend_font(CAPTION_FONT_SIZE)
     for index, (panel, choices) in enumerate(zip(panels, captions)):
         figure.paste(Image.fromarray(panel), (index * panel_width, caption_height))
-        caption = _fitted(draw, choices, panel_width - 8)
-        draw.text((index * panel_width + 6, 5), caption, fill="black")
+        caption = _fitted(draw, choices, panel_width - 8, font)
+        draw.text((index * panel_width + 6, 5), caption, fill="black", font=font)
     return figure
 
 
@@ -243,6 +244,8 @@ def _outline(mask: np.ndarray, width: int = 1) -> np.ndarray:
 
 LEVEL_PANEL_NAMES = ("whole", "whole+part", "whole+part+subpart")
 CAPTION_HEIGHT = 22
+#: Caption text size in pixels: Pillow's default 10 px drops the colon and squeezes spaces.
+CAPTION_FONT_SIZE = 12
 
 
 def level_figure(
@@ -335,10 +338,11 @@ def level_figure(
         "RGB", (figure_width, panel_height + CAPTION_HEIGHT + legend_height), "white"
     )
     draw = ImageDraw.Draw(figure)
+    font = _legend_font(CAPTION_FONT_SIZE)
     for index, (picture, choices) in enumerate(zip(pictures, captions)):
         figure.paste(Image.fromarray(picture), (index * panel_width, CAPTION_HEIGHT))
-        caption = _fitted(draw, choices, panel_width - 8)
-        draw.text((index * panel_width + 6, 5), caption, fill="black")
+        caption = _fitted(draw, choices, panel_width - 8, font)
+        draw.text((index * panel_width + 6, 5), caption, fill="black", font=font)
     if legend is not None:
         _draw_legend(
             draw,

@@ -212,3 +212,30 @@ def test_captions_say_what_a_panel_adds_and_fit_a_narrow_panel(monkeypatch):
     level_figure(image, masks, np.array([0, 1, 2] * 4), panel_height=320)
     for index, (left, width) in enumerate(drawn):
         assert left + width <= 96 * (index + 1), drawn
+
+
+def test_captions_are_drawn_large_enough_to_keep_their_punctuation(monkeypatch):
+    """Captions used Pillow's default 10 px font, at which 'whole+part: 8 masks (no subparts)'
+    rendered as 'whole+part 8 masks (nosubparts)': the colon vanished, spaces squeezed."""
+    from PIL import ImageDraw, ImageFont
+
+    try:
+        ImageFont.load_default(size=12)
+    except TypeError:
+        pytest.skip("Pillow < 10.1 has only its fixed bitmap font")
+
+    from hassod.visualize import level_figure
+
+    sizes = []
+    original = ImageDraw.ImageDraw.text
+
+    def text(self, xy, words, *args, **kwargs):
+        sizes.append(getattr(kwargs.get("font"), "size", 0))
+        return original(self, xy, words, *args, **kwargs)
+
+    monkeypatch.setattr(ImageDraw.ImageDraw, "text", text)
+    image = np.full((40, 300, 3), 128, dtype=np.uint8)
+    level_figure(image, np.ones((1, 40, 300), dtype=bool), [0], panel_height=40)
+    one = SimpleNamespace(labels=np.zeros((1, 4, 6), np.int32), thresholds=[0.4], num_regions=[1])
+    partition_figure(image, one, panel_height=40)
+    assert len(sizes) == 6 and min(sizes) >= 12
