@@ -88,6 +88,7 @@ from hassod.labels import (
     check_id,
     level_of,
     load_labels,
+    python_values,
     read_json,
     score_of,
     threshold_of,
@@ -131,7 +132,8 @@ def evaluate(
     """Class-agnostic AR / AP of predictions against ground truth (see the module docstring).
 
     Args:
-        pred: predictions: a path, a results list or a pseudo-label / COCO dict.
+        pred: predictions: a path, a results list or a pseudo-label / COCO dict (built in
+            Python, its numbers and boxes may be NumPy or torch scalars and arrays).
         gt: ground truth: a path or a COCO dataset dict (``images``, ``annotations``).
         iou_types: any of "bbox" and "segm".
         things_only: drop ground truth with ``category_id >= stuff_min_id``.
@@ -291,7 +293,8 @@ def load_ground_truth(
         raise InputError(
             f"stuff_min_id (--stuff-min-id) must be a category id >= 0, got {stuff_min_id!r}"
         )
-    data = read_json(gt, "ground truth") if isinstance(gt, (str, os.PathLike)) else gt
+    in_memory = not isinstance(gt, (str, os.PathLike))
+    data = gt if in_memory else read_json(gt, "ground truth")
     name = _gt_name(gt)
     if not isinstance(data, dict) or not isinstance(data.get("annotations"), list):
         raise InputError(f"ground truth {name}: expected a COCO dict with an 'annotations' list")
@@ -299,8 +302,10 @@ def load_ground_truth(
         raise InputError(
             f"ground truth {name}: expected a non-empty 'images' list{sa1b_hint(data)}"
         )
+    # built in Python: NumPy / torch numbers and arrays read as JSON's
+    plain = python_values if in_memory else (lambda record: record)
     images = {}
-    for index, image in enumerate(data["images"]):
+    for index, image in enumerate(map(plain, data["images"])):
         if not isinstance(image, dict) or not {"id", "width", "height"} <= image.keys():
             raise InputError(f"ground truth {name}: image {index} lacks id, width or height")
         check_id(image["id"], f"ground truth {name}: image {index}")
@@ -309,7 +314,7 @@ def load_ground_truth(
         images[image["id"]] = image
     annotations, dropped, orphans, rings, shapeless = [], 0, 0, 0, 0
     categories = set()  # of the annotations things_only looked at
-    for index, annotation in enumerate(data["annotations"]):
+    for index, annotation in enumerate(map(plain, data["annotations"])):
         where = f"ground truth {name}: annotation {index}"
         if not isinstance(annotation, dict):
             raise InputError(f"{where} is not an object")

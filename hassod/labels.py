@@ -34,7 +34,7 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from hassod._checks import is_finite_number
+from hassod._checks import is_finite_number, is_torch_tensor
 from hassod.coco import LEVEL_NAMES
 
 __all__ = [
@@ -51,6 +51,7 @@ __all__ = [
     "load_labels",
     "mask_tree",
     "match_image",
+    "python_values",
     "read_json",
     "score_of",
     "select",
@@ -126,7 +127,8 @@ def load_labels(source, what: str = "labels", name: str | None = None) -> Labels
     """Read and check a pseudo-label / COCO dataset dict or a COCO results list.
 
     Args:
-        source: a path, or the already parsed dict or list.
+        source: a path, or the already parsed dict or list (one built in Python may hold
+            NumPy or torch numbers and arrays: read as JSON's, see :func:`python_values`).
         what: the role of the file, for messages ("labels", "predictions", ...).
         name: how messages name the file; by default its path, or "in-memory ``what``".
 
@@ -136,11 +138,12 @@ def load_labels(source, what: str = "labels", name: str | None = None) -> Labels
             annotation of an image the file does not list; ids that are not integers or
             strings; duplicate image ids or annotation ids.
     """
-    if isinstance(source, (str, os.PathLike)):
+    in_memory = not isinstance(source, (str, os.PathLike))
+    if in_memory:
+        name, data = (f"in-memory {what}" if name is None else name), source
+    else:
         name = str(source) if name is None else name
         data = read_json(source, what)
-    else:
-        name, data = (f"in-memory {what}" if name is None else name), source
     if isinstance(data, list):
         annotations, images = data, None
     elif isinstance(data, dict):
@@ -150,12 +153,16 @@ def load_labels(source, what: str = "labels", name: str | None = None) -> Labels
                 "format); a results list is a JSON list of detections"
             )
         annotations, images = data["annotations"], data.get("images")
+        if in_memory and isinstance(images, list):
+            images = [python_values(image) for image in images]
         if images is not None:
             images = _checked_images(images, f"{what} {name}")
     else:
         raise InputError(
             f"{what} {name}: expected a COCO dict or a results list, got {type(data).__name__}"
         )
+    if in_memory:  # built in Python: NumPy / torch numbers and arrays read as JSON's
+        annotations = [python_values(annotation) for annotation in annotations]
     known = None if images is None else {image["id"] for image in images}
     first_of_id: dict = {}
     repeated = None  # (where, id, first index) of the first repeated annotation id
@@ -198,6 +205,37 @@ def load_labels(source, what: str = "labels", name: str | None = None) -> Labels
         if isinstance(entry, dict) and isinstance(entry.get("file_name"), str)
     ]
     return Labels(annotations=annotations, images=images, source=name, failed=failed)
+
+
+def _python_value(value):
+    """A NumPy or torch scalar or array as the Python number or list JSON would give."""
+    if isinstance(value, (np.ndarray, np.generic)) or is_torch_tensor(value):
+        return value.tolist()
+    return value
+
+
+def python_values(record):
+    """An annotation or image dict built in Python, with its NumPy / torch scalars and arrays
+    (``np.float32`` scores, ``np.int64`` ids, a box as an array, an RLE's ``size``, polygons
+    as arrays) as the Python numbers and lists of a parsed JSON file: the same dict when it
+    holds none, else a converted shallow copy. Anything else is returned as it is."""
+    if not isinstance(record, dict):
+        return record
+    converted = None
+    for key, value in record.items():
+        new = _python_value(value)
+        if isinstance(new, dict):  # an RLE: its size and counts
+            inner = {k: _python_value(v) for k, v in new.items()}
+            if any(inner[k] is not new[k] for k in new):
+                new = inner
+        elif isinstance(new, list) and key == "segmentation":  # polygons
+            polygons = [_python_value(polygon) for polygon in new]
+            if any(a is not b for a, b in zip(polygons, new)):
+                new = polygons
+        if new is not value:
+            converted = dict(record) if converted is None else converted
+            converted[key] = new
+    return record if converted is None else converted
 
 
 def _warn_on_dangling_parents(annotations: Sequence[dict], where: str) -> None:

@@ -825,6 +825,40 @@ def test_evaluate_command_refuses_a_truncated_rle_quickly(tmp_path, corrupt):
     assert "Traceback" not in completed.stderr
 
 
+def test_numpy_and_torch_values_built_in_python_score_as_plain_ones():
+    """Results and ground truth built in Python from a model's arrays (np.float32 scores,
+    np.int64 ids, boxes and RLE sizes as arrays or tensors) score as their JSON form, rather
+    than being refused as "not a finite number" or failing on an array's truth value."""
+    import torch
+
+    gt = dataset([[(10, 10, 60, 60), (100, 100, 50, 50)], [(20, 30, 40, 40)]])
+    results = jittered_predictions(gt)
+    for result in results:  # values float32 holds exactly, so that both forms are equal
+        result["score"] = float(np.float32(result["score"]))
+        result["bbox"] = [float(v) for v in np.float32(result["bbox"])]
+    expected = evaluate(copy.deepcopy(results), copy.deepcopy(gt))
+    arrays = []
+    for index, result in enumerate(copy.deepcopy(results)):
+        box = np.asarray(result["bbox"], dtype=np.float32)
+        result["image_id"] = np.int64(result["image_id"])
+        result["score"] = np.float32(result["score"])
+        result["bbox"] = torch.from_numpy(box) if index % 2 else box
+        result["segmentation"]["size"] = np.asarray(result["segmentation"]["size"])
+        arrays.append(result)
+    gt_arrays = copy.deepcopy(gt)
+    for image in gt_arrays["images"]:
+        image.update(id=np.int64(image["id"]), height=np.int64(image["height"]))
+    for annotation in gt_arrays["annotations"]:
+        annotation.update(
+            image_id=np.int32(annotation["image_id"]), bbox=np.array(annotation["bbox"])
+        )
+    ours = evaluate(arrays, gt_arrays)
+    for iou_type in ("bbox", "segm"):
+        for metric in METRICS:
+            assert ours[iou_type][metric] == expected[iou_type][metric]
+    assert isinstance(arrays[0]["score"], np.float32)  # the caller's records are not changed
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [
