@@ -67,6 +67,16 @@ def test_parse_levels():
         parse_levels("")
 
 
+def test_parse_levels_takes_one_level_and_refuses_fractions():
+    """``levels=1`` (one level, as ``"part"``) was a TypeError ('int' object is not iterable);
+    ``[1.5]`` and ``[True]`` silently meant level 1."""
+    assert parse_levels(1) == parse_levels("part") == {1}
+    assert parse_levels(np.int64(2)) == {2}
+    for levels in ([1.5], [True], 0.0, object()):
+        with pytest.raises(ValueError, match="level"):
+            parse_levels(levels)
+
+
 def test_filter_levels_keeps_exactly_the_chosen_levels():
     detections = [
         {"hier_level": level, "score": 1.0 - 0.1 * i} for i, level in enumerate([0, 1, 2, 1, 0])
@@ -337,6 +347,28 @@ def test_predictor_refuses_unusable_options(checkpoint_path, options, message):
 def test_predictor_refuses_an_empty_image(checkpoint_path):
     with pytest.raises(ValueError, match=r"image is empty \(0 x 5 pixels\)"):
         Predictor(checkpoint_path, device="cpu")(np.zeros((0, 5, 3), dtype=np.uint8))
+
+
+def test_predictor_inputs_a_python_user_passes(checkpoint_path, images_dir, tmp_path, capsys):
+    """A tensor image, one level as a number, image ids that are not integers and device
+    names torch does not know: results, or errors naming the argument (``hassod predict
+    --device gpu`` exits 2 as other bad arguments, not 1 with torch's list of device types)."""
+    from hassod.cli import main
+
+    predictor = Predictor(checkpoint_path, device="cpu")
+    image = np.random.default_rng(2).integers(0, 256, size=(48, 64, 3), dtype=np.uint8)
+    results = predictor(image, image_id=3)
+    assert predictor(torch.from_numpy(image), image_id=np.int64(3)) == results
+    assert predictor(image, levels=1, image_id=3) == [r for r in results if r["hier_level"] == 1]
+    for image_id in ("abc", 1.7):
+        with pytest.raises(TypeError, match="image_id must be an integer"):
+            predictor(image, image_id=image_id)
+    for device in ("gpu", "cuda:x"):
+        with pytest.raises(ValueError, match=f"device must be .*got '{device}'"):
+            Predictor(checkpoint_path, device=device)
+    command = ["predict", str(images_dir), "--checkpoint", str(checkpoint_path), "--quiet"]
+    assert main([*command, "--device", "gpu", "--out", str(tmp_path / "out.json")]) == 2
+    assert "hassod predict: error: device must be" in capsys.readouterr().err
 
 
 def test_predict_cli_refuses_bad_sizes_and_thresholds(

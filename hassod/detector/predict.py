@@ -40,6 +40,7 @@ import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Union
 
 import numpy as np
 import torch
@@ -54,6 +55,9 @@ from hassod.detector.config import MIN_IMAGE_SIZE
 from hassod.detector.paste import paste_masks
 from hassod.detector.training import resolve_device
 
+if TYPE_CHECKING:
+    import PIL.Image
+
 ALL_LEVELS = frozenset(range(len(LEVEL_NAMES)))
 _PASTE_CHUNK = 64  # masks pasted at full resolution at a time (bounds memory)
 CHUNK_IMAGES = 8  # finished images per work-folder chunk (see predict_images)
@@ -62,12 +66,27 @@ _COMMAND = "hassod predict"
 _WORK_FORMAT = 1
 
 
-def parse_levels(levels) -> frozenset:
-    """Level set from ``"whole,part"``, ``["subpart"]``, ``[0, 2]`` or None (all levels)."""
+Levels = Union[str, int, Iterable[Union[str, int]], None]
+
+
+def parse_levels(levels: Levels) -> frozenset:
+    """Level set from ``"whole,part"``, ``["subpart"]``, ``[0, 2]``, one level (``"part"``,
+    ``1``) or None (all levels).
+
+    Raises:
+        ValueError: an unknown level name, a number outside 0..2 or not a whole number (a
+            float or a bool), no level at all.
+    """
     if levels is None:
         return ALL_LEVELS
     if isinstance(levels, str):
         levels = [item for item in levels.split(",") if item.strip()]
+    elif isinstance(levels, numbers.Integral) and not isinstance(levels, bool):
+        levels = [levels]
+    elif not isinstance(levels, Iterable):
+        raise ValueError(
+            f"levels must be level names or numbers (e.g. 'whole,part' or [0, 1]), got {levels!r}"
+        )
     chosen = set()
     for item in levels:
         if isinstance(item, str):
@@ -78,6 +97,10 @@ def parse_levels(levels) -> frozenset:
                 item = LEVEL_NAMES.index(name)
             else:
                 raise ValueError(f"unknown level {item!r}; choose from {', '.join(LEVEL_NAMES)}")
+        if isinstance(item, bool) or not isinstance(item, numbers.Integral):
+            raise ValueError(
+                f"a level is a name ({', '.join(LEVEL_NAMES)}) or a number 0..2, got {item!r}"
+            )
         if int(item) not in ALL_LEVELS:
             raise ValueError(f"level {item} out of range 0..{len(LEVEL_NAMES) - 1}")
         chosen.add(int(item))
@@ -86,7 +109,7 @@ def parse_levels(levels) -> frozenset:
     return frozenset(chosen)
 
 
-def filter_levels(detections: Iterable[dict], levels) -> list[dict]:
+def filter_levels(detections: Iterable[dict], levels: Levels) -> list[dict]:
     """The detections whose ``hier_level`` is one of ``levels`` (see :func:`parse_levels`).
 
     Raises ValueError for a detection without an integer ``hier_level`` (e.g. results of
@@ -179,7 +202,7 @@ class Predictor:
 
     def __init__(
         self,
-        checkpoint,
+        checkpoint: str | os.PathLike | dict,
         *,
         device: str = "auto",
         weights: str = "student",
@@ -188,7 +211,7 @@ class Predictor:
         min_size: int | None = None,
         max_size: int | None = None,
         mask_threshold: float = 0.5,
-    ):
+    ) -> None:
         check_predict_options(score_threshold, max_detections, min_size, max_size, mask_threshold)
         self.device = resolve_device(device)
         model, config = detector_from_checkpoint(checkpoint, weights)
@@ -236,17 +259,25 @@ class Predictor:
         boxes, keep = clip_nonempty(detection["boxes"] * scale, (height, width))
         return {key: value[keep] for key, value in {**detection, "boxes": boxes}.items()}
 
-    def __call__(self, image, levels=None, image_id: int = 0) -> list[dict]:
-        """COCO result dicts of one image (an (H, W, 3) uint8 array, a PIL image or a path),
-        best score first, keeping the chosen ``levels`` (:func:`parse_levels`: e.g.
-        ``"whole,part"`` or ``[0, 1]``; None: all), each with ``image_id`` (see the module
-        docstring for the fields).
+    def __call__(
+        self,
+        image: np.ndarray | torch.Tensor | PIL.Image.Image | str | os.PathLike,
+        levels: Levels = None,
+        image_id: int = 0,
+    ) -> list[dict]:
+        """COCO result dicts of one image (an (H, W, 3) uint8 array or tensor, a PIL image or
+        a path), best score first, keeping the chosen ``levels`` (:func:`parse_levels`: e.g.
+        ``"whole,part"``, ``[0, 1]`` or ``1``; None: all), each with ``image_id`` (an integer;
+        see the module docstring for the fields).
 
         Raises:
             ValueError: an image that is not (H, W, 3) uint8 RGB or is empty, an unknown level;
                 :class:`hassod.discover.UnreadableImage` (a ValueError) for a path that
                 cannot be read.
+            TypeError: an ``image_id`` that is not an integer.
         """
+        if isinstance(image_id, bool) or not isinstance(image_id, numbers.Integral):
+            raise TypeError(f"image_id must be an integer, got {image_id!r}")
         image = _as_array(image)
         detection = self.raw(image)
         chosen = parse_levels(levels)
@@ -296,7 +327,7 @@ def is_results_list(head: bytes) -> bool:
 
 
 def _as_array(image) -> np.ndarray:
-    if isinstance(image, (str, Path)):
+    if isinstance(image, (str, os.PathLike)):
         from hassod.discover import read_image
 
         return read_image(image, None)
@@ -304,6 +335,8 @@ def _as_array(image) -> np.ndarray:
         from hassod.features import _pil_to_rgb
 
         return np.asarray(_pil_to_rgb(image))
+    if isinstance(image, torch.Tensor):  # on any device
+        return image.detach().cpu().numpy()
     return np.asarray(image)
 
 
@@ -340,15 +373,15 @@ def work_folder_for(out: str | os.PathLike) -> Path:
 
 
 def predict_images(
-    images,
-    checkpoint,
-    out,
+    images: str | os.PathLike,
+    checkpoint: str | os.PathLike | dict,
+    out: str | os.PathLike,
     *,
-    levels=None,
-    image_ids=None,
+    levels: Levels = None,
+    image_ids: str | os.PathLike | dict | None = None,
     skip_unlisted: bool = False,
     progress: bool = False,
-    **predictor_options,
+    **predictor_options: Any,
 ) -> PredictSummary:
     """Run a checkpoint on an image file or every image under a folder; write COCO results.
 

@@ -87,10 +87,21 @@ class TrainResult:
         return done / self.seconds if self.seconds > 0 else 0.0
 
 
-def resolve_device(device: str) -> torch.device:
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``auto`` -> ``cuda`` when available, else ``cpu``; other names as torch reads them.
+
+    Raises:
+        ValueError: a name torch does not know (``"gpu"``, ``"cuda:x"``), or a CUDA device
+            without CUDA.
+    """
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    resolved = torch.device(device)
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError):  # torch's "Expected one of cpu, cuda, ipu, xpu, ..."
+        raise ValueError(
+            f"device must be auto, cpu, cuda or cuda:N (any torch device name), got {device!r}"
+        ) from None
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device!r} requested but CUDA is not available")
     return resolved
