@@ -79,10 +79,25 @@ class FilterParams:
 
 
 def one_hot(labels: np.ndarray) -> np.ndarray:
-    """(h, w) int region ids 0..R-1 -> (R, h, w) float32 one-hot masks."""
+    """(h, w) int region ids 0..R-1 -> (R, h, w) float32 one-hot masks.
+
+    Raises:
+        ValueError: a label map that is not 2-D, not integer (or bool), holds a negative id
+            (its cells would be in no mask) or an id of h * w or more (at least that many
+            masks, nearly all empty: relabel first).
+    """
     labels = np.asarray(labels)
     if labels.ndim != 2:
         raise ValueError(f"labels must be a 2-D label map, got shape {labels.shape}")
+    if not (labels.dtype == np.bool_ or np.issubdtype(labels.dtype, np.integer)):
+        raise ValueError(f"labels must hold integer region ids, got {labels.dtype}")
+    if labels.size and labels.min() < 0:
+        raise ValueError(f"labels must be region ids >= 0, got {labels.min()}")
+    if labels.size and labels.max() >= labels.size:
+        raise ValueError(
+            f"labels must number the regions 0..R-1, got id {labels.max()} on a map of "
+            f"{labels.size} cells; relabel with np.unique(labels, return_inverse=True)[1]"
+        )
     regions = int(labels.max()) + 1 if labels.size else 0
     return (labels[None] == np.arange(regions)[:, None, None]).astype(np.float32)
 

@@ -415,6 +415,23 @@ def test_ensemble_refuses_masks_of_another_shape_or_unpaired_scores():
     assert empty.masks.shape == (1, 4, 6)  # the two empty masks are one exact duplicate
 
 
+def test_label_maps_that_are_not_region_ids_are_refused():
+    """A label map from elsewhere (SLIC, a user's own) reaches the CRF through
+    masks_for_partition: negative ids used to be left out of every mask, float ids gave no
+    masks at all, and an id of a billion allocated a billion masks; all silently."""
+    image = np.random.default_rng(0).integers(0, 256, size=(40, 40, 3), dtype=np.uint8)
+    labels = np.repeat(np.arange(4), 25).reshape(10, 10)
+    for bad, message in (
+        (labels - 1, r"region ids >= 0, got -1"),
+        (labels + 0.5, "integer region ids, got float64"),
+        (np.where(labels == 3, 10**9, labels), "number the regions 0..R-1, got id 1000000000"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            masks_for_partition(bad, image, (40, 40))
+    for good in (labels.astype(np.int64), labels.astype(np.uint8), labels > 1):
+        assert masks_for_partition(good, image, (40, 40)).masks.dtype == bool
+
+
 # --------------------------------------------------------------------------------------------
 # Settings that must reach their step (the reference runs the defaults only)
 # --------------------------------------------------------------------------------------------
