@@ -913,13 +913,13 @@ def _discovery_config(args: argparse.Namespace, parser: argparse.ArgumentParser)
 def run_discover_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from hassod import discover_run
 
+    if args.near_duplicate_iou is not None and not 0.0 < args.near_duplicate_iou <= 1.0:
+        parser.error(f"--near-duplicate-iou must be in (0, 1], got {args.near_duplicate_iou}")
     config = _discovery_config(args, parser)
     if not args.out.name:
         parser.error(f"--out {str(args.out)!r} is not a file name (e.g. pseudo.json)")
     if args.max_pixels < 0:
         parser.error(f"--max-pixels must be >= 0 (0: no limit), got {args.max_pixels}")
-    if args.near_duplicate_iou is not None and not 0.0 < args.near_duplicate_iou <= 1.0:
-        parser.error(f"--near-duplicate-iou must be in (0, 1], got {args.near_duplicate_iou}")
     try:
         shard = discover_run.parse_shard(args.shard) if args.shard else None
         options = discover_run.RunOptions(

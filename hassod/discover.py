@@ -9,6 +9,7 @@ defaults in :class:`DiscoveryConfig`. Batching the backbone over a folder lives 
 
 from __future__ import annotations
 
+import numbers
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,7 +20,7 @@ from hassod.cluster import DEFAULT_THRESHOLDS, check_thresholds, fast_cluster
 from hassod.coco import image_record, mask_annotations
 from hassod.ensemble import EnsembleResult, ensemble
 from hassod.features import POS_EMBED_RESIZES, default_pos_embed_resize
-from hassod.hierarchy import PSEUDO_LABEL_COVER
+from hassod.hierarchy import PSEUDO_LABEL_COVER, _check_fraction
 from hassod.postprocess import (
     CrfCandidates,
     CrfParams,
@@ -63,8 +64,20 @@ class DiscoveryConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "thresholds", check_thresholds(self.thresholds))
-        if not isinstance(self.size, int) or self.size < 1:
-            raise ValueError(f"size must be a positive integer, got {self.size!r}")
+        size = self.size
+        if isinstance(size, bool) or not isinstance(size, numbers.Integral) or size < 1:
+            raise ValueError(f"size must be a positive integer, got {size!r}")
+        object.__setattr__(self, "size", int(size))  # np.int64 too; as_dict() is JSON
+        for name, kind in (("crf", CrfParams), ("filters", FilterParams)):
+            if not isinstance(getattr(self, name), kind):
+                raise TypeError(
+                    f"{name} must be a {kind.__name__}, got {type(getattr(self, name)).__name__}"
+                )
+        # checked here, not after the CRFs of the first image
+        object.__setattr__(self, "cover", _check_fraction(self.cover, "cover"))
+        if self.near_duplicate_iou is not None:
+            iou = _check_fraction(self.near_duplicate_iou, "near_duplicate_iou")
+            object.__setattr__(self, "near_duplicate_iou", iou)
         if self.feature_transform not in ("auto", "none", "remove-key-bias", "center"):
             raise ValueError(f"unknown feature_transform {self.feature_transform!r}")
         if self.pos_embed_resize not in ("auto", *POS_EMBED_RESIZES):
@@ -199,7 +212,12 @@ def discover_from_features(
             ``hierarchy``).
 
     Returns:
-        The ensemble's masks at the original size, their thresholds, scores and levels.
+        An :class:`hassod.ensemble.EnsembleResult`: the ensemble's masks at the original size
+        (M, H, W) bool, their thresholds, scores, parents and levels.
+
+    Raises:
+        ValueError: an image that is not (H, W, 3) uint8; features :func:`hassod.fast_cluster`
+            refuses (not (h, w, C) floats, non-finite values).
     """
     image = _check_image(image)
     per_threshold = masks_per_threshold(image, features, config, timings)

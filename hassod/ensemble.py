@@ -7,18 +7,33 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hassod.hierarchy import PSEUDO_LABEL_COVER, build_hierarchy, dedup_masks
+from hassod.hierarchy import LEVEL_NAMES, PSEUDO_LABEL_COVER, build_hierarchy, dedup_masks
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class EnsembleResult:
-    """The masks of one image after the ensemble, with their hierarchy."""
+    """The masks of one image after the ensemble, with their hierarchy.
 
-    masks: np.ndarray  # (M, H, W) bool
-    thresholds: np.ndarray  # (M,) float64: the theta_merge that produced each mask
-    scores: np.ndarray  # (M,) float64: each mask's CRF agreement (IoU before / after)
-    parent: np.ndarray  # (M,) int32, -1 for whole objects
-    level: np.ndarray  # (M,) int8: 0 whole, 1 part, 2 subpart
+    Attributes:
+        masks: (M, H, W) bool, at the original image size.
+        thresholds: (M,) float64, the merge threshold (theta) that produced each mask.
+        scores: (M,) float64, each mask's CRF agreement (IoU before / after the CRF).
+        parent: (M,) int32 index of each mask's parent, -1 for whole objects.
+        level: (M,) int8: 0 whole, 1 part, 2 subpart.
+    """
+
+    masks: np.ndarray
+    thresholds: np.ndarray
+    scores: np.ndarray
+    parent: np.ndarray
+    level: np.ndarray
+
+    def __repr__(self) -> str:  # the dataclass's would print every mask array
+        height, width = self.masks.shape[1:]
+        counts = ", ".join(
+            f"{name}: {int((self.level == index).sum())}" for index, name in enumerate(LEVEL_NAMES)
+        )
+        return f"EnsembleResult(masks={len(self.masks)} of {height}x{width}, {counts})"
 
 
 def ensemble(

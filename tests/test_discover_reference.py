@@ -415,6 +415,25 @@ def test_ensemble_refuses_masks_of_another_shape_or_unpaired_scores():
     assert empty.masks.shape == (1, 4, 6)  # the two empty masks are one exact duplicate
 
 
+def test_discovery_config_checks_its_settings_when_made():
+    """cover and near_duplicate_iou were only checked after the first image's CRFs, a dict
+    for crf failed there with an AttributeError, and a NumPy integer size was refused as
+    "not a positive integer"; a result's repr printed every mask."""
+    assert DiscoveryConfig(size=np.int64(64)).as_dict()["size"] == 64
+    for options, error, message in (
+        ({"cover": 2}, ValueError, r"cover must be a number in \(0, 1\], got 2"),
+        ({"near_duplicate_iou": 0}, ValueError, r"near_duplicate_iou must be a number in \(0, 1"),
+        ({"crf": {"iterations": 5}}, TypeError, "crf must be a CrfParams, got dict"),
+        ({"filters": None}, TypeError, "filters must be a FilterParams, got NoneType"),
+        ({"size": 2.0}, ValueError, "size must be a positive integer, got 2.0"),
+    ):
+        with pytest.raises(error, match=message):
+            DiscoveryConfig(**options)
+    masks = covered_pair()
+    result = ensemble([(0.1, masks, np.ones(2))], masks.shape[1:], cover=0.75)
+    assert repr(result) == "EnsembleResult(masks=2 of 20x20, whole: 1, part: 1, subpart: 0)"
+
+
 def test_label_maps_that_are_not_region_ids_are_refused():
     """A label map from elsewhere (SLIC, a user's own) reaches the CRF through
     masks_for_partition: negative ids used to be left out of every mask, float ids gave no
