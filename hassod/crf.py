@@ -195,7 +195,8 @@ def dense_crf(
 
     Raises:
         ValueError: an image that is not (H, W, 3) uint8; probabilities of another shape, not
-            finite or negative; a bad kernel, iteration count or thread count (naming it).
+            finite or negative; a bad kernel, iteration count or thread count (naming it); a
+            ``device`` that is neither the CPU nor a CUDA device, or CUDA without a GPU.
     """
     gpu = _gpu_device(device, image, probs)
     if gpu is not None:
@@ -328,6 +329,8 @@ def _gpu_device(device, *inputs):
             return None
         if chosen.type != "cuda":
             raise ValueError(f"device must be a CPU or CUDA device, got {device!r}")
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r} requested but CUDA is not available")
         return chosen
     if torch is None:
         return None

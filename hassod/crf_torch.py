@@ -830,7 +830,13 @@ def _is_label_set(entry) -> bool:
 
 def _pick_device(first_image, device) -> torch.device:
     if device is not None:
-        return torch.device(device)
+        try:
+            chosen = torch.device(device)
+        except (RuntimeError, TypeError):  # torch's "Expected one of cpu, cuda, ipu, ..."
+            raise ValueError(f"device must be a torch device name, got {device!r}") from None
+        if chosen.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device {device!r} requested but CUDA is not available")
+        return chosen
     if isinstance(first_image, torch.Tensor):
         return first_image.device
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -294,6 +294,24 @@ def test_bad_inputs():
         CrfBatch([image], gaussian=(1e-7, 3.0), device="cpu")
 
 
+def test_device_names_torch_does_not_know_or_cannot_run_are_value_errors():
+    """``device="gpu"`` ended in torch's RuntimeError listing every device type, and
+    ``device="cuda"`` without a GPU in torch's "Found no NVIDIA driver" from deep inside."""
+    from hassod.crf import dense_crf
+
+    rng = np.random.default_rng(12)
+    image, probs = random_image(rng, 10, 12), random_probs(rng, 3, 10, 12)
+    for call in (
+        lambda device: CrfBatch([image], device=device),
+        lambda device: dense_crf(image, probs, device=device),
+    ):
+        with pytest.raises(ValueError, match="device must be .*got 'gpu'"):
+            call("gpu")
+        if not torch.cuda.is_available():
+            with pytest.raises(ValueError, match="'cuda' requested but CUDA is not available"):
+                call("cuda")
+
+
 # --- the CUDA path (skips without a device) -------------------------------------------------
 
 
