@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import operator
 
 import numpy as np
 
@@ -87,6 +88,18 @@ def cpu_tensor_values(tensor, name: str, elsewhere: str):
     if str(tensor.dtype) == "torch.bfloat16":
         tensor = tensor.float()
     return tensor.numpy()
+
+
+def check_index(value, name: str) -> int:
+    """``value`` as an int (NumPy integers and 0-d integer tensors too, through
+    ``__index__``); TypeError naming ``name`` for a bool, a float (1.5 would match nothing,
+    1.0 index as 1 only by accident) or anything else that is not an integer."""
+    if "bool" in str(getattr(value, "dtype", type(value).__name__)):
+        raise TypeError(f"{name} must be an integer, got {value!r}")
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an integer, got {value!r}") from None
 
 
 def check_num_threads(num_threads) -> int:

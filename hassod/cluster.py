@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from hassod._checks import (
+    check_index,
     check_num_threads,
     cpu_tensor_values,
     is_torch_tensor,
@@ -109,8 +110,9 @@ class ClusterResult:
 
     def masks(self, t: int) -> np.ndarray:
         """(R_t, H, W) bool one-hot region masks for threshold index ``t`` (an index into
-        :attr:`thresholds`, negative ones from the end; IndexError outside them); mask ``r``
-        is region ``r`` of ``labels[t]``."""
+        :attr:`thresholds`, negative ones from the end; IndexError outside them, TypeError for
+        a non-integer); mask ``r`` is region ``r`` of ``labels[t]``."""
+        t = check_index(t, "threshold index t")
         if not -len(self.thresholds) <= t < len(self.thresholds):
             raise IndexError(f"threshold index {t} out of range for {len(self.thresholds)}")
         regions = np.arange(int(self.num_regions[t]), dtype=np.int32)

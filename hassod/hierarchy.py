@@ -28,6 +28,7 @@ import numpy as np
 
 from hassod import _cuda_hierarchy as _cuda
 from hassod._checks import (
+    check_index,
     check_num_threads,
     is_torch_tensor,
     mask_shape_error,
@@ -86,7 +87,8 @@ class Hierarchy:
 
     def children(self, index: int) -> np.ndarray:
         """Indices of the masks whose parent is ``index`` (negative: from the end), ascending;
-        IndexError outside ``-K .. K-1``."""
+        IndexError outside ``-K .. K-1``, TypeError for a non-integer."""
+        index = check_index(index, "mask index")
         if not -len(self) <= index < len(self):
             raise IndexError(f"mask index {index} out of range for {len(self)} masks")
         return _flatnonzero(self.parent == index % len(self))

@@ -277,6 +277,15 @@ def test_masks_bad_index(t):
         result.masks(t)
 
 
+@pytest.mark.parametrize("t", [1.0, 1.5, True, "1"])
+def test_masks_index_that_is_no_integer(t):
+    """masks(1.0) ended in NumPy's "only integers, slices ... are valid indices"."""
+    result = fast_cluster(_features_for("gaussian", 8), [0.6, 0.2, 0.05])
+    np.testing.assert_array_equal(result.masks(np.int64(1)), result.masks(1))
+    with pytest.raises(TypeError, match="threshold index t must be an integer"):
+        result.masks(t)
+
+
 # --------------------------------------------------------------------------------------------
 # Batches
 # --------------------------------------------------------------------------------------------

@@ -511,6 +511,12 @@ def test_level_semantics_hand_built():
         hierarchy.children(6)
     with pytest.raises(IndexError, match="out of range"):
         hierarchy.children(-7)
+    for index in (1.5, 1.0, True):  # 1.5 gave no children, silently
+        with pytest.raises(TypeError, match="mask index must be an integer"):
+            hierarchy.children(index)
+    assert hierarchy.children(np.int64(1)).tolist() == [4, 5]
+    torch = pytest.importorskip("torch")
+    assert hierarchy.children(torch.tensor(1)).tolist() == [4, 5]  # an entry of CUDA roots
     # areas is a copy: writing to it does not change the hierarchy
     areas = hierarchy.areas
     areas[:] = 0
