@@ -99,7 +99,7 @@ class CrfLattice:
 
     def __init__(
         self,
-        image,
+        image: np.ndarray | torch.Tensor,
         gaussian: tuple[float, float] | None = DEFAULT_GAUSSIAN,
         bilateral: tuple[float, float, float] | None = DEFAULT_BILATERAL,
         num_threads: int | None = None,
@@ -126,7 +126,10 @@ class CrfLattice:
         }
 
     def infer(
-        self, probs, iterations: int = DEFAULT_ITERATIONS, num_threads: int | None = None
+        self,
+        probs: np.ndarray | torch.Tensor,
+        iterations: int = DEFAULT_ITERATIONS,
+        num_threads: int | None = None,
     ) -> np.ndarray:
         """Mean-field marginals for one label set.
 
@@ -138,6 +141,10 @@ class CrfLattice:
 
         Returns:
             (K, H, W) float32 Q; each pixel's values sum to 1 (all ones when K == 1).
+
+        Raises:
+            ValueError: probabilities that are not (K, H, W) of the lattice's image size,
+                not real numbers, not finite or negative; a bad iteration or thread count.
         """
         probs = as_crf_probs(probs, self.shape)
         iterations = check_iterations(iterations)
@@ -154,6 +161,12 @@ class CrfLattice:
 
         With at least as many sets as threads, the sets run concurrently, one thread each
         (largest first); otherwise one after the other on all threads. Same results either way.
+
+        Returns:
+            One (K_i, H, W) float32 Q per label set, in input order.
+
+        Raises:
+            ValueError: as :meth:`infer`, naming the set (``probs_list[i]``).
         """
         arrays = [
             as_crf_probs(probs, self.shape, name=f"probs_list[{i}]")
@@ -213,7 +226,7 @@ _shared: tuple[np.ndarray, tuple, tuple, CrfLattice] | None = None
 
 
 def shared_lattice(
-    image,
+    image: np.ndarray | torch.Tensor,
     gaussian: tuple[float, float] | None = DEFAULT_GAUSSIAN,
     bilateral: tuple[float, float, float] | None = DEFAULT_BILATERAL,
     num_threads: int | None = None,

@@ -119,8 +119,8 @@ __all__ = [
 
 
 def evaluate(
-    pred,
-    gt,
+    pred: str | os.PathLike | list[dict] | dict | Labels,
+    gt: str | os.PathLike | dict,
     iou_types: Sequence[str] = IOU_TYPES,
     things_only: bool = False,
     stuff_min_id: int = STUFF_MIN_ID,
@@ -271,7 +271,7 @@ def _checked_iou_types(iou_types: Sequence[str]) -> tuple[str, ...]:
 
 
 def load_ground_truth(
-    gt, things_only: bool = False, stuff_min_id: int = STUFF_MIN_ID
+    gt: str | os.PathLike | dict, things_only: bool = False, stuff_min_id: int = STUFF_MIN_ID
 ) -> tuple[dict, dict]:
     """A single-category copy of a COCO ground truth, ready for COCOeval.
 

@@ -25,6 +25,7 @@ import contextlib
 import copy
 import dataclasses
 import math
+import os
 import signal
 import sys
 import threading
@@ -729,7 +730,13 @@ def _foreign_entry(out_dir: Path) -> str | None:
     return None
 
 
-def train(config: TrainConfig, pseudo_json, image_root, out_dir, **options: Any) -> TrainResult:
+def train(
+    config: TrainConfig,
+    pseudo_json: str | os.PathLike,
+    image_root: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    **options: Any,
+) -> TrainResult:
     """Train the detector on a pseudo-label JSON. ``options`` are :class:`Trainer`'s keywords
     (``backbone_weights``, ``resume``, ``init_from``, ``device``, ``progress``,
     ``distributed_mode``).
