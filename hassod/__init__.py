@@ -2,6 +2,29 @@
 
 Importing hassod is light: NumPy and the native module only. torch and timm are imported when
 a feature that needs them is first used.
+
+Here (the native core): :func:`fast_cluster` / :func:`fast_cluster_batch` (a feature grid ->
+nested partitions, :class:`ClusterResult`), :func:`dense_crf` / :func:`dense_crf_batch` /
+:class:`CrfLattice` (the dense CRF), :func:`coverage_matrix`, :func:`build_hierarchy` /
+:func:`build_hierarchy_batch` (masks -> coverage forest and whole / part / subpart levels,
+:class:`Hierarchy`) and :func:`dedup_masks`.
+
+The pipeline, module by module (import them by name):
+
+* :mod:`hassod.features` -- ViT keys of an image: ``load_vit``, ``image_features``;
+* :mod:`hassod.discover` -- stage 1 for one image: ``DiscoveryConfig``, ``read_image``,
+  ``discover_from_features`` (features -> masks, levels and parents at the image's size);
+  :mod:`hassod.postprocess` and :mod:`hassod.ensemble` hold its steps;
+* :mod:`hassod.coco` -- pseudo-label records and the COCO JSON (``mask_annotations``,
+  ``image_record``, ``assemble``);
+* :mod:`hassod.evaluate` -- class-agnostic AR / AP against a COCO ground truth (``evaluate``);
+* :mod:`hassod.detector` -- stage 2, the detector: ``train``, ``Predictor``, ``predict_images``;
+* :mod:`hassod.crf_torch` -- the dense CRF batched on a GPU (``CrfBatch``);
+* :mod:`hassod.visualize`, :mod:`hassod.report` -- pictures of labels.
+
+README.md shows them in use (its "Python API" section; the detector's under "Training the
+detector"); ``python -m hassod --help`` lists the commands, which run the same code over
+folders.
 """
 
 from __future__ import annotations

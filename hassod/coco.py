@@ -103,6 +103,8 @@ def mask_annotations(
 
 
 def image_record(file_name: str, width: int, height: int) -> dict:
+    """The COCO image record of ``file_name`` (relative to the image folder), with its stable
+    id (:func:`image_id_for`); :func:`assemble` pairs it with :func:`mask_annotations`."""
     return {"id": image_id_for(file_name), "file_name": file_name, "width": width, "height": height}
 
 

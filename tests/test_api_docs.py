@@ -3,7 +3,9 @@ what it returns and raises and annotates its parameters; every class has a docst
 
 from __future__ import annotations
 
+import importlib
 import inspect
+import re
 
 import pytest
 
@@ -38,3 +40,18 @@ def test_classes_document_their_fields(name):
     assert "Attributes:" in doc, name
     for field in getattr(cls, "__dataclass_fields__", {}):
         assert field in doc, f"{name}'s docstring does not describe {field}"
+
+
+def test_the_package_docstring_maps_the_pipeline_to_names_that_exist():
+    """help(hassod) names the modules of the pipeline and their entry points: each exists."""
+    doc = hassod.__doc__
+    for name in re.findall(r":(?:func|class):`(\w+)`", doc):
+        assert name in hassod.__all__, name
+    bullets = re.findall(r"^\* (.*?)(?=^\*|^$)", doc, flags=re.MULTILINE | re.DOTALL)
+    assert len(bullets) >= 6
+    for bullet in bullets:
+        modules = re.findall(r":mod:`(hassod[\w.]*)`", bullet)
+        assert modules, bullet
+        for name in re.findall(r"``(\w+)``", bullet):
+            owners = [importlib.import_module(module) for module in modules]
+            assert any(hasattr(owner, name) for owner in owners), (modules, name)

@@ -237,6 +237,60 @@ def test_the_clustering_and_hierarchy_examples_run():
     assert len(namespace["h"].parent) == len(namespace["masks"])
 
 
+def test_the_discovery_example_runs(tmp_path, monkeypatch):
+    """The one-image discovery example, end to end, with structured features on the paper's
+    60 x 60 grid standing in for the DINO ViT-B/8 keys of the weights it names (a random ViT's
+    keys split a photo into hundreds of regions: a minute of CRFs)."""
+    import hassod.features
+    from hassod.testing import structured_features
+
+    real_load_vit, real_image_features = hassod.features.load_vit, hassod.features.image_features
+
+    def fake_load_vit(name, weights=None, **options):
+        inspect.signature(real_load_vit).bind(name, weights, **options)  # the call is valid
+        assert name == "vit_base_patch8_224.dino" and weights == "dino_vitbase8_pretrain.pth"
+        return "model"
+
+    def fake_image_features(model, image, size=None, *, transform="none"):
+        inspect.signature(real_image_features).bind(model, image, size, transform=transform)
+        assert model == "model" and image.dtype == np.uint8 and image.shape[2] == 3
+        assert (size, transform) == (480, "none")  # the paper's, for DINO v1
+        return structured_features(60, 60, 64)
+
+    monkeypatch.setattr(hassod.features, "load_vit", fake_load_vit)
+    monkeypatch.setattr(hassod.features, "image_features", fake_image_features)
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, size=(60, 80, 3), dtype=np.uint8)
+    pixels[10:40, 20:60] = (200, 30, 30)
+    (tmp_path / "IMAGES_DIR").mkdir()
+    Image.fromarray(pixels).save(tmp_path / "IMAGES_DIR" / "x.jpg")
+    box = [20.0, 10.0, 40.0, 30.0]
+    ground_truth = {
+        "images": [{"id": 1, "file_name": "x.jpg", "height": 60, "width": 80}],
+        "annotations": [
+            {
+                "id": 1,
+                "image_id": 1,
+                "category_id": 1,
+                "iscrowd": 0,
+                "bbox": box,
+                "area": 1200.0,
+                "segmentation": [[20.0, 10.0, 60.0, 10.0, 60.0, 40.0, 20.0, 40.0]],
+            }
+        ],
+        "categories": [{"id": 1, "name": "object"}],
+    }
+    (tmp_path / "instances_val2017.json").write_text(json.dumps(ground_truth))
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    with contextlib.redirect_stdout(io.StringIO()) as printed:
+        exec(block_with("discover_from_features(image, keys, config)"), namespace)
+    result, pseudo = namespace["result"], namespace["pseudo"]
+    assert result.masks.shape[1:] == (60, 80)
+    assert len(pseudo["annotations"]) == len(result.masks)
+    assert "AR@1000" in printed.getvalue()
+
+
 def photo_and_probs(labels: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     image = rng.integers(0, 256, size=(24, 32, 3), dtype=np.uint8)
