@@ -280,7 +280,20 @@ def _flat_masks(masks, name: str = "masks") -> np.ndarray:
         if masks.device.type != "cpu":  # CUDA tensors were sent to hassod._cuda_hierarchy
             raise ValueError(f"{name} is on {masks.device}; pass a CPU or CUDA tensor")
         masks = masks.detach().numpy()
-    array = np.asarray(masks)
+    if _is_rle_list(masks):  # only build_hierarchy_batch gets here with RLEs
+        raise ValueError(
+            f"{name} is a list of COCO RLE dicts, which this function does not take: decode "
+            "them (pycocotools.mask.decode) or pass them to build_hierarchy"
+        )
+    try:
+        array = np.asarray(masks)
+    except ValueError:  # NumPy's "inhomogeneous shape": masks of different sizes
+        array = None
+    if array is None or array.dtype == object or (array.ndim == 0 and not hasattr(masks, "shape")):
+        raise ValueError(
+            f"{name} must be a (K, H, W) bool or integer array or tensor, or a sequence of "
+            f"(H, W) masks of one size (or of COCO RLE dicts only), got {_described(masks)}"
+        )
     if array.ndim != 3:
         raise mask_shape_error(name, array.shape)
     if array.dtype == np.bool_:
@@ -290,6 +303,18 @@ def _flat_masks(masks, name: str = "masks") -> np.ndarray:
             raise soft_mask_error(name, array.dtype)
         array = (array != 0).view(np.uint8)
     return np.ascontiguousarray(array).reshape(array.shape[0], array.shape[1] * array.shape[2])
+
+
+def _described(masks) -> str:
+    """What ``masks`` is, for a refusal: its type, and the shapes in a sequence."""
+    if isinstance(masks, (list, tuple)):
+        shapes = sorted(
+            {str(tuple(np.shape(item))) for item in masks if not isinstance(item, dict)}
+        )
+        dicts = any(isinstance(item, dict) for item in masks)
+        kinds = shapes + (["RLE dicts"] if dicts else [])
+        return f"a {type(masks).__name__} of {', '.join(kinds)}"
+    return type(masks).__name__
 
 
 def _flatnonzero(condition):

@@ -1020,6 +1020,25 @@ def test_bad_num_threads(threads):
         hassod.build_hierarchy_batch([GOOD], 0.9, num_threads=threads)
 
 
+def test_masks_that_do_not_stack_are_refused_saying_what_they_are():
+    """A list of masks of different sizes ended in NumPy's "setting an array element with a
+    sequence ... inhomogeneous shape"; RLEs given to build_hierarchy_batch (which takes none)
+    in "must have shape (K, H, W), got shape (1,)"."""
+    ragged = [np.ones((4, 4), bool), np.ones((5, 5), bool)]
+    with pytest.raises(ValueError, match=r"masks of one size .*got a list of \(4, 4\), \(5, 5\)"):
+        hassod.build_hierarchy(ragged)
+    mixed = [np.ones((4, 4), bool), {"size": [4, 4], "counts": [16]}]
+    with pytest.raises(ValueError, match=r"got a list of \(4, 4\), RLE dicts"):
+        hassod.coverage_matrix(mixed)
+    with pytest.raises(ValueError, match=r"\(K, H, W\) bool or integer array .* got str"):
+        hassod.coverage_matrix("masks.json")
+    with pytest.raises(ValueError, match=r"batch\[0\] is a list of COCO RLE dicts"):
+        hassod.build_hierarchy_batch([[{"size": [4, 4], "counts": [16]}]])
+    with pytest.raises(ValueError, match=r"batch\[1\] must be .*got a list of \(3, 3\), \(4, 4\)"):
+        hassod.build_hierarchy_batch([np.ones((1, 4, 4), bool), [ragged[0], np.ones((3, 3))]])
+    assert hassod.build_hierarchy([ragged[0], ragged[0]]).parent.tolist() == [-1, -1]
+
+
 def test_masks_and_intersections_both_or_neither():
     matrix, _ = hassod.coverage_matrix(GOOD)
     for function in (hassod.build_hierarchy, hassod.dedup_masks):
