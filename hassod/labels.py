@@ -68,7 +68,8 @@ class InputError(ValueError):
 HASHED_IDS_HINT = (
     "`hassod predict` numbers images by hashed file names unless it is given --image-ids: "
     "rerun it with --image-ids GT.json (the ground truth, or the dataset JSON used here) so "
-    "that its results carry that JSON's image ids"
+    "that its results carry that JSON's image ids (in Python: predict_images(..., "
+    "image_ids=GT.json), or Predictor(...)(image, image_id=the image's id in it))"
 )
 
 

@@ -603,6 +603,7 @@ def test_results_with_hashed_file_name_ids_are_refused_with_the_fix():
         with pytest.raises(InputError, match="all 2 images with predictions") as error:
             evaluate(hashed, gt, only_gt_images=only_gt_images)
         assert "rerun it with --image-ids GT.json" in str(error.value)
+        assert "Predictor(...)(image, image_id=" in str(error.value)  # the Python way
         assert "--only-gt-images" not in str(error.value)
 
 
