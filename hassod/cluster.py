@@ -138,6 +138,8 @@ def fast_cluster(
     Args:
         features: (H, W, C) float16/float32/float64 NumPy array or CPU torch tensor (bfloat16
             too) of raw, unnormalised features. float16 and bfloat16 are widened exactly.
+            Channels last: a (C, H, W) tensor would be read as a C x H grid of W-channel
+            features (no error can tell), so ``permute(1, 2, 0)`` it first.
         thresholds: one merge threshold or several, each a cosine in [-1, 1]; any order
             (sorted descending). Default: the paper's (0.4, 0.2, 0.1).
 
