@@ -9,8 +9,10 @@ Environment variables:
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +23,15 @@ from setuptools.errors import CompileError
 
 ROOT = Path(__file__).resolve().parent
 CUDA_CHOICES = {"auto": "AUTO", "1": "ON", "on": "ON", "0": "OFF", "off": "OFF"}
+CPU_MODULE = "hassod._C"
+CUDA_MODULE = "hassod._C_cuda"
+# Written into the CMake build folder: the configure inputs that folder was made with.
+CONFIGURE_STAMP = "hassod-configure.json"
+NEEDS = (
+    "hassod needs CMake >= 3.18 and a C++17 compiler (GCC >= 8, Clang >= 7 or MSVC 2019); "
+    "`pip install .` brings CMake itself unless build isolation is off "
+    "(then `pip install 'cmake>=3.18' ninja pybind11`)"
+)
 
 
 class CMakeExtension(Extension):
@@ -32,17 +43,25 @@ class CMakeBuild(build_ext):
     def build_extension(self, ext: Extension) -> None:
         if ext.name == CUDA_MODULE:
             # Built by the same CMake run as the CPU module, when CUDA is enabled and found.
+            # The error marks the optional module as skipped; the CPU module is complete.
             if not Path(self.get_ext_fullpath(ext.name)).exists():
-                raise CompileError("the optional CUDA module was not built (CUDA off or not found)")
+                raise CompileError(
+                    "the optional CUDA module hassod._C_cuda was skipped (HASSOD_CUDA=0, or "
+                    "no CUDA compiler found); the CPU module hassod._C is built and complete"
+                )
             return
         out_dir = Path(self.get_ext_fullpath(ext.name)).parent.resolve()
         cuda_choice = os.environ.get("HASSOD_CUDA", "auto").strip().lower()
         if cuda_choice not in CUDA_CHOICES:
             raise SystemExit(f"HASSOD_CUDA must be one of auto, 1, 0; got {cuda_choice!r}")
+        cmake = shutil.which("cmake")
+        if cmake is None:
+            raise SystemExit(f"hassod: no `cmake` on PATH. {NEEDS}.")
         import pybind11
 
+        extra_args = shlex.split(os.environ.get("CMAKE_ARGS", ""))
         configure = [
-            "cmake",
+            cmake,
             str(ROOT),
             f"-DCMAKE_LIBRARY_OUTPUT_DIRECTORY={out_dir}",
             f"-DPython_EXECUTABLE={sys.executable}",
@@ -50,26 +69,53 @@ class CMakeBuild(build_ext):
             f"-DCMAKE_BUILD_TYPE={'Debug' if self.debug else 'Release'}",
             f"-DHASSOD_CUDA={CUDA_CHOICES[cuda_choice]}",
         ]
-        if _has_ninja():
-            configure += ["-G", "Ninja"]
-        configure += shlex.split(os.environ.get("CMAKE_ARGS", ""))
+        ninja = shutil.which("ninja")
+        chose_generator = "CMAKE_GENERATOR" in os.environ or any(
+            arg.startswith("-G") for arg in extra_args
+        )
+        if ninja and not chose_generator:
+            # The ninja path too: pip's isolated build environment, where it lives, is new
+            # every time, and CMake would otherwise call the one it cached last time.
+            configure += ["-G", "Ninja", f"-DCMAKE_MAKE_PROGRAM={ninja}"]
+        configure += extra_args
         build_dir = Path(self.build_temp).resolve() / ext.name
-        build_dir.mkdir(parents=True, exist_ok=True)
+        prepare_build_dir(build_dir, configure)
+        # A CUDA module left by an earlier build must not ship with (or shadow) this one.
+        Path(self.get_ext_fullpath(CUDA_MODULE)).unlink(missing_ok=True)
         jobs = os.environ.get("CMAKE_BUILD_PARALLEL_LEVEL", str(os.cpu_count() or 1))
-        subprocess.run(configure, cwd=build_dir, check=True)
-        subprocess.run(["cmake", "--build", ".", "--parallel", jobs], cwd=build_dir, check=True)
+        run_step("configure", configure, build_dir)
+        run_step("build", [cmake, "--build", ".", "--parallel", jobs], build_dir)
 
 
-def _has_ninja() -> bool:
+def prepare_build_dir(build_dir: Path, configure: list[str]) -> None:
+    """Make ``build_dir`` ready for ``configure``: a folder configured with other inputs (another
+    CMake, Python, generator or pip build environment, whose paths its CMake cache still holds)
+    is emptied first, so a rebuild never runs on a stale cache."""
+    stamp = build_dir / CONFIGURE_STAMP
     try:
-        subprocess.run(["ninja", "--version"], check=True, capture_output=True)
-    except (OSError, subprocess.CalledProcessError):
-        return False
-    return True
+        same = json.loads(stamp.read_text()) == configure
+    except (OSError, ValueError):
+        same = False
+    if not same and build_dir.exists():
+        shutil.rmtree(build_dir)
+    build_dir.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(json.dumps(configure))
 
 
-CUDA_MODULE = "hassod._C_cuda"
-setup(
-    ext_modules=[CMakeExtension("hassod._C"), CMakeExtension(CUDA_MODULE, optional=True)],
-    cmdclass={"build_ext": CMakeBuild},
-)
+def run_step(step: str, command: list[str], cwd: Path) -> None:
+    """Run one CMake step; on failure, one line that says what failed and what is needed."""
+    try:
+        subprocess.run(command, cwd=cwd, check=True)
+    except (OSError, subprocess.CalledProcessError) as error:
+        (cwd / CONFIGURE_STAMP).unlink(missing_ok=True)  # configure afresh next time
+        raise SystemExit(
+            f"hassod: the CMake {step} step failed ({error}); CMake's messages above say why. "
+            f"{NEEDS}. HASSOD_CUDA=0 builds without CUDA."
+        ) from error
+
+
+if __name__ == "__main__":  # setuptools runs this file as __main__; tests import its helpers
+    setup(
+        ext_modules=[CMakeExtension(CPU_MODULE), CMakeExtension(CUDA_MODULE, optional=True)],
+        cmdclass={"build_ext": CMakeBuild},
+    )
