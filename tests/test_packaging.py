@@ -1,18 +1,22 @@
 """Packaging: the sdist holds what building and testing need, the sources parse as the oldest
-Python that ``requires-python`` admits, and setup.py's CMake driver rebuilds from a clean slate
-when its inputs change, drops a stale CUDA module and says what a failed build needs. The checks
-here are cheap (no compiler runs)."""
+Python that ``requires-python`` admits, setup.py's CMake driver rebuilds from a clean slate when
+its inputs change and drops a stale CUDA module, and a missing or broken native module says
+how to fix it. The checks here are cheap (no compiler runs)."""
 
 from __future__ import annotations
 
 import ast
 import importlib.util
 import re
+import shutil
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 import pytest
+
+from hassod._native import missing_build_message
 
 ROOT = Path(__file__).resolve().parents[1]
 SETUP = ROOT / "setup.py"
@@ -136,3 +140,56 @@ def test_a_failed_cmake_step_says_what_the_build_needs(tmp_path):
         setup_py.run_step("configure", [sys.executable, "-c", "raise SystemExit(1)"], tmp_path)
     with pytest.raises(SystemExit, match=r"CMake build step failed.*C\+\+17 compiler"):
         setup_py.run_step("build", [str(tmp_path / "no-such-cmake")], tmp_path)
+
+
+def _package_folder(tmp_path: Path, checkout: bool) -> Path:
+    package = tmp_path / "src" / "hassod"
+    package.mkdir(parents=True)
+    if checkout:
+        (package.parent / "setup.py").write_text("")
+        (package.parent / "CMakeLists.txt").write_text("")
+    return package
+
+
+def test_missing_module_in_a_checkout_says_build_in_place_or_leave_the_folder(
+    tmp_path, monkeypatch
+):
+    package = _package_folder(tmp_path, checkout=True)
+    error = ImportError("cannot import name '_C'")
+    monkeypatch.chdir(package.parent)
+    message = missing_build_message(package, error)
+    assert "source checkout" in message and "`pip install -e .`" in message
+    assert "shadows the installed one" in message and "cannot import name '_C'" in message
+    monkeypatch.chdir(tmp_path)  # imported from elsewhere: nothing is shadowed
+    assert "shadows" not in missing_build_message(package, error)
+
+
+def test_missing_module_in_an_installed_copy_says_reinstall(tmp_path):
+    message = missing_build_message(_package_folder(tmp_path, checkout=False), ImportError("x"))
+    assert "not built" in message and "`pip install .`" in message
+
+
+def test_a_module_that_does_not_load_is_named_with_this_python(tmp_path):
+    package = _package_folder(tmp_path, checkout=True)
+    (package / "_C.cpython-30-x86_64-linux-gnu.so").write_bytes(b"built for another Python")
+    message = missing_build_message(package, ImportError("cannot import name '_C'"))
+    assert "_C.cpython-30-x86_64-linux-gnu.so" in message and "does not load" in message
+    assert sys.version.split()[0] in message and "`pip install -e .`" in message
+
+
+@checkout_only
+def test_importing_a_checkout_without_its_module_fails_with_the_fix(tmp_path):
+    checkout = tmp_path / "checkout"
+    shutil.copytree(ROOT / "hassod", checkout / "hassod", ignore=shutil.ignore_patterns("*.so"))
+    for name in ("setup.py", "CMakeLists.txt"):
+        shutil.copy(ROOT / name, checkout / name)
+    (checkout / "hassod" / f"_C{sysconfig.get_config_var('EXT_SUFFIX')}").write_bytes(b"\0")
+    result = subprocess.run(
+        [sys.executable, "-c", "import hassod._native as n; n.cpu_module()"],
+        cwd=checkout,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode != 0
+    assert "does not load with this Python" in result.stderr
+    assert "`pip install -e .` in that checkout" in result.stderr
