@@ -107,9 +107,13 @@ def run_step(step: str, command: list[str], cwd: Path) -> None:
     try:
         subprocess.run(command, cwd=cwd, check=True)
     except (OSError, subprocess.CalledProcessError) as error:
-        (cwd / CONFIGURE_STAMP).unlink(missing_ok=True)  # configure afresh next time
+        if step == "configure":  # its half-written cache must not be reused
+            (cwd / CONFIGURE_STAMP).unlink(missing_ok=True)
+        reason = error
+        if isinstance(error, subprocess.CalledProcessError):
+            reason = f"exit status {error.returncode}"
         raise SystemExit(
-            f"hassod: the CMake {step} step failed ({error}); CMake's messages above say why. "
+            f"hassod: the CMake {step} step failed ({reason}); CMake's messages above say why. "
             f"{NEEDS}. HASSOD_CUDA=0 builds without CUDA."
         ) from error
 
