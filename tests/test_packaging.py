@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+import types
 from pathlib import Path
 
 import pytest
@@ -125,6 +126,9 @@ def test_a_cuda_module_left_by_an_earlier_build_is_not_shipped(tmp_path, monkeyp
     stale.write_bytes(b"an earlier HASSOD_CUDA=auto build's module")
     steps = []
     monkeypatch.setattr(setup_py, "run_step", lambda step, *args: steps.append(step))
+    # No build tools needed: nothing runs, only the command lines are put together.
+    monkeypatch.setattr(setup_py.shutil, "which", lambda name: f"/opt/bin/{name}")
+    monkeypatch.setitem(sys.modules, "pybind11", types.SimpleNamespace(get_cmake_dir=str))
     monkeypatch.setenv("HASSOD_CUDA", "0")
     command.build_extension(cpu)
     assert steps == ["configure", "build"]
