@@ -285,6 +285,23 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
+def _hassod_preload() -> list[str]:
+    """``["hassod.discover"]``, or nothing where the forkserver would import another hassod.
+
+    The forkserver is started with ``python -c``, so the current folder comes first on its
+    ``sys.path`` (CPython ignores the ``sys_path`` it is handed): run from a source checkout
+    after ``pip install .``, preloading would import the checkout's hassod/, which has no
+    compiled module, into every worker. Without the preload each worker imports hassod after
+    taking this process's ``sys.path``."""
+    package = Path(__file__).resolve().parent
+    try:
+        local = Path.cwd() / package.name
+        shadowed = (local / "__init__.py").is_file() and local.resolve() != package
+    except OSError:  # pragma: no cover - the current folder was removed
+        shadowed = False
+    return [] if shadowed else ["hassod.discover"]
+
+
 def _process_context():
     import multiprocessing
 
@@ -292,7 +309,7 @@ def _process_context():
     # OpenMP / CUDA state (fork-unsafe); torch and hassod are imported there once.
     if "forkserver" in multiprocessing.get_all_start_methods():
         context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(["torch", "hassod.discover"])
+        context.set_forkserver_preload(["torch", *_hassod_preload()])
         return context
     return multiprocessing.get_context("spawn")  # pragma: no cover - Windows
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import os
 import re
 import shutil
 import subprocess
@@ -197,3 +198,44 @@ def test_importing_a_checkout_without_its_module_fails_with_the_fix(tmp_path):
     assert result.returncode != 0
     assert "does not load with this Python" in result.stderr
     assert "`pip install -e .` in that checkout" in result.stderr
+
+
+WORKER_SCRIPT = """
+import os
+from concurrent.futures import ProcessPoolExecutor
+
+from hassod import discover_run
+
+if __name__ == "__main__":
+    with ProcessPoolExecutor(1, mp_context=discover_run._process_context()) as pool:
+        print("worker ran:", pool.submit(discover_run._process_alive, os.getpid()).result())
+"""
+
+
+def test_workers_import_the_installed_hassod_when_run_from_a_checkout(tmp_path):
+    """`pip install .` then `hassod demo` from the checkout: the post-processing workers must
+    not import the checkout's hassod/ (no compiled module there) instead of the installed one."""
+    import hassod
+
+    checkout = tmp_path / "checkout"
+    (checkout / "hassod").mkdir(parents=True)
+    (checkout / "hassod" / "__init__.py").write_text("CHECKOUT = True\n")
+    (checkout / "hassod" / "discover.py").write_text("")
+    script = tmp_path / "scripts" / "run_workers.py"  # not in the checkout, as bin/hassod
+    script.parent.mkdir()
+    script.write_text(WORKER_SCRIPT)
+    installed = str(Path(hassod.__file__).resolve().parents[1])
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([installed, os.environ.get("PYTHONPATH", "")]),
+    }
+    result = subprocess.run(
+        [sys.executable, str(script)],
+        cwd=checkout,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "worker ran: True" in result.stdout
