@@ -40,6 +40,14 @@ class CMakeExtension(Extension):
 
 
 class CMakeBuild(build_ext):
+    def run(self) -> None:
+        super().run()
+        if self.inplace:  # editable installs: setuptools copies what was built into hassod/
+            built = Path(self.build_lib) / self.get_ext_filename(CUDA_MODULE)
+            package_dir = Path(self.get_finalized_command("build_py").get_package_dir("hassod"))
+            if not built.exists():  # skipped this time: an earlier build's copy must go
+                (package_dir / built.name).unlink(missing_ok=True)
+
     def build_extension(self, ext: Extension) -> None:
         if ext.name == CUDA_MODULE:
             # Built by the same CMake run as the CPU module, when CUDA is enabled and found.

@@ -139,6 +139,42 @@ def test_a_cuda_module_left_by_an_earlier_build_is_not_shipped(tmp_path, monkeyp
 
 
 @checkout_only
+def test_an_editable_rebuild_without_cuda_removes_the_earlier_cuda_module(tmp_path, monkeypatch):
+    from setuptools import Distribution
+
+    setup_py = _load_setup_module()
+    cpu = setup_py.CMakeExtension(setup_py.CPU_MODULE)
+    cuda = setup_py.CMakeExtension(setup_py.CUDA_MODULE, optional=True)
+    monkeypatch.chdir(tmp_path)  # the checkout: hassod/ holds the in-place modules
+    distribution = Distribution(
+        {"name": "hassod", "packages": ["hassod"], "ext_modules": [cpu, cuda]}
+    )
+    command = setup_py.CMakeBuild(distribution)
+    command.inplace = True  # what setuptools sets for `pip install -e .`
+    command.ensure_finalized()
+    command.build_lib = str(tmp_path / "lib")
+    command.build_temp = str(tmp_path / "temp")
+    suffix = sysconfig.get_config_var("EXT_SUFFIX")
+    stale = tmp_path / "hassod" / f"_C_cuda{suffix}"
+    stale.parent.mkdir()
+    stale.write_bytes(b"an earlier HASSOD_CUDA=auto build's module")
+
+    def fake_step(step, command_line, cwd):  # "builds" the CPU module only
+        if step == "configure":
+            (out_dir,) = [a.split("=", 1)[1] for a in command_line if "LIBRARY_OUTPUT" in a]
+            Path(out_dir).mkdir(parents=True)
+            Path(out_dir, f"_C{suffix}").write_bytes(b"")
+
+    monkeypatch.setattr(setup_py, "run_step", fake_step)
+    monkeypatch.setattr(setup_py.shutil, "which", lambda name: f"/opt/bin/{name}")
+    monkeypatch.setitem(sys.modules, "pybind11", types.SimpleNamespace(get_cmake_dir=str))
+    monkeypatch.setenv("HASSOD_CUDA", "0")
+    command.run()
+    assert (tmp_path / "hassod" / f"_C{suffix}").exists()
+    assert not stale.exists()
+
+
+@checkout_only
 def test_a_failed_cmake_step_says_what_the_build_needs(tmp_path):
     setup_py = _load_setup_module()
     with pytest.raises(SystemExit, match=r"CMake configure step failed.*CMake >= 3\.18"):
