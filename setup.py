@@ -26,6 +26,7 @@ CUDA_CHOICES = {"auto": "AUTO", "1": "ON", "on": "ON", "0": "OFF", "off": "OFF"}
 CPU_MODULE = "hassod._C"
 CUDA_MODULE = "hassod._C_cuda"
 # Written into the CMake build folder: the configure inputs that folder was made with.
+CACHED_ENV = ("CC", "CXX", "CUDACXX", "CUDAARCHS", "CMAKE_GENERATOR")
 CONFIGURE_STAMP = "hassod-configure.json"
 NEEDS = (
     "hassod needs CMake >= 3.18 and a C++17 compiler (GCC >= 8, Clang >= 7 or MSVC 2019); "
@@ -87,7 +88,9 @@ class CMakeBuild(build_ext):
             configure += ["-G", "Ninja", f"-DCMAKE_MAKE_PROGRAM={ninja}"]
         configure += extra_args
         build_dir = Path(self.build_temp).resolve() / ext.name
-        prepare_build_dir(build_dir, configure)
+        # CMake caches what these chose on the first configure and ignores them later.
+        env_inputs = [f"{name}={os.environ[name]}" for name in CACHED_ENV if name in os.environ]
+        prepare_build_dir(build_dir, configure + env_inputs)
         # A CUDA module left by an earlier build must not ship with (or shadow) this one.
         Path(self.get_ext_fullpath(CUDA_MODULE)).unlink(missing_ok=True)
         jobs = os.environ.get("CMAKE_BUILD_PARALLEL_LEVEL", str(os.cpu_count() or 1))
