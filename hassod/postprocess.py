@@ -152,6 +152,21 @@ def upsampled_masks(marginals, size: tuple[int, int]) -> np.ndarray:
     return masks
 
 
+def import_pydensecrf():
+    """``(pydensecrf.densecrf, pydensecrf.utils.unary_from_softmax)``, or an ImportError that says
+    how to get them: pydensecrf2 is a dependency only where it builds (Python < 3.13)."""
+    try:
+        import pydensecrf.densecrf as dcrf
+        from pydensecrf.utils import unary_from_softmax
+    except ImportError as error:
+        raise ImportError(
+            f"the pydensecrf CRF (the reference) needs the pydensecrf2 package ({error}); hassod "
+            "installs it on Python < 3.13 only, where it builds: `pip install pydensecrf2` there, "
+            "or use the native CRF (backend 'native', `--crf native`), which computes the same"
+        ) from error
+    return dcrf, unary_from_softmax
+
+
 def dense_crf(
     image: np.ndarray,
     probs: np.ndarray,
@@ -199,9 +214,7 @@ def dense_crf(
 
     if not np.isfinite(probs).all():
         raise ValueError("probs contain non-finite values")
-    import pydensecrf.densecrf as dcrf
-    from pydensecrf.utils import unary_from_softmax
-
+    dcrf, unary_from_softmax = import_pydensecrf()
     labels, height, width = probs.shape
     crf = dcrf.DenseCRF2D(width, height, labels)
     crf.setUnaryEnergy(np.ascontiguousarray(unary_from_softmax(probs)))

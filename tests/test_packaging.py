@@ -275,3 +275,30 @@ def test_workers_import_the_installed_hassod_when_run_from_a_checkout(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "worker ran: True" in result.stdout
+
+
+@pytest.mark.parametrize("where", ["postprocess", "reference"])
+def test_the_pydensecrf_crf_without_pydensecrf2_says_how_to_get_it(where, monkeypatch):
+    """pydensecrf2 is a dependency only on Python < 3.13 (it does not build on 3.13+)."""
+    import numpy as np
+
+    for name in ("pydensecrf", "pydensecrf.densecrf", "pydensecrf.utils"):
+        monkeypatch.setitem(sys.modules, name, None)  # as if not installed
+    image = np.zeros((4, 4, 3), np.uint8)
+    probs = np.full((2, 4, 4), 0.5, np.float32)
+    with pytest.raises(ImportError, match=r"pydensecrf2 package.*Python < 3\.13.*native CRF"):
+        if where == "postprocess":
+            from hassod.postprocess import dense_crf
+
+            dense_crf(image, probs, backend="pydensecrf")
+        else:
+            pytest.importorskip("torch")
+            from hassod.reference.discover import reference_crf
+
+            reference_crf(image, probs)
+
+
+@checkout_only
+def test_pydensecrf2_is_required_only_where_it_builds():
+    text = PYPROJECT.read_text()
+    assert re.search(r"""^\s*"pydensecrf2>=[\d.]+; python_version < '3\.13'",""", text, re.M)

@@ -87,9 +87,9 @@ def _interpolate(masks: np.ndarray, height: int, width: int) -> np.ndarray:
 
 def reference_crf(image: np.ndarray, grid_masks: np.ndarray) -> np.ndarray:
     """``densecrf_hac``: (R, h, w) float32 grid masks -> (R, H, W) CRF marginals Q on ``image``."""
-    import pydensecrf.densecrf as dcrf
-    from pydensecrf.utils import unary_from_softmax
+    from hassod.postprocess import import_pydensecrf
 
+    dcrf, unary_from_softmax = import_pydensecrf()
     height, width = image.shape[:2]
     image = np.array(image, order="C")  # a writable copy: pydensecrf rejects read-only ones
     probs = _interpolate(grid_masks, height, width)
