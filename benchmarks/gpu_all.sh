@@ -9,7 +9,8 @@
 #   5. benchmarks/gpu_discover.sh       stage 1 end to end, bf16, Triton CRF vs native CRF
 # Each step gets at most its own limit and what is left of the budget; a failing step does not
 # stop the later ones. The JSON reports land in $OUT (or benchmarks/results/); a summary of
-# exit codes ends the output. Wheels for pycocotools / pydensecrf2 travel in .whl/.
+# exit codes ends the output. Wheels for pycocotools / pydensecrf2 travel in .whl/, with one of
+# setuptools >= 77 (pyproject's SPDX license string) in case the device image's is older.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 

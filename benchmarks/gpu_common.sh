@@ -1,6 +1,8 @@
 # Sourced by the gpu_*.sh scripts: prints the machine and makes carried wheels importable.
 # Needs PYTHON set. Wheels for packages the device image lacks (pycocotools, pydensecrf2, ...)
-# can be carried in .whl/ at the repository root; they are installed into /tmp/site.
+# can be carried in .whl/ at the repository root; they are installed into /tmp/site, which
+# comes first on PYTHONPATH (so a carried setuptools >= 77 is the one the
+# --no-build-isolation builds use: pyproject.toml's SPDX license string needs it).
 
 echo "== machine"
 if command -v nvidia-smi >/dev/null; then
