@@ -10,9 +10,9 @@ stage 2's ``train``, ``predict`` and ``export-detectron2`` live in :mod:`hassod.
 Exit codes of ``discover`` (each command's ``--help`` lists its own): 0 success (images that
 could not be used are listed in the JSON's ``failed``, not an error), 1 a run-time failure
 (e.g. weights that cannot be loaded, such as the default hub weights offline without
-``--weights``), 2 bad arguments or input found before any work (missing or empty images folder,
-unwritable output, settings that differ from a stored run; argparse's convention), 130
-interrupted (finished images are saved; re-run to resume).
+``--weights``, or every image failed), 2 bad arguments or input found before any work
+(missing or empty images folder, unwritable output, settings that differ from a stored run;
+argparse's convention), 130 interrupted (finished images are saved; re-run to resume).
 """
 
 from __future__ import annotations
@@ -334,7 +334,8 @@ def _subcommands(parser: argparse.ArgumentParser) -> argparse._SubParsersAction:
 
 _EXIT_CODES = """exit codes:
   0    success (discover: unusable images are listed in the JSON's 'failed')
-  1    run-time failure, e.g. weights that cannot be loaded (offline without --weights)
+  1    run-time failure, e.g. weights that cannot be loaded (offline without --weights),
+       or every image failed (the JSON lists them under 'failed')
   2    bad arguments or input, found before any work: missing or empty images folder,
        unwritable output or a file it did not write, settings that differ from the stored
        run (see --restart)
@@ -352,7 +353,8 @@ _MERGE_EXIT_CODES = """exit codes:
 
 _DEMO_EXIT_CODES = """exit codes:
   0    success
-  1    run-time failure, e.g. weights that cannot be loaded (offline without --weights)
+  1    run-time failure, e.g. weights that cannot be loaded (offline without --weights),
+       or every image failed
   2    bad arguments, an unwritable --out, an OUT/images holding other images, an
        OUT/pseudo.json or OUT/figures/*.png that hassod did not write
   130  interrupted"""
@@ -944,6 +946,9 @@ def run_discover_command(args: argparse.Namespace, parser: argparse.ArgumentPars
     except (discover_run.UsageError, discover_run.RunError, discover_run.Interrupted) as error:
         return _report_run_error("discover", error)
     print(summary.format())
+    if summary.nothing_usable():
+        print(f"hassod discover: {summary.nothing_usable()}", file=sys.stderr)
+        return discover_run.EXIT_RUN_ERROR
     if summary.shard is not None:
         count = summary.shard[1]
         print(
@@ -1059,6 +1064,9 @@ def run_demo_command(args: argparse.Namespace, parser: argparse.ArgumentParser) 
     except (discover_run.UsageError, discover_run.RunError) as error:
         return _report_run_error("demo", error)
     print(summary.format())
+    if summary.nothing_usable():
+        print(f"hassod demo: {summary.nothing_usable()}", file=sys.stderr)
+        return discover_run.EXIT_RUN_ERROR
     coco = json.loads(summary.json_path.read_text(encoding="utf-8"))
     figures = discover_run.write_level_figures(coco, images_dir, out_dir / "figures")
     print(f"wrote {len(figures)} figures in {out_dir / 'figures'}")

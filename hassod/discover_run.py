@@ -175,6 +175,19 @@ class RunSummary:
     setup: float  # before the first image: listing, weights, work folder
     device: str
 
+    def nothing_usable(self) -> str | None:
+        """Why the run's JSON holds no usable image although images were tried (every one
+        failed), or None. The commands then exit 1: a JSON of nothing but failures is no
+        result, and scripts should not take it for one."""
+        if self.images or not self.failed:
+            return None
+        first = self.failed[0]
+        return (
+            f"no image could be used: {counted(len(self.failed), 'image')} failed (the first, "
+            f"{first.get('file_name')}: {first.get('reason')}); {self.json_path} lists them "
+            "under 'failed'"
+        )
+
     def format(self) -> str:
         lines = []
         where = f" (shard {self.shard[0]}/{self.shard[1]})" if self.shard else ""

@@ -411,6 +411,38 @@ def test_bad_files_are_recorded_and_the_rest_processed(messy, tmp_path, monkeypa
     assert {failure["file_name"] for failure in data["failed"]} == set(FAILING) - {"zero.jpg"}
 
 
+def test_a_run_where_every_image_fails_exits_1_and_keeps_the_json(tmp_path, capsys):
+    """A JSON of nothing but failures is no result: exit 1, one line naming the first
+    failure, the JSON still written (its 'failed' says why), so scripts notice."""
+    images = tmp_path / "images"
+    images.mkdir()
+    (images / "zero.jpg").write_bytes(b"")
+    (images / "text.png").write_text("not an image at all")
+    out = tmp_path / "pseudo.json"
+    assert _discover(images, out) == 1
+    err = capsys.readouterr().err
+    assert "no image could be used: 2 images failed" in err and "text.png" in err
+    data = json.loads(out.read_text())
+    assert data["images"] == [] and len(data["failed"]) == 2
+    # One usable image among them is a result (the failures are listed): exit 0.
+    _photo("coffee", 64, 48).save(images / "good.png")
+    assert _discover(images, out) == 0
+    assert "no image could be used" not in capsys.readouterr().err
+
+
+def test_a_demo_where_every_image_fails_exits_1(tmp_path, monkeypatch, capsys):
+    def broken(*args, **kwargs):
+        raise RuntimeError("simulated post-processing failure")
+
+    monkeypatch.setattr(discover_run, "discover_records", broken)
+    args = ["demo", "--backbone", "vit_small_patch14_dinov2", "--random-weights", "--size", "56"]
+    assert main([*args, "--out", str(tmp_path), "--workers", "0", "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "hassod demo: no image could be used: 3 images failed" in err
+    assert "simulated post-processing failure" in err
+    assert not (tmp_path / "figures").exists()
+
+
 def test_listing_is_recursive_sorted_and_case_insensitive(messy):
     names = discover_run.list_images(messy)
     assert names == sorted(names)
