@@ -350,3 +350,20 @@ def test_the_detector_example_runs(tmp_path, monkeypatch):
     assert isinstance(namespace["detections"], list)
     results = json.loads((tmp_path / "preds.json").read_text())
     assert {result["image_id"] for result in results} <= {7, 8}
+
+
+@pytest.mark.parametrize("side, shown", [(600, 512), (300, 300), (256, 512), (100, 500)])
+def test_the_report_viewer_sizes_the_readme_gives(tmp_path, side, shown):
+    """The mask viewer shows a photo at most DISPLAY_SIDE px long, and one at most half that
+    long enlarged to a whole multiple of its size, as the README says."""
+    from hassod.report import DISPLAY_SIDE, ImageMasks, _write_viewer_files
+
+    text = " ".join(README.read_text().split())
+    assert f"on the photo at most {DISPLAY_SIDE} px long" in text
+    assert f"a photo at most {DISPLAY_SIDE // 2} px long is shown enlarged" in text
+    pixels = np.zeros((side // 2, side, 3), dtype=np.uint8)
+    masks = np.ones((1, side // 2, side), dtype=bool)
+    item = ImageMasks(pixels, [{"id": 1}], masks, np.zeros(1, dtype=np.int64), 1)
+    colours = np.zeros((1, 3), dtype=np.uint8)
+    _, _, (width, _) = _write_viewer_files(tmp_path, "x", item, colours)
+    assert DISPLAY_SIDE == 512 and width == shown
