@@ -100,8 +100,9 @@ class CMakeBuild(build_ext):
 
 def prepare_build_dir(build_dir: Path, configure: list[str]) -> None:
     """Make ``build_dir`` ready for ``configure``: a folder configured with other inputs (another
-    CMake, Python, generator or pip build environment, whose paths its CMake cache still holds)
-    is emptied first, so a rebuild never runs on a stale cache."""
+    CMake, Python, generator, option, :data:`CACHED_ENV` variable or pip build environment,
+    whose paths its CMake cache still holds) is emptied first, so a rebuild never runs on a
+    stale cache."""
     stamp = build_dir / CONFIGURE_STAMP
     try:
         same = json.loads(stamp.read_text()) == configure

@@ -367,3 +367,19 @@ def test_the_report_viewer_sizes_the_readme_gives(tmp_path, side, shown):
     colours = np.zeros((1, 3), dtype=np.uint8)
     _, _, (width, _) = _write_viewer_files(tmp_path, "x", item, colours)
     assert DISPLAY_SIDE == 512 and width == shown
+
+
+def test_the_build_section_names_the_build_inputs_and_requirements():
+    """Building: every environment variable setup.py counts among the build folder's inputs,
+    and the setuptools that pyproject.toml's build requires, for builds without isolation."""
+    text = " ".join(README.read_text().split())
+    setup_py = (ROOT / "setup.py").read_text()
+    cached = re.search(r"^CACHED_ENV = \(([^)]*)\)", setup_py, flags=re.MULTILINE)
+    names = re.findall(r'"(\w+)"', cached.group(1))
+    assert names
+    section = text[text.index("## Building") : text.index("## Benchmarks")]
+    inputs = section[section.index("is reused only while") :][:300]
+    assert not [name for name in names if f"`{name}`" not in inputs and name not in inputs]
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    minimum = re.search(r'requires = \[[^]]*"setuptools>=([\d.]+)"', pyproject).group(1)
+    assert f"`'setuptools>={minimum}' cmake ninja pybind11`" in section
