@@ -117,8 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
             "and write a picture of the partitions (PNG) plus the label maps (NPZ)."
         ),
         epilog="exit codes:\n  0    success\n  1    weights that cannot be loaded (offline "
-        "without --weights)\n  2    bad arguments, an unreadable image, an unwritable --out or "
-        "a file in it that cluster did not write\n"
+        "without --weights), a disk that fills up or turns read-only\n  2    bad arguments, an "
+        "unreadable image, an unwritable --out, a NAME_labels.npz in it that cluster did not "
+        "write or a NAME_partitions.png that no hassod command wrote\n"
         "  130  interrupted",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -278,7 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
             "[{id, segmentation (RLE), area, bbox, predicted_iou, ...}]}; every mask becomes "
             "an object of category 1 (SAM's quality fields are dropped), ids 1..N."
         ),
-        epilog="exit codes:\n  0    success\n  2    no such folder, no sa_*.json in it, a file "
+        epilog="exit codes:\n  0    success\n  1    a disk that fills up or turns read-only\n"
+        "  2    no such folder, no sa_*.json in it, a file "
         "that is not SA-1B's (named), an unwritable --out or a file it did not write\n"
         "  130  interrupted",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -344,6 +346,7 @@ _EXIT_CODES = """exit codes:
 
 _MERGE_EXIT_CODES = """exit codes:
   0    success
+  1    a disk that fills up or turns read-only
   2    bad input: a missing or unreadable input, inputs made with other settings, shards of
        different runs, an incomplete set or an unfinished shard folder (without
        --allow-partial), an image in two shards, an unwritable --out or a file it did not

@@ -90,3 +90,15 @@ def test_every_argument_has_a_help_text():
         if not action.help
     ]
     assert not bare
+
+
+def test_every_command_lists_the_exit_codes_it_can_give():
+    """0, 1, 2 and 130 in every command's help: any command ends with exit 1 when the disk
+    fills up or turns read-only while it writes (hassod.cli._main, "every command alike" in
+    the README), 2 on bad arguments and 130 on Ctrl-C or SIGTERM."""
+    missing = {}
+    for name, sub in _subcommands(build_parser()).choices.items():
+        listed = set(re.findall(r"^  (\d+) ", sub.epilog or "", flags=re.MULTILINE))
+        if listed != {"0", "1", "2", "130"}:
+            missing[name] = sorted(listed)
+    assert not missing, f"commands whose help lists other exit codes: {missing}"

@@ -436,7 +436,8 @@ def add_export_parser(commands) -> None:
             "demo), and print the config options under which their "
             "cascade_mask_rcnn_R_50_FPN.yaml builds the same network."
         ),
-        epilog="exit codes:\n  0    success\n  2    missing or unreadable checkpoint, "
+        epilog="exit codes:\n  0    success\n  1    a disk that fills up or turns read-only\n"
+        "  2    missing or unreadable checkpoint, "
         "unwritable output or a file it did not write, a network Detectron2 cannot build\n"
         "  130  interrupted",
         formatter_class=argparse.RawDescriptionHelpFormatter,
