@@ -1,7 +1,7 @@
 """hassod: Hierarchical Adaptive Self-Supervised Object Detection with a fast native core.
 
-Importing hassod is light: NumPy and the native module only. torch and timm are imported when
-a feature that needs them is first used.
+Importing hassod is light: NumPy only. The native module (``hassod._C``), torch and timm are
+loaded when a feature that needs them is first used.
 
 Here (the native core): :func:`fast_cluster` / :func:`fast_cluster_batch` (a feature grid ->
 nested partitions, :class:`ClusterResult`), :func:`dense_crf` / :func:`dense_crf_batch` /
