@@ -1066,7 +1066,7 @@ def run_demo_command(args: argparse.Namespace, parser: argparse.ArgumentParser) 
         return discover_run.EXIT_INTERRUPTED
     except (discover_run.UsageError, discover_run.RunError) as error:
         return _report_run_error("demo", error)
-    print(summary.format())
+    print(summary.format("hassod demo"))
     if summary.nothing_usable():
         print(f"hassod demo: {summary.nothing_usable()}", file=sys.stderr)
         return discover_run.EXIT_RUN_ERROR

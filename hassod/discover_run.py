@@ -188,13 +188,14 @@ class RunSummary:
             "under 'failed'"
         )
 
-    def format(self) -> str:
+    def format(self, command: str = "hassod discover") -> str:
+        """The run's summary lines, the first one naming ``command``."""
         lines = []
         where = f" (shard {self.shard[0]}/{self.shard[1]})" if self.shard else ""
         working = self.wall - self.setup
         rate = self.processed / working if working > 0 else 0.0
         lines.append(
-            f"hassod discover{where}: {counted(self.processed, 'image')} processed in "
+            f"{command}{where}: {counted(self.processed, 'image')} processed in "
             f"{self.wall:.1f} s "
             f"({rate:.2f} images/s on {self.device} after {self.setup:.1f} s of setup), "
             f"{self.skipped} already done, {self.failed_now} failed this run"

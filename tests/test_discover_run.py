@@ -681,7 +681,8 @@ def test_demo_writes_pseudo_labels_and_level_figures(tmp_path, capsys):
             width, height = figure.size
         # Four panels, none narrower than tall, and a legend under them.
         assert height > 320 + 22 and width >= 4 * 320
-    assert "wrote 3 figures" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "wrote 3 figures" in printed and "hassod demo: 3 images processed" in printed
 
 
 def test_an_interrupted_demo_says_it_starts_afresh(tmp_path, monkeypatch, capsys):
