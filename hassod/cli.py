@@ -528,7 +528,12 @@ def _add_label_view_arguments(parser: argparse.ArgumentParser) -> None:
         "subpart (+ subparts) (default: all three)",
     )
     parser.add_argument(
-        "--score-threshold", type=_finite, default=None, help="show masks with score >= this"
+        "--score-threshold",
+        type=_finite,
+        default=None,
+        help="show masks with score >= this (default: 0.5 for a results list, e.g. `hassod "
+        "predict`'s, which keeps detections down to score 0; none for pseudo-labels or a COCO "
+        "JSON; 0: every result)",
     )
     parser.add_argument(
         "--max-masks",
@@ -587,6 +592,7 @@ def run_show_command(args: argparse.Namespace, parser: argparse.ArgumentParser) 
         read_json,
     )
     from hassod.report import (
+        display_threshold,
         image_figure,
         image_masks,
         image_names,
@@ -643,15 +649,17 @@ def run_show_command(args: argparse.Namespace, parser: argparse.ArgumentParser) 
             warning = _no_results_for(args.image, labels, named, record, args.images_json)
             print(f"hassod show: warning: {warning}", file=sys.stderr)
         pixels = read_labelled_image(args.image, record, annotations)
-        item = image_masks(pixels, annotations, args.score_threshold, args.max_masks or None)
+        threshold = display_threshold(labels, args.score_threshold)
+        item = image_masks(pixels, annotations, threshold, args.max_masks or None)
     except InputError as error:
         print(f"hassod show: error: {error}", file=sys.stderr)
         return 2
     figure = image_figure(item, panels, args.panel_height)
     _atomic_save(args.out, lambda handle: save_stamped_png(figure, handle, _SHOW_SOFTWARE))
+    scoring = "" if threshold is None else f" (score >= {threshold:g})"
     print(
         f"wrote {args.out} ({figure.size[0]}x{figure.size[1]}): {len(item.annotations)} of "
-        f"{counted(item.total, 'mask')} of {record.get('file_name')}"
+        f"{counted(item.total, 'mask')} of {record.get('file_name')}{scoring}"
     )
     return 0
 
@@ -755,8 +763,8 @@ def _add_report_parser(commands) -> None:
 
 def run_report_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from hassod._text import counted
-    from hassod.labels import InputError
-    from hassod.report import write_report
+    from hassod.labels import InputError, load_labels
+    from hassod.report import display_threshold, write_report
 
     panels = _parse_levels(args.levels, parser)
     if args.images_dir.is_file():
@@ -769,15 +777,17 @@ def run_report_command(args: argparse.Namespace, parser: argparse.ArgumentParser
     # Made by write_report once the input is checked: refused input leaves no folder behind.
     out_dir = _writable_dir(args.out, parser, create=False)
     try:
+        labels = load_labels(args.labels, "labels")
+        threshold = display_threshold(labels, args.score_threshold)
         summary = write_report(
             args.images_dir,
-            args.labels,
+            labels,
             out_dir,
             gt=args.gt,
             images=args.images_json,
             things_only=args.things_only,
             only_gt_images=args.only_gt_images,
-            score_threshold=args.score_threshold,
+            score_threshold=threshold,
             max_masks=args.max_masks or None,
             limit=args.limit or None,
             panels=panels,
@@ -802,6 +812,7 @@ def run_report_command(args: argparse.Namespace, parser: argparse.ArgumentParser
         f"wrote {summary.index}: {counted(summary.images, 'image')}, "
         f"{counted(summary.masks, 'mask')}, gallery of {summary.shown}"
         + (", with evaluation" if summary.evaluated else "")
+        + ("" if threshold is None else f" (masks scoring >= {threshold:g})")
     )
     return 0
 

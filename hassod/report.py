@@ -45,6 +45,19 @@ from hassod.labels import (
 OUTLINE_WIDTHS = (3, 2, 1)  # whole, part, subpart: the hierarchy reads from line weight
 DISPLAY_SIDE = 512  # longest side of the photo and overlays in the report's mask viewer
 PANEL_HEIGHT = 320
+# What `hassod show` / `hassod report` draw of a results list without --score-threshold:
+# `hassod predict` keeps every detection (down to score 0, as AR@1000 needs), dozens per
+# image, most near 0, which would bury the few confident ones (Detectron2's demo also draws
+# >= 0.5). Pseudo-labels are drawn whole.
+PREDICTIONS_SCORE_THRESHOLD = 0.5
+
+
+def display_threshold(labels: Labels, score_threshold: float | None) -> float | None:
+    """The score threshold the pictures use: ``score_threshold`` when given, else
+    :data:`PREDICTIONS_SCORE_THRESHOLD` for a results list and none for a dataset JSON."""
+    if score_threshold is not None:
+        return score_threshold
+    return PREDICTIONS_SCORE_THRESHOLD if labels.is_results_list else None
 
 
 def parse_levels(text: str) -> tuple[int, ...]:

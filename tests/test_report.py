@@ -297,7 +297,7 @@ def test_predict_results_on_a_folder_are_shown_and_reported_without_a_dataset_js
     assert "1 of 1 mask of sub/deeper.png" in capsys.readouterr().out
     # deeper.png beside sub/ in the same folder, with results too: each image gets its own
     Image.open(nested).save(scene["images"] / "deeper.png")
-    twin = dict(results[0], image_id=image_id_for("deeper.png"), score=0.3)
+    twin = dict(results[0], image_id=image_id_for("deeper.png"), score=0.6)
     preds.write_text(json.dumps([*results, twin]))
     assert main(["show", str(nested), "--labels", str(preds), "--out", str(out)]) == 0
     assert "1 of 1 mask of sub/deeper.png" in capsys.readouterr().out
@@ -315,6 +315,36 @@ def test_predict_results_on_a_folder_are_shown_and_reported_without_a_dataset_js
     assert "nothing for" in capsys.readouterr().err
     assert main([*report, "--out", str(scene["dir"] / "report2")]) == 2
     assert "1 image id is not in" in capsys.readouterr().err
+
+
+def test_predictions_are_drawn_from_score_05_by_default_pseudo_labels_whole(scene, capsys):
+    """`hassod predict` keeps detections down to score 0: show and report draw a results list
+    from 0.5 unless --score-threshold says otherwise (0: all); pseudo-labels are drawn whole."""
+    annotations = scene["coco"]["annotations"]
+    image_id = image_id_for("scene.png")
+    results = [
+        {"image_id": image_id, "segmentation": annotations[0]["segmentation"], "score": 0.9},
+        {"image_id": image_id, "segmentation": annotations[3]["segmentation"], "score": 0.1},
+    ]
+    preds = scene["dir"] / "preds.json"
+    preds.write_text(json.dumps(results))
+    image = scene["images"] / "scene.png"
+    out = scene["dir"] / "fig.png"
+    args = ["show", str(image), "--labels", str(preds), "--out", str(out)]
+    assert main([*args, "--panel-height", str(HEIGHT)]) == 0
+    assert capsys.readouterr().out.rstrip().endswith("1 of 2 masks of scene.png (score >= 0.5)")
+    panels = panel_slices(np.asarray(Image.open(out).convert("RGB")), WIDTH, 4)
+    assert (panels[1][40:60, 30:60] != GREY).any()  # the 0.9 whole
+    assert (panels[1][40:60, 120:140] == GREY).all()  # the 0.1 whole: left out
+    assert main([*args, "--score-threshold", "0"]) == 0
+    assert "2 of 2 masks of scene.png (score >= 0)" in capsys.readouterr().out
+    report = ["report", str(scene["images"]), "--labels", str(preds)]
+    assert main([*report, "--out", str(scene["dir"] / "report")]) == 0
+    assert "1 image, 1 mask, gallery of 1 (masks scoring >= 0.5)" in capsys.readouterr().out
+    # pseudo-labels (scores 0.9 down to 0.4): all six drawn, no threshold said
+    pseudo = ["show", str(image), "--labels", str(scene["labels"]), "--out", str(out)]
+    assert main(pseudo) == 0
+    assert capsys.readouterr().out.rstrip().endswith("6 of 6 masks of scene.png")
 
 
 def test_show_of_an_image_discovery_failed_on_says_why(scene, capsys):
