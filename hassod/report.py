@@ -180,7 +180,7 @@ def check_report_folder(out_dir: str | os.PathLike, images_dir: str | os.PathLik
 # What write_report writes in its folder (besides index.html): an earlier report's copies go
 # first, so that none outlives the run that replaces it (a metrics.json of an earlier --gt, the
 # figures of images no longer in the gallery).
-_REPORT_FILES = ("metrics.json", "levels.png", "masks_per_image.png")
+_REPORT_FILES = ("metrics.json", "levels.png", "masks_per_image.png", "scores.png")
 _REPORT_FOLDERS = ("figures", "overlays", "photos")
 
 
@@ -485,6 +485,9 @@ def write_report(
         for annotation in select(by_image.get(record["id"], ()), score_threshold):
             level_counts[level_of(annotation)] += 1
     _histograms(out_dir, level_counts, counts)
+    scored = [a for a in labels.annotations if a.get("score") is not None]
+    if scored:
+        _score_histogram(out_dir, scored, score_threshold)
 
     gallery, missing, unreadable = [], [], []
     items = list(zip(shown, names, paths))
@@ -589,6 +592,38 @@ def _histograms(out_dir: Path, level_counts: np.ndarray, counts: Sequence[int]) 
     axes.yaxis.set_major_locator(MaxNLocator(integer=True))  # image counts: no 0.5 ticks
     axes.set_title(f"masks per image ({counted(len(counts), 'image')})")
     _save_figure(FigureCanvasAgg(figure), out_dir / "masks_per_image.png")
+
+
+def _score_histogram(
+    out_dir: Path, annotations: Sequence[dict], score_threshold: float | None
+) -> None:
+    """scores.png: the scores of every scored mask (before the threshold), stacked by level,
+    with the threshold the pictures and counts use marked."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    scores = np.asarray([score_of(a) for a in annotations], dtype=np.float64)
+    levels = np.asarray([level_of(a) for a in annotations])
+    low, high = min(0.0, float(scores.min())), max(1.0, float(scores.max()))
+    figure = Figure(figsize=(4.2, 3.0), dpi=100, layout="constrained")
+    axes = figure.add_subplot()
+    axes.hist(
+        [scores[levels == level] for level in range(len(LEVEL_NAMES))],
+        bins=np.linspace(low, high, 21),
+        stacked=True,
+        label=list(LEVEL_NAMES),
+        color=["#3b75af", "#ef8636", "#519e3e"],
+        edgecolor="white",
+    )
+    if score_threshold is not None:
+        axes.axvline(
+            score_threshold, color="black", linestyle="--", label=f"shown: >= {score_threshold:g}"
+        )
+    axes.set_xlabel("score")
+    axes.set_ylabel("masks")
+    axes.legend(fontsize="small")
+    axes.set_title(f"scores ({counted(len(scores), 'mask')})")
+    _save_figure(FigureCanvasAgg(figure), out_dir / "scores.png")
 
 
 def _save_figure(canvas, path: Path) -> None:
@@ -854,6 +889,8 @@ def _page(
 ) -> str:
     total = int(sum(counts))
     per_image = total / num_images if num_images else 0.0
+    scored = any(a.get("score") is not None for a in labels.annotations)
+    scores_html = '\n<img src="scores.png" alt="histogram of scores">' if scored else ""
     amounts = f"{counted(num_images, 'image')}, {counted(total, 'mask')}"
     levels = ", ".join(f"{int(c)} {n}" for n, c in zip(LEVEL_NAMES, level_counts))
     shown_settings = ", ".join(
@@ -884,7 +921,7 @@ see its mask on the photo.</p>
 {evaluation_html}
 <h2 id="statistics">Statistics</h2>
 <div class="stats"><img src="levels.png" alt="masks per level">
-<img src="masks_per_image.png" alt="histogram of masks per image"></div>
+<img src="masks_per_image.png" alt="histogram of masks per image">{scores_html}</div>
 <h2 id="gallery">Gallery ({counted(len(gallery), "image")})</h2>
 <p class="note">Each figure: {html.escape(panels)}; outline width 3 / 2 / 1 px marks
 whole / part / subpart.</p>

@@ -347,6 +347,26 @@ def test_predictions_are_drawn_from_score_05_by_default_pseudo_labels_whole(scen
     assert capsys.readouterr().out.rstrip().endswith("6 of 6 masks of scene.png")
 
 
+def test_report_has_a_score_histogram_when_the_labels_have_scores(scene):
+    image_id = image_id_for("scene.png")
+    segmentation = scene["coco"]["annotations"][0]["segmentation"]
+    results = [
+        {"image_id": image_id, "segmentation": segmentation, "score": s} for s in (0.9, 0.2, 0.1)
+    ]
+    preds = scene["dir"] / "preds.json"
+    preds.write_text(json.dumps(results))
+    report = ["report", str(scene["images"]), "--labels", str(preds), "--out"]
+    assert main([*report, str(scene["dir"] / "report")]) == 0
+    assert Image.open(scene["dir"] / "report" / "scores.png").size[0] > 100
+    assert 'src="scores.png"' in (scene["dir"] / "report" / "index.html").read_text()
+    for result in results:  # no scores: no histogram (and an earlier report's is removed)
+        del result["score"]
+    preds.write_text(json.dumps(results))
+    assert main([*report, str(scene["dir"] / "report")]) == 0
+    assert not (scene["dir"] / "report" / "scores.png").exists()
+    assert "scores.png" not in (scene["dir"] / "report" / "index.html").read_text()
+
+
 def test_show_of_an_image_discovery_failed_on_says_why(scene, capsys):
     coco = dict(scene["coco"], failed=[{"file_name": "sub/bad.jpg", "reason": "truncated"}])
     (scene["dir"] / "with_failed.json").write_text(json.dumps(coco))
