@@ -723,8 +723,9 @@ def _add_report_parser(commands) -> None:
         description=(
             "Write OUT/index.html (open it from disk; relative links only) with a gallery of "
             "level figures (as `hassod show`), per image the tree of masks (hover an entry to "
-            "see its mask), histograms of levels and of masks per image, and with --gt the "
-            "evaluation tables (as `hassod evaluate --breakdown`, also in OUT/metrics.json)."
+            "see its mask), histograms of levels, of masks per image and of scores, and with "
+            "--gt the evaluation tables (as `hassod evaluate --breakdown`, also in "
+            "OUT/metrics.json)."
         ),
         epilog=_EXIT_CODES_INSPECT,
         formatter_class=argparse.RawDescriptionHelpFormatter,

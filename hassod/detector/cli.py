@@ -198,7 +198,10 @@ def add_predict_parser(commands) -> None:
         help="output JSON (its work folder while the run is unfinished: OUT.parts/)",
     )
     predict.add_argument(
-        "--levels", default="whole,part,subpart", help="levels to keep (default all three)"
+        "--levels",
+        default="whole,part,subpart",
+        help="levels to keep, comma-separated among whole, part, subpart, e.g. whole,part "
+        "(default all three)",
     )
     predict.add_argument(
         "--image-ids",
