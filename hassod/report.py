@@ -371,7 +371,9 @@ def write_report(
         things_only: evaluation without stuff categories (see :func:`hassod.evaluate.evaluate`).
         only_gt_images: evaluation without the labels of images the ground truth lacks (see
             :func:`hassod.evaluate.evaluate`; the pictures and statistics keep them).
-        score_threshold: show masks with score >= this.
+        score_threshold: show masks with score >= this; None: 0.5 for a results list
+            (:data:`PREDICTIONS_SCORE_THRESHOLD`, as :func:`display_threshold`), every mask of
+            pseudo-labels or a COCO JSON; 0: every result.
         max_masks: show at most this many masks per image (the best scores).
         limit: the gallery shows the first ``limit`` images by file name (None: all); the
             histograms and evaluation cover all images.
@@ -402,6 +404,7 @@ def write_report(
         raise InputError(not_a_folder(images_dir, "images folder"))
     check_report_folder(out_dir, images_dir)
     labels = labels if isinstance(labels, Labels) else load_labels(labels, "labels")
+    score_threshold = display_threshold(labels, score_threshold)  # as `hassod report` does
     named, from_folder = images, False
     if named is None and labels.images is None:
         named = gt

@@ -347,6 +347,24 @@ def test_predictions_are_drawn_from_score_05_by_default_pseudo_labels_whole(scen
     assert capsys.readouterr().out.rstrip().endswith("6 of 6 masks of scene.png")
 
 
+def test_write_report_in_python_draws_results_from_05_by_default_as_the_command(scene):
+    """The Python write_report picks the same default threshold as `hassod report`."""
+    from hassod.report import write_report
+
+    annotations = scene["coco"]["annotations"]
+    image_id = image_id_for("scene.png")
+    results = [
+        {"image_id": image_id, "segmentation": annotations[0]["segmentation"], "score": 0.9},
+        {"image_id": image_id, "segmentation": annotations[3]["segmentation"], "score": 0.1},
+    ]
+    page = write_report(scene["images"], results, scene["dir"] / "r1").index.read_text("utf-8")
+    assert "0.5" in page and "score threshold" in page
+    summary = write_report(scene["images"], results, scene["dir"] / "r1")
+    assert summary.masks == 1
+    assert write_report(scene["images"], results, scene["dir"] / "r1", score_threshold=0).masks == 2
+    assert write_report(scene["images"], scene["labels"], scene["dir"] / "r2").masks == 6
+
+
 def test_report_has_a_score_histogram_when_the_labels_have_scores(scene):
     image_id = image_id_for("scene.png")
     segmentation = scene["coco"]["annotations"][0]["segmentation"]
