@@ -961,8 +961,9 @@ def run_discover_command(args: argparse.Namespace, parser: argparse.ArgumentPars
     except (discover_run.UsageError, discover_run.RunError, discover_run.Interrupted) as error:
         return _report_run_error("discover", error)
     print(summary.format())
-    if summary.nothing_usable():
-        print(f"hassod discover: {summary.nothing_usable()}", file=sys.stderr)
+    failure = summary.nothing_usable()
+    if failure:
+        print(f"hassod discover: {failure}", file=sys.stderr)
         return discover_run.EXIT_RUN_ERROR
     if summary.shard is not None:
         count = summary.shard[1]
@@ -1079,8 +1080,9 @@ def run_demo_command(args: argparse.Namespace, parser: argparse.ArgumentParser) 
     except (discover_run.UsageError, discover_run.RunError) as error:
         return _report_run_error("demo", error)
     print(summary.format("hassod demo"))
-    if summary.nothing_usable():
-        print(f"hassod demo: {summary.nothing_usable()}", file=sys.stderr)
+    failure = summary.nothing_usable()
+    if failure:
+        print(f"hassod demo: {failure}", file=sys.stderr)
         return discover_run.EXIT_RUN_ERROR
     coco = json.loads(summary.json_path.read_text(encoding="utf-8"))
     figures = discover_run.write_level_figures(coco, images_dir, out_dir / "figures")

@@ -91,14 +91,17 @@ def one_hot(labels: np.ndarray) -> np.ndarray:
         raise ValueError(f"labels must be a 2-D label map, got shape {labels.shape}")
     if not (labels.dtype == np.bool_ or np.issubdtype(labels.dtype, np.integer)):
         raise ValueError(f"labels must hold integer region ids, got {labels.dtype}")
-    if labels.size and labels.min() < 0:
-        raise ValueError(f"labels must be region ids >= 0, got {labels.min()}")
-    if labels.size and labels.max() >= labels.size:
+    if not labels.size:
+        return np.zeros((0, *labels.shape), dtype=np.float32)
+    lowest, highest = int(labels.min()), int(labels.max())
+    if lowest < 0:
+        raise ValueError(f"labels must be region ids >= 0, got {lowest}")
+    if highest >= labels.size:
         raise ValueError(
-            f"labels must number the regions 0..R-1, got id {labels.max()} on a map of "
+            f"labels must number the regions 0..R-1, got id {highest} on a map of "
             f"{labels.size} cells; relabel with np.unique(labels, return_inverse=True)[1]"
         )
-    regions = int(labels.max()) + 1 if labels.size else 0
+    regions = highest + 1
     return (labels[None] == np.arange(regions)[:, None, None]).astype(np.float32)
 
 

@@ -533,6 +533,7 @@ def write_report(
             "panels": ", ".join(LEVEL_NAMES[p] for p in panels),
         },
         panels=" | ".join(["input", *(LEVEL_PANEL_NAMES[p] for p in panels)]),
+        scored=bool(scored),
     )
     atomic_write(index, lambda path: path.write_text(page, encoding="utf-8"), parents=True)
     return ReportSummary(
@@ -889,10 +890,10 @@ def _page(
     unreadable: list[tuple[str, str]],
     settings: dict,
     panels: str,
+    scored: bool,
 ) -> str:
     total = int(sum(counts))
     per_image = total / num_images if num_images else 0.0
-    scored = any(a.get("score") is not None for a in labels.annotations)
     scores_html = '\n<img src="scores.png" alt="histogram of scores">' if scored else ""
     amounts = f"{counted(num_images, 'image')}, {counted(total, 'mask')}"
     levels = ", ".join(f"{int(c)} {n}" for n, c in zip(LEVEL_NAMES, level_counts))
